@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. Every step they run is a ``pipeline`` function."""

@@ -1,0 +1,93 @@
+"""The batch ingestion flow: one run per batch, each pipeline step a task.
+
+Parameters are paths and names, never DataFrames: Prefect serialises flow parameters to its
+API, and a large frame there times out (ECOSYSTEM.md §2). Tasks use NO_CACHE because hashing a
+large frame for the default cache key costs ~1 s per call and results are not persisted anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import provenance, scan
+from pipeline.config import Settings
+from pipeline.store import Workspace, copy_outputs, write_outputs
+
+step = task(cache_policy=NO_CACHE, persist_result=False)
+
+ingest = step(scan.ingest)
+load_trusted = step(scan.load_trusted)
+validate_batch = step(scan.validate_batch)
+fit_detectors = step(scan.fit_detectors)
+score_batch = step(scan.score_batch)
+decide_batch = step(scan.decide_batch)
+build_outputs = step(scan.build_outputs)
+
+
+@step
+def redeliver(recorded: Path, out: Path) -> dict[str, Any]:
+    summary = copy_outputs(recorded, out)
+    summary["duplicate"] = True
+    return summary
+
+
+@step
+def record(outputs, request: scan.ScanRequest, settings: Settings, batch, trusted, run_id: str) -> bool:
+    """Write outputs to staging, log them to MLflow, commit to the workspace, deliver to --out."""
+    workspace = Workspace(settings.workspace)
+    staging = workspace.staging_dir()
+    write_outputs(outputs, staging)
+    provenance.log_batch_input(settings.tracking_uri, run_id, request.reference, request.reference.name,
+                               trusted.reference.sha256, trusted.reference.frame, "reference")
+    provenance.log_results(
+        settings.tracking_uri, run_id,
+        params=scan.run_params(request, settings),
+        metrics=scan.run_metrics(outputs.summary),
+        tags={"status": "scanned"},
+        artifacts=[staging / "summary.json", staging / "report.html", staging / "scores.parquet"],
+    )
+    committed = workspace.commit(staging, request.dataset_name, batch.sha256)
+    source = workspace.batch_dir(request.dataset_name, batch.sha256)
+    copy_outputs(source, request.out)
+    return committed
+
+
+@flow(name="poisonguard-scan", log_prints=False, validate_parameters=False)
+def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, Any]:
+    """Scan one batch end to end; returns the scan's summary (``duplicate`` says if it was new)."""
+    batch = ingest(request)
+    workspace = Workspace(settings.workspace)
+    recorded = workspace.recorded(request.dataset_name, batch.sha256)
+    if recorded:
+        return redeliver(recorded, request.out)
+    trusted = load_trusted(request, settings)
+    provenance.close_abandoned_runs(settings.tracking_uri, batch.sha256, request.dataset_name)
+    experiment_id = provenance.ensure_experiment(
+        settings.tracking_uri, request.dataset_name,
+        settings.workspace / "mlartifacts" if settings.uses_local_mlflow else None)
+    run_id = provenance.start_scan_run(settings.tracking_uri, experiment_id,
+                                       f"scan-{request.batch.name}", scan.run_tags(request, settings, batch, trusted))
+    try:
+        provenance.log_batch_input(settings.tracking_uri, run_id, request.batch, request.batch.name,
+                                   batch.sha256, batch.frame, "training-candidate",
+                                   {"source": request.source, "rows": str(batch.n_rows)})
+        started = scan.now()
+        conformed, outcome = validate_batch(batch, trusted)
+        detectors = fit_detectors(trusted, settings)
+        scores = score_batch(detectors, conformed, outcome.batch_findings)
+        decisions = decide_batch(conformed, outcome, scores)
+        outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, run_id, started)
+        committed = record(outputs, request, settings, batch, trusted, run_id)
+    except BaseException:
+        provenance.finish_run(settings.tracking_uri, run_id, "FAILED")
+        raise
+    if not committed:  # a concurrent scan of the same bytes committed first: its decision stands
+        provenance.finish_run(settings.tracking_uri, run_id, "KILLED")
+        return redeliver(workspace.batch_dir(request.dataset_name, batch.sha256), request.out)
+    provenance.finish_run(settings.tracking_uri, run_id)
+    return outputs.summary
+

@@ -1,0 +1,178 @@
+"""The ``poisonguard`` command line. Bad input: one line on stderr, exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline.config import Settings, prefect_environment
+from pipeline.errors import PoisonguardError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Catch poisoned training data before it reaches a model.")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / "data_samples"
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"poisonguard: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _prepare_prefect(settings: Settings) -> None:
+    """Prefect reads its settings from the environment: set quiet, self-contained defaults for
+    the ephemeral mode, unless the user points at a server (PREFECT_API_URL)."""
+    (settings.workspace / "prefect").mkdir(parents=True, exist_ok=True)
+    for noisy in ("mlflow", "great_expectations", "alembic"):  # their INFO lines drown the result
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for key, value in prefect_environment(settings.workspace).items():
+        if key == "PREFECT_HOME" and os.environ.get("PREFECT_API_URL"):
+            continue
+        os.environ.setdefault(key, value)
+
+
+@app.command()
+def profile(
+    reference: Path = typer.Argument(..., help="Trusted reference data (.csv or .parquet)."),
+    label: str = typer.Option(..., "--label", help="The label column."),
+    out: Path = typer.Option(..., "--out", help="Where to write the suite JSON."),
+    name: Optional[str] = typer.Option(None, "--name", help="Suite name (default: the reference's stem)."),
+    protected: list[str] = typer.Option([], "--protected", help="Columns never used as model features (repeatable)."),
+    margin: float = typer.Option(0.1, "--margin", help="Range slack as a fraction of (max - min)."),
+) -> None:
+    """Infer a Great Expectations suite from trusted reference data."""
+    from pipeline.io import ROW_NUMBER, read_table
+    from pipeline.validation import infer_suite, save_suite
+
+    table = read_table(reference, role="reference")
+    if label not in table.columns:
+        fail(f"The label column '{label}' is not in the reference {reference}.")
+    missing = [c for c in protected if c not in table.columns]
+    if missing:
+        fail(f"--protected names column(s) not in the reference: {', '.join(missing)}.")
+    suite = infer_suite(table.frame.drop(columns=[ROW_NUMBER]), label, name or reference.stem,
+                        range_margin=margin, protected=tuple(protected), source=reference.name)
+    save_suite(suite, out)
+    typer.echo(f"Wrote suite '{suite.name}' ({len(suite.document['expectations'])} expectations) to {out}")
+
+
+@app.command()
+def scan(
+    batch: Path = typer.Argument(..., help="The incoming batch (.csv or .parquet)."),
+    reference: Path = typer.Option(..., "--reference", help="Trusted training data."),
+    label: str = typer.Option(..., "--label", help="The label column."),
+    out: Path = typer.Option(..., "--out", help="Folder for accepted/quarantined/scores/summary/report."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="GX suite JSON (default: inferred from --reference)."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Trusted validation set (default: split off the reference)."),
+    source: str = typer.Option("unknown", "--source", help="Where the batch came from (a feed, a partner)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training set the batch feeds (default: reference's stem)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
+) -> None:
+    """Scan a batch: validate, score, quarantine, record provenance."""
+    summary = run_scan(batch=batch, reference=reference, label=label, out=out, suite=suite, holdout=holdout,
+                       source=source, dataset=dataset, workspace=workspace)
+    print_summary(summary, out)
+
+
+def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
+             holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
+             workspace: Path | None = None) -> dict[str, Any]:
+    from pipeline.scan import ScanRequest
+
+    settings = Settings.from_environment(workspace)
+    request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
+                          suite=suite, holdout=holdout, source=source, dataset=dataset)
+    request.dataset_name  # noqa: B018 - validates the name before any work
+    _prepare_prefect(settings)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.ingest import scan_batch_flow
+
+    # The heartbeat thread costs ~1 s per flow run and tells an ephemeral server nothing useful.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return scan_batch_flow(request, settings)
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    counts = summary["counts"]
+    if summary.get("duplicate"):
+        typer.echo(f"Batch {summary['batch']['file']} (sha256 {summary['batch']['sha256'][:12]}…) was already "
+                   f"scanned for dataset '{summary['dataset']}' on {summary['scanned_at']}; nothing ingested "
+                   "again. The recorded decision was written to the output folder.")
+    typer.echo(f"{counts['rows']} rows: {counts['accepted']} accepted, {counts['quarantined']} quarantined.")
+    for finding in summary["batch_findings"]:
+        typer.echo(f"  batch held: {finding['message']}")
+    held = {k: v for k, v in summary["checks"].items() if v}
+    for check, count in sorted(held.items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  {count:6d}  {check}")
+    typer.echo(f"Results: {out.resolve()}  (report.html, accepted/quarantined/scores.parquet, summary.json)")
+    typer.echo(f"MLflow run {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
+
+
+@app.command()
+def demo(
+    workspace: Path = typer.Option(Path(".poisonguard-demo"), "--workspace", help="State folder for the demo."),
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo's results go."),
+) -> None:
+    """Scan every batch in data_samples/ against its trusted reference, on the embedded defaults."""
+    batches = sorted(p for p in DEMO_DIR.glob("batch_*") if p.suffix in (".csv", ".parquet"))
+    if not batches:
+        fail(f"No sample batches found in {DEMO_DIR}.")
+    for path in batches:
+        typer.echo(f"\n== {path.name}")
+        started = time.perf_counter()
+        summary = run_scan(batch=path, reference=DEMO_DIR / "reference.parquet", label="deny",
+                           out=out / path.stem, suite=REPO_ROOT / "expectations" / "hmda.json",
+                           holdout=DEMO_DIR / "holdout.parquet", source="demo-feed", dataset="hmda",
+                           workspace=workspace)
+        print_summary(summary, out / path.stem)
+        typer.echo(f"({time.perf_counter() - started:.1f} s)")
+    settings = Settings.from_environment(workspace)
+    typer.echo("\nOpen a report in a browser, e.g. " + str((out / batches[0].stem / "report.html").resolve()))
+    typer.echo("Browse provenance in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri "
+               f"{settings.tracking_uri} --port 5000   (then open http://127.0.0.1:5000)")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except PoisonguardError as exc:
+        typer.echo(f"poisonguard: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("poisonguard: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            typer.echo(f"poisonguard: error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        _report_internal_error(exc)
+        sys.exit(1)
+
+
+def _report_internal_error(exc: BaseException) -> None:
+    log = Path(os.environ.get("POISONGUARD_WORKSPACE", ".poisonguard")) / "logs" / "last-error.txt"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(exc)))
+        where = f" (details in {log})"
+    except OSError:
+        where = ""
+    typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {exc}{where}", err=True)
+
+
+if __name__ == "__main__":
+    main()

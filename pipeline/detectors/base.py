@@ -1,0 +1,133 @@
+"""The detector contract: fit on trusted reference data, score a batch, never learn from the batch.
+
+``Detector(**params).fit(reference, spec)`` returns ``self``; ``score(batch)`` returns one row per
+batch row with the columns in ``SCORE_COLUMNS``:
+
+- ``score``: the detector's raw score, higher = more suspect;
+- ``calibrated``: 1 − conformal p-value against trusted rows the detector did not fit on, in
+  [0, 1]: 0.99 means the row looks more suspect than 99 % of trusted rows;
+- ``flagged``: the detector would quarantine the row on its own (p-value ≤ its ``alpha``);
+- ``reason``: one short sentence a steward can read.
+
+Scoring never writes to ``self``; learned state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import NotFittedError
+
+from pipeline.errors import PoisonguardError
+from pipeline.io import ROW_NUMBER
+
+SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which columns are model features, and of which kind. The label is never a feature."""
+
+    label: str
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+    @classmethod
+    def from_kinds(cls, kinds: dict[str, Any], label: str, exclude: tuple[str, ...] = ()) -> "FeatureSpec":
+        skip = {label, ROW_NUMBER, *exclude}
+        numeric = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) == "numeric")
+        categorical = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) != "numeric")
+        return cls(label=label, numeric=numeric, categorical=categorical)
+
+
+class InvalidParameter(PoisonguardError):
+    """A detector parameter is outside its declared limits."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A declared limit for a numeric parameter, in the spirit of sklearn's param validation."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"  # which ends are allowed: "both", "left", "right", "neither"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        left_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
+        right_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
+        return bool(left_ok and right_ok)
+
+    def describe(self) -> str:
+        kind = "an int" if self.kind is Integral else "a float" if self.kind is Real else self.kind.__name__
+        lo = "" if self.low is None else f"{self.low} {'<=' if self.closed in ('both', 'left') else '<'} "
+        hi = "" if self.high is None else f" {'<=' if self.closed in ('both', 'right') else '<'} {self.high}"
+        return f"{kind} in {lo}x{hi}" if lo or hi else kind
+
+
+class Detector(ABC):
+    """Base class: parameter storage and validation, the fit/score contract, calibration."""
+
+    name: ClassVar[str]
+    # parameter -> Interval, or a tuple of allowed values
+    _parameter_constraints: ClassVar[dict[str, Any]] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._parameter_constraints}
+
+    def _validate_params(self) -> None:
+        for key, constraint in self._parameter_constraints.items():
+            value = getattr(self, key)
+            ok = constraint.accepts(value) if isinstance(constraint, Interval) else value in constraint
+            if not ok:
+                expected = constraint.describe() if isinstance(constraint, Interval) else \
+                    "one of " + ", ".join(map(repr, constraint))
+                raise InvalidParameter(
+                    f"The {key!r} parameter of {type(self).__name__} must be {expected}. Got {value!r}."
+                )
+
+    def fit(self, reference: pd.DataFrame, spec: FeatureSpec) -> Self:
+        """Learn from trusted rows; returns ``self``."""
+        self._validate_params()
+        if len(reference) == 0:
+            raise PoisonguardError(f"{type(self).__name__} cannot fit on an empty reference.")
+        self._fit(reference, spec)
+        self.spec_ = spec
+        return self
+
+    def score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Score every batch row; returns a frame with ``SCORE_COLUMNS``, one row per batch row."""
+        if not hasattr(self, "spec_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call fit(reference, spec) first.")
+        result = self._score(batch)
+        result.insert(0, ROW_NUMBER, batch[ROW_NUMBER].to_numpy())
+        return result[SCORE_COLUMNS].reset_index(drop=True)
+
+    @abstractmethod
+    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec) -> None: ...
+
+    @abstractmethod
+    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Return ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order."""
+
+
+def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """p = (1 + #{trusted scores ≥ s}) / (n + 1): the share of trusted rows at least this suspect.
+
+    Valid when the calibration scores come from trusted rows the model did not fit on.
+    """
+    calibration = np.sort(np.asarray(calibration_scores, dtype="float64"))
+    n = len(calibration)
+    at_least = n - np.searchsorted(calibration, np.asarray(scores, dtype="float64"), side="left")
+    return (1.0 + at_least) / (n + 1.0)

@@ -1,0 +1,37 @@
+"""One feature encoding for every detector: scaled numerics, one-hot categoricals, imputed gaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, RobustScaler
+
+from pipeline.detectors.base import FeatureSpec
+
+
+def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
+    """Numerics: median-imputed, centred on the median and scaled by the IQR (robust to the very
+    outliers we look for). Categoricals: one-hot over the trusted domain; unseen values encode as
+    all zeros rather than failing, since validation already reports them."""
+    transformers = []
+    if spec.numeric:
+        transformers.append(("numeric", make_pipeline(SimpleImputer(strategy="median"),
+                                                      RobustScaler(unit_variance=True)), list(spec.numeric)))
+    if spec.categorical:
+        transformers.append(("categorical", make_pipeline(
+            SimpleImputer(strategy="constant", fill_value="<missing>"),
+            OneHotEncoder(handle_unknown="ignore", sparse_output=False)), list(spec.categorical)))
+    return ColumnTransformer(transformers, sparse_threshold=0.0)
+
+
+def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """The feature columns in a form the encoder accepts: floats and object text, NaN for gaps."""
+    out = pd.DataFrame(index=frame.index)
+    for col in spec.numeric:
+        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").replace([np.inf, -np.inf], np.nan)
+    for col in spec.categorical:
+        out[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
+    return out

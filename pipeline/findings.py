@@ -1,0 +1,49 @@
+"""Row-level and batch-level findings: one long table, collected from every check before deciding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import pandas as pd
+
+FINDING_COLUMNS = ["row_number", "check", "reason_code", "observed", "message"]
+
+
+class ReasonCode(str, Enum):
+    """Why a row (or a whole batch) was held. Stable strings: reports and the ledger store them."""
+
+    NOT_A_NUMBER = "not_a_number"
+    NON_FINITE = "non_finite"
+    MISSING_VALUE = "missing_value"
+    OUT_OF_RANGE = "out_of_range"
+    NOT_IN_DOMAIN = "not_in_domain"
+    INTEGRITY = "integrity"
+    EXPECTATION = "expectation"
+    MISSING_COLUMN = "missing_column"
+    UNEXPECTED_COLUMN = "unexpected_column"
+    WRONG_TYPE = "wrong_type"
+    BATCH_EXPECTATION = "batch_expectation"
+    DETECTOR = "detector"
+
+
+@dataclass(frozen=True)
+class BatchFinding:
+    """A failure of the batch as a whole: every row is held with this reason."""
+
+    check: str
+    reason_code: ReasonCode
+    message: str
+
+
+def findings_frame(records: list[dict]) -> pd.DataFrame:
+    """Build the long findings table; ``observed`` is kept as text so mixed values fit one column."""
+    frame = pd.DataFrame.from_records(records, columns=FINDING_COLUMNS)
+    frame["row_number"] = frame["row_number"].astype("int64")
+    frame["observed"] = frame["observed"].astype(object).map(lambda v: None if v is None else str(v))
+    frame["reason_code"] = frame["reason_code"].map(lambda c: ReasonCode(c).value)
+    return frame
+
+
+def empty_findings() -> pd.DataFrame:
+    return findings_frame([])

@@ -1,0 +1,63 @@
+"""The stewards' report: one self-contained HTML page per scan, readable offline."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pipeline.io import ROW_NUMBER
+
+TOP_ROWS = 50
+
+_env = Environment(loader=PackageLoader("pipeline", "templates"),
+                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray) -> str:
+    """Inline SVG of the batch's suspicion, accepted vs quarantined rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 2.4), dpi=96)
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist([suspicion[~quarantined], suspicion[quarantined]], bins=bins, stacked=True,
+            color=["#4c78a8", "#e45756"], label=["accepted", "quarantined"])
+    ax.set_xlabel("suspicion (1 − p-value against trusted rows)")
+    ax.set_ylabel("rows")
+    ax.set_yscale("symlog")
+    ax.legend(loc="upper left", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.DataFrame) -> str:
+    quarantined = decisions[decisions["quarantined"]].sort_values(
+        ["suspicion", ROW_NUMBER], ascending=[False, True]).head(TOP_ROWS)
+    values = batch.set_index(ROW_NUMBER)
+    top = [{
+        "row_number": int(row.row_number),
+        "suspicion": float(row.suspicion),
+        "reasons": list(row.reasons),
+        "values": ", ".join(f"{col}={_fmt(values.at[row.row_number, col])}" for col in values.columns),
+    } for row in quarantined.itertuples(index=False)]
+    svg = suspicion_histogram_svg(decisions["suspicion"].to_numpy(dtype=float),
+                                  decisions["quarantined"].to_numpy(dtype=bool))
+    return _env.get_template("report.html.j2").render(summary=summary, top=top, top_limit=TOP_ROWS,
+                                                      histogram_svg=svg)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

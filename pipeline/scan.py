@@ -1,0 +1,245 @@
+"""The steps of a scan as plain functions. ``flows/ingest.py`` runs them as Prefect tasks.
+
+ingest → (already recorded? re-deliver) → load reference, holdout, suite → start MLflow run →
+validate → detect → decide → write outputs, log to MLflow, commit to the workspace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pipeline import __version__
+from pipeline.config import Settings, safe_name
+from pipeline.decide import Decisions, decide
+from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
+from pipeline.errors import InputError, PoisonguardError
+from pipeline.findings import BatchFinding
+from pipeline.io import ROW_NUMBER, LoadedTable, read_table
+from pipeline.report import render_report
+from pipeline.store import ScanOutputs
+from pipeline.validation import (
+    ColumnKind,
+    Suite,
+    ValidationOutcome,
+    column_kinds,
+    conform,
+    infer_suite,
+    load_suite,
+    validate,
+)
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What the user asked for: the CLI's arguments, as paths and names."""
+
+    batch: Path
+    reference: Path
+    label: str
+    out: Path
+    suite: Path | None = None
+    holdout: Path | None = None
+    source: str = "unknown"
+    dataset: str | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        return safe_name(self.dataset or Path(self.reference).stem, "dataset name")
+
+
+@dataclass(frozen=True)
+class TrustedData:
+    """The reference split into what detectors fit on and the holdout they are judged on."""
+
+    reference: LoadedTable
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    holdout_origin: str  # a path, or "split from the reference"
+    holdout_sha256: str | None
+    suite: Suite
+    kinds: dict[str, ColumnKind]
+    spec: FeatureSpec
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    summary: dict[str, Any]
+    duplicate: bool
+    out: Path
+
+
+def ingest(request: ScanRequest) -> LoadedTable:
+    return read_table(request.batch, role="batch")
+
+
+def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
+    reference = read_table(request.reference, role="reference")
+    if request.label not in reference.columns:
+        raise InputError(
+            f"The label column '{request.label}' is not in the reference {request.reference} "
+            f"(its columns: {', '.join(reference.columns[:12])})."
+        )
+    kinds = column_kinds(reference.frame)
+    suite = load_suite(request.suite) if request.suite else infer_suite(
+        reference.frame.drop(columns=[ROW_NUMBER]), request.label, name=request.dataset_name,
+        source=str(request.reference))
+    if suite.label and suite.label != request.label:
+        raise PoisonguardError(
+            f"--label is '{request.label}' but the suite {suite.source} is for label '{suite.label}'."
+        )
+    spec = FeatureSpec.from_kinds(kinds, request.label, exclude=suite.protected_columns)
+    if not spec.features:
+        raise InputError(f"The reference {request.reference} has no feature columns besides the label.")
+    reference_frame, _ = conform(reference.frame, kinds)
+    if request.holdout:
+        holdout_table = read_table(request.holdout, role="holdout")
+        missing = sorted(set(reference.columns) - set(holdout_table.columns))
+        if missing:
+            raise InputError(f"The holdout {request.holdout} lacks reference column(s): {', '.join(missing)}.")
+        holdout, _ = conform(holdout_table.frame, kinds)
+        train, origin, holdout_sha = reference_frame, str(request.holdout), holdout_table.sha256
+    else:
+        train, holdout = split_holdout(reference_frame, request.label, settings.holdout_fraction,
+                                       settings.random_state)
+        origin, holdout_sha = "split from the reference", None
+    return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec)
+
+
+def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split so the holdout keeps the reference's label balance."""
+    labels = frame[label].astype(str)
+    stratify = labels if labels.value_counts().min() >= 2 else None
+    train, holdout = train_test_split(frame, test_size=fraction, random_state=seed, stratify=stratify)
+    return train.sort_index(), holdout.sort_index()
+
+
+def validate_batch(batch: LoadedTable, trusted: TrustedData) -> tuple[pd.DataFrame, ValidationOutcome]:
+    conformed, type_findings = conform(batch.frame, trusted.kinds)
+    outcome = validate(conformed, trusted.suite)
+    findings = pd.concat([f for f in (type_findings, outcome.row_findings) if len(f)], ignore_index=True) \
+        if len(type_findings) or len(outcome.row_findings) else outcome.row_findings
+    checks = dict(outcome.checks)
+    for check, count in type_findings.groupby("check")[ROW_NUMBER].nunique().items():
+        checks[str(check)] = int(count)
+    return conformed, ValidationOutcome(findings, outcome.batch_findings, checks)
+
+
+def fit_detectors(trusted: TrustedData, settings: Settings):
+    return fit_all(build_detectors(settings.detectors), trusted.train, trusted.spec)
+
+
+def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> dict[str, pd.DataFrame]:
+    # A batch that fails its schema is held whole; scoring columns it may not have means nothing.
+    return {} if batch_findings else score_all(detectors, conformed)
+
+
+def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame]) -> Decisions:
+    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores)
+    check_conservation(conformed, decisions)
+    return decisions
+
+
+def check_conservation(batch: pd.DataFrame, decisions: Decisions) -> None:
+    """Every input row in exactly one decision, none invented: the invariant everything rests on."""
+    expected = batch[ROW_NUMBER].to_numpy()
+    got = decisions.table[ROW_NUMBER].to_numpy()
+    if len(got) != len(expected) or not np.array_equal(np.sort(got), np.sort(expected)):
+        raise RuntimeError("internal error: decisions do not cover every batch row exactly once")
+
+
+def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
+                  conformed: pd.DataFrame, outcome: ValidationOutcome, decisions: Decisions,
+                  run_id: str, started: dt.datetime) -> ScanOutputs:
+    table = decisions.table
+    held = table.set_index(ROW_NUMBER)
+    is_held = conformed[ROW_NUMBER].map(held["quarantined"]).to_numpy(dtype=bool)
+    accepted = conformed[~is_held].reset_index(drop=True)
+    quarantined = conformed[is_held].reset_index(drop=True)
+    quarantined["suspicion"] = quarantined[ROW_NUMBER].map(held["suspicion"]).to_numpy()
+    quarantined["reasons"] = quarantined[ROW_NUMBER].map(held["reasons"]).to_list()
+    counts_by_check = {**{k: 0 for k in outcome.checks}, **decisions.counts_by_check()}
+    summary = {
+        "poisonguard_version": __version__,
+        "dataset": request.dataset_name,
+        "scanned_at": started.isoformat(timespec="seconds"),
+        "batch": {"file": request.batch.name, "path": str(request.batch.resolve()), "sha256": batch.sha256,
+                  "schema_fingerprint": batch.schema_fingerprint, "rows": batch.n_rows,
+                  "source": request.source, "submitter": settings.submitter},
+        "reference": {"file": request.reference.name, "path": str(request.reference.resolve()),
+                      "sha256": trusted.reference.sha256, "rows": trusted.reference.n_rows},
+        "holdout": {"origin": trusted.holdout_origin, "sha256": trusted.holdout_sha256,
+                    "rows": len(trusted.holdout)},
+        "suite": {"name": trusted.suite.name, "sha256": trusted.suite.sha256, "source": trusted.suite.source},
+        "label": request.label,
+        "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
+        "detectors": {name: params for name, params in settings.detectors.items()},
+        "counts": {"rows": batch.n_rows, "accepted": len(accepted), "quarantined": len(quarantined)},
+        "checks": counts_by_check,
+        "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
+                           for f in outcome.batch_findings],
+        "detectors_skipped": bool(outcome.batch_findings),
+        "mlflow": {"run_id": run_id, "tracking_uri": _redacted(settings.tracking_uri)},
+        "duplicate": False,
+    }
+    report = render_report(summary, table, conformed)
+    return ScanOutputs(accepted=accepted, quarantined=quarantined, scores=_scores_table(table),
+                       findings=decisions.findings, summary=summary, report_html=report)
+
+
+def _scores_table(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=["reasons"])
+
+
+def _redacted(uri: str) -> str:
+    from pipeline.provenance import redact
+
+    return redact(uri)
+
+
+def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData) -> dict[str, str]:
+    return {
+        "batch_sha256": batch.sha256,
+        "batch_file": request.batch.name,
+        "dataset": request.dataset_name,
+        "source": request.source,
+        "submitter": settings.submitter,
+        "schema_fingerprint": batch.schema_fingerprint,
+        "suite_name": trusted.suite.name,
+        "suite_sha256": trusted.suite.sha256,
+        "reference_sha256": trusted.reference.sha256,
+        "holdout_sha256": trusted.holdout_sha256 or "split-from-reference",
+        "poisonguard_version": __version__,
+        "stage": "ingest",
+    }
+
+
+def run_params(request: ScanRequest, settings: Settings) -> dict[str, Any]:
+    params: dict[str, Any] = {"label": request.label, "holdout_fraction": settings.holdout_fraction,
+                              "random_state": settings.random_state}
+    for name, detector in build_detectors(settings.detectors).items():
+        for key, value in detector.get_params().items():
+            params[f"detector.{name}.{key}"] = value
+    return params
+
+
+def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    metrics = {f"rows_{k}": float(v) for k, v in summary["counts"].items()}
+    metrics.update({f"quarantined.{check}": float(n) for check, n in summary["checks"].items()})
+    metrics["batch_level_failures"] = float(len(summary["batch_findings"]))
+    return metrics
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+__all__ = ["ScanRequest", "ScanResult", "TrustedData", "ingest", "load_trusted", "validate_batch",
+           "fit_detectors", "score_batch", "decide_batch", "build_outputs", "run_tags", "run_params",
+           "run_metrics", "now"]

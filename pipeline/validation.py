@@ -1,0 +1,451 @@
+"""Great Expectations suites: load, infer from trusted data, run, and turn results into findings.
+
+Suites are GX 1.x JSON (``{"name", "expectations": [{"type", "kwargs", "meta"}], "meta"}``),
+reviewable in a pull request. poisonguard's own settings live under ``meta.poisonguard``
+(label column, protected columns that must not be model features).
+
+Two levels of failure:
+- batch level (missing/unexpected column, wrong type, a rate expectation with ``mostly``):
+  the whole batch is held with that reason;
+- row level (range, domain, nulls, cross-column integrity): exactly the failing rows are held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import SuiteError
+from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
+from pipeline.io import ROW_NUMBER
+
+NUMERIC_TYPES = ["int", "float", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                 "uint64", "float32", "float64", "Int64", "Float64"]
+# Categorical columns are handed to GX as object columns of Python str (see ``conform``), which
+# GX checks element by element; pandas 3's StringDtype fails every type_list (ECOSYSTEM.md §1.5).
+CATEGORICAL_TYPES = ["str"]
+# Above this many distinct values a text column is an identifier, not a domain worth listing.
+MAX_DOMAIN_SIZE = 50
+BATCH_LEVEL_TYPES = frozenset({
+    "expect_table_columns_to_match_set",
+    "expect_table_columns_to_match_ordered_list",
+    "expect_table_column_count_to_equal",
+    "expect_table_row_count_to_be_between",
+    "expect_column_to_exist",
+    "expect_column_values_to_be_in_type_list",
+    "expect_column_values_to_be_of_type",
+})
+
+
+class ColumnKind(str, Enum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A loaded expectation suite with what poisonguard needs to know about it."""
+
+    name: str
+    document: dict[str, Any]
+    sha256: str
+    source: str  # file path, or "inferred from <reference>"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.document.get("meta", {}).get("poisonguard", {}))
+
+    @property
+    def label(self) -> str | None:
+        return self.settings.get("label")
+
+    @property
+    def protected_columns(self) -> tuple[str, ...]:
+        return tuple(self.settings.get("protected", ()))
+
+    @property
+    def expected_columns(self) -> list[str] | None:
+        for exp in self.document["expectations"]:
+            if exp["type"] in ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list"):
+                return list(exp["kwargs"].get("column_set") or exp["kwargs"].get("column_list"))
+        return None
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    row_findings: pd.DataFrame
+    batch_findings: list[BatchFinding] = field(default_factory=list)
+    checks: dict[str, int] = field(default_factory=dict)  # check name -> rows it held
+
+
+def suite_from_document(document: dict[str, Any], source: str) -> Suite:
+    _check_document(document, source)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return Suite(
+        name=str(document["name"]),
+        document=document,
+        sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+        source=source,
+    )
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"The suite file {path} does not exist.")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SuiteError(f"The suite file {path} is not UTF-8 text.") from None
+    except json.JSONDecodeError as exc:
+        raise SuiteError(
+            f"The suite file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
+        ) from None
+    return suite_from_document(document, str(path))
+
+
+def _check_document(document: Any, source: str) -> None:
+    if not isinstance(document, dict):
+        raise SuiteError(f"The suite {source} must be a JSON object with 'name' and 'expectations'.")
+    if not isinstance(document.get("name"), str) or not document["name"]:
+        raise SuiteError(f"The suite {source} has no 'name' (a non-empty string).")
+    expectations = document.get("expectations")
+    if not isinstance(expectations, list):
+        raise SuiteError(f"The suite {source} has no 'expectations' list.")
+    for i, exp in enumerate(expectations):
+        if not isinstance(exp, dict) or not isinstance(exp.get("type"), str):
+            raise SuiteError(f"The suite {source}: expectations[{i}] must be an object with a 'type'.")
+        if not isinstance(exp.get("kwargs", {}), dict):
+            raise SuiteError(f"The suite {source}: expectations[{i}].kwargs must be an object.")
+    _to_gx_suite(document, source)  # GX's own check of types and kwargs
+
+
+def _to_gx_suite(document: dict[str, Any], source: str):
+    import great_expectations as gx
+    from pydantic import ValidationError
+
+    try:
+        suite = gx.ExpectationSuite(
+            name=document["name"],
+            expectations=[{"type": e["type"], "kwargs": e.get("kwargs", {}), "meta": e.get("meta") or {}}
+                          for e in document["expectations"]],
+        )
+    except (ValidationError, TypeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SuiteError(f"The suite {source} has an invalid expectation: {first}") from None
+    # GX drops expectations of unknown type with a logged traceback instead of raising.
+    if len(suite.expectations) != len(document["expectations"]):
+        known = {e.expectation_type for e in suite.expectations}
+        unknown = sorted({e["type"] for e in document["expectations"]} - known)
+        raise SuiteError(f"The suite {source} uses unknown expectation type(s): {', '.join(unknown)}.")
+    return suite
+
+
+# --- inference -----------------------------------------------------------------------------
+
+def column_kinds(frame: pd.DataFrame) -> dict[str, ColumnKind]:
+    """Numeric dtypes are numeric; everything else (text, bool) is categorical."""
+    return {
+        col: ColumnKind.NUMERIC
+        if pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
+        else ColumnKind.CATEGORICAL
+        for col in frame.columns
+        if col != ROW_NUMBER
+    }
+
+
+def infer_suite(
+    reference: pd.DataFrame,
+    label: str,
+    name: str,
+    *,
+    range_margin: float = 0.1,
+    protected: tuple[str, ...] = (),
+    source: str = "reference",
+) -> Suite:
+    """Infer a suite from trusted data.
+
+    Ranges get ``range_margin`` × (max − min) of slack on each side (never crossing zero for a
+    non-negative column), so fresh clean rows rarely fall just outside the reference's extremes.
+    """
+    if label not in reference.columns:
+        raise SuiteError(f"The label column '{label}' is not in the reference data ({source}).")
+    kinds = column_kinds(reference)
+    columns = list(kinds)
+    expectations: list[dict[str, Any]] = [
+        _exp("expect_table_columns_to_match_set", column_set=columns, exact_match=True),
+    ]
+    for col, kind in kinds.items():
+        values = reference[col]
+        type_list = NUMERIC_TYPES if kind is ColumnKind.NUMERIC else CATEGORICAL_TYPES
+        expectations.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=type_list))
+        null_rate = float(values.isna().mean())
+        if null_rate == 0.0:
+            expectations.append(_exp("expect_column_values_to_not_be_null", column=col))
+        else:
+            # Nulls are legitimate here; only a much higher rate than the reference's is an alarm.
+            mostly = max(0.0, round(1.0 - 2.0 * null_rate - 0.01, 4))
+            expectations.append(_exp("expect_column_values_to_not_be_null", column=col, mostly=mostly))
+        present = values.dropna()
+        if kind is ColumnKind.NUMERIC and len(present):
+            finite = present[np.isfinite(present.astype("float64"))]
+            lo, hi = float(finite.min()), float(finite.max())
+            slack = range_margin * (hi - lo) if hi > lo else max(abs(hi) * range_margin, range_margin)
+            low = lo - slack
+            if lo >= 0:
+                low = max(0.0, low)
+            expectations.append(_exp("expect_column_values_to_be_between", column=col,
+                                     min_value=_round(low), max_value=_round(hi + slack)))
+        elif kind is ColumnKind.CATEGORICAL or col == label:
+            domain = sorted({str(v) for v in present})
+            if col == label or len(domain) <= MAX_DOMAIN_SIZE:
+                expectations.append(_exp("expect_column_values_to_be_in_set", column=col, value_set=domain))
+    document = {
+        "name": name,
+        "expectations": expectations,
+        "meta": {"poisonguard": {"label": label, "protected": list(protected),
+                                 "inferred_from": source, "range_margin": range_margin}},
+    }
+    return suite_from_document(document, f"inferred from {source}")
+
+
+def _exp(type_: str, **kwargs: Any) -> dict[str, Any]:
+    return {"type": type_, "kwargs": kwargs, "meta": {}}
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+# --- conforming a batch to the reference's column kinds --------------------------------------
+
+def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Coerce batch columns to the reference's kinds, recording every cell that did not fit.
+
+    A numeric column whose text does not parse keeps the rest of its values; the cells that
+    failed become NaN and a ``not_a_number`` finding. When most of a column fails, it is left
+    as text so that the suite's type expectation reports the wrong type for the whole batch.
+    Infinite values become NaN with a ``non_finite`` finding: no detector can score them.
+    """
+    out = frame.copy()
+    records: list[dict[str, Any]] = []
+    for col, kind in kinds.items():
+        if col not in out.columns:
+            continue
+        raw = out[col]
+        if kind is ColumnKind.NUMERIC:
+            out[col], col_records = _coerce_numeric(raw, frame[ROW_NUMBER], col)
+            records.extend(col_records)
+        else:
+            out[col] = _as_text(raw)
+    return out, findings_frame(records) if records else empty_findings()
+
+
+def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str) -> tuple[pd.Series, list[dict]]:
+    records: list[dict] = []
+    if pd.api.types.is_bool_dtype(raw):
+        return raw, records
+    if pd.api.types.is_numeric_dtype(raw):
+        numeric = raw
+    else:
+        numeric = pd.to_numeric(raw.astype(object).map(_strip), errors="coerce")
+        failed = numeric.isna() & raw.notna() & (raw.astype(object).map(_strip) != "")
+        if failed.sum() > 0.5 * max(int(raw.notna().sum()), 1):
+            return raw, records  # mostly text: a wrong type, reported at batch level by GX
+        for idx in failed[failed].index:
+            records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NOT_A_NUMBER, raw[idx],
+                                   f"{col}={_show(raw[idx])} is not a number"))
+    as_float = numeric.astype("float64")
+    infinite = np.isinf(as_float.to_numpy())
+    if infinite.any():
+        for idx in numeric.index[infinite]:
+            records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NON_FINITE, numeric[idx],
+                                   f"{col}={numeric[idx]} is not a finite number"))
+        numeric = as_float.where(~infinite, np.nan)
+    return numeric, records
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _as_text(raw: pd.Series) -> pd.Series:
+    def text(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return None
+        if isinstance(value, (bool, np.bool_)):
+            return "true" if value else "false"
+        return str(value)
+
+    return pd.Series([text(v) for v in raw.to_numpy(dtype=object)], index=raw.index, dtype=object)
+
+
+def _record(row_number: Any, check: str, code: ReasonCode, observed: Any, message: str) -> dict[str, Any]:
+    return {"row_number": int(row_number), "check": check, "reason_code": code,
+            "observed": observed, "message": message}
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- running a suite -----------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")  # explicit: never pick up a gx/ folder in cwd
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+_asset_counter = itertools.count()
+
+
+def validate(frame: pd.DataFrame, suite: Suite) -> ValidationOutcome:
+    """Run every expectation of ``suite`` on ``frame`` (index = row_number) and collect findings."""
+    gx_suite = _to_gx_suite(suite.document, suite.source)
+    data = frame.drop(columns=[ROW_NUMBER])
+    context = _context()
+    asset_id = next(_asset_counter)
+    source = context.data_sources.add_pandas(f"poisonguard-{asset_id}")
+    try:
+        batch = (source.add_dataframe_asset("batch")
+                 .add_batch_definition_whole_dataframe("whole")
+                 .get_batch(batch_parameters={"dataframe": data}))
+        result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
+    finally:
+        context.data_sources.delete(f"poisonguard-{asset_id}")
+    records: list[dict[str, Any]] = []
+    batch_findings: list[BatchFinding] = []
+    checks: dict[str, int] = {}
+    for res in result.results:
+        config = res.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+        check = f"validation:{_check_name(config.type, kwargs, config.meta or {})}"
+        error = _raised(res.exception_info)
+        if error:
+            batch_findings.append(BatchFinding(check, _batch_code(config.type, error),
+                                               f"{check} could not be evaluated: {error}"))
+            continue
+        if _is_row_level(config.type, kwargs, config.meta or {}):
+            indices = res.result.get("unexpected_index_list") or []
+            for idx in indices:
+                records.append(_row_finding(frame, int(idx), config.type, kwargs, config.meta or {}, check))
+            checks[check] = len(indices)
+        elif not res.success:
+            batch_findings.append(_batch_finding(config.type, kwargs, res.result, check))
+            checks[check] = len(frame)
+    findings = findings_frame(records) if records else empty_findings()
+    return ValidationOutcome(findings, batch_findings, checks)
+
+
+def _raised(exception_info: Any) -> str | None:
+    if not exception_info:
+        return None
+    infos = [exception_info] if "raised_exception" in exception_info else list(exception_info.values())
+    for info in infos:
+        if isinstance(info, dict) and info.get("raised_exception"):
+            message = str(info.get("exception_message") or "error")
+            return message.removeprefix("Error: ")
+        if isinstance(info, str):
+            return info.removeprefix("Error: ")
+    return None
+
+
+def _is_row_level(type_: str, kwargs: dict, meta: dict) -> bool:
+    level = meta.get("level")
+    if level in ("row", "batch"):
+        return level == "row"
+    if type_ in BATCH_LEVEL_TYPES or type_.startswith("expect_table_"):
+        return False
+    # A rate expectation ("mostly") judges the batch, not the row.
+    return kwargs.get("mostly", 1.0) in (None, 1, 1.0)
+
+
+def _check_name(type_: str, kwargs: dict, meta: dict) -> str:
+    if meta.get("rule_id"):
+        return str(meta["rule_id"])
+    short = type_.removeprefix("expect_")
+    target = kwargs.get("column") or "/".join(str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs)
+    return f"{short}:{target}" if target else short
+
+
+def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: dict, check: str) -> dict:
+    row = frame.loc[idx]
+    col = kwargs.get("column")
+    observed = row[col] if col in frame.columns else None
+    if type_ == "expect_column_values_to_be_between":
+        code = ReasonCode.OUT_OF_RANGE
+        message = (f"{col}={_show(observed)} is outside the trusted range "
+                   f"[{kwargs.get('min_value')}, {kwargs.get('max_value')}]")
+    elif type_ == "expect_column_values_to_be_in_set":
+        code = ReasonCode.NOT_IN_DOMAIN
+        known = kwargs.get("value_set") or []
+        listed = ", ".join(map(str, known[:6])) + (", ..." if len(known) > 6 else "")
+        message = f"{col}={_show(observed)} is not a trusted value ({listed})"
+    elif type_ == "expect_column_values_to_not_be_null":
+        code = ReasonCode.MISSING_VALUE
+        message = f"{col} is missing"
+    elif "column_A" in kwargs:
+        code = ReasonCode.INTEGRITY
+        a, b = kwargs["column_A"], kwargs["column_B"]
+        observed = f"{a}={row[a]}, {b}={row[b]}"
+        message = f"{a}={_show(row[a])} vs {b}={_show(row[b])} breaks {type_.removeprefix('expect_')}"
+    else:
+        code = ReasonCode.EXPECTATION
+        message = f"{col}={_show(observed)} fails {type_.removeprefix('expect_')}" if col else f"fails {check}"
+    if meta.get("description"):
+        message = f"{meta['description']}: {message}"
+    return _record(frame.loc[idx, ROW_NUMBER], check, code, observed, message)
+
+
+def _batch_finding(type_: str, kwargs: dict, result: dict, check: str) -> BatchFinding:
+    details = result.get("details") or {}
+    mismatched = details.get("mismatched") or {}
+    if mismatched:
+        parts, code = [], ReasonCode.BATCH_EXPECTATION
+        if mismatched.get("missing"):
+            parts.append("missing column(s) " + ", ".join(map(repr, mismatched["missing"])))
+            code = ReasonCode.MISSING_COLUMN
+        if mismatched.get("unexpected"):
+            parts.append("unexpected column(s) " + ", ".join(map(repr, mismatched["unexpected"])))
+            code = ReasonCode.UNEXPECTED_COLUMN if code is ReasonCode.BATCH_EXPECTATION else code
+        return BatchFinding(check, code, "batch schema differs from the suite: " + "; ".join(parts))
+    if type_ in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"):
+        observed = result.get("observed_value") or "values of another type"
+        return BatchFinding(check, ReasonCode.WRONG_TYPE,
+                            f"column {kwargs.get('column')!r} holds {observed}, the suite expects "
+                            f"{kwargs.get('type_list') or kwargs.get('type_')}")
+    observed = result.get("observed_value", result.get("unexpected_percent"))
+    return BatchFinding(check, ReasonCode.BATCH_EXPECTATION,
+                        f"batch fails {type_.removeprefix('expect_')} {kwargs} (observed {observed})")
+
+
+def _batch_code(type_: str, error: str) -> ReasonCode:
+    return ReasonCode.MISSING_COLUMN if "does not exist" in error else ReasonCode.BATCH_EXPECTATION
+
+
+def save_suite(suite: Suite, path: Path) -> None:
+    from pipeline.io import write_text_atomic
+
+    write_text_atomic(json.dumps(suite.document, indent=2, default=_json_default) + "\n", path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
