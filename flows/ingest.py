@@ -30,9 +30,7 @@ build_outputs = step(scan.build_outputs)
 
 @step
 def redeliver(recorded: Path, out: Path) -> dict[str, Any]:
-    summary = copy_outputs(recorded, out)
-    summary["duplicate"] = True
-    return summary
+    return copy_outputs(recorded, out, {"duplicate": True, "redelivered_at": scan.now().isoformat(timespec="seconds")})
 
 
 @step

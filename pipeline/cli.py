@@ -85,16 +85,22 @@ def scan(
 def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
              workspace: Path | None = None) -> dict[str, Any]:
-    from pipeline.scan import ScanRequest
+    from pipeline.scan import ScanRequest, preflight
 
     settings = Settings.from_environment(workspace)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
                           suite=suite, holdout=holdout, source=source, dataset=dataset)
-    request.dataset_name  # noqa: B018 - validates the name before any work
+    preflight(request)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.ingest import scan_batch_flow
+
+    # The CLI reports the outcome itself (one line for bad input); Prefect's run loggers would
+    # print the same failure again with a traceback. Run states still reach the Prefect API.
+    # EventsWorker warns while it drains events at exit; nothing is lost and nothing to act on.
+    for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):
+        logging.getLogger(run_logger).setLevel(logging.CRITICAL)
 
     # The heartbeat thread costs ~1 s per flow run and tells an ephemeral server nothing useful.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

@@ -63,7 +63,7 @@ def prefect_environment(workspace: Path) -> dict[str, str]:
     patient with the temporary server's cold start (13 s measured, default timeout 20 s)."""
     return {
         "PREFECT_HOME": str(workspace / "prefect"),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "ERROR",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

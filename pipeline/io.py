@@ -65,20 +65,9 @@ def read_table(path: str | Path, role: str = "batch") -> LoadedTable:
 
     ``role`` names the file in messages ("batch", "reference", "holdout").
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"The {role} file {path} does not exist.")
-    if not path.is_file():
-        raise InputError(f"The {role} path {path} is not a file.")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise InputError(
-            f"The {role} file {path} has suffix '{path.suffix}'; poisonguard reads .csv and .parquet."
-        )
-    if path.stat().st_size == 0:
-        raise InputError(f"The {role} file {path} is empty (0 bytes).")
+    path = check_file(path, role)
     sha256 = sha256_file(path)
-    table = _read_csv(path, role) if suffix == ".csv" else _read_parquet(path, role)
+    table = _read_csv(path, role) if path.suffix.lower() == ".csv" else _read_parquet(path, role)
     _check_columns(table.schema, path, role)
     if table.num_rows == 0:
         raise InputError(f"The {role} file {path} has a header but no rows: nothing to scan.")
@@ -86,6 +75,25 @@ def read_table(path: str | Path, role: str = "batch") -> LoadedTable:
     frame.insert(len(frame.columns), ROW_NUMBER, range(len(frame)))
     frame.index = pd.RangeIndex(len(frame))
     return LoadedTable(path, frame, sha256, schema_fingerprint(table.schema))
+
+
+def check_file(path: str | Path, role: str = "batch") -> Path:
+    """Cheap checks before any parsing: exists, a file, a supported suffix, not empty, and for
+    CSV, text rather than binary. Raises InputError with one line saying what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"The {role} file {path} does not exist.")
+    if not path.is_file():
+        raise InputError(f"The {role} path {path} is not a file.")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"The {role} file {path} has suffix '{path.suffix}'; poisonguard reads .csv and .parquet."
+        )
+    if path.stat().st_size == 0:
+        raise InputError(f"The {role} file {path} is empty (0 bytes).")
+    if path.suffix.lower() == ".csv":
+        _check_text(path, role)
+    return path
 
 
 def _read_csv(path: Path, role: str) -> pa.Table:
@@ -100,6 +108,20 @@ def _read_csv(path: Path, role: str) -> pa.Table:
         raise InputError(f"The {role} file {path} could not be read as CSV: {_first_line(exc)}") from None
     _check_delimiter(table, path, role)
     return table
+
+
+def _check_text(path: Path, role: str) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(64 * 1024)
+    if b"\x00" in head:
+        raise InputError(f"The {role} file {path} is binary, not CSV text: export it as CSV or Parquet.")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a multi-byte character cut by the read
+            raise InputError(
+                f"The {role} file {path} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8 CSV."
+            ) from None
 
 
 def _read_parquet(path: Path, role: str) -> pa.Table:
@@ -145,9 +167,12 @@ def _to_pandas(table: pa.Table, path: Path, role: str) -> pd.DataFrame:
         raise InputError(f"The {role} file {path} has columns pandas cannot hold: {_first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an error, printable and short: it may quote bytes of a hostile file."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = "".join(ch if ch.isprintable() else "?" for ch in line)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from pipeline.decide import Decisions, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.findings import BatchFinding
-from pipeline.io import ROW_NUMBER, LoadedTable, read_table
+from pipeline.io import ROW_NUMBER, LoadedTable, check_file, read_table
 from pipeline.report import render_report
 from pipeline.store import ScanOutputs
 from pipeline.validation import (
@@ -73,6 +73,17 @@ class ScanResult:
     summary: dict[str, Any]
     duplicate: bool
     out: Path
+
+
+def preflight(request: ScanRequest) -> None:
+    """Checks that cost milliseconds, so that a wrong path fails before any service starts."""
+    request.dataset_name  # noqa: B018 - validates the name
+    check_file(request.batch, "batch")
+    check_file(request.reference, "reference")
+    if request.holdout:
+        check_file(request.holdout, "holdout")
+    if request.suite:
+        load_suite(request.suite)
 
 
 def ingest(request: ScanRequest) -> LoadedTable:

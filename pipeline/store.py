@@ -89,8 +89,8 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     write_text_atomic(json.dumps(outputs.summary, indent=2, default=str) + "\n", folder / "summary.json")
 
 
-def copy_outputs(source: Path, destination: Path) -> dict[str, Any]:
-    """Re-deliver a recorded scan to ``destination``; returns its summary."""
+def copy_outputs(source: Path, destination: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Deliver a recorded scan to ``destination``, with ``updates`` merged into its summary."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         if name == "summary.json":
@@ -98,7 +98,7 @@ def copy_outputs(source: Path, destination: Path) -> dict[str, Any]:
         tmp = destination / f".{name}.{uuid.uuid4().hex}.tmp"
         shutil.copyfile(source / name, tmp)
         os.replace(tmp, destination / name)
-    summary = json.loads((source / "summary.json").read_text())
+    summary = {**json.loads((source / "summary.json").read_text()), **(updates or {})}
     write_text_atomic(json.dumps(summary, indent=2, default=str) + "\n", destination / "summary.json")
     return summary
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -307,6 +308,8 @@ def _context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # Its ephemeral docs site announces a temporary directory at INFO on every context.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")  # explicit: never pick up a gx/ folder in cwd
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context

@@ -1,0 +1,77 @@
+"""End-to-end scans of the committed samples through the CLI: outputs, conservation, detections."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.conftest import SAMPLES, assert_conserved, read_outputs
+
+GROUND_TRUTH = pd.read_csv(SAMPLES / "ground_truth.csv")
+
+
+def truth(batch: str, *attacks: str) -> set[int]:
+    rows = GROUND_TRUTH[GROUND_TRUTH["batch"] == batch]
+    if attacks:
+        rows = rows[rows["attack"].isin(attacks)]
+    return set(rows["row_number"])
+
+
+@pytest.mark.parametrize("batch", sorted(p.name for p in SAMPLES.glob("batch_*")))
+def test_every_sample_row_lands_in_exactly_one_output(scan_sample, batch):
+    result, out = scan_sample(SAMPLES / batch)
+    assert result.exit_code == 0, result.stderr
+    n_rows = len(pd.read_parquet(SAMPLES / batch) if batch.endswith(".parquet") else pd.read_csv(SAMPLES / batch))
+    assert_conserved(out, n_rows)
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+
+
+def test_impossible_records_are_quarantined_with_the_rule_as_reason(scan_sample):
+    batch = "batch_03_impossible_and_outliers.csv"
+    result, out = scan_sample(SAMPLES / batch)
+    assert result.exit_code == 0
+    _, quarantined, _, _ = read_outputs(out)
+    held = set(quarantined["row_number"])
+    assert truth(batch, "impossible", "natural_impossible") <= held
+    integrity = quarantined[quarantined["reasons"].map(lambda r: any("cannot exceed" in x for x in r))]
+    assert set(integrity["row_number"]) >= truth(batch, "natural_impossible")
+
+
+def test_injected_outliers_are_flagged_by_the_outlier_detector(scan_sample):
+    batch = "batch_03_impossible_and_outliers.csv"
+    _, out = scan_sample(SAMPLES / batch)
+    _, quarantined, scores, _ = read_outputs(out)
+    outliers = truth(batch, "outlier")
+    by_detector = set(quarantined.loc[quarantined["reasons"].map(lambda r: any(x.startswith("outlier") for x in r)),
+                                      "row_number"])
+    assert len(outliers & by_detector) >= 5
+    clean = scores[~scores["row_number"].isin(truth(batch))]
+    assert clean["quarantined"].mean() <= 0.05
+
+
+def test_extra_column_quarantines_the_whole_batch_with_the_column_named(scan_sample):
+    result, out = scan_sample(SAMPLES / "batch_04_extra_column.csv")
+    assert result.exit_code == 0
+    accepted, quarantined, _, summary = read_outputs(out)
+    assert accepted.empty and len(quarantined) == 120
+    assert "referral_code" in summary["batch_findings"][0]["message"]
+    assert all(any("referral_code" in r for r in reasons) for reasons in quarantined["reasons"])
+
+
+def test_clean_batch_is_mostly_accepted(scan_sample):
+    result, out = scan_sample(SAMPLES / "batch_01_clean.csv")
+    _, quarantined, _, summary = read_outputs(out)
+    assert summary["counts"]["quarantined"] <= 0.03 * summary["counts"]["rows"]
+
+
+def test_rescanning_the_same_bytes_ingests_nothing_twice(scan_sample, tmp_path):
+    batch = SAMPLES / "batch_01_clean.csv"
+    first, out = scan_sample(batch, dataset="dedupe")
+    summary_first = read_outputs(out)[3]
+    second, out_again = scan_sample(batch, "--out", str(tmp_path / "again"), dataset="dedupe")
+    assert second.exit_code == 0
+    assert "already scanned" in second.stdout
+    again = read_outputs(tmp_path / "again")
+    assert again[3]["mlflow"]["run_id"] == summary_first["mlflow"]["run_id"]
+    assert again[3]["duplicate"] is True
+    assert len(list((tmp_path / "ws" / "datasets" / "dedupe" / "batches").iterdir())) == 1
