@@ -31,7 +31,10 @@ def _prepare_prefect(settings: Settings) -> None:
     """Prefect reads its settings from the environment: set quiet, self-contained defaults for
     the ephemeral mode, unless the user points at a server (PREFECT_API_URL)."""
     (settings.workspace / "prefect").mkdir(parents=True, exist_ok=True)
-    for noisy in ("mlflow", "great_expectations", "alembic"):  # their INFO lines drown the result
+    # MLflow configures its own logger on import (from MLFLOW_LOGGING_LEVEL); its INFO lines about
+    # creating tables, like GX's and alembic's, drown the result.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for noisy in ("mlflow", "great_expectations", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for key, value in prefect_environment(settings.workspace).items():
         if key == "PREFECT_HOME" and os.environ.get("PREFECT_API_URL"):
