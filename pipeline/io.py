@@ -167,7 +167,7 @@ def _to_pandas(table: pa.Table, path: Path, role: str) -> pd.DataFrame:
         raise InputError(f"The {role} file {path} has columns pandas cannot hold: {_first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def _first_line(exc: BaseException, limit: int = 240) -> str:
     """The first line of an error, printable and short: it may quote bytes of a hostile file."""
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__

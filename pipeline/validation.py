@@ -30,7 +30,7 @@ from pipeline.errors import SuiteError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
 from pipeline.io import ROW_NUMBER
 
-NUMERIC_TYPES = ["int", "float", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+NUMERIC_TYPES = ["int", "float", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "uint64", "float32", "float64", "Int64", "Float64"]
 # Categorical columns are handed to GX as object columns of Python str (see ``conform``), which
 # GX checks element by element; pandas 3's StringDtype fails every type_list (ECOSYSTEM.md §1.5).
@@ -135,6 +135,8 @@ def _to_gx_suite(document: dict[str, Any], source: str):
     import great_expectations as gx
     from pydantic import ValidationError
 
+    gx_logger = logging.getLogger("great_expectations.core.expectation_suite")
+    was_disabled, gx_logger.disabled = gx_logger.disabled, True  # it logs a traceback per unknown type
     try:
         suite = gx.ExpectationSuite(
             name=document["name"],
@@ -144,6 +146,8 @@ def _to_gx_suite(document: dict[str, Any], source: str):
     except (ValidationError, TypeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SuiteError(f"The suite {source} has an invalid expectation: {first}") from None
+    finally:
+        gx_logger.disabled = was_disabled
     # GX drops expectations of unknown type with a logged traceback instead of raising.
     if len(suite.expectations) != len(document["expectations"]):
         known = {e.expectation_type for e in suite.expectations}
@@ -254,8 +258,10 @@ def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind]) -> tuple[pd.DataF
 
 def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str) -> tuple[pd.Series, list[dict]]:
     records: list[dict] = []
-    if pd.api.types.is_bool_dtype(raw):
-        return raw, records
+    if pd.api.types.is_bool_dtype(raw) or not (pd.api.types.is_numeric_dtype(raw)
+                                               or pd.api.types.is_object_dtype(raw)
+                                               or pd.api.types.is_string_dtype(raw)):
+        return raw, records  # dates, durations, nested values: a wrong type for GX to report
     if pd.api.types.is_numeric_dtype(raw):
         numeric = raw
     else:
@@ -341,7 +347,7 @@ def validate(frame: pd.DataFrame, suite: Suite) -> ValidationOutcome:
         check = f"validation:{_check_name(config.type, kwargs, config.meta or {})}"
         error = _raised(res.exception_info)
         if error:
-            batch_findings.append(BatchFinding(check, _batch_code(config.type, error),
+            batch_findings.append(BatchFinding(check, ReasonCode.BATCH_EXPECTATION,
                                                f"{check} could not be evaluated: {error}"))
             continue
         if _is_row_level(config.type, kwargs, config.meta or {}):
@@ -353,7 +359,28 @@ def validate(frame: pd.DataFrame, suite: Suite) -> ValidationOutcome:
             batch_findings.append(_batch_finding(config.type, kwargs, res.result, check))
             checks[check] = len(frame)
     findings = findings_frame(records) if records else empty_findings()
-    return ValidationOutcome(findings, batch_findings, checks)
+    return ValidationOutcome(findings, _root_causes_first(batch_findings), checks)
+
+
+_CAUSE_ORDER = {ReasonCode.MISSING_COLUMN: 0, ReasonCode.UNEXPECTED_COLUMN: 1, ReasonCode.WRONG_TYPE: 2}
+
+
+def _root_causes_first(findings: list[BatchFinding]) -> list[BatchFinding]:
+    """A missing or mistyped column makes every other expectation on it fail to evaluate; those
+    follow-on errors say nothing the schema finding does not, so they are dropped."""
+    causes = [f for f in findings if f.reason_code in _CAUSE_ORDER]
+    if not causes:
+        return findings
+    text = " ".join(f.message for f in causes)
+    kept = [f for f in findings if f in causes or not _about_known_column(f, text)]
+    return sorted(kept, key=lambda f: _CAUSE_ORDER.get(f.reason_code, 9))
+
+
+def _about_known_column(finding: BatchFinding, causes_text: str) -> bool:
+    if "could not be evaluated" not in finding.message:
+        return False
+    column = finding.check.rsplit(":", 1)[-1]
+    return any(f"'{part}'" in causes_text for part in column.split("/"))
 
 
 def _raised(exception_info: Any) -> str | None:
@@ -436,10 +463,6 @@ def _batch_finding(type_: str, kwargs: dict, result: dict, check: str) -> BatchF
     observed = result.get("observed_value", result.get("unexpected_percent"))
     return BatchFinding(check, ReasonCode.BATCH_EXPECTATION,
                         f"batch fails {type_.removeprefix('expect_')} {kwargs} (observed {observed})")
-
-
-def _batch_code(type_: str, error: str) -> ReasonCode:
-    return ReasonCode.MISSING_COLUMN if "does not exist" in error else ReasonCode.BATCH_EXPECTATION
 
 
 def save_suite(suite: Suite, path: Path) -> None:
