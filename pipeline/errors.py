@@ -16,8 +16,3 @@ class InputError(PoisonguardError):
 class SuiteError(PoisonguardError):
     """An expectation suite file is missing, not JSON, or not a valid suite."""
 
-
-class GateRefused(PoisonguardError):
-    """The pre-retrain gate found tampering or pending reviews; nothing was released."""
-
-    exit_code = 3

@@ -188,6 +188,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by stewards
         _fsync(tmp)
         os.replace(tmp, target)
     finally:

@@ -22,6 +22,7 @@ from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.findings import BatchFinding
 from pipeline.io import ROW_NUMBER, LoadedTable, check_file, read_table
+from pipeline.provenance import redact
 from pipeline.report import render_report
 from pipeline.store import ScanOutputs
 from pipeline.validation import (
@@ -196,22 +197,12 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
                            for f in outcome.batch_findings],
         "detectors_skipped": bool(outcome.batch_findings),
-        "mlflow": {"run_id": run_id, "tracking_uri": _redacted(settings.tracking_uri)},
+        "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
         "duplicate": False,
     }
     report = render_report(summary, table, conformed)
-    return ScanOutputs(accepted=accepted, quarantined=quarantined, scores=_scores_table(table),
+    return ScanOutputs(accepted=accepted, quarantined=quarantined, scores=table.drop(columns=["reasons"]),
                        findings=decisions.findings, summary=summary, report_html=report)
-
-
-def _scores_table(table: pd.DataFrame) -> pd.DataFrame:
-    return table.drop(columns=["reasons"])
-
-
-def _redacted(uri: str) -> str:
-    from pipeline.provenance import redact
-
-    return redact(uri)
 
 
 def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData) -> dict[str, str]:

@@ -72,10 +72,6 @@ class Workspace:
         _fsync_dir(target.parent)
         return True
 
-    def accepted_batches(self, dataset: str) -> list[Path]:
-        root = self.root / "datasets" / safe_name(dataset, "dataset name") / "batches"
-        return sorted(p for p in root.glob("*/accepted.parquet")) if root.is_dir() else []
-
 
 def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     """Write every output file atomically into ``folder``."""
