@@ -7,7 +7,7 @@ from enum import Enum
 
 import pandas as pd
 
-FINDING_COLUMNS = ["row_number", "check", "reason_code", "observed", "message"]
+FINDING_COLUMNS = ["row_number", "check", "column", "reason_code", "observed", "message"]
 
 
 class ReasonCode(str, Enum):

@@ -68,9 +68,7 @@ def read_table(path: str | Path, role: str = "batch") -> LoadedTable:
     path = check_file(path, role)
     sha256 = sha256_file(path)
     table = _read_csv(path, role) if path.suffix.lower() == ".csv" else _read_parquet(path, role)
-    _check_columns(table.schema, path, role)
-    if table.num_rows == 0:
-        raise InputError(f"The {role} file {path} has a header but no rows: nothing to scan.")
+    _check_header(table.schema.names, table.num_rows > 0, path, role)
     frame = _to_pandas(table, path, role)
     frame.insert(len(frame.columns), ROW_NUMBER, range(len(frame)))
     frame.index = pd.RangeIndex(len(frame))
@@ -106,8 +104,47 @@ def _read_csv(path: Path, role: str) -> pa.Table:
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise InputError(f"The {role} file {path} could not be read as CSV: {_first_line(exc)}") from None
-    _check_delimiter(table, path, role)
     return table
+
+
+def probe_table(path: str | Path, role: str = "batch") -> list[str]:
+    """Read only the header (and the first CSV block, or the Parquet footer) and run the same
+    header checks as ``read_table``; returns the column names. Costs milliseconds, so bad files
+    fail before any service starts; a parse error deeper in a CSV is still found by the full read."""
+    path = check_file(path, role)
+    if path.suffix.lower() == ".csv":
+        try:
+            reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            names = reader.schema.names
+            has_rows = any(batch.num_rows for batch in _first_batches(reader))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise InputError(f"The {role} file {path} could not be read as CSV: {_first_line(exc)}") from None
+    else:
+        try:
+            parquet = pq.ParquetFile(path)
+            names, has_rows = parquet.schema_arrow.names, parquet.metadata.num_rows > 0
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"The {role} file {path} could not be read as Parquet: {_first_line(exc)}") from None
+    _check_header(names, has_rows, path, role)
+    return names
+
+
+def _first_batches(reader: pacsv.CSVStreamingReader, limit: int = 2) -> Iterator[pa.RecordBatch]:
+    # A block can hold a header and no rows; two blocks are enough to tell "no rows" apart.
+    for _ in range(limit):
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+def _check_header(names: list[str], has_rows: bool, path: Path, role: str) -> None:
+    if path.suffix.lower() == ".csv":
+        _check_delimiter(names, path, role)
+    _check_columns(names, path, role)
+    if not has_rows:
+        raise InputError(f"The {role} file {path} has a header but no rows: nothing to scan.")
 
 
 def _check_text(path: Path, role: str) -> None:
@@ -131,11 +168,11 @@ def _read_parquet(path: Path, role: str) -> pa.Table:
         raise InputError(f"The {role} file {path} could not be read as Parquet: {_first_line(exc)}") from None
 
 
-def _check_delimiter(table: pa.Table, path: Path, role: str) -> None:
+def _check_delimiter(names: list[str], path: Path, role: str) -> None:
     # A ';'- or tab-separated file parses as one wide column; say so instead of "missing columns".
-    if table.num_columns != 1:
+    if len(names) != 1:
         return
-    header = table.column_names[0]
+    header = names[0]
     for delimiter in _SNIFF_DELIMITERS:
         if delimiter in header:
             raise InputError(
@@ -144,8 +181,7 @@ def _check_delimiter(table: pa.Table, path: Path, role: str) -> None:
             )
 
 
-def _check_columns(schema: pa.Schema, path: Path, role: str) -> None:
-    names = schema.names
+def _check_columns(names: list[str], path: Path, role: str) -> None:
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise InputError(f"The {role} file {path} has duplicated column names: {', '.join(map(repr, duplicated))}.")

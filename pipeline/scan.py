@@ -20,8 +20,8 @@ from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
-from pipeline.findings import BatchFinding
-from pipeline.io import ROW_NUMBER, LoadedTable, check_file, read_table
+from pipeline.findings import BatchFinding, ReasonCode
+from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.provenance import redact
 from pipeline.report import render_report
 from pipeline.store import ScanOutputs
@@ -69,22 +69,23 @@ class TrustedData:
     spec: FeatureSpec
 
 
-@dataclass(frozen=True)
-class ScanResult:
-    summary: dict[str, Any]
-    duplicate: bool
-    out: Path
-
-
 def preflight(request: ScanRequest) -> None:
-    """Checks that cost milliseconds, so that a wrong path fails before any service starts."""
+    """Checks that cost milliseconds, so that a bad file fails before any service starts."""
     request.dataset_name  # noqa: B018 - validates the name
-    check_file(request.batch, "batch")
-    check_file(request.reference, "reference")
+    probe_table(request.batch, "batch")
+    _require_label(probe_table(request.reference, "reference"), request)
     if request.holdout:
-        check_file(request.holdout, "holdout")
+        probe_table(request.holdout, "holdout")
     if request.suite:
         load_suite(request.suite)
+
+
+def _require_label(reference_columns: list[str], request: ScanRequest) -> None:
+    if request.label not in reference_columns:
+        raise InputError(
+            f"The label column '{request.label}' is not in the reference {request.reference} "
+            f"(its columns: {', '.join(map(str, reference_columns[:12]))})."
+        )
 
 
 def ingest(request: ScanRequest) -> LoadedTable:
@@ -93,11 +94,7 @@ def ingest(request: ScanRequest) -> LoadedTable:
 
 def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     reference = read_table(request.reference, role="reference")
-    if request.label not in reference.columns:
-        raise InputError(
-            f"The label column '{request.label}' is not in the reference {request.reference} "
-            f"(its columns: {', '.join(reference.columns[:12])})."
-        )
+    _require_label(reference.columns, request)
     kinds = column_kinds(reference.frame)
     suite = load_suite(request.suite) if request.suite else infer_suite(
         reference.frame.drop(columns=[ROW_NUMBER]), request.label, name=request.dataset_name,
@@ -135,12 +132,25 @@ def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -
 def validate_batch(batch: LoadedTable, trusted: TrustedData) -> tuple[pd.DataFrame, ValidationOutcome]:
     conformed, type_findings = conform(batch.frame, trusted.kinds)
     outcome = validate(conformed, trusted.suite)
-    findings = pd.concat([f for f in (type_findings, outcome.row_findings) if len(f)], ignore_index=True) \
-        if len(type_findings) or len(outcome.row_findings) else outcome.row_findings
+    row_findings = _without_echoes(outcome.row_findings, type_findings)
+    parts = [f for f in (type_findings, row_findings) if len(f)]
+    findings = pd.concat(parts, ignore_index=True) if parts else row_findings
     checks = dict(outcome.checks)
     for check, count in type_findings.groupby("check")[ROW_NUMBER].nunique().items():
         checks[str(check)] = int(count)
     return conformed, ValidationOutcome(findings, outcome.batch_findings, checks)
+
+
+def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> pd.DataFrame:
+    """A cell that was text or inf became NaN in ``conform``; the suite's not-null rule then says
+    "is missing" about the same cell. The type finding already names the problem."""
+    if type_findings.empty or row_findings.empty:
+        return row_findings
+    typed = set(zip(type_findings[ROW_NUMBER], type_findings["column"]))
+    echo = (row_findings["reason_code"] == ReasonCode.MISSING_VALUE.value) & \
+        pd.Series([cell in typed for cell in zip(row_findings[ROW_NUMBER], row_findings["column"])],
+                  index=row_findings.index, dtype=bool)
+    return row_findings[~echo]
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
@@ -242,6 +252,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-__all__ = ["ScanRequest", "ScanResult", "TrustedData", "ingest", "load_trusted", "validate_batch",
+__all__ = ["ScanRequest", "TrustedData", "preflight", "ingest", "load_trusted", "validate_batch",
            "fit_detectors", "score_batch", "decide_batch", "build_outputs", "run_tags", "run_params",
            "run_metrics", "now"]

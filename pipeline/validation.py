@@ -271,13 +271,13 @@ def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str) -> tuple[p
             return raw, records  # mostly text: a wrong type, reported at batch level by GX
         for idx in failed[failed].index:
             records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NOT_A_NUMBER, raw[idx],
-                                   f"{col}={_show(raw[idx])} is not a number"))
+                                   f"{col}={_show(raw[idx])} is not a number", col))
     as_float = numeric.astype("float64")
     infinite = np.isinf(as_float.to_numpy())
     if infinite.any():
         for idx in numeric.index[infinite]:
             records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NON_FINITE, numeric[idx],
-                                   f"{col}={numeric[idx]} is not a finite number"))
+                                   f"{col}={numeric[idx]} is not a finite number", col))
         numeric = as_float.where(~infinite, np.nan)
     return numeric, records
 
@@ -297,8 +297,9 @@ def _as_text(raw: pd.Series) -> pd.Series:
     return pd.Series([text(v) for v in raw.to_numpy(dtype=object)], index=raw.index, dtype=object)
 
 
-def _record(row_number: Any, check: str, code: ReasonCode, observed: Any, message: str) -> dict[str, Any]:
-    return {"row_number": int(row_number), "check": check, "reason_code": code,
+def _record(row_number: Any, check: str, code: ReasonCode, observed: Any, message: str,
+            column: str | None = None) -> dict[str, Any]:
+    return {"row_number": int(row_number), "check": check, "column": column, "reason_code": code,
             "observed": observed, "message": message}
 
 
@@ -417,6 +418,7 @@ def _check_name(type_: str, kwargs: dict, meta: dict) -> str:
 def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: dict, check: str) -> dict:
     row = frame.loc[idx]
     col = kwargs.get("column")
+    column = col or "/".join(str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs) or None
     observed = row[col] if col in frame.columns else None
     if type_ == "expect_column_values_to_be_between":
         code = ReasonCode.OUT_OF_RANGE
@@ -440,7 +442,7 @@ def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: 
         message = f"{col}={_show(observed)} fails {type_.removeprefix('expect_')}" if col else f"fails {check}"
     if meta.get("description"):
         message = f"{meta['description']}: {message}"
-    return _record(frame.loc[idx, ROW_NUMBER], check, code, observed, message)
+    return _record(frame.loc[idx, ROW_NUMBER], check, code, observed, message, column)
 
 
 def _batch_finding(type_: str, kwargs: dict, result: dict, check: str) -> BatchFinding:

@@ -171,6 +171,7 @@ def test_text_in_numeric_cells_quarantines_exactly_those_rows(scan_sample, tmp_p
     assert set(TEXT_ROWS) <= set(reasons)
     for row in TEXT_ROWS:
         assert any("pirat='abc' is not a number" in r for r in reasons[row]), reasons[row]
+        assert not any("pirat is missing" in r for r in reasons[row]), reasons[row]  # no echo of NaN
     not_a_number = {row for row, rs in reasons.items() if any("is not a number" in r for r in rs)}
     assert not_a_number == set(TEXT_ROWS)
     assert len(set(reasons) - set(TEXT_ROWS)) <= 0.05 * N_ROWS  # a few detector flags at most
@@ -193,9 +194,11 @@ def test_nan_and_inf_cells_quarantine_exactly_those_rows(scan_sample, tmp_path):
     _, quarantined, summary = assert_completed(result, out)
     assert not summary["batch_findings"]
     reasons = reasons_by_row(quarantined)
-    for row, (_, _, expected) in BAD_CELLS.items():
+    for row, (col, _, expected) in BAD_CELLS.items():
         assert row in reasons, row
         assert any(expected in r for r in reasons[row]), (row, reasons[row])
+        if "finite" in expected:  # the inf cell is not reported a second time as missing
+            assert not any(f"{col} is missing" in r for r in reasons[row]), (row, reasons[row])
     finite_or_missing = {row for row, rs in reasons.items()
                          if any("not a finite number" in r or "is missing" in r for r in rs)}
     assert finite_or_missing == set(BAD_CELLS)
