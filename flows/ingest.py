@@ -25,6 +25,7 @@ validate_batch = step(scan.validate_batch)
 fit_detectors = step(scan.fit_detectors)
 score_batch = step(scan.score_batch)
 decide_batch = step(scan.decide_batch)
+confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
 
 
@@ -78,7 +79,9 @@ def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, 
         detectors = fit_detectors(trusted, settings)
         scores = score_batch(detectors, conformed, outcome.batch_findings)
         decisions = decide_batch(conformed, outcome, scores)
-        outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, run_id, started)
+        impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
+        outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
+                                run_id, started)
         committed = record(outputs, request, settings, batch, trusted, run_id)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")

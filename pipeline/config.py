@@ -25,6 +25,7 @@ class Settings:
     submitter: str
     detectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_DETECTORS))
     holdout_fraction: float = 0.2  # split off the reference when no --holdout is given
+    roni_model: str = "sklearn.linear_model.LogisticRegression"  # exact group RONI; any sklearn classifier
     random_state: int = 0
 
     @classmethod

@@ -24,6 +24,7 @@ from pipeline.findings import BatchFinding, ReasonCode
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.provenance import redact
 from pipeline.report import render_report
+from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs
 from pipeline.validation import (
     ColumnKind,
@@ -154,7 +155,29 @@ def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> 
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
-    return fit_all(build_detectors(settings.detectors), trusted.train, trusted.spec)
+    return fit_all(build_detectors(settings.detectors), trusted.train, trusted.spec, trusted.holdout)
+
+
+def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: ValidationOutcome,
+                   decisions: Decisions, settings: Settings) -> list[GroupImpact]:
+    """Exact RONI on groups: the rows the detectors hold, and the batch as a whole.
+
+    Rows that failed validation are left out of both fits: they never reach training anyway.
+    """
+    if outcome.batch_findings or trusted.spec.label not in conformed.columns:
+        return []
+    hard = set(decisions.findings.loc[decisions.findings["reason_code"] != ReasonCode.DETECTOR.value, ROW_NUMBER])
+    valid = conformed[~conformed[ROW_NUMBER].isin(hard)]
+    if valid.empty:
+        return []
+    model = classifier(settings.roni_model)
+    held = valid[ROW_NUMBER].isin(set(decisions.quarantined_rows)).to_numpy()
+    impacts = [group_impact(trusted.train, trusted.holdout, valid, np.ones(len(valid), bool),
+                            trusted.spec, "rows of the batch", model)]
+    if held.any():
+        impacts.append(group_impact(trusted.train, trusted.holdout, valid, held, trusted.spec,
+                                    "rows the detectors quarantined", model))
+    return impacts
 
 
 def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> dict[str, pd.DataFrame]:
@@ -178,7 +201,7 @@ def check_conservation(batch: pd.DataFrame, decisions: Decisions) -> None:
 
 def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
                   conformed: pd.DataFrame, outcome: ValidationOutcome, decisions: Decisions,
-                  run_id: str, started: dt.datetime) -> ScanOutputs:
+                  impacts: list[GroupImpact], run_id: str, started: dt.datetime) -> ScanOutputs:
     table = decisions.table
     held = table.set_index(ROW_NUMBER)
     is_held = conformed[ROW_NUMBER].map(held["quarantined"]).to_numpy(dtype=bool)
@@ -207,6 +230,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
                            for f in outcome.batch_findings],
         "detectors_skipped": bool(outcome.batch_findings),
+        "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
         "duplicate": False,
     }
@@ -245,6 +269,10 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics = {f"rows_{k}": float(v) for k, v in summary["counts"].items()}
     metrics.update({f"quarantined.{check}": float(n) for check, n in summary["checks"].items()})
     metrics["batch_level_failures"] = float(len(summary["batch_findings"]))
+    for impact in summary.get("roni", []):
+        key = "batch" if impact["group"] == "rows of the batch" else "quarantined"
+        metrics[f"roni.{key}.accuracy_gain_without"] = impact["accuracy_without"] - impact["accuracy_with"]
+        metrics[f"roni.{key}.log_loss_gain_without"] = impact["log_loss_with"] - impact["log_loss_without"]
     return metrics
 
 
@@ -252,6 +280,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-__all__ = ["ScanRequest", "TrustedData", "preflight", "ingest", "load_trusted", "validate_batch",
+__all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",
            "fit_detectors", "score_batch", "decide_batch", "build_outputs", "run_tags", "run_params",
            "run_metrics", "now"]

@@ -74,3 +74,94 @@ def test_every_pyod_method_flags_a_far_outlier(method):
     spec = FeatureSpec(label="label", numeric=("x", "y"), categorical=())
     result = FeatureOutlier(method=method).fit(reference, spec).score(batch)
     assert result["flagged"].tolist() == [False, True]
+
+
+# --- label consistency ---------------------------------------------------------------------------
+
+def _blobs(n_a: int, n_b: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    values = np.vstack([rng.normal(0.0, 1.0, size=(n_a, 2)), rng.normal(5.0, 1.0, size=(n_b, 2))])
+    return _frame(values, ["A"] * n_a + ["B"] * n_b)
+
+
+def test_label_consistency_flags_a_row_labelled_against_its_neighbourhood():
+    from pipeline.detectors.labels import LabelConsistency
+
+    reference = _blobs(400, 400, seed=5)
+    batch = _frame(np.array([[0.1, -0.2], [5.1, 4.9], [0.0, 0.3]]), ["B", "B", "A"])
+    spec = FeatureSpec(label="label", numeric=("x", "y"), categorical=())
+    result = LabelConsistency(n_neighbors=10).fit(reference, spec).score(batch)
+    assert result["flagged"].tolist() == [True, False, False]
+    assert "label 'B' but 10/10 nearest trusted neighbours and the model" in result["reason"].iloc[0]
+    assert "say 'A'" in result["reason"].iloc[0]
+
+
+def test_label_consistency_calibrates_per_class_so_minority_rows_are_not_flagged_wholesale():
+    """95/5 classes that overlap: kNN sanitisation flags most minority rows; per-class calibration
+    compares a minority row with trusted minority rows instead."""
+    from pipeline.detectors.labels import LabelConsistency
+
+    rng = np.random.default_rng(6)
+
+    def draw(n: int) -> pd.DataFrame:
+        minority = rng.random(n) < 0.05
+        values = rng.normal(size=(n, 2)) + np.where(minority[:, None], 1.0, 0.0)
+        return _frame(values, np.where(minority, "B", "A").tolist())
+
+    reference, batch = draw(2000), draw(2000)
+    spec = FeatureSpec(label="label", numeric=("x", "y"), categorical=())
+    result = LabelConsistency().fit(reference, spec).score(batch)
+    minority = (batch["label"] == "B").to_numpy()
+    assert result["flagged"].to_numpy()[minority].mean() <= 0.05
+    assert result["flagged"].mean() <= 0.03
+
+
+# --- RONI ----------------------------------------------------------------------------------------
+
+def test_logistic_influence_predicts_the_holdout_change_of_exact_retraining():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from pipeline.detectors.influence import LogisticInfluence
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(400, 3))
+    y = (X @ np.array([1.0, -1.0, 0.5]) + rng.normal(scale=1.0, size=400) > 0).astype(int)
+    X_h, y_h, X_new, y_new = X[300:], y[300:], X[:20], 1 - y[:20]  # flipped candidates
+    X, y = X[20:300], y[20:300]
+    C, weight = 0.5, 0.5
+    influence = LogisticInfluence.fit(X, y, X_h, y_h, n_classes=2, C=C, damping=0.0)
+    predicted = influence.harm(X_new, y_new) * weight / len(X)
+    base = log_loss(y_h, LogisticRegression(C=C, max_iter=2000).fit(X, y).predict_proba(X_h))
+    exact = []
+    for x_i, y_i in zip(X_new, y_new):
+        sample_weight = np.append(np.ones(len(X)), weight)
+        model = LogisticRegression(C=C, max_iter=2000).fit(np.vstack([X, x_i]), np.append(y, y_i),
+                                                          sample_weight=sample_weight)
+        exact.append(log_loss(y_h, model.predict_proba(X_h)) - base)
+    assert np.corrcoef(predicted, exact)[0, 1] > 0.9
+
+
+def test_group_impact_measures_that_removing_flipped_rows_helps():
+    from pipeline.roni import group_impact
+
+    rng = np.random.default_rng(9)
+    trusted, holdout, batch = _blobs(150, 150, 10), _blobs(200, 200, 11), _blobs(100, 100, 12)
+    poisoned = rng.choice(len(batch), size=60, replace=False)
+    batch.loc[poisoned, "label"] = np.where(batch.loc[poisoned, "label"] == "A", "B", "A")
+    spec = FeatureSpec(label="label", numeric=("x", "y"), categorical=())
+    group = np.isin(np.arange(len(batch)), poisoned)
+    impact = group_impact(trusted, holdout, batch, group, spec, "flipped rows")
+    assert impact.harmful and impact.log_loss_without < impact.log_loss_with
+    clean = group_impact(trusted, holdout, batch, ~group & (np.arange(len(batch)) < 60), spec, "clean rows")
+    assert clean.log_loss_without >= impact.log_loss_without
+
+
+def test_roni_model_must_be_a_scikit_learn_classifier():
+    from pipeline.errors import PoisonguardError
+    from pipeline.roni import classifier
+
+    assert type(classifier("sklearn.ensemble.RandomForestClassifier", n_estimators=10)).__name__ == "RandomForestClassifier"
+    for bad in ("os.system", "sklearn.linear_model.LinearRegression", "sklearn.nope.Thing"):
+        with pytest.raises(PoisonguardError):
+            classifier(bad)

@@ -80,6 +80,8 @@ class Detector(ABC):
     """Base class: parameter storage and validation, the fit/score contract, calibration."""
 
     name: ClassVar[str]
+    # the poisoning this detector is built to see; the conformance suite plants it
+    detects: ClassVar[str]
     # parameter -> Interval, or a tuple of allowed values
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
@@ -97,12 +99,13 @@ class Detector(ABC):
                     f"The {key!r} parameter of {type(self).__name__} must be {expected}. Got {value!r}."
                 )
 
-    def fit(self, reference: pd.DataFrame, spec: FeatureSpec) -> Self:
-        """Learn from trusted rows; returns ``self``."""
+    def fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None = None) -> Self:
+        """Learn from trusted rows; returns ``self``. ``holdout`` is a trusted validation set that
+        detectors judging a row by its effect on a model (RONI) measure against; the others ignore it."""
         self._validate_params()
         if len(reference) == 0:
             raise PoisonguardError(f"{type(self).__name__} cannot fit on an empty reference.")
-        self._fit(reference, spec)
+        self._fit(reference, spec, holdout)
         self.spec_ = spec
         return self
 
@@ -115,7 +118,7 @@ class Detector(ABC):
         return result[SCORE_COLUMNS].reset_index(drop=True)
 
     @abstractmethod
-    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec) -> None: ...
+    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None: ...
 
     @abstractmethod
     def _score(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,7 @@ class FeatureOutlier(Detector):
     """
 
     name: ClassVar[str] = "outliers"
+    detects: ClassVar[str] = "outlier"
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "method": tuple(PYOD_METHODS),
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
@@ -57,7 +58,7 @@ class FeatureOutlier(Detector):
         self.random_state = random_state
         self.use_categorical = use_categorical
 
-    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec) -> None:
+    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
         # One-hot columns make every row with a rare category look isolated: on HMDA they cut
         # planted-outlier recall from 6/6 to 1/6. Categoricals are already held to their trusted
         # domain by validation and split the per-class models, so by default only numerics count.
