@@ -20,5 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python benchmarks/detection_core.py
+	$(BIN)/python benchmarks/scan_wall_time.py
+
 clean:
 	rm -rf .poisonguard-demo demo-output .pytest_cache
