@@ -160,6 +160,7 @@ def attack(name: str, s: Split, rng) -> tuple[pd.DataFrame, np.ndarray]:
         rows = rng.choice(n, size=max(3, int(0.03 * n)), replace=False)
         for col in s.spec.numeric:
             lo, hi = s.reference[col].min(), s.reference[col].max()
+            batch[col] = batch[col].astype(float)
             batch.loc[rows, col] = hi + rng.uniform(1.0, 3.0, size=len(rows)) * (hi - lo + 1e-9)
         poison[rows] = True
         return batch, poison
