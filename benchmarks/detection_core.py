@@ -403,7 +403,10 @@ def write_results(record: dict) -> None:
         ["backdoor_success_unfiltered", "backdoor_success_filtered"]].mean()
     section = "\n\n".join([
         BEGIN,
-        f"Machine: {record['machine']}, 24 GiB. Date: {record['date']}. Regenerate: `make bench`.",
+        f"Machine: {record['machine']}, 24 GiB. Date: {record['date']}. Regenerate: `make bench`. "
+        "`seconds_per_1k_rows` is the time of the method's call on the batch: poisonguard's detectors are "
+        "fitted once per reference beforehand; peers fit on reference + batch inside the call. Recovery is "
+        "noisy where the attack costs under a point of accuracy (cases under 0.5 points are left out).",
         "### Mean over the label-flip attacks (random 10 %/30 %, targeted, boundary, concentrated, "
         "duplicate flood) and all datasets; false quarantine on the clean batch",
         summary.round(3).to_markdown(),
