@@ -44,7 +44,7 @@ class LogisticInfluence:
         if model.coef_.shape[0] != max(1, n_classes if n_classes > 2 else 1):
             raise PoisonguardError("RONI needs every label class present in the trusted training rows.")
         Xa = _with_intercept(X)
-        hessian = _hessian(Xa, _residual_weights(coef, Xa), coef.shape[0])
+        hessian = _hessian(Xa, _probabilities(coef, Xa), coef.shape[0])
         # sklearn minimises C·Σℓ + ½‖w‖²: per row that is a ridge of 1/(C·n) on the weights
         ridge = np.full(coef.shape, 1.0 / (C * len(X)))
         ridge[:, -1] = 0.0  # the intercept is not penalised
@@ -90,10 +90,6 @@ def _residual(coef: np.ndarray, Xa: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _gradients(coef: np.ndarray, Xa: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _residual(coef, Xa, y)[:, :, None] * Xa[:, None, :]
-
-
-def _residual_weights(coef: np.ndarray, Xa: np.ndarray) -> np.ndarray:
-    return _probabilities(coef, Xa)
 
 
 def _hessian(Xa: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
