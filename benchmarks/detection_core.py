@@ -197,24 +197,12 @@ class Poisonguard:
         return flagged, np.max([r["calibrated"].to_numpy() for r in results], axis=0)
 
 
-class PoisonguardLabels:
-    """Label consistency alone, ranked by its raw score."""
+class SingleDetector:
+    """One poisonguard detector alone, ranked by its raw score."""
 
-    name = "poisonguard_labels"
-
-    def __init__(self, s: Split) -> None:
-        self.detector = LabelConsistency().fit(s.reference, s.spec, s.holdout)
-
-    def __call__(self, s: Split, batch: pd.DataFrame):
-        r = self.detector.score(batch)
-        return r["flagged"].to_numpy(), r["score"].to_numpy()
-
-
-class PoisonguardRoni:
-    name = "poisonguard_roni"
-
-    def __init__(self, s: Split) -> None:
-        self.detector = RoniInfluence().fit(s.reference, s.spec, s.holdout)
+    def __init__(self, name: str, detector, s: Split) -> None:
+        self.name = name
+        self.detector = detector.fit(s.reference, s.spec, s.holdout)
 
     def __call__(self, s: Split, batch: pd.DataFrame):
         r = self.detector.score(batch)
@@ -365,7 +353,8 @@ def main() -> None:
     attacks = ATTACKS[:4] if args.quick else ATTACKS
     for dataset in datasets:
         s = split(dataset, seed=0)
-        ours = [Poisonguard(s), PoisonguardLabels(s), PoisonguardRoni(s)]
+        ours = [Poisonguard(s), SingleDetector("poisonguard_labels", LabelConsistency(), s),
+                SingleDetector("poisonguard_roni", RoniInfluence(), s)]
         for attack_name in attacks:
             batch, poison = attack(attack_name, s, rng)
             cases = [(attack_name, batch, poison, ours + peers())]
