@@ -1,0 +1,98 @@
+"""The hash chain: what each ledger entry's digest covers, computed the same way when an entry
+is written and when ``verify`` recomputes it from the tables.
+
+An entry's content is ``{sequence, kind, subject, payload_digest}`` and
+``entry_hash = sha256(prev_hash + canonical_json(content))``, with ``prev_hash`` of the first
+entry sixty-four zeros. ``payload_digest`` is the sha256 of the canonical JSON of the payload:
+
+- ``batch``: the batch's fields (id, sha256, dataset, file, source, submitter, MLflow run id,
+  scan time, counts);
+- ``decisions``: every row decision of the batch, in row order (row id, dataset, row number,
+  initial status, suspicion, reasons, scores), so one digest covers them all;
+- ``review``: the action, the row, who, why and when.
+
+Canonical JSON: sorted keys, no whitespace, UTF-8, no NaN; times as UTC ISO 8601 with
+microseconds. The same bytes come out whether a value went through SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+from pipeline.ledger.models import Batch, ReviewActionRow
+
+
+class EntryKind(str, Enum):
+    BATCH = "batch"
+    DECISIONS = "decisions"
+    REVIEW = "review"
+
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def digest(payload: Any) -> str:
+    return sha256_hex(canonical_json(payload))
+
+
+def entry_hash(prev_hash: str, sequence: int, kind: str, subject: str, payload_digest: str) -> str:
+    content = {"sequence": sequence, "kind": kind, "subject": subject, "payload_digest": payload_digest}
+    return sha256_hex(prev_hash + canonical_json(content))
+
+
+def utc(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; everything the ledger stores is UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def timestamp(moment: dt.datetime) -> str:
+    return utc(moment).isoformat(timespec="microseconds")
+
+
+def batch_payload(batch: Batch) -> dict[str, Any]:
+    return {
+        "id": batch.id, "sha256": batch.sha256, "dataset": batch.dataset, "file": batch.file,
+        "source": batch.source, "submitter": batch.submitter, "mlflow_run_id": batch.mlflow_run_id,
+        "scanned_at": timestamp(batch.scanned_at), "rows": batch.rows, "accepted": batch.accepted,
+        "quarantined": batch.quarantined,
+    }
+
+
+def decisions_payload(batch_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``rows``: the batch's row decisions as mappings of the ``row_decisions`` columns."""
+    ordered = sorted(rows, key=lambda row: row["row_number"])
+    return {
+        "batch_id": batch_id,
+        "rows": [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
+                  row["reasons"], row["scores"]] for row in ordered],
+    }
+
+
+def decisions_summary(batch_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a ``decisions`` entry keeps as its readable copy: enough to name a row whose
+    status was changed or that was removed, at a size that stays small for large batches."""
+    ordered = sorted(rows, key=lambda row: row["row_number"])
+    return {
+        "batch_id": batch_id,
+        "rows": len(ordered),
+        "pending": [row["row_number"] for row in ordered if row["initial_status"] == "pending"],
+    }
+
+
+def review_payload(action: ReviewActionRow) -> dict[str, Any]:
+    return {"row_id": action.row_id, "action": action.action, "by": action.by, "reason": action.reason,
+            "at": timestamp(action.at)}

@@ -1,0 +1,158 @@
+"""Where the ledger lives and how it is written to: URLs, engines, write transactions, and the
+Alembic migrations that create and upgrade its schema.
+
+Writes are serialised. Each ledger entry names the hash of the one before it, so two writers
+must never both append after the same entry: on PostgreSQL every write transaction first takes
+a transaction-scoped advisory lock, on SQLite it starts with ``BEGIN IMMEDIATE`` (the file's
+write lock). The unique constraints stay as the last line of defence. The loser of a race waits
+for the winner's commit and then sees its result, so "already released by alice" is what it
+reports, not a database error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import alembic.command
+import alembic.config
+import alembic.util
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from pipeline.ledger.errors import LedgerError
+
+DATABASE_URL_VARIABLE = "POISONGUARD_DATABASE_URL"
+DEFAULT_FILE_NAME = "ledger.sqlite"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+_WRITE = "poisonguard_ledger_write"  # execution option marking a write transaction
+# pg_advisory_xact_lock takes a signed 64-bit key; one derived from a name no other program uses
+_ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"poisonguard ledger").digest()[:8], "big", signed=True)
+_SQLITE_BUSY_TIMEOUT_S = 30  # how long a writer waits for another's commit before giving up
+
+
+def ledger_url(workspace: str | Path, environ: Mapping[str, str]) -> str:
+    """The ledger's database URL: ``$POISONGUARD_DATABASE_URL`` if set, else a SQLite file in
+    the workspace. Call it where the other settings are read (``Settings.from_environment``)
+    and pass the result to ``Ledger.open``."""
+    configured = environ.get(DATABASE_URL_VARIABLE, "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{Path(workspace).expanduser().resolve() / DEFAULT_FILE_NAME}"
+
+
+def parse_url(url: str | URL) -> URL:
+    """A SQLAlchemy URL for a supported backend; plain ``postgresql://`` means psycopg 3,
+    the driver poisonguard installs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The text may hold a password, so it is not echoed.
+        raise LedgerError(
+            f"The ledger database URL is not a URL (set {DATABASE_URL_VARIABLE} to e.g. "
+            "postgresql+psycopg://user@host:5432/dbname, or leave it unset for SQLite in the workspace)."
+        ) from None
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise LedgerError(
+            f"The ledger runs on SQLite or PostgreSQL; {display_url(parsed)} is neither "
+            f"(set {DATABASE_URL_VARIABLE} to postgresql+psycopg://... or leave it unset)."
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def display_url(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_ledger_engine(url: URL) -> Engine:
+    """An engine whose write transactions are serialised (see the module docstring)."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(url)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise LedgerError(
+            f"Cannot use the ledger database {display_url(url)}: its driver is not installed ({exc})."
+        ) from None
+    return engine
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    if is_memory(url):
+        # One shared connection: otherwise every pooled connection would see its own empty database.
+        kwargs = {"connect_args": {"check_same_thread": False}, "poolclass": StaticPool}
+    elif url.database:
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _take_over_transactions(dbapi_connection: Any, _record: Any) -> None:
+        # Python's sqlite3 would otherwise begin transactions only before DML, and never with
+        # IMMEDIATE; SQLAlchemy's documented recipe hands BEGIN to us (see _begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session in a transaction that holds the ledger's write lock until it commits (on
+    leaving the block) or rolls back (on an exception)."""
+    with Session(engine.execution_options(**{_WRITE: True}), expire_on_commit=False) as session:
+        with session.begin():
+            if engine.dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+            yield session
+
+
+def migrate(engine: Engine, url: URL) -> None:
+    """Bring the schema to the newest revision shipped in ``migrations/versions``: creates it
+    in an empty database, does nothing on one already current. Runs under the write lock, so
+    two processes opening a new ledger at once do not both create it."""
+    config = alembic.config.Config()
+    # configparser interpolates '%'; a path containing one must be escaped
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    try:
+        with write_session(engine) as session:
+            config.attributes["connection"] = session.connection()
+            alembic.command.upgrade(config, "head")
+    except alembic.util.CommandError as exc:
+        raise LedgerError(
+            f"Cannot bring the ledger database {display_url(url)} to this poisonguard's schema: {exc} "
+            "(a database written by a newer poisonguard needs that version)."
+        ) from None
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"Cannot open the ledger database {display_url(url)}: {first_line(exc, url)}") from None
+
+
+def first_line(exc: BaseException, url: URL) -> str:
+    """The driver's own explanation, on one line, with the password taken out should a driver
+    ever echo it."""
+    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    line = message[0] if message else type(exc).__name__
+    if url.password:
+        line = line.replace(str(url.password), "***")
+    return line

@@ -1,0 +1,145 @@
+"""Turn a scan's outputs (summary.json, scores.parquet, quarantined.parquet) into what the
+ledger records: one batch and one decision per row. Pure: no database here.
+
+The outputs are cross-checked before anything is written: every row of the batch must have
+exactly one score row, and the rows marked quarantined must be exactly those in
+quarantined.parquet. A ledger that disagreed with the workspace would be worse than none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from pipeline.ledger.chain import utc
+from pipeline.ledger.errors import LedgerError
+from pipeline.ledger.records import RowStatus
+
+ROW_NUMBER = "row_number"
+_DECISION_COLUMNS = (ROW_NUMBER, "suspicion", "quarantined")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ScanIntake:
+    """A batch's fields (all but its id) and its row decisions, ordered by row number."""
+
+    batch: dict[str, Any]
+    decisions: list[dict[str, Any]]  # row_number, initial_status, suspicion, reasons, scores
+
+    @property
+    def dataset(self) -> str:
+        return str(self.batch["dataset"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.batch["sha256"])
+
+
+def read_scan_folder(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """summary, scores and quarantined rows of a committed batch folder in the workspace."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        scores = pd.read_parquet(folder / "scores.parquet")
+        quarantined = pd.read_parquet(folder / "quarantined.parquet", columns=[ROW_NUMBER, "reasons"])
+    except (OSError, ValueError) as exc:
+        raise LedgerError(f"Cannot record the scan in {folder}: {exc}") from None
+    return summary, scores, quarantined
+
+
+def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame) -> ScanIntake:
+    batch = _batch_fields(summary)
+    label = f"batch {batch['file']} ({batch['sha256'][:12]}) of dataset {batch['dataset']}"
+
+    def refuse(problem: str) -> LedgerError:
+        return LedgerError(f"Cannot record {label} in the ledger: {problem}; nothing was recorded.")
+
+    missing = [c for c in _DECISION_COLUMNS if c not in scores.columns]
+    if missing:
+        raise refuse(f"scores lack the column(s) {', '.join(missing)}")
+    if ROW_NUMBER not in quarantined.columns or "reasons" not in quarantined.columns:
+        raise refuse("quarantined rows lack the columns row_number and reasons")
+    numbers = scores[ROW_NUMBER].astype("int64")
+    if numbers.duplicated().any():
+        raise refuse(f"row {int(numbers[numbers.duplicated()].iloc[0])} has more than one score row")
+    if sorted(numbers) != list(range(batch["rows"])):
+        raise refuse(f"scores cover {len(numbers)} rows but the summary counts {batch['rows']} (row numbers 0..n-1)")
+    held = set(numbers[scores["quarantined"].astype(bool).to_numpy()])
+    listed = set(quarantined[ROW_NUMBER].astype("int64"))
+    if held != listed:
+        differing = sorted(held ^ listed)
+        raise refuse(f"row {differing[0]} is quarantined in one output but not the other")
+    if len(held) != batch["quarantined"] or batch["rows"] - len(held) != batch["accepted"]:
+        raise refuse("the summary's accepted/quarantined counts disagree with the scores")
+
+    reasons = {int(r): _strings(v) for r, v in zip(quarantined[ROW_NUMBER], quarantined["reasons"])}
+    score_columns = [c for c in scores.columns if c not in _DECISION_COLUMNS]
+    ordered = scores.sort_values(ROW_NUMBER, kind="stable")
+    try:
+        detector_values = ordered[score_columns].to_numpy(dtype=float, na_value=math.nan)
+    except (TypeError, ValueError):
+        raise refuse(f"the score columns {', '.join(map(str, score_columns))} must all be numeric") from None
+    decisions = []
+    for i, (number, suspicion) in enumerate(zip(ordered[ROW_NUMBER].astype("int64"), ordered["suspicion"])):
+        number = int(number)
+        suspicion = float(suspicion)
+        if not math.isfinite(suspicion):
+            raise refuse(f"row {number} has no finite suspicion")
+        pending = number in held
+        decisions.append({
+            ROW_NUMBER: number,
+            "initial_status": (RowStatus.PENDING if pending else RowStatus.ACCEPTED).value,
+            "suspicion": suspicion,
+            "reasons": reasons.get(number, []) if pending else [],
+            "scores": {c: _finite(v) for c, v in zip(score_columns, detector_values[i])},
+        })
+    return ScanIntake(batch, decisions)
+
+
+def _batch_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        batch, counts = summary["batch"], summary["counts"]
+        sha256, dataset = str(batch["sha256"]), str(summary["dataset"])
+        fields = {
+            "sha256": sha256,
+            "dataset": dataset,
+            "file": str(batch["file"]),
+            "source": str(batch.get("source") or "unknown"),
+            "submitter": str(batch.get("submitter") or "unknown"),
+            "mlflow_run_id": (summary.get("mlflow") or {}).get("run_id") or None,
+            "scanned_at": utc(dt.datetime.fromisoformat(str(summary["scanned_at"]))),
+            "rows": int(counts["rows"]),
+            "accepted": int(counts["accepted"]),
+            "quarantined": int(counts["quarantined"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(
+            f"Cannot record a scan whose summary lacks or mangles {exc}: pass the summary.json the scan wrote."
+        ) from None
+    if not _SHA256.match(sha256):
+        raise LedgerError(f"Cannot record a scan whose batch sha256 is {sha256!r}: expected 64 hex digits.")
+    if not dataset or len(dataset) > 128:
+        raise LedgerError(f"Cannot record a scan for dataset {dataset!r}: expected a name of 1-128 characters.")
+    return fields
+
+
+def _strings(cell: Any) -> list[str]:
+    """Parquet hands list cells back as numpy arrays; the ledger stores plain lists of str."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return []
+    if isinstance(cell, str):
+        return [cell]
+    return [str(item) for item in cell]
+
+
+def _finite(value: float) -> float | None:
+    # JSON (and PostgreSQL) have no NaN or infinity; a detector that did not score a row is null.
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,176 @@
+"""Walk the hash chain and recompute every entry from the rows actually in the tables.
+
+A hand edit in the database shows up in one of three ways: an entry whose hash no longer
+matches its content or does not link to the entry before it (the chain itself was edited); an
+entry whose payload digest no longer matches the rows it covers (a batch, row decision or
+review action was edited or deleted); or a row that no entry covers (one was added, or its
+entry deleted). Each problem is reported as one sentence that names the entry and, where the
+entry kept a readable copy, what changed.
+
+What the chain alone cannot show: the newest entries deleted together with the rows they
+cover. Compare with a ``ChainHead`` kept elsewhere for that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.ledger.chain import (
+    GENESIS_HASH,
+    EntryKind,
+    batch_payload,
+    decisions_payload,
+    decisions_summary,
+    digest,
+    entry_hash,
+    review_payload,
+)
+from pipeline.ledger.models import Batch, LedgerEntry, ReviewActionRow, RowDecision
+from pipeline.ledger.records import ChainHead
+
+_MAX_ROWS_NAMED = 5  # per entry; a mass edit is summarised, not listed row by row
+_PLAIN = re.compile(r"^[\w.:@+-]+$")
+_FREE_TEXT = {"reason", "file"}
+
+
+def decision_rows(session: Session, batch_id: str) -> list[dict[str, Any]]:
+    """A batch's row decisions as plain mappings, the form ``chain.decisions_payload`` digests."""
+    columns = (RowDecision.id, RowDecision.dataset, RowDecision.row_number, RowDecision.initial_status,
+               RowDecision.suspicion, RowDecision.reasons, RowDecision.scores)
+    return [dict(row) for row in session.execute(select(*columns).where(RowDecision.batch_id == batch_id)).mappings()]
+
+
+def find_problems(session: Session, expected_head: ChainHead | None = None) -> list[str]:
+    entries = session.scalars(select(LedgerEntry).order_by(LedgerEntry.sequence)).all()
+    batches = {b.id: b for b in session.scalars(select(Batch))}
+    actions = {a.row_id: a for a in session.scalars(select(ReviewActionRow))}
+    covered: dict[str, set[str]] = {kind.value: set() for kind in EntryKind}
+    problems: list[str] = []
+    prev_hash, expected_sequence = GENESIS_HASH, 1
+    for entry in entries:
+        where = f"entry {entry.sequence} ({_describe(entry)})"
+        if entry.sequence != expected_sequence:
+            problems.append(_gap(expected_sequence, entry.sequence))
+        elif entry.prev_hash != prev_hash:
+            problems.append(f"{where}: does not link to the entry before it (its previous hash differs); "
+                            "an earlier entry was replaced or edited")
+        if entry.entry_hash != entry_hash(entry.prev_hash, entry.sequence, entry.kind, entry.subject,
+                                          entry.payload_digest):
+            problems.append(f"{where}: its hash does not match its content; the entry itself was edited")
+        covered.setdefault(entry.kind, set()).add(entry.subject)
+        if entry.kind == EntryKind.BATCH.value:
+            batch = batches.get(entry.subject)
+            problems += _check_copy(where, entry, batch_payload(batch) if batch else None,
+                                    "the batch is missing from the batches table")
+        elif entry.kind == EntryKind.REVIEW.value:
+            action = actions.get(entry.subject)
+            problems += _check_copy(where, entry, review_payload(action) if action else None,
+                                    "the review action is missing from the review_actions table")
+        elif entry.kind == EntryKind.DECISIONS.value:
+            problems += _check_decisions(where, entry, decision_rows(session, entry.subject))
+        else:
+            problems.append(f"{where}: unknown kind of entry {entry.kind!r}")
+        prev_hash, expected_sequence = entry.entry_hash, entry.sequence + 1
+    problems += _uncovered(session, batches, actions, covered)
+    if expected_head is not None:
+        problems += _check_head(entries, expected_head)
+    return problems
+
+
+def _describe(entry: LedgerEntry) -> str:
+    if entry.kind == EntryKind.DECISIONS.value:
+        return f"decisions of batch {entry.subject}"
+    return f"{entry.kind} of {entry.subject}" if entry.kind == EntryKind.REVIEW.value else f"{entry.kind} {entry.subject}"
+
+
+def _gap(expected: int, found: int) -> str:
+    if found > expected:
+        missing = f"entry {expected} is" if found == expected + 1 else f"entries {expected} to {found - 1} are"
+        return f"{missing} missing: the chain jumps from entry {expected - 1} to entry {found}"
+    return f"entry {found} appears out of order after entry {expected - 1}"
+
+
+def _check_copy(where: str, entry: LedgerEntry, current: dict[str, Any] | None, missing: str) -> list[str]:
+    """Batch and review entries keep the whole payload as their readable copy."""
+    problems = []
+    recorded = _readable_copy(entry)
+    if digest(entry.recorded) != entry.payload_digest:
+        problems.append(f"{where}: its recorded copy was edited (it no longer matches the entry's digest)")
+    if current is None:
+        return problems + [f"{where}: {missing} (deleted)"]
+    if digest(current) != entry.payload_digest:
+        changes = [f"{where}: recorded {field} changed from {_show(field, recorded.get(field))} "
+                   f"to {_show(field, value)}"
+                   for field, value in current.items() if recorded.get(field) != value]
+        problems += changes or [f"{where}: the {entry.kind} no longer matches what was recorded"]
+    return problems
+
+
+def _check_decisions(where: str, entry: LedgerEntry, rows: list[dict[str, Any]]) -> list[str]:
+    """A batch's decisions share one digest; the readable copy (row count and pending rows)
+    names the rows whose status changed. Other edits are reported without naming the row."""
+    current = decisions_summary(entry.subject, rows)
+    if digest(decisions_payload(entry.subject, rows)) == entry.payload_digest:
+        if current != entry.recorded:
+            return [f"{where}: its recorded summary was edited (the decisions themselves are intact)"]
+        return []
+    recorded = _readable_copy(entry)
+    problems = []
+    if recorded.get("rows") != current["rows"]:
+        problems.append(f"{where}: the batch had {recorded.get('rows')} row decisions when recorded, "
+                        f"now {current['rows']} (rows were deleted or added)")
+    status = {row["row_number"]: row["initial_status"] for row in rows}
+    pending = recorded.get("pending")
+    was_pending = {n for n in pending if isinstance(n, int)} if isinstance(pending, list) else set()
+    changed = []
+    for number in sorted(was_pending | set(current["pending"])):
+        before = "pending" if number in was_pending else "accepted"
+        after = status.get(number, "deleted")
+        if before != after:
+            changed.append(f"row {entry.subject}:{number} was recorded as {before}, now {after}")
+    if changed:
+        more = f" (and {len(changed) - _MAX_ROWS_NAMED} more)" if len(changed) > _MAX_ROWS_NAMED else ""
+        problems.append(f"{where}: " + "; ".join(changed[:_MAX_ROWS_NAMED]) + more)
+    return problems or [f"{where}: the suspicion, reasons, scores or dataset of a row decision changed "
+                        "since it was recorded"]
+
+
+def _readable_copy(entry: LedgerEntry) -> dict[str, Any]:
+    # An edited copy may not even be an object any more; verify reports, it never crashes.
+    return entry.recorded if isinstance(entry.recorded, dict) else {}
+
+
+def _uncovered(session: Session, batches: Mapping[str, Batch], actions: Mapping[str, ReviewActionRow],
+               covered: Mapping[str, set[str]]) -> list[str]:
+    problems = [f"batch {batch_id} has no ledger entry: it was added outside the ledger, or its entry was deleted"
+                for batch_id in sorted(set(batches) - covered[EntryKind.BATCH.value])]
+    with_rows = set(session.scalars(select(RowDecision.batch_id).distinct()))
+    problems += [f"the row decisions of batch {batch_id} have no ledger entry: they were added outside the "
+                 "ledger, or their entry was deleted"
+                 for batch_id in sorted(with_rows - covered[EntryKind.DECISIONS.value])]
+    problems += [f"review of {row_id} ({actions[row_id].action} by {actions[row_id].by}) has no ledger entry: "
+                 "it was added outside the ledger, or its entry was deleted"
+                 for row_id in sorted(set(actions) - covered[EntryKind.REVIEW.value])]
+    return problems
+
+
+def _check_head(entries: Iterable[LedgerEntry], head: ChainHead) -> list[str]:
+    by_sequence = {e.sequence: e for e in entries}
+    last = max(by_sequence, default=0)
+    entry = by_sequence.get(head.sequence)
+    if entry is None:
+        return [f"the chain ends at entry {last}, but entry {head.sequence} was recorded as its head earlier: "
+                "entries were cut off the end"]
+    if entry.entry_hash != head.entry_hash:
+        return [f"entry {head.sequence} is not the entry recorded as the head earlier (its hash differs)"]
+    return []
+
+
+def _show(field: str, value: Any) -> str:
+    """Names and codes bare (``from reject to release``), free text quoted."""
+    plain = isinstance(value, str) and field not in _FREE_TEXT and _PLAIN.match(value)
+    return str(value) if plain or isinstance(value, int) else repr(value)
