@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import provenance, scan
 from pipeline.config import Settings
+from pipeline.ledger import Ledger
 from pipeline.store import Workspace, copy_outputs, write_outputs
 
 step = task(cache_policy=NO_CACHE, persist_result=False)
@@ -23,15 +24,26 @@ ingest = step(scan.ingest)
 load_trusted = step(scan.load_trusted)
 validate_batch = step(scan.validate_batch)
 fit_detectors = step(scan.fit_detectors)
+fit_checks = step(scan.fit_checks)
 score_batch = step(scan.score_batch)
+check_batch = step(scan.check_batch)
+source_history = step(provenance.source_history)
+check_source = step(scan.check_source)
 decide_batch = step(scan.decide_batch)
 confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
 
 
 @step
-def redeliver(recorded: Path, out: Path) -> dict[str, Any]:
+def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
+    # Recording is idempotent: this also repairs a crash between the workspace commit and the ledger.
+    record_in_ledger(settings, recorded)
     return copy_outputs(recorded, out, {"duplicate": True, "redelivered_at": scan.now().isoformat(timespec="seconds")})
+
+
+def record_in_ledger(settings: Settings, folder: Path) -> str:
+    with Ledger.open(settings.database_url) as ledger:
+        return ledger.record_scan_folder(folder)
 
 
 @step
@@ -51,6 +63,8 @@ def record(outputs, request: scan.ScanRequest, settings: Settings, batch, truste
     )
     committed = workspace.commit(staging, request.dataset_name, batch.sha256)
     source = workspace.batch_dir(request.dataset_name, batch.sha256)
+    if committed:
+        record_in_ledger(settings, source)
     copy_outputs(source, request.out)
     return committed
 
@@ -62,7 +76,7 @@ def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, 
     workspace = Workspace(settings.workspace)
     recorded = workspace.recorded(request.dataset_name, batch.sha256)
     if recorded:
-        return redeliver(recorded, request.out)
+        return redeliver(recorded, request.out, settings)
     trusted = load_trusted(request, settings)
     provenance.close_abandoned_runs(settings.tracking_uri, batch.sha256, request.dataset_name)
     experiment_id = provenance.ensure_experiment(
@@ -78,17 +92,20 @@ def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, 
         conformed, outcome = validate_batch(batch, trusted)
         detectors = fit_detectors(trusted, settings)
         scores = score_batch(detectors, conformed, outcome.batch_findings)
-        decisions = decide_batch(conformed, outcome, scores)
+        checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
+        decisions = decide_batch(conformed, outcome, scores, settings)
+        earlier = source_history(settings.tracking_uri, request.dataset_name, request.source, run_id)
+        checks = [*checks, check_source(request, earlier, decisions)]
         impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
-                                run_id, started)
+                                checks, run_id, started)
         committed = record(outputs, request, settings, batch, trusted, run_id)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")
         raise
     if not committed:  # a concurrent scan of the same bytes committed first: its decision stands
         provenance.finish_run(settings.tracking_uri, run_id, "KILLED")
-        return redeliver(workspace.batch_dir(request.dataset_name, batch.sha256), request.out)
+        return redeliver(workspace.batch_dir(request.dataset_name, batch.sha256), request.out, settings)
     provenance.finish_run(settings.tracking_uri, run_id)
     return outputs.summary
 

@@ -12,11 +12,16 @@ from typing import Any, Optional
 
 import typer
 
+from pipeline.cli_review import review_app, verify
+from pipeline.cli_ui import ui
 from pipeline.config import Settings, prefect_environment
 from pipeline.errors import PoisonguardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Catch poisoned training data before it reaches a model.")
+app.add_typer(review_app, name="review")
+app.command()(verify)
+app.command()(ui)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / "data_samples"
@@ -119,6 +124,8 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     typer.echo(f"{counts['rows']} rows: {counts['accepted']} accepted, {counts['quarantined']} quarantined.")
     for finding in summary["batch_findings"]:
         typer.echo(f"  batch held: {finding['message']}")
+    for alarm in summary.get("alarms", []):
+        typer.echo(f"  alarm: {alarm['message']}")
     held = {k: v for k, v in summary["checks"].items() if v}
     for check, count in sorted(held.items(), key=lambda kv: -kv[1]):
         typer.echo(f"  {count:6d}  {check}")

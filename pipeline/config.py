@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 from pipeline.detectors import DEFAULT_DETECTORS
 from pipeline.errors import PoisonguardError
+from pipeline.ledger.database import ledger_url
+from pipeline.policy import QuarantinePolicy
 
 DEFAULT_WORKSPACE = Path(".poisonguard")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -27,6 +29,8 @@ class Settings:
     holdout_fraction: float = 0.2  # split off the reference when no --holdout is given
     roni_model: str = "sklearn.linear_model.LogisticRegression"  # exact group RONI; any sklearn classifier
     random_state: int = 0
+    policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    database_url: str = ""  # the ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
@@ -34,12 +38,30 @@ class Settings:
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        try:
+            policy = QuarantinePolicy(
+                false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
+                false_discovery_rate=_number(env, "POISONGUARD_FALSE_DISCOVERY_RATE", 0.3))
+        except PoisonguardError as error:
+            raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
+                                   "POISONGUARD_FALSE_DISCOVERY_RATE.") from None
         return cls(workspace=root, tracking_uri=tracking,
-                   submitter=env.get("POISONGUARD_USER") or _login_name())
+                   submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
+                   database_url=ledger_url(root, env))
 
     @property
     def uses_local_mlflow(self) -> bool:
         return self.tracking_uri == f"sqlite:///{self.workspace / 'mlflow.db'}"
+
+
+def _number(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise PoisonguardError(f"The environment variable {key} must be a number such as {default}; got {raw!r}.") from None
 
 
 def _login_name() -> str:

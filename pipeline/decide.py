@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.findings import BatchFinding, ReasonCode, findings_frame
 from pipeline.io import ROW_NUMBER
+from pipeline.policy import QuarantinePolicy, fired, fuse
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Decisions:
 
     table: pd.DataFrame
     findings: pd.DataFrame
+    threshold: float = 0.0  # the fused p-value at or below which the policy held a row
 
     @property
     def quarantined_rows(self) -> np.ndarray:
@@ -28,12 +30,12 @@ class Decisions:
         return {str(k): int(v) for k, v in self.findings.groupby("check")[ROW_NUMBER].nunique().items()}
 
 
-def detector_findings(name: str, scores: pd.DataFrame) -> pd.DataFrame:
-    flagged = scores[scores["flagged"]]
+def detector_findings(name: str, scores: pd.DataFrame, fired: np.ndarray) -> pd.DataFrame:
+    rows = scores[fired]
     return findings_frame([
         {"row_number": row.row_number, "check": f"detector:{name}", "reason_code": ReasonCode.DETECTOR,
-         "observed": f"{row.calibrated:.4f}", "message": row.reason}
-        for row in flagged.itertuples(index=False)
+         "observed": f"{1.0 - row.calibrated:.3g}", "message": row.reason}
+        for row in rows.itertuples(index=False)
     ])
 
 
@@ -42,14 +44,29 @@ def decide(
     validation_findings: pd.DataFrame,
     batch_findings: list[BatchFinding],
     detector_scores: dict[str, pd.DataFrame],
+    policy: QuarantinePolicy,
 ) -> Decisions:
     """Hard validation failures and batch-level failures always quarantine with suspicion 1.
 
-    Otherwise suspicion is the strongest calibrated detector score and a row is held when any
-    detector flags it. Reasons list hard failures first, then detectors, most suspect first.
+    Otherwise the policy fuses the detectors' p-values and holds rows at its threshold;
+    suspicion is 1 − the fused p-value. Reasons list hard failures first, then the detectors
+    that fired, smallest p-value first.
     """
     rows = pd.DataFrame({ROW_NUMBER: row_numbers.to_numpy()})
-    parts = [validation_findings] + [detector_findings(n, s) for n, s in detector_scores.items()]
+    pvalues = {}
+    for name, scores in detector_scores.items():
+        aligned = rows.merge(scores[[ROW_NUMBER, "calibrated", "score"]], on=ROW_NUMBER, how="left")
+        rows[name] = aligned["calibrated"].to_numpy()
+        rows[f"{name}_raw"] = aligned["score"].to_numpy()
+        pvalues[name] = 1.0 - aligned["calibrated"].to_numpy()
+    fused = fuse(pvalues, len(rows))
+    threshold = policy.threshold(fused)
+    held_by_policy = fused <= threshold
+    parts = [validation_findings]
+    for name, scores in detector_scores.items():
+        fired_here = fired(pvalues[name], len(pvalues), threshold) & held_by_policy
+        by_row = pd.Series(fired_here, index=rows[ROW_NUMBER])
+        parts.append(detector_findings(name, scores, scores[ROW_NUMBER].map(by_row).fillna(False).to_numpy(bool)))
     if batch_findings:
         parts.append(findings_frame([
             {"row_number": r, "check": f.check, "reason_code": f.reason_code, "observed": None,
@@ -59,31 +76,23 @@ def decide(
     findings = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else validation_findings.iloc[0:0]
 
-    suspicion = np.zeros(len(rows))
-    for name, scores in detector_scores.items():
-        aligned = rows.merge(scores[[ROW_NUMBER, "calibrated", "score"]], on=ROW_NUMBER, how="left")
-        rows[name] = aligned["calibrated"].to_numpy()
-        rows[f"{name}_raw"] = aligned["score"].to_numpy()
-        suspicion = np.fmax(suspicion, np.nan_to_num(aligned["calibrated"].to_numpy()))
     hard = findings["reason_code"] != ReasonCode.DETECTOR.value
-    hard_rows = set(findings.loc[hard, ROW_NUMBER])
-    is_hard = rows[ROW_NUMBER].isin(hard_rows).to_numpy()
-    suspicion[is_hard] = 1.0
-    rows["suspicion"] = suspicion
+    is_hard = rows[ROW_NUMBER].isin(set(findings.loc[hard, ROW_NUMBER])).to_numpy()
+    rows["suspicion"] = np.where(is_hard, 1.0, 1.0 - fused)
     rows["quarantined"] = rows[ROW_NUMBER].isin(set(findings[ROW_NUMBER])).to_numpy()
     rows["reasons"] = _reasons_per_row(rows[ROW_NUMBER], findings)
     ordered = [ROW_NUMBER, "suspicion", "quarantined", "reasons"] + \
         [c for c in rows.columns if c not in (ROW_NUMBER, "suspicion", "quarantined", "reasons")]
-    return Decisions(rows[ordered], findings.reset_index(drop=True))
+    return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
 
 
 def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[list[str]]:
     if findings.empty:
         return [[] for _ in range(len(row_numbers))]
+    is_detector = findings["reason_code"] == ReasonCode.DETECTOR.value
     ranked = findings.assign(
-        _hard=(findings["reason_code"] != ReasonCode.DETECTOR.value).astype(int),
-        _strength=pd.to_numeric(findings["observed"].where(findings["reason_code"] == ReasonCode.DETECTOR.value),
-                                errors="coerce").fillna(0.0),
-    ).sort_values(["_hard", "_strength"], ascending=[False, False], kind="stable")
+        _hard=(~is_detector).astype(int),
+        _pvalue=pd.to_numeric(findings["observed"].where(is_detector), errors="coerce").fillna(1.0),
+    ).sort_values(["_hard", "_pvalue"], ascending=[False, True], kind="stable")
     grouped = ranked.groupby(ROW_NUMBER, sort=False)["message"].agg(lambda m: list(dict.fromkeys(m)))
     return [list(grouped.get(r, [])) for r in row_numbers]

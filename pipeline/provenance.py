@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from pipeline.alarms import SourceRecord
+
 EXPERIMENT_PREFIX = "poisonguard-"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -153,3 +155,30 @@ def close_abandoned_runs(tracking_uri: str, sha256: str, dataset: str) -> int:
         client.set_tag(run.info.run_id, "abandoned", "true")
         client.set_terminated(run.info.run_id, status="FAILED")
     return len(runs)
+
+
+def source_history(tracking_uri: str, dataset: str, source: str, exclude_run_id: str,
+                   limit: int = 500) -> list[SourceRecord]:
+    """Rows scanned and quarantined in the source's earlier finished scans of the dataset,
+    newest first. Filtered on the source in Python: it is free text and MLflow's filter
+    language has no escape for quotes."""
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name(dataset))
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=limit, order_by=["attributes.start_time DESC"])
+    return [SourceRecord(rows=int(run.data.metrics["rows_rows"]), quarantined=int(run.data.metrics["rows_quarantined"]))
+            for run in runs
+            if run.info.run_id != exclude_run_id and run.data.tags.get("source") == source
+            and "rows_rows" in run.data.metrics and "rows_quarantined" in run.data.metrics]
+
+
+def log_review(tracking_uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+    """Mirror steward actions to the batch's run (it is finished; MLflow allows adding to it)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    now_ms = int(time.time() * 1000)
+    for key, value in metrics.items():
+        client.log_metric(run_id, metric_key(key), value, timestamp=now_ms)

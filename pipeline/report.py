@@ -17,8 +17,8 @@ _env = Environment(loader=PackageLoader("pipeline", "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
 
-def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray) -> str:
-    """Inline SVG of the batch's suspicion, accepted vs quarantined rows."""
+def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, threshold: float | None = None) -> str:
+    """Inline SVG of the batch's suspicion, accepted vs quarantined rows, the policy's line marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +28,9 @@ def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray) -> s
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist([suspicion[~quarantined], suspicion[quarantined]], bins=bins, stacked=True,
             color=["#4c78a8", "#e45756"], label=["accepted", "quarantined"])
-    ax.set_xlabel("suspicion (1 − p-value against trusted rows)")
+    if threshold is not None:
+        ax.axvline(1.0 - threshold, color="#222", linestyle="--", linewidth=1, label="policy threshold")
+    ax.set_xlabel("suspicion (1 − fused p-value against trusted rows)")
     ax.set_ylabel("rows")
     ax.set_yscale("symlog")
     ax.legend(loc="upper left", frameon=False)
@@ -52,7 +54,8 @@ def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.Da
         "values": ", ".join(f"{col}={_fmt(values.at[row.row_number, col])}" for col in values.columns),
     } for row in quarantined.itertuples(index=False)]
     svg = suspicion_histogram_svg(decisions["suspicion"].to_numpy(dtype=float),
-                                  decisions["quarantined"].to_numpy(dtype=bool))
+                                  decisions["quarantined"].to_numpy(dtype=bool),
+                                  summary.get("policy", {}).get("threshold"))
     return _env.get_template("report.html.j2").render(summary=summary, top=top, top_limit=TOP_ROWS,
                                                       histogram_svg=svg)
 

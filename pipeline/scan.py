@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline import __version__
+from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
@@ -158,6 +159,22 @@ def fit_detectors(trusted: TrustedData, settings: Settings):
     return fit_all(build_detectors(settings.detectors), trusted.train, trusted.spec, trusted.holdout)
 
 
+def fit_checks(trusted: TrustedData):
+    segments = tuple(c for c in trusted.suite.segment_columns if c in trusted.train.columns)
+    return fit_batch_checks(trusted.train, trusted.spec, segments)
+
+
+def check_batch(checks, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> list[CheckResult]:
+    """Batch-level alarms (drift, segment label rates); skipped, like detectors, for a batch
+    whose schema failed."""
+    return [] if batch_findings else run_batch_checks(checks, conformed)
+
+
+def check_source(request: ScanRequest, earlier: list[SourceRecord], decisions: Decisions) -> CheckResult:
+    held = int(decisions.table["quarantined"].sum())
+    return source_history(request.source, earlier, len(decisions.table), held)
+
+
 def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: ValidationOutcome,
                    decisions: Decisions, settings: Settings) -> list[GroupImpact]:
     """Exact RONI on groups: the rows the detectors hold, and the batch as a whole.
@@ -185,8 +202,9 @@ def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFi
     return {} if batch_findings else score_all(detectors, conformed)
 
 
-def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame]) -> Decisions:
-    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores)
+def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],
+                 settings: Settings) -> Decisions:
+    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores, settings.policy)
     check_conservation(conformed, decisions)
     return decisions
 
@@ -201,7 +219,8 @@ def check_conservation(batch: pd.DataFrame, decisions: Decisions) -> None:
 
 def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
                   conformed: pd.DataFrame, outcome: ValidationOutcome, decisions: Decisions,
-                  impacts: list[GroupImpact], run_id: str, started: dt.datetime) -> ScanOutputs:
+                  impacts: list[GroupImpact], checks: list[CheckResult], run_id: str,
+                  started: dt.datetime) -> ScanOutputs:
     table = decisions.table
     held = table.set_index(ROW_NUMBER)
     is_held = conformed[ROW_NUMBER].map(held["quarantined"]).to_numpy(dtype=bool)
@@ -230,6 +249,9 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
                            for f in outcome.batch_findings],
         "detectors_skipped": bool(outcome.batch_findings),
+        "policy": settings.policy.as_dict() | {"threshold": decisions.threshold},
+        "alarms": [c.alarm.as_dict() for c in checks if c.alarm is not None],
+        "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
         "duplicate": False,
@@ -269,6 +291,12 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics = {f"rows_{k}": float(v) for k, v in summary["counts"].items()}
     metrics.update({f"quarantined.{check}": float(n) for check, n in summary["checks"].items()})
     metrics["batch_level_failures"] = float(len(summary["batch_findings"]))
+    metrics["alarms"] = float(len(summary.get("alarms", [])))
+    for alarm in summary.get("alarms", []):
+        metrics[f"alarm.{alarm['check']}"] = 1.0
+    metrics["policy.threshold"] = float(summary.get("policy", {}).get("threshold", 0.0))
+    rows = summary["counts"]["rows"]
+    metrics["source.quarantine_rate"] = summary["counts"]["quarantined"] / rows if rows else 0.0
     for impact in summary.get("roni", []):
         key = "batch" if impact["group"] == "rows of the batch" else "quarantined"
         metrics[f"roni.{key}.accuracy_gain_without"] = impact["accuracy_without"] - impact["accuracy_with"]
@@ -276,10 +304,16 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def _jsonable(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with numpy scalars made plain, so summary.json stays standard JSON."""
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in record.items()}
+            for record in table.to_dict("records")]
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
 __all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",
-           "fit_detectors", "score_batch", "decide_batch", "build_outputs", "run_tags", "run_params",
-           "run_metrics", "now"]
+           "fit_detectors", "fit_checks", "check_batch", "check_source", "score_batch", "decide_batch",
+           "build_outputs", "run_tags", "run_params", "run_metrics", "now"]

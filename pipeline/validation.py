@@ -75,6 +75,12 @@ class Suite:
         return tuple(self.settings.get("protected", ()))
 
     @property
+    def segment_columns(self) -> tuple[str, ...]:
+        """Columns whose label rates are compared with the reference (disparate impact); the
+        protected columns unless the suite names others under ``segments``."""
+        return tuple(self.settings.get("segments", self.protected_columns))
+
+    @property
     def expected_columns(self) -> list[str] | None:
         for exp in self.document["expectations"]:
             if exp["type"] in ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list"):

@@ -10,7 +10,7 @@ ALLOWED = {
     "prefect": {"cli.py"},
     "flows": {"cli.py"},
     "mlflow": {"provenance.py"},
-    "typer": {"cli.py"},
+    "typer": {"cli.py", "cli_review.py", "cli_ui.py"},
     "click": {"cli.py"},
 }
 

@@ -75,3 +75,30 @@ def test_rescanning_the_same_bytes_ingests_nothing_twice(scan_sample, tmp_path):
     assert again[3]["mlflow"]["run_id"] == summary_first["mlflow"]["run_id"]
     assert again[3]["duplicate"] is True
     assert len(list((tmp_path / "ws" / "datasets" / "dedupe" / "batches").iterdir())) == 1
+
+
+def test_a_source_whose_quarantine_rate_jumps_raises_an_alarm(scan_sample):
+    first, _ = scan_sample(SAMPLES / "batch_01_clean.csv", "--source", "partner-a", dataset="history")
+    assert first.exit_code == 0 and "alarm" not in first.stdout  # no history yet: nothing to compare
+    second, out = scan_sample(SAMPLES / "batch_03_impossible_and_outliers.csv", "--source", "partner-a",
+                              dataset="history")
+    summary = read_outputs(out)[3]
+    alarms = {a["check"]: a for a in summary["alarms"]}
+    assert "source_history" in alarms
+    assert f"{summary['counts']['quarantined']}/140 rows quarantined" in alarms["source_history"]["message"]
+    assert "alarm: source 'partner-a'" in second.stdout
+    assert "source_history" in (out / "report.html").read_text()
+
+
+def test_relabelling_one_segment_raises_a_segment_alarm_with_the_rates(scan_sample, tmp_path):
+    batch = pd.read_parquet(SAMPLES / "holdout.parquet")
+    batch.loc[batch["afam"] == "yes", "deny"] = "yes"
+    path = tmp_path / "afam_relabelled.csv"
+    batch.to_csv(path, index=False)
+    result, out = scan_sample(path)
+    assert result.exit_code == 0, result.stderr
+    summary = read_outputs(out)[3]
+    segment = [a for a in summary["alarms"] if a["check"] == "segment_shift"]
+    assert segment and "afam='yes'" in segment[0]["message"] and "rate 1.00 in the batch" in segment[0]["message"]
+    shifted = [r for r in summary["batch_checks"]["segment_shift"] if r["shifted"]]
+    assert [(r["segment"], r["value"]) for r in shifted] == [("afam", "yes")]

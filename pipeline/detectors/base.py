@@ -7,7 +7,9 @@ batch row with the columns in ``SCORE_COLUMNS``:
 - ``calibrated``: 1 − conformal p-value against trusted rows the detector did not fit on, in
   [0, 1]: 0.99 means the row looks more suspect than 99 % of trusted rows;
 - ``flagged``: the detector would quarantine the row on its own (p-value ≤ its ``alpha``);
-- ``reason``: one short sentence a steward can read.
+- ``reason``: one short sentence a steward can read, for every row whose p-value is at most
+  ``REASON_PVALUE``: the quarantine policy fuses detectors and may hold a row that no single
+  detector flags on its own, and every held row needs its reasons.
 
 Scoring never writes to ``self``; learned state ends in ``_``.
 """
@@ -27,6 +29,8 @@ from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
+# The policy's threshold on a fused p-value never exceeds this (its parameters are capped there).
+REASON_PVALUE = 0.5
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
 from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
@@ -178,7 +178,7 @@ class RoniInfluence(Detector):
                     mask = known & (given == c)
                     pvalues[mask] = conformal_pvalues(self.calibration_[c], raw[mask])
         flagged = pvalues <= self.alpha
-        for i in np.flatnonzero(flagged):
+        for i in np.flatnonzero(pvalues <= REASON_PVALUE):
             reasons[i] = (f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
                           f"{raw[i] / self.influence_.n_train:.2e} (logistic influence); more harmful than "
                           f"{100 * (1 - pvalues[i]):.1f} % of trusted rows labelled {given[i]!r}")

@@ -8,10 +8,17 @@ on itself):
 - model: 1 − p(given label) from a gradient-boosted model, out-of-fold on the trusted rows. A
   strong model matters: with an underfitting linear model, flips near the boundary look normal.
 
-The raw score is the mean of the two. It is calibrated per label class (Mondrian conformal): a
-row labelled 'yes' is compared with trusted rows labelled 'yes'. This is confident learning's
-per-class threshold in conformal form, and what keeps minority-class rows (whose neighbours are
-mostly the majority) from being flagged wholesale, as plain kNN sanitisation does.
+The raw score is the mean of the two, calibrated against the same score of trusted rows
+(out-of-fold, so a trusted row never judges itself). Two calibrations:
+
+- ``marginal`` (default): against all trusted rows. A 'yes' the model is sure is a 'no' is as
+  rare among trusted rows as it is suspect, so flips of either class are seen; on HMDA's noisy
+  labels this lifts F1 on 30 % random flips from 0.08 to 0.29 at α = 0.01 (0.84 with the
+  policy's FDR control). The cost: natural label noise is mostly in the minority class, so
+  that is where the false quarantines fall.
+- ``per_class`` (Mondrian): a row labelled 'yes' against trusted rows labelled 'yes'. Confident
+  learning's per-class threshold in conformal form: false quarantines spread evenly over the
+  classes, but a noisy minority class hides the flips into it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
 from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
@@ -51,15 +58,17 @@ class LabelConsistency(Detector):
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "n_folds": Interval(Integral, 2, 20),
         "random_state": Interval(Integral, 0, None),
+        "calibration": ("marginal", "per_class"),
     }
 
     def __init__(self, *, n_neighbors: int = 10, model: str = "gradient_boosting", alpha: float = 0.01,
-                 n_folds: int = 5, random_state: int = 0) -> None:
+                 n_folds: int = 5, random_state: int = 0, calibration: str = "marginal") -> None:
         self.n_neighbors = n_neighbors
         self.model = model
         self.alpha = alpha
         self.n_folds = n_folds
         self.random_state = random_state
+        self.calibration = calibration
 
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
         labelled = reference[reference[spec.label].notna()]
@@ -81,7 +90,8 @@ class LabelConsistency(Detector):
                                         method="predict_proba")
         self.model_ = MODELS[self.model](self.random_state).fit(encoded, labels)
         scores = self._raw(neighbour_votes, out_of_fold, labels)
-        self.calibration_ = {c: scores[labels == c] for c in self.classes_}
+        self.calibration_ = {c: scores if self.calibration == "marginal" else scores[labels == c]
+                             for c in self.classes_}
 
     def _neighbours_excluding_self(self, encoded: np.ndarray, k: int) -> np.ndarray:
         _, index = self.neighbors_.kneighbors(encoded, n_neighbors=min(k + 1, len(encoded)))
@@ -123,9 +133,8 @@ class LabelConsistency(Detector):
                 mask = np.zeros(n, bool)
                 mask[known] = given == c
                 pvalues[mask] = conformal_pvalues(self.calibration_[c], raw[mask])
-            flagged_known = pvalues[known] <= self.alpha
             positions = np.flatnonzero(known)
-            for j in np.flatnonzero(flagged_known):
+            for j in np.flatnonzero(pvalues[known] <= REASON_PVALUE):
                 reasons[positions[j]] = self._reason(given[j], votes[j], proba[j], pvalues[positions[j]])
         flagged = pvalues <= self.alpha
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})
@@ -136,9 +145,10 @@ class LabelConsistency(Detector):
         said = self.classes_[other]
         agree = int(round(votes[other] * k))
         given, said = str(given), str(said)
+        compared = "trusted rows" if self.calibration == "marginal" else f"trusted rows labelled {given!r}"
         return (f"label {given!r} but {agree}/{k} nearest trusted neighbours and the model "
                 f"(p={proba[other]:.2f}) say {said!r}; more inconsistent than "
-                f"{100 * (1 - pvalue):.1f} % of trusted rows labelled {given!r}")
+                f"{100 * (1 - pvalue):.1f} % of {compared}")
 
 
 def _smallest_class(labels: np.ndarray) -> int:

