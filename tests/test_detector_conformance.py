@@ -23,8 +23,10 @@ from tests.conftest import SAMPLES
 def planted():
     """HMDA-shaped synthetic data: two overlapping classes over six numeric and two categorical
     features, a trusted reference and holdout, and a batch with the poisons of every kind a
-    registered detector claims to see: 12 far-off rows ("outlier") and 12 flipped labels deep
-    inside the other class ("label_flip")."""
+    registered detector claims to see: 12 far-off rows ("outlier"), 12 flipped labels deep
+    inside the other class ("label_flip"), and appended after them 12 rows with x0 in its top
+    0.5 % and x1 in its bottom 0.5 %, all labelled 'yes' ("backdoor"), and 15 jittered copies of
+    one row with its label flipped ("duplicate_flood")."""
     rng = np.random.default_rng(7)
 
     def draw(n: int) -> pd.DataFrame:
@@ -44,8 +46,20 @@ def planted():
     batch.loc[outliers, ["x0", "x1", "x2"]] = rng.uniform(9.0, 12.0, size=(12, 3))
     confident = batch.index[order[12:24]]
     batch.loc[confident, "label"] = np.where(batch.loc[confident, "label"] == "yes", "no", "yes")
+    backdoor = batch.loc[order[24:36]].copy()
+    backdoor["x0"] = reference["x0"].quantile(0.995)
+    backdoor["x1"] = reference["x1"].quantile(0.005)
+    backdoor["label"] = "yes"
+    flood = batch.loc[[order[36]] * 15].copy()
+    flood[["x2", "x3", "x4", "x5"]] += rng.normal(0.0, 0.005, size=(15, 4))
+    flood["label"] = "yes" if flood["label"].iloc[0] == "no" else "no"
+    n = len(batch)
+    batch = pd.concat([batch, backdoor, flood], ignore_index=True)
+    batch[ROW_NUMBER] = range(len(batch))
     spec = FeatureSpec(label="label", numeric=tuple(f"x{i}" for i in range(6)), categorical=("colour", "flag"))
-    truth = {"outlier": np.isin(np.arange(len(batch)), outliers), "label_flip": np.isin(np.arange(len(batch)), flips)}
+    rows = np.arange(len(batch))
+    truth = {"outlier": np.isin(rows, outliers), "label_flip": np.isin(rows, flips),
+             "backdoor": (rows >= n) & (rows < n + 12), "duplicate_flood": rows >= n + 12}
     return reference, holdout, batch, spec, truth
 
 
@@ -97,7 +111,7 @@ def test_detector_contract(name, check, planted):
         pd.testing.assert_frame_equal(result, other)
     elif check == "beats_chance_on_planted":
         target = truth[cls.detects]
-        clean = ~(truth["outlier"] | truth["label_flip"])
+        clean = ~np.logical_or.reduce(list(truth.values()))
         scores, flagged = result["score"].to_numpy(), result["flagged"].to_numpy()
         assert roc_auc_score(target[target | clean], scores[target | clean]) > 0.9
         assert flagged[target].mean() >= 0.75

@@ -10,20 +10,25 @@ from typing import Any
 import pandas as pd
 
 from pipeline.detectors.base import SCORE_COLUMNS, Detector, FeatureSpec, conformal_pvalues
+from pipeline.detectors.duplicates import DuplicateFlood
 from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
 from pipeline.detectors.outliers import FeatureOutlier
+from pipeline.detectors.triggers import TriggerPattern
 from pipeline.errors import PoisonguardError
 
 DETECTORS: dict[str, type[Detector]] = {
     FeatureOutlier.name: FeatureOutlier,
     LabelConsistency.name: LabelConsistency,
     RoniInfluence.name: RoniInfluence,
+    TriggerPattern.name: TriggerPattern,
+    DuplicateFlood.name: DuplicateFlood,
 }
 
 # RONI's per-row influence is registered but not on by default: on HMDA's noisy labels its
 # single-row AUROC is ~0.5 (0.94 on breast cancer); groups get exact RONI in every scan instead.
-DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}}
+DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}, "trigger": {},
+                                                "duplicates": {}}
 
 
 def build_detectors(config: dict[str, dict[str, Any]]) -> dict[str, Detector]:

@@ -1,0 +1,377 @@
+"""Backdoor triggers: a group of batch rows sharing a rare combination of two feature values, all
+carrying one label, more often than the trusted reference explains.
+
+A backdoor plants rows such as "years_on_job > age" or "lvrat in its top 0.5 % with chist in its
+bottom 0.5 %", all labelled as the attacker wants; a model trained on them learns the shortcut.
+No single value is odd and no label is wrong for its neighbourhood, so outlier and label checks
+miss them; what gives them away is that the combination *with that label* is crowded.
+
+Every feature is cut into bins fitted on the reference (numeric tails get their own bins), and
+for every feature pair the batch count of each (cell pair, label) group of at least
+``min_group`` rows is compared with the reference count. Testing (cells, label) rather than
+cells alone is what makes label concentration count: a rare cell whose labels follow the
+reference's mix adds its rows to several groups, each less crowded than one all-same-label group.
+
+Each group is compared with the trusted rows of its own label (the share of 'yes' rows in that
+cell pair), so a batch whose label mix differs from the reference's (a month with more
+denials, or 30 % random flips) does not make every common cell look crowded; a trigger crowds
+one cell within its label, which this still sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from scipy.stats import nbinom
+
+from pipeline.detectors.base import Detector, FeatureSpec, Interval
+from pipeline.errors import PoisonguardError
+
+# Quantile edges that give each tail two bins of its own (1 % and 4 %): a trigger lives in the
+# extremes, and coarser bins would drown it among ordinary rows. Tied edges collapse into one.
+TAIL_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+# An identifier-like column would make a pair's table huge; its rare values share one "other"
+# cell (the same cut as validation's MAX_DOMAIN_SIZE).
+MAX_LEVELS = 50
+# Rounds of keeping and narrowing groups (see TriggerPattern._claims).
+_ROUNDS = 3
+# Scores are -log10(p); nbinom.sf underflows to 0 below this.
+_SMALLEST_P = 1e-300
+
+
+def upper_tail_pvalue(batch_count: np.ndarray, reference_count: np.ndarray, n_batch: int | np.ndarray,
+                      n_reference: int | np.ndarray) -> np.ndarray:
+    """P(X >= batch_count) when X is how many of ``n_batch`` rows land in a cell that
+    ``reference_count`` of ``n_reference`` trusted rows landed in.
+
+    The cell's rate is uncertain, so it is integrated out: with a Jeffreys prior the trusted
+    count gives the rate a Gamma(reference_count + 1/2) posterior (in units of 1/n_reference),
+    and a Poisson count under that rate is negative binomial: the Poisson limit of the
+    beta-binomial predictive Beta(reference_count + 1/2, n_reference - reference_count + 1/2).
+
+    ``scipy.stats.betabinom`` is not used because its tail sums the pmf term by term (8 s for
+    20,000 groups of a 100,000-row batch) as 1 - cdf, which loses small tails: 23 rows in a cell
+    none of 1,190 trusted rows is in, batch of 476, gives 1.4e-12 where the exact tail is
+    2.8e-14 (this function: 4.2e-14), and 0 below ~1e-16. The negative binomial tail is a
+    regularised incomplete beta, exact and vectorised. Where it matters (tail below 0.01) it is
+    never smaller than the beta-binomial's, so it raises no alarm the beta-binomial would not;
+    for a rare cell and a group of up to 2 % of the batch it is within a factor 1.4 of it.
+    """
+    counts = np.asarray(batch_count, dtype="float64")
+    shape = np.asarray(reference_count, dtype="float64") + 0.5
+    return np.asarray(nbinom.sf(counts - 1, shape, n_reference / (n_reference + n_batch)), dtype="float64")
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How one feature's values become cell codes, and each cell in words.
+
+    Numeric: codes 0..len(edges) for the right-closed bins (-inf, e0], (e0, e1], ..., (e_last,
+    inf), then one code for missing. Categorical: one code per trusted value, then "other"
+    (unseen), then missing.
+    """
+
+    feature: str
+    edges: np.ndarray | None
+    levels: tuple[str, ...]
+    words: tuple[str, ...]
+
+    @property
+    def n_codes(self) -> int:
+        return len(self.words)
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        missing = values.isna().to_numpy().copy()
+        if self.edges is not None:
+            numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+            missing |= ~np.isfinite(numbers)
+            codes = np.searchsorted(self.edges, np.where(missing, 0.0, numbers), side="left")
+        else:
+            text = values.astype(object).where(~missing, "").astype(str)
+            codes = pd.Index(self.levels).get_indexer(text).astype("int64")
+            codes[codes < 0] = len(self.levels)
+        return np.where(missing, self.n_codes - 1, codes).astype("int64")
+
+    @classmethod
+    def numeric(cls, feature: str, values: pd.Series) -> "Binning":
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        numbers = numbers[np.isfinite(numbers)].to_numpy()
+        if len(numbers) == 0:  # never seen: every value is one cell
+            present = f"{feature} present"
+            return cls(feature, np.array([0.0]), (), (present, present, f"{feature} missing"))
+        edges = np.unique(np.quantile(numbers, TAIL_QUANTILES))
+        share = np.searchsorted(np.sort(numbers), edges, side="right") / len(numbers)  # share <= each edge
+        words = [_numeric_words(feature, edges, share, code) for code in range(len(edges) + 1)]
+        return cls(feature, edges, (), (*words, f"{feature} missing"))
+
+    @classmethod
+    def categorical(cls, feature: str, values: pd.Series) -> "Binning":
+        frequency = values[values.notna()].astype(str).value_counts()
+        frequency = frequency.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+        levels = tuple(sorted(frequency.index[:MAX_LEVELS]))
+        other = f"{feature} outside its {MAX_LEVELS} most common trusted values" if len(frequency) > MAX_LEVELS \
+            else f"{feature} not seen in the reference"
+        words = tuple(f"{feature} = {level!r}" for level in levels)
+        return cls(feature, None, levels, (*words, other, f"{feature} missing"))
+
+
+def _numeric_words(feature: str, edges: np.ndarray, share: np.ndarray, code: int) -> str:
+    """'lvrat in its top 1 % (> 1.9)': the tails by their trusted share, other bins by range."""
+    if code == 0:
+        bottom = share[0]
+        return f"{feature} in its bottom {_percent(bottom)} (<= {edges[0]:.4g})" if bottom <= 0.5 \
+            else f"{feature} <= {edges[0]:.4g}"
+    if code == len(edges):
+        top = 1.0 - share[-1]
+        return f"{feature} in its top {_percent(top)} (> {edges[-1]:.4g})" if top <= 0.5 \
+            else f"{feature} > {edges[-1]:.4g}"
+    low, high = edges[code - 1], edges[code]
+    return (f"{feature} in ({low:.4g}, {high:.4g}] (between its {_percent(share[code - 1])} and "
+            f"{_percent(share[code])} quantiles)")
+
+
+def _percent(share: float) -> str:
+    value = 100.0 * share
+    return f"{value:.0f} %" if value >= 10 or value == 0 else f"{value:.2g} %"
+
+
+@dataclass(frozen=True)
+class _Tests:
+    """Every (pair, cells, label) group tested in one batch, one entry per group."""
+
+    pair: np.ndarray  # index into the detector's pairs
+    key: np.ndarray  # (cell_a * n_codes_b + cell_b) * n_classes + label
+    count: np.ndarray  # batch rows in the group
+    cell_count: np.ndarray  # batch rows in the cells, any label
+    reference: np.ndarray  # trusted rows in the group
+    label_batch: np.ndarray  # batch rows with the group's label
+    label_reference: np.ndarray  # trusted rows with the group's label
+    pvalue: np.ndarray
+
+
+@dataclass
+class _Claims:
+    """Scoring-time state: which significant group each row is flagged for."""
+
+    significant: np.ndarray  # indices of the significant tests
+    remaining: np.ndarray  # per significant test: its rows not yet kept by any group
+    group: np.ndarray  # per row: the test that keeps it, -1 if none
+    pvalue: np.ndarray  # per row: that test's p-value on the rows it keeps
+
+
+class TriggerPattern(Detector):
+    """Higher score = the row belongs to a (feature pair, cells, label) group the reference cannot
+    explain. ``score`` is -log10 of the p-value of the group that flags the row (re-tested on the
+    rows it keeps), else of the most significant group it is in; ``calibrated`` is 1 - that
+    p-value after Bonferroni correction over every group tested; ``flagged`` is that corrected
+    p-value <= ``alpha``.
+
+    Rows whose label is missing or not a trusted class are not tested (score 0): a backdoor
+    needs the attacker's label to teach anything, and validation reports unknown labels.
+
+    >>> TriggerPattern(min_group=5).fit(reference, spec).score(batch)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "trigger"
+    detects: ClassVar[str] = "backdoor"
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "alpha": Interval(Real, 0.0, 0.5, closed="right"),
+        "min_group": Interval(Integral, 2, None),
+    }
+
+    def __init__(self, *, alpha: float = 0.01, min_group: int = 5) -> None:
+        self.alpha = alpha
+        self.min_group = min_group
+
+    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
+        labelled = reference[reference[spec.label].notna()]
+        if len(labelled) == 0:
+            raise PoisonguardError("TriggerPattern needs reference rows with a label; every label is missing.")
+        self.classes_ = np.unique(labelled[spec.label].astype(str).to_numpy())
+        self.binnings_ = [Binning.numeric(c, labelled[c]) for c in spec.numeric] + \
+                         [Binning.categorical(c, labelled[c]) for c in spec.categorical]
+        self.pairs_ = list(combinations(range(len(self.binnings_)), 2))
+        codes = self._codes(labelled)
+        labels = self._label_codes(labelled[spec.label])
+        self.class_counts_ = np.bincount(labels, minlength=len(self.classes_))
+        # dense counts per pair: a cell-pair x label table is small (bins are few)
+        self.reference_counts_ = [np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
+                                  for pair in self.pairs_]
+
+    def _codes(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([b.codes(frame[b.feature]) for b in self.binnings_]) if self.binnings_ \
+            else np.zeros((len(frame), 0), dtype="int64")
+
+    def _label_codes(self, labels: pd.Series) -> np.ndarray:
+        """Index into ``classes_``; -1 for a missing or untrusted label."""
+        text = labels.astype(object).where(labels.notna(), "").astype(str)
+        return pd.Index(self.classes_).get_indexer(text).astype("int64")
+
+    def _n_keys(self, pair: tuple[int, int]) -> int:
+        a, b = pair
+        return self.binnings_[a].n_codes * self.binnings_[b].n_codes * len(self.classes_)
+
+    def _keys(self, codes: np.ndarray, labels: np.ndarray, pair: tuple[int, int],
+              rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """One integer per row for its (cell of a, cell of b, label) group."""
+        a, b = pair
+        return (codes[rows, a] * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_) + labels[rows]
+
+    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        n = len(batch)
+        spec = self.spec_
+        labels = self._label_codes(batch[spec.label]) if spec.label in batch.columns else np.full(n, -1)
+        known = labels >= 0
+        codes, labels = self._codes(batch[known]), labels[known]
+        tests = self._tests(codes, labels)
+        n_tests = max(1, len(tests.pvalue))
+        threshold = self.alpha / n_tests  # Bonferroni over every group tested
+        claims = self._claims(tests, codes, labels, threshold)
+        background = self._background(tests, codes, labels, threshold)
+        raw, group = np.ones(n), np.full(n, -1)
+        raw[known] = np.where(claims.group >= 0, claims.pvalue, background)
+        group[known] = claims.group
+        adjusted = np.minimum(1.0, raw * n_tests)
+        flagged = group >= 0
+        reasons = [self._reason(tests, group[row]) if flagged[row] else "" for row in range(n)]
+        return pd.DataFrame({"score": -np.log10(np.maximum(raw, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
+                             "flagged": flagged, "reason": reasons})
+
+    def _tests(self, codes: np.ndarray, labels: np.ndarray) -> _Tests:
+        """One test per (pair, cells, label) group of at least ``min_group`` batch rows."""
+        n_classes = len(self.classes_)
+        batch_classes = np.bincount(labels, minlength=n_classes)
+        found: list[tuple[np.ndarray, ...]] = []
+        for index, pair in enumerate(self.pairs_):
+            counts = np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
+            tested = np.flatnonzero(counts >= self.min_group)
+            cell_counts = counts.reshape(-1, n_classes).sum(axis=1)[tested // n_classes]
+            reference = self.reference_counts_[index][tested]
+            label_batch, label_reference = batch_classes[tested % n_classes], self.class_counts_[tested % n_classes]
+            pvalue = upper_tail_pvalue(counts[tested], reference, label_batch, label_reference)
+            found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
+                          label_reference, pvalue))
+        if not found:
+            return _Tests(*([np.empty(0, "int64")] * 7), np.empty(0))
+        return _Tests(*(np.concatenate(parts) for parts in zip(*found)))
+
+    def _claims(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> _Claims:
+        """Which significant group, if any, each row is flagged for.
+
+        A planted group also crowds every looser group it falls in (lvrat top 1 % with any other
+        feature), and those sweep in the ordinary rows that share them. So groups keep rows
+        strongest first, each re-tested on the rows no stronger group kept (a group that is no
+        longer significant keeps nothing), then each kept group is narrowed to a rarer group
+        inside it where that drops only ordinary rows (see ``_narrow``). Rows a narrowed group
+        lets go may belong to another plant the broad group had taken first, so they are
+        offered again; a second round settled every case measured.
+        """
+        significant = np.flatnonzero(tests.pvalue <= threshold)
+        claims = _Claims(significant=significant, remaining=tests.count[significant].copy(),
+                         group=np.full(len(labels), -1), pvalue=np.ones(len(labels)))
+        for _ in range(_ROUNDS):
+            if not self._keep(tests, codes, labels, threshold, claims):
+                break
+            self._narrow(tests, codes, labels, threshold, claims)
+        return claims
+
+    def _in_groups(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, claims: _Claims,
+                   rows: np.ndarray) -> np.ndarray:
+        """How many of ``rows`` each significant group holds."""
+        counts = np.zeros(len(claims.significant), dtype="int64")
+        pairs = tests.pair[claims.significant]
+        for index in np.unique(pairs):
+            mine = np.flatnonzero(pairs == index)
+            pair = self.pairs_[index]
+            in_cells = np.bincount(self._keys(codes, labels, pair, rows), minlength=self._n_keys(pair))
+            counts[mine] = in_cells[tests.key[claims.significant[mine]]]
+        return counts
+
+    def _keep(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float, claims: _Claims) -> bool:
+        """Strongest first, each significant group keeps its free rows if they alone are still
+        significant. ``remaining`` counts each group's free rows, so a group is re-tested
+        without looking at its rows. Returns whether any row was kept."""
+        kept_any = False
+        for position in np.argsort(tests.pvalue[claims.significant], kind="stable"):
+            count = int(claims.remaining[position])
+            test = int(claims.significant[position])
+            if count < self.min_group:
+                continue
+            pvalue = self._pvalue(tests, test, count)
+            if pvalue > threshold:
+                continue
+            keys = self._keys(codes, labels, self.pairs_[tests.pair[test]])
+            rows = np.flatnonzero((keys == tests.key[test]) & (claims.group < 0))
+            claims.group[rows], claims.pvalue[rows] = test, pvalue
+            claims.remaining -= self._in_groups(tests, codes, labels, claims, rows)
+            kept_any = True
+        return kept_any
+
+    def _narrow(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float,
+                claims: _Claims) -> None:
+        """Narrow each kept group to the rarer significant group holding most of its rows, when
+        the rows that drops are no more than the kept group's ordinary share.
+
+        The strongest group of a large plant can be a broad cell: 8,000 copies of one row in a
+        100,000-row batch are most significant as "x0 in its 54-86 % band and x1 in its 28-56 %
+        band, labelled 'yes'", which also holds 1,903 ordinary rows; the copies' rarest cell pair
+        holds them and almost nothing else. A planted group split across cells is not narrowed:
+        the rows it would drop are far more than its trusted count explains.
+        """
+        for group in np.unique(claims.group[claims.group >= 0]):
+            rows = np.flatnonzero(claims.group == group)
+            while True:
+                rarer = tests.reference[claims.significant] < tests.reference[group]
+                if not rarer.any():
+                    break
+                held = np.where(rarer, self._in_groups(tests, codes, labels, claims, rows), -1)
+                test = int(claims.significant[np.argmax(held)])
+                keys = self._keys(codes, labels, self.pairs_[tests.pair[test]], rows)
+                inside, dropped = rows[keys == tests.key[test]], rows[keys != tests.key[test]]
+                pvalue = self._pvalue(tests, test, len(inside))
+                if len(inside) < self.min_group or pvalue > threshold or \
+                        self._pvalue(tests, group, len(dropped)) <= self.alpha:
+                    break
+                claims.group[dropped] = -1
+                claims.remaining += self._in_groups(tests, codes, labels, claims, dropped)
+                claims.group[inside], claims.pvalue[inside] = test, pvalue
+                group, rows = test, inside
+
+    def _pvalue(self, tests: _Tests, test: int, count: int) -> float:
+        """The p-value of ``count`` rows in the cells and label of ``test``."""
+        one = slice(test, test + 1)
+        return float(upper_tail_pvalue(np.array([count]), tests.reference[one], tests.label_batch[one],
+                                       tests.label_reference[one])[0])
+
+    def _background(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+        """Each row's smallest p-value over the groups that are not significant: its score when
+        no group flags it."""
+        smallest = np.ones(len(labels))
+        quiet = tests.pvalue > threshold
+        for index, pair in enumerate(self.pairs_):
+            mine = quiet & (tests.pair == index)
+            if not mine.any():
+                continue
+            pvalue = np.ones(self._n_keys(pair))
+            pvalue[tests.key[mine]] = tests.pvalue[mine]
+            np.minimum(smallest, pvalue[self._keys(codes, labels, pair)], out=smallest)
+        return smallest
+
+    def _reason(self, tests: _Tests, test: int) -> str:
+        a, b = self.pairs_[tests.pair[test]]
+        n_classes = len(self.classes_)
+        key = int(tests.key[test])
+        label = str(self.classes_[key % n_classes])
+        cell_a, cell_b = divmod(key // n_classes, self.binnings_[b].n_codes)
+        pattern = f"{self.binnings_[a].words[cell_a]} and {self.binnings_[b].words[cell_b]}"
+        count, cells = int(tests.count[test]), int(tests.cell_count[test])
+        who = f"{count:,} rows with {pattern}, all labelled {label!r}" if count == cells else \
+            f"{count:,} of {cells:,} rows with {pattern} labelled {label!r}"
+        reference, trusted = int(tests.reference[test]), int(tests.label_reference[test])
+        return (f"{who}; reference frequency {_percent(reference / trusted)} "
+                f"({reference:,} of {trusted:,} rows labelled {label!r})")
