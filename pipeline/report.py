@@ -7,18 +7,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from pipeline.io import ROW_NUMBER
 
 TOP_ROWS = 50
 
 _env = Environment(loader=PackageLoader("pipeline", "templates"),
-                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+                   autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 
-def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, threshold: float | None = None) -> str:
-    """Inline SVG of the batch's suspicion, accepted vs quarantined rows, the policy's line marked."""
+def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, threshold: float | None = None,
+                            trusted: np.ndarray | None = None) -> str:
+    """Inline SVG of the batch's suspicion (accepted vs quarantined rows) against the trusted
+    holdout's, scaled to the batch's size, with the policy's threshold marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,6 +30,10 @@ def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, thre
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist([suspicion[~quarantined], suspicion[quarantined]], bins=bins, stacked=True,
             color=["#4c78a8", "#e45756"], label=["accepted", "quarantined"])
+    if trusted is not None and len(trusted):
+        weights = np.full(len(trusted), len(suspicion) / len(trusted))
+        ax.hist(trusted, bins=bins, weights=weights, histtype="step", color="#222", linewidth=1.2,
+                label="trusted holdout (scaled)")
     if threshold is not None:
         ax.axvline(1.0 - threshold, color="#222", linestyle="--", linewidth=1, label="policy threshold")
     ax.set_xlabel("suspicion (1 − fused p-value against trusted rows)")
@@ -43,7 +49,8 @@ def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, thre
     return svg[svg.index("<svg"):]
 
 
-def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.DataFrame) -> str:
+def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.DataFrame,
+                  trusted_suspicion: np.ndarray | None = None) -> str:
     quarantined = decisions[decisions["quarantined"]].sort_values(
         ["suspicion", ROW_NUMBER], ascending=[False, True]).head(TOP_ROWS)
     values = batch.set_index(ROW_NUMBER)
@@ -55,7 +62,7 @@ def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.Da
     } for row in quarantined.itertuples(index=False)]
     svg = suspicion_histogram_svg(decisions["suspicion"].to_numpy(dtype=float),
                                   decisions["quarantined"].to_numpy(dtype=bool),
-                                  summary.get("policy", {}).get("threshold"))
+                                  summary.get("policy", {}).get("threshold"), trusted_suspicion)
     return _env.get_template("report.html.j2").render(summary=summary, top=top, top_limit=TOP_ROWS,
                                                       histogram_svg=svg)
 
