@@ -19,7 +19,9 @@ class Decisions:
 
     table: pd.DataFrame
     findings: pd.DataFrame
-    threshold: float = 0.0  # the fused p-value at or below which the policy held a row
+    # the fused p-value at or below which the policy held a row (row-scoped detectors; group
+    # detectors hold at the policy's false-quarantine target)
+    threshold: float = 0.0
 
     @property
     def quarantined_rows(self) -> np.ndarray:
@@ -48,7 +50,8 @@ def decide(
 ) -> Decisions:
     """Hard validation failures and batch-level failures always quarantine with suspicion 1.
 
-    Otherwise the policy fuses the detectors' p-values and holds rows at its threshold;
+    Otherwise the policy fuses the detectors' p-values and holds rows at its threshold (BH over
+    the row-scoped detectors only; group detectors hold at the false-quarantine target);
     suspicion is 1 − the fused p-value. Reasons list hard failures first, then the detectors
     that fired, smallest p-value first.
     """
@@ -60,11 +63,14 @@ def decide(
         rows[f"{name}_raw"] = aligned["score"].to_numpy()
         pvalues[name] = 1.0 - aligned["calibrated"].to_numpy()
     fused = fuse(pvalues, len(rows))
-    threshold = policy.threshold(fused)
-    held_by_policy = fused <= threshold
+    row_scoped = {name: p for name, p in pvalues.items() if _scope(name) == "row"}
+    row_fused = fuse(row_scoped, len(rows), n_detectors=len(pvalues))
+    threshold = policy.threshold(row_fused)
+    held_by_policy = (fused <= policy.false_quarantine_target) | (row_fused <= threshold)
     parts = [validation_findings]
     for name, scores in detector_scores.items():
-        fired_here = fired(pvalues[name], len(pvalues), threshold) & held_by_policy
+        own_threshold = threshold if name in row_scoped else policy.false_quarantine_target
+        fired_here = fired(pvalues[name], len(pvalues), own_threshold) & held_by_policy
         by_row = pd.Series(fired_here, index=rows[ROW_NUMBER])
         parts.append(detector_findings(name, scores, scores[ROW_NUMBER].map(by_row).fillna(False).to_numpy(bool)))
     if batch_findings:
@@ -84,6 +90,14 @@ def decide(
     ordered = [ROW_NUMBER, "suspicion", "quarantined", "reasons"] + \
         [c for c in rows.columns if c not in (ROW_NUMBER, "suspicion", "quarantined", "reasons")]
     return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
+
+
+def _scope(name: str) -> str:
+    """"row" for a detector with one conformal p-value per row, "batch" for one whose p-values
+    are per group and already corrected for the batch. Names outside the registry count as row."""
+    from pipeline.detectors import DETECTORS
+
+    return getattr(DETECTORS.get(name), "pvalue_scope", "row")
 
 
 def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[list[str]]:

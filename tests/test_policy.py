@@ -375,3 +375,30 @@ def test_settings_reject_a_bad_policy_variable_naming_it(tmp_path, variable, raw
     if raw == "2":  # a number out of range: the message also says which policy parameter and its range
         parameter = variable.removeprefix("POISONGUARD_").lower()
         assert parameter in message and "0.5" in message
+
+
+def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries():
+    """The breast-cancer clean batch that held 17.5 % of its rows: one unremarkable 20-row trigger
+    group (p = 0.012, batch-corrected) is one test, not 20. Counted as 20 BH discoveries it
+    lifted the threshold over them all; at the target alone (4 · 0.012 > 0.01) it holds none."""
+    rows = range(114)
+    group = {r: (1 - 0.0119 if r < 20 else 0.0) for r in rows}
+    plain = {r: 0.5 for r in rows}
+    scores = {"trigger": _scores(group, "trigger"), "duplicates": _scores({r: 0.0 for r in rows}, "duplicates"),
+              "outliers": _scores(plain, "outliers"), "label_consistency": _scores(plain, "label_consistency")}
+    decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
+    assert not decisions.table["quarantined"].any()
+    # the same p-values from a row-scoped detector are 20 separate tests, and BH may hold them
+    renamed = {"row_a": scores["trigger"], "row_b": scores["duplicates"], "outliers": scores["outliers"],
+               "label_consistency": scores["label_consistency"]}
+    assert decide(pd.Series(list(rows)), empty_findings(), [], renamed, QuarantinePolicy()).table["quarantined"].sum() == 20
+
+
+def test_a_significant_group_is_held_at_the_target_with_its_reason():
+    rows = range(50)
+    group = {r: (1 - 0.001 if r < 8 else 0.0) for r in rows}
+    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores({r: 0.5 for r in rows}, "outliers")}
+    decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
+    held = decisions.table.loc[decisions.table["quarantined"], "row_number"].tolist()
+    assert held == list(range(8))
+    assert set(decisions.findings["check"]) == {"detector:trigger"}

@@ -86,6 +86,9 @@ class Detector(ABC):
     name: ClassVar[str]
     # the poisoning this detector is built to see; the conformance suite plants it
     detects: ClassVar[str]
+    # "row": one conformal p-value per row; "batch": p-values of groups of rows, already
+    # corrected for the batch's many groups (the policy's BH step must not count a group twice)
+    pvalue_scope: ClassVar[str] = "row"
     # parameter -> Interval, or a tuple of allowed values
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
