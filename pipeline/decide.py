@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.findings import BatchFinding, ReasonCode, findings_frame
 from pipeline.io import ROW_NUMBER
-from pipeline.policy import QuarantinePolicy, fired, fuse
+from pipeline.policy import QuarantinePolicy, bonferroni_factors, fired, fuse
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,16 @@ def decide(
         rows[name] = aligned["calibrated"].to_numpy()
         rows[f"{name}_raw"] = aligned["score"].to_numpy()
         pvalues[name] = 1.0 - aligned["calibrated"].to_numpy()
-    fused = fuse(pvalues, len(rows))
-    row_scoped = {name: p for name, p in pvalues.items() if _scope(name) == "row"}
-    row_fused = fuse(row_scoped, len(rows), n_detectors=len(pvalues))
+    factors = bonferroni_factors({name: _detector_class_attribute(name, "pvalue_weight", 1.0) for name in pvalues})
+    fused = fuse(pvalues, len(rows), factors)
+    row_scoped = {name: p for name, p in pvalues.items() if _detector_class_attribute(name, "pvalue_scope", "row") == "row"}
+    row_fused = fuse(row_scoped, len(rows), factors)
     threshold = policy.threshold(row_fused)
     held_by_policy = (fused <= policy.false_quarantine_target) | (row_fused <= threshold)
     parts = [validation_findings]
     for name, scores in detector_scores.items():
         own_threshold = threshold if name in row_scoped else policy.false_quarantine_target
-        fired_here = fired(pvalues[name], len(pvalues), own_threshold) & held_by_policy
+        fired_here = fired(pvalues[name], factors[name], own_threshold) & held_by_policy
         by_row = pd.Series(fired_here, index=rows[ROW_NUMBER])
         parts.append(detector_findings(name, scores, scores[ROW_NUMBER].map(by_row).fillna(False).to_numpy(bool)))
     if batch_findings:
@@ -92,12 +93,12 @@ def decide(
     return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
 
 
-def _scope(name: str) -> str:
-    """"row" for a detector with one conformal p-value per row, "batch" for one whose p-values
-    are per group and already corrected for the batch. Names outside the registry count as row."""
+def _detector_class_attribute(name: str, attribute: str, default):
+    """A registered detector's ``pvalue_scope`` or ``pvalue_weight`` (see detectors/base.py);
+    names outside the registry are row-scoped with weight 1."""
     from pipeline.detectors import DETECTORS
 
-    return getattr(DETECTORS.get(name), "pvalue_scope", "row")
+    return getattr(DETECTORS.get(name), attribute, default)
 
 
 def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[list[str]]:

@@ -3,9 +3,12 @@
 Every detector reports a conformal p-value per row (``1 − calibrated``): the share of trusted
 rows at least as suspect. The policy
 
-1. fuses them with a Bonferroni minimum, ``p = min(1, D · min_d p_d)``. It is valid whatever the
-   dependence between detectors, so a clean row is held by *some* detector with probability at
-   most the threshold, however many detectors run;
+1. fuses them with a weighted Bonferroni minimum, ``p = min(1, min_d p_d / w_d)`` with the
+   weights summing to 1. It is valid whatever the dependence between detectors, so a clean row
+   is held by *some* detector with probability at most the threshold, however many run. Group
+   detectors (triggers, floods) get a small weight: their evidence, when there is any, is
+   overwhelming (p ~ 1e-10), while a per-row detector calibrated on a few hundred trusted rows
+   cannot go below p = 1/(n+1) and would never reach a 1 % target split four ways;
 2. holds a row when its fused p-value is at most the steward's false-quarantine target, so on a
    clean batch the expected share of rows held is at most that target;
 3. and, because poison rarely comes alone, also holds the rows Benjamini–Hochberg rejects at the
@@ -54,18 +57,26 @@ class QuarantinePolicy:
                 "false_discovery_rate": self.false_discovery_rate}
 
 
-def fuse(pvalues: dict[str, np.ndarray], n_rows: int, n_detectors: int | None = None) -> np.ndarray:
-    """Bonferroni minimum over detectors (the factor is ``n_detectors``, default all of them, so a
-    subset can be fused on the same footing); 1.0 for every row when no detector ran."""
+def fuse(pvalues: dict[str, np.ndarray], n_rows: int, factors: dict[str, float] | None = None) -> np.ndarray:
+    """Weighted Bonferroni minimum, ``min(1, min_d factor_d · p_d)``; 1.0 for every row when no
+    detector ran. ``factors`` default to the number of detectors (plain Bonferroni); with
+    weights w_d summing to 1 over every detector that ran, factor_d = 1 / w_d."""
     if not pvalues:
         return np.ones(n_rows)
-    stacked = np.vstack([np.nan_to_num(np.asarray(p, dtype="float64"), nan=1.0) for p in pvalues.values()])
-    return np.minimum(1.0, (n_detectors or len(pvalues)) * stacked.min(axis=0))
+    factors = factors or {name: float(len(pvalues)) for name in pvalues}
+    scaled = [factors[name] * np.nan_to_num(np.asarray(p, dtype="float64"), nan=1.0) for name, p in pvalues.items()]
+    return np.minimum(1.0, np.vstack(scaled).min(axis=0))
 
 
-def fired(pvalue: np.ndarray, n_detectors: int, threshold: float) -> np.ndarray:
+def bonferroni_factors(weights: dict[str, float]) -> dict[str, float]:
+    """factor_d = Σw / w_d: the share of the error budget each detector spends."""
+    total = sum(weights.values())
+    return {name: total / weight for name, weight in weights.items()}
+
+
+def fired(pvalue: np.ndarray, factor: float, threshold: float) -> np.ndarray:
     """A detector fired on a held row when its own p-value alone clears the fused threshold."""
-    return np.minimum(1.0, n_detectors * np.nan_to_num(pvalue, nan=1.0)) <= threshold
+    return np.minimum(1.0, factor * np.nan_to_num(pvalue, nan=1.0)) <= threshold
 
 
 def benjamini_hochberg_threshold(pvalues: np.ndarray, q: float) -> float:

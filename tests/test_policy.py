@@ -14,7 +14,7 @@ from pipeline.decide import decide
 from pipeline.detectors.base import REASON_PVALUE, SCORE_COLUMNS, InvalidParameter
 from pipeline.errors import PoisonguardError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
-from pipeline.policy import QuarantinePolicy, benjamini_hochberg_threshold, fired, fuse
+from pipeline.policy import QuarantinePolicy, benjamini_hochberg_threshold, bonferroni_factors, fired, fuse
 
 # --- Benjamini–Hochberg ---------------------------------------------------------------------------
 
@@ -380,7 +380,7 @@ def test_settings_reject_a_bad_policy_variable_naming_it(tmp_path, variable, raw
 def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries():
     """The breast-cancer clean batch that held 17.5 % of its rows: one unremarkable 20-row trigger
     group (p = 0.012, batch-corrected) is one test, not 20. Counted as 20 BH discoveries it
-    lifted the threshold over them all; at the target alone (4 · 0.012 > 0.01) it holds none."""
+    lifted the threshold over them all; at the target alone it holds none."""
     rows = range(114)
     group = {r: (1 - 0.0119 if r < 20 else 0.0) for r in rows}
     plain = {r: 0.5 for r in rows}
@@ -395,10 +395,20 @@ def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries()
 
 
 def test_a_significant_group_is_held_at_the_target_with_its_reason():
+    """Weights 1 (outliers) and 0.01 (trigger): the trigger's factor is 1.01 / 0.01 = 101, so
+    p = 1e-5 clears a 1 % target and p = 1e-3 would not."""
     rows = range(50)
-    group = {r: (1 - 0.001 if r < 8 else 0.0) for r in rows}
+    group = {r: (1 - 1e-5 if r < 8 else 1 - 1e-3 if r < 16 else 0.0) for r in rows}
     scores = {"trigger": _scores(group, "trigger"), "outliers": _scores({r: 0.5 for r in rows}, "outliers")}
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     held = decisions.table.loc[decisions.table["quarantined"], "row_number"].tolist()
     assert held == list(range(8))
     assert set(decisions.findings["check"]) == {"detector:trigger"}
+
+
+def test_weighted_bonferroni_spends_the_budget_by_weight():
+    factors = bonferroni_factors({"outliers": 1.0, "labels": 1.0, "trigger": 0.01, "duplicates": 0.01})
+    assert factors["outliers"] == pytest.approx(2.02) and factors["trigger"] == pytest.approx(202.0)
+    fused = fuse({"outliers": np.array([0.004, 0.5]), "trigger": np.array([1.0, 1e-5])}, 2, factors)
+    np.testing.assert_allclose(fused, [0.00808, 0.00202])
+    assert sum(1 / f for f in factors.values()) == pytest.approx(1.0)

@@ -89,6 +89,8 @@ class Detector(ABC):
     # "row": one conformal p-value per row; "batch": p-values of groups of rows, already
     # corrected for the batch's many groups (the policy's BH step must not count a group twice)
     pvalue_scope: ClassVar[str] = "row"
+    # the detector's share of the policy's error budget, relative to the others (see policy.py)
+    pvalue_weight: ClassVar[float] = 1.0
     # parameter -> Interval, or a tuple of allowed values
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 

@@ -51,6 +51,7 @@ class DuplicateFlood(Detector):
     name: ClassVar[str] = "duplicates"
     detects: ClassVar[str] = "duplicate_flood"
     pvalue_scope: ClassVar[str] = "batch"
+    pvalue_weight: ClassVar[float] = 0.01
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "radius_fraction": Interval(Real, 0.0, 1.0, closed="right"),
