@@ -33,16 +33,21 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 
-from pipeline.detectors import FeatureSpec
+from pipeline.decide import decide
+from pipeline.detectors import DEFAULT_DETECTORS, FeatureSpec, build_detectors, fit_all, score_all
+from pipeline.findings import empty_findings
+from pipeline.policy import QuarantinePolicy
 from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.detectors.duplicates import DuplicateFlood
 from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
-from pipeline.detectors.outliers import FeatureOutlier
+from pipeline.detectors.triggers import TriggerPattern
 from pipeline.io import ROW_NUMBER
 from pipeline.validation import column_kinds
 
 warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
+RESULT_JSON = REPO / "benchmarks" / "detection_core.json"
 SHARED = REPO.parent / "shared" / "datasets"
 
 
@@ -183,18 +188,19 @@ LABEL_ATTACKS = {"random_flip_10", "random_flip_10_subsample60", "random_flip_30
 # --- methods -------------------------------------------------------------------------------------
 
 class Poisonguard:
-    """The default detectors (outliers + label consistency), fitted once per reference."""
+    """What a scan does: the registry's default detectors, fitted once per reference, fused and
+    thresholded by the default quarantine policy (pipeline.decide)."""
 
     name = "poisonguard"
 
-    def __init__(self, s: Split) -> None:
-        self.detectors = [FeatureOutlier().fit(s.reference, s.spec),
-                          LabelConsistency().fit(s.reference, s.spec, s.holdout)]
+    def __init__(self, s: Split, detectors: dict | None = None, name: str | None = None) -> None:
+        self.name = name or self.name
+        self.detectors = fit_all(build_detectors(detectors or DEFAULT_DETECTORS), s.reference, s.spec, s.holdout)
 
     def __call__(self, s: Split, batch: pd.DataFrame):
-        results = [d.score(batch) for d in self.detectors]
-        flagged = np.logical_or.reduce([r["flagged"].to_numpy() for r in results])
-        return flagged, np.max([r["calibrated"].to_numpy() for r in results], axis=0)
+        decisions = decide(batch[ROW_NUMBER], empty_findings(), [], score_all(self.detectors, batch), QuarantinePolicy())
+        table = decisions.table.set_index(ROW_NUMBER).loc[batch[ROW_NUMBER]]
+        return table["quarantined"].to_numpy(bool), table["suspicion"].to_numpy(float)
 
 
 class SingleDetector:
@@ -346,31 +352,44 @@ def evaluate(method, s: Split, attack_name: str, batch: pd.DataFrame, poison: np
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="two datasets, fewer attacks")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="rerun poisonguard's methods only and keep the peers' rows from the last "
+                             "detection_core.json: the attacks are drawn from the same seeds, so the peers' "
+                             "cases are identical (their code did not change)")
     args = parser.parse_args()
+    previous = json.loads(RESULT_JSON.read_text())["rows"] if args.ours_only else []
     rng = np.random.default_rng(2026)
     rows = []
     datasets = load_datasets()[:2] if args.quick else load_datasets()
     attacks = ATTACKS[:4] if args.quick else ATTACKS
     for dataset in datasets:
         s = split(dataset, seed=0)
-        ours = [Poisonguard(s), SingleDetector("poisonguard_labels", LabelConsistency(), s),
+        ours = [Poisonguard(s),
+                Poisonguard(s, {"outliers": {}, "label_consistency": {}}, "poisonguard_row_detectors"),
+                SingleDetector("poisonguard_labels", LabelConsistency(), s),
+                SingleDetector("poisonguard_trigger", TriggerPattern(), s),
+                SingleDetector("poisonguard_duplicates", DuplicateFlood(), s),
                 SingleDetector("poisonguard_roni", RoniInfluence(), s)]
         for attack_name in attacks:
             batch, poison = attack(attack_name, s, rng)
-            cases = [(attack_name, batch, poison, ours + peers())]
+            theirs = [] if args.ours_only else peers()
+            cases = [(attack_name, batch, poison, ours + theirs)]
             if attack_name == "random_flip_10":
                 sub = np.sort(np.random.default_rng(1).choice(len(batch), size=min(ART_SUBSAMPLE, len(batch)), replace=False))
                 small = batch.iloc[sub].reset_index(drop=True).assign(**{ROW_NUMBER: np.arange(len(sub))})
                 cases.append((f"{attack_name}_subsample{len(sub)}", small, poison[sub],
-                              ours + peers() + [art_roni(False), art_roni(True)]))
+                              ours + (theirs and theirs + [art_roni(False), art_roni(True)])))
             for case_name, case_batch, case_poison, methods in cases:
                 for method in methods:
                     row = evaluate(method, s, case_name, case_batch, case_poison) | {"dataset": dataset.name}
                     rows.append(row)
                     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    if args.ours_only:
+        ran = {row["method"] for row in rows}
+        rows += [row for row in previous if row["method"] not in ran and not row["method"].startswith("poisonguard")]
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores, Python {platform.python_version()}",
-              "rows": rows}
-    (REPO / "benchmarks" / "detection_core.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+              "peers_rerun": not args.ours_only, "rows": rows}
+    RESULT_JSON.write_text(json.dumps(record, indent=1, default=str) + "\n")
     write_results(record)
 
 
@@ -388,14 +407,25 @@ def write_results(record: dict) -> None:
         recovery_logistic=("recovery_logistic", "mean"), recovery_gbm=("recovery_gbm", "mean"),
         seconds_per_1k_rows=("seconds", lambda x: 1000 * x.sum() / labels.loc[x.index, "rows"].sum()))
     summary["false_quarantine_clean"] = clean.mean()
-    backdoor = table[table["attack"] == "backdoor"].groupby("method")[
-        ["backdoor_success_unfiltered", "backdoor_success_filtered"]].mean()
+    backdoor = table[table["attack"] == "backdoor"].pivot_table(
+        index="method", columns="dataset", values=["backdoor_success_filtered", "recall"])
+    backdoor.loc["(no filtering)"] = table[table["attack"] == "backdoor"].groupby("dataset")[
+        "backdoor_success_unfiltered"].first().reindex(backdoor["backdoor_success_filtered"].columns).tolist() + \
+        [np.nan] * len(backdoor["recall"].columns)
+    floods = table[table["attack"] == "duplicate_flood"].pivot_table(
+        index="method", columns="dataset", values=["recall", "false_quarantine"])
+    short = {"backdoor_success_filtered": "attack success", "recall": "recall", "false_quarantine": "false quarantine"}
+    for frame in (backdoor, floods):
+        frame.columns = [f"{short[metric]}: {dataset}" for metric, dataset in frame.columns]
     section = "\n\n".join([
         BEGIN,
         f"Machine: {record['machine']}, 24 GiB. Date: {record['date']}. Regenerate: `make bench`. "
         "`seconds_per_1k_rows` is the time of the method's call on the batch: poisonguard's detectors are "
         "fitted once per reference beforehand; peers fit on reference + batch inside the call. Recovery is "
-        "noisy where the attack costs under a point of accuracy (cases under 0.5 points are left out).",
+        "noisy where the attack costs under a point of accuracy (cases under 0.5 points are left out)."
+        + ("" if record.get("peers_rerun", True) else " This run used `--ours-only`: poisonguard's rows are new; "
+           "the peers' rows are carried over from the previous full run, whose cases (datasets, splits, attack "
+           "seeds) are identical."),
         "### Mean over the label-flip attacks (random 10 %/30 %, targeted, boundary, concentrated, "
         "duplicate flood) and all datasets; false quarantine on the clean batch",
         summary.round(3).to_markdown(),
@@ -403,8 +433,11 @@ def write_results(record: dict) -> None:
         f1.round(2).to_markdown(),
         "### False-quarantine rate on the clean batch",
         clean.round(3).to_markdown(),
-        "### Backdoor attack success on the clean test split (gradient-boosted model), without and with filtering",
+        "### Backdoor: attack success on the clean test split (gradient-boosted model) after filtering, "
+        "and recall of the trigger rows, per dataset",
         backdoor.round(3).to_markdown(),
+        "### Duplicate flood: recall of the copies and false quarantine of the other rows, per dataset",
+        floods.round(3).to_markdown(),
         END])
     path = REPO / "benchmarks" / "RESULTS.md"
     text = path.read_text()
