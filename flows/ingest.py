@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline import provenance, scan
 from pipeline.config import Settings
 from pipeline.ledger import Ledger
-from pipeline.store import Workspace, copy_outputs, write_outputs
+from pipeline.store import Workspace, copy_outputs, file_hashes, write_outputs
 
 step = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -29,6 +29,7 @@ score_batch = step(scan.score_batch)
 check_batch = step(scan.check_batch)
 source_history = step(provenance.source_history)
 check_source = step(scan.check_source)
+trusted_suspicion = step(scan.trusted_suspicion)
 decide_batch = step(scan.decide_batch)
 confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
@@ -41,9 +42,9 @@ def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
     return copy_outputs(recorded, out, {"duplicate": True, "redelivered_at": scan.now().isoformat(timespec="seconds")})
 
 
-def record_in_ledger(settings: Settings, folder: Path) -> str:
+def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | None = None) -> str:
     with Ledger.open(settings.database_url) as ledger:
-        return ledger.record_scan_folder(folder)
+        return ledger.record_scan_folder(folder, files)
 
 
 @step
@@ -52,19 +53,20 @@ def record(outputs, request: scan.ScanRequest, settings: Settings, batch, truste
     workspace = Workspace(settings.workspace)
     staging = workspace.staging_dir()
     write_outputs(outputs, staging)
+    files = file_hashes(staging)  # what is committed, for the ledger's chain and the scan's run
     provenance.log_batch_input(settings.tracking_uri, run_id, request.reference, request.reference.name,
                                trusted.reference.sha256, trusted.reference.frame, "reference")
     provenance.log_results(
         settings.tracking_uri, run_id,
         params=scan.run_params(request, settings),
         metrics=scan.run_metrics(outputs.summary),
-        tags={"status": "scanned"},
+        tags={"status": "scanned", **provenance.file_tags(files)},
         artifacts=[staging / "summary.json", staging / "report.html", staging / "scores.parquet"],
     )
     committed = workspace.commit(staging, request.dataset_name, batch.sha256)
     source = workspace.batch_dir(request.dataset_name, batch.sha256)
     if committed:
-        record_in_ledger(settings, source)
+        record_in_ledger(settings, source, files)
     copy_outputs(source, request.out)
     return committed
 
@@ -98,7 +100,7 @@ def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, 
         checks = [*checks, check_source(request, earlier, decisions)]
         impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
-                                checks, run_id, started)
+                                checks, trusted_suspicion(detectors, trusted, settings), run_id, started)
         committed = record(outputs, request, settings, batch, trusted, run_id)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")

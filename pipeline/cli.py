@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from pipeline.cli_gate import gate
 from pipeline.cli_review import review_app, verify
 from pipeline.cli_ui import ui
 from pipeline.config import Settings, prefect_environment
@@ -21,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Catch poisoned training data before it reaches a model.")
 app.add_typer(review_app, name="review")
 app.command()(verify)
+app.command()(gate)
 app.command()(ui)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -16,3 +16,9 @@ class InputError(PoisonguardError):
 class SuiteError(PoisonguardError):
     """An expectation suite file is missing, not JSON, or not a valid suite."""
 
+
+class GateRefused(PoisonguardError):
+    """The pre-retrain gate released nothing: the workspace or the ledger does not match what
+    was recorded, or rows still await review. The CLI prints it and exits 3."""
+
+    exit_code = 3

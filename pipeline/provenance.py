@@ -182,3 +182,99 @@ def log_review(tracking_uri: str, run_id: str, tags: dict[str, str], metrics: di
     now_ms = int(time.time() * 1000)
     for key, value in metrics.items():
         client.log_metric(run_id, metric_key(key), value, timestamp=now_ms)
+
+
+# --- the pre-retrain gate ------------------------------------------------------------------
+
+GATE_STAGE = "gate"
+FILE_TAG_PREFIX = "file_sha256."  # on a scan's run: file_sha256.accepted.parquet = <sha256>
+_TAGS_PER_CALL = 100  # MLflow's log_batch accepts at most 100 tags per request
+_INPUTS_PER_CALL = 100
+
+
+def file_tags(files: dict[str, str]) -> dict[str, str]:
+    """The sha256 of each committed workspace file of a batch, as tags of its scan run: a copy
+    of what the ledger records, outside the workspace and the ledger's database."""
+    return {f"{FILE_TAG_PREFIX}{name}": sha256 for name, sha256 in sorted(files.items())}
+
+
+def start_gate_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    return start_scan_run(tracking_uri, experiment_id, run_name, {**tags, "stage": GATE_STAGE})
+
+
+def log_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Any number of tags, in as many requests as MLflow's per-request limit needs."""
+    from mlflow.entities import RunTag
+
+    client = _client(tracking_uri)
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), _TAGS_PER_CALL):
+        client.log_batch(run_id, tags=items[start:start + _TAGS_PER_CALL])
+
+
+def meta_dataset(path: Path, name: str, sha256: str, frame: pd.DataFrame | None = None) -> Any:
+    """An MLflow dataset whose digest is our SHA-256 (its first 32 hex digits: MLflow's digest
+    column holds 36 characters), never MLflow's own pandas digest (the first 10,000 rows only)."""
+    _mlflow()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(path).resolve()))
+    return MetaDataset(source=source, name=name, digest=sha256[:32],
+                       schema=_schema(frame) if frame is not None else None)
+
+
+def log_dataset_inputs(tracking_uri: str, run_id: str, inputs: list[tuple[Any, str, dict[str, str]]]) -> None:
+    """``inputs``: (dataset from ``meta_dataset``, context, tags) each; the full SHA-256 belongs
+    in the tags (``sha256``), the digest holds only its first 32 digits."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    entities = [DatasetInput(dataset._to_mlflow_entity(),
+                             [InputTag(key="mlflow.data.context", value=context)] +
+                             [InputTag(key=k, value=str(v)) for k, v in tags.items()])
+                for dataset, context, tags in inputs]
+    client = _client(tracking_uri)
+    for start in range(0, len(entities), _INPUTS_PER_CALL):
+        client.log_inputs(run_id, datasets=entities[start:start + _INPUTS_PER_CALL])
+
+
+def last_gate_head(tracking_uri: str, ledger_url: str) -> tuple[int, str] | None:
+    """The newest ledger head (sequence, entry hash) a gate run logged for this ledger after
+    verifying it: the chain is append-only, so that entry must still be there, unchanged."""
+    client = _client(tracking_uri)
+    experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
+    if not experiments:
+        return None
+    query = f"tags.stage = '{GATE_STAGE}' and tags.ledger_verified = 'true'"
+    if "'" not in ledger_url:  # the filter language cannot escape a quote; filter in Python then
+        query += f" and tags.ledger_url = '{ledger_url}'"
+    best: tuple[int, str] | None = None
+    token = None
+    while True:
+        page = client.search_runs([e.experiment_id for e in experiments], filter_string=query,
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get("ledger_url") != ledger_url or not tags.get("ledger_head_sequence", "").isdigit():
+                continue
+            head = (int(tags["ledger_head_sequence"]), tags.get("ledger_head_hash", ""))
+            if best is None or head[0] > best[0]:
+                best = head
+        token = page.token
+        if not token:
+            return best
+
+
+def find_gate_runs(tracking_uri: str, snapshot_sha256: str) -> list[Any]:
+    """The gate runs that released the snapshot with this SHA-256 (the same state gives the same
+    snapshot, so there may be several)."""
+    client = _client(tracking_uri)
+    experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
+    if not experiments:
+        return []
+    return list(client.search_runs([e.experiment_id for e in experiments],
+                                   filter_string=f"tags.stage = '{GATE_STAGE}' and "
+                                                 f"tags.snapshot_sha256 = '{snapshot_sha256}'",
+                                   order_by=["attributes.start_time DESC"]))

@@ -21,7 +21,7 @@ from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
-from pipeline.findings import BatchFinding, ReasonCode
+from pipeline.findings import BatchFinding, ReasonCode, empty_findings
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.provenance import redact
 from pipeline.report import render_report
@@ -170,6 +170,16 @@ def check_batch(checks, conformed: pd.DataFrame, batch_findings: list[BatchFindi
     return [] if batch_findings else run_batch_checks(checks, conformed)
 
 
+def trusted_suspicion(detectors, trusted: TrustedData, settings: Settings) -> np.ndarray:
+    """The fused suspicion of the trusted holdout rows: what a clean batch looks like to the same
+    detectors, drawn beside the batch in the report."""
+    if not detectors or trusted.holdout.empty:
+        return np.array([])
+    scores = score_all(detectors, trusted.holdout)
+    decisions = decide(trusted.holdout[ROW_NUMBER], empty_findings(), [], scores, settings.policy)
+    return decisions.table["suspicion"].to_numpy()
+
+
 def check_source(request: ScanRequest, earlier: list[SourceRecord], decisions: Decisions) -> CheckResult:
     held = int(decisions.table["quarantined"].sum())
     return source_history(request.source, earlier, len(decisions.table), held)
@@ -177,24 +187,28 @@ def check_source(request: ScanRequest, earlier: list[SourceRecord], decisions: D
 
 def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: ValidationOutcome,
                    decisions: Decisions, settings: Settings) -> list[GroupImpact]:
-    """Exact RONI on groups: the rows the detectors hold, and the batch as a whole.
+    """Exact RONI on groups: the batch as a whole, every row the detectors hold, and the rows
+    each detector holds (a duplicate flood, a trigger group, a cluster of flips), since
+    poisoning is rarely one row and a group's harm is large enough to measure.
 
-    Rows that failed validation are left out of both fits: they never reach training anyway.
+    Rows that failed validation are left out of every fit: they never reach training anyway.
     """
     if outcome.batch_findings or trusted.spec.label not in conformed.columns:
         return []
-    hard = set(decisions.findings.loc[decisions.findings["reason_code"] != ReasonCode.DETECTOR.value, ROW_NUMBER])
-    valid = conformed[~conformed[ROW_NUMBER].isin(hard)]
+    findings = decisions.findings
+    is_detector = findings["reason_code"] == ReasonCode.DETECTOR.value
+    valid = conformed[~conformed[ROW_NUMBER].isin(set(findings.loc[~is_detector, ROW_NUMBER]))]
     if valid.empty:
         return []
     model = classifier(settings.roni_model)
-    held = valid[ROW_NUMBER].isin(set(decisions.quarantined_rows)).to_numpy()
-    impacts = [group_impact(trusted.train, trusted.holdout, valid, np.ones(len(valid), bool),
-                            trusted.spec, "rows of the batch", model)]
-    if held.any():
-        impacts.append(group_impact(trusted.train, trusted.holdout, valid, held, trusted.spec,
-                                    "rows the detectors quarantined", model))
-    return impacts
+    groups = {"rows of the batch": set(valid[ROW_NUMBER])}
+    by_detector = findings[is_detector].groupby("check")[ROW_NUMBER].agg(set)
+    if len(by_detector):
+        groups["rows the detectors quarantined"] = set().union(*by_detector)
+    if len(by_detector) > 1:
+        groups.update({f"rows held by {check}": rows for check, rows in by_detector.items()})
+    return [group_impact(trusted.train, trusted.holdout, valid, valid[ROW_NUMBER].isin(rows).to_numpy(),
+                         trusted.spec, name, model) for name, rows in groups.items()]
 
 
 def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> dict[str, pd.DataFrame]:
@@ -219,8 +233,8 @@ def check_conservation(batch: pd.DataFrame, decisions: Decisions) -> None:
 
 def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
                   conformed: pd.DataFrame, outcome: ValidationOutcome, decisions: Decisions,
-                  impacts: list[GroupImpact], checks: list[CheckResult], run_id: str,
-                  started: dt.datetime) -> ScanOutputs:
+                  impacts: list[GroupImpact], checks: list[CheckResult], holdout_suspicion: np.ndarray,
+                  run_id: str, started: dt.datetime) -> ScanOutputs:
     table = decisions.table
     held = table.set_index(ROW_NUMBER)
     is_held = conformed[ROW_NUMBER].map(held["quarantined"]).to_numpy(dtype=bool)
@@ -249,14 +263,18 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
                            for f in outcome.batch_findings],
         "detectors_skipped": bool(outcome.batch_findings),
-        "policy": settings.policy.as_dict() | {"threshold": decisions.threshold},
+        "policy": settings.policy.as_dict() | {
+            "threshold": decisions.threshold,
+            # the share of clean trusted rows the same threshold would hold: the realised rate
+            "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
+            if len(holdout_suspicion) else None},
         "alarms": [c.alarm.as_dict() for c in checks if c.alarm is not None],
         "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
         "duplicate": False,
     }
-    report = render_report(summary, table, conformed)
+    report = render_report(summary, table, conformed, holdout_suspicion)
     return ScanOutputs(accepted=accepted, quarantined=quarantined, scores=table.drop(columns=["reasons"]),
                        findings=decisions.findings, summary=summary, report_html=report)
 
@@ -295,10 +313,13 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for alarm in summary.get("alarms", []):
         metrics[f"alarm.{alarm['check']}"] = 1.0
     metrics["policy.threshold"] = float(summary.get("policy", {}).get("threshold", 0.0))
+    if summary.get("policy", {}).get("holdout_held_share") is not None:
+        metrics["policy.holdout_held_share"] = float(summary["policy"]["holdout_held_share"])
     rows = summary["counts"]["rows"]
     metrics["source.quarantine_rate"] = summary["counts"]["quarantined"] / rows if rows else 0.0
     for impact in summary.get("roni", []):
-        key = "batch" if impact["group"] == "rows of the batch" else "quarantined"
+        key = {"rows of the batch": "batch", "rows the detectors quarantined": "quarantined"}.get(
+            impact["group"], impact["group"].removeprefix("rows held by detector:"))
         metrics[f"roni.{key}.accuracy_gain_without"] = impact["accuracy_without"] - impact["accuracy_with"]
         metrics[f"roni.{key}.log_loss_gain_without"] = impact["log_loss_with"] - impact["log_loss_without"]
     return metrics
@@ -315,5 +336,5 @@ def now() -> dt.datetime:
 
 
 __all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",
-           "fit_detectors", "fit_checks", "check_batch", "check_source", "score_batch", "decide_batch",
+           "fit_detectors", "fit_checks", "check_batch", "check_source", "trusted_suspicion", "score_batch", "decide_batch",
            "build_outputs", "run_tags", "run_params", "run_metrics", "now"]

@@ -4,12 +4,19 @@ Layout::
 
     <workspace>/datasets/<dataset>/batches/<batch sha256>/
         accepted.parquet  quarantined.parquet  scores.parquet  findings.parquet
-        summary.json      report.html
+        summary.json      report.html          row_digests.parquet
     <workspace>/staging/   half-written scans; never read, safe to delete
 
 A scan writes its files into a staging folder and renames the folder into place. The rename
 is atomic, so a batch folder is either complete or absent, and a second scan of the same bytes
 finds it and ingests nothing twice.
+
+Nothing rewrites a committed folder. The sha256 of each of its files (``file_hashes``, taken
+from the staging folder just before the rename) goes into the ledger, where the hash chain
+covers it, and onto the scan's MLflow run; the pre-retrain gate checks the folder against them.
+``row_digests.parquet`` stays in the workspace (it is not delivered to ``--out``): a digest per
+row of accepted.parquet and quarantined.parquet, so that when a file's sha256 no longer matches,
+the gate can say which rows were edited.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import safe_name
-from pipeline.io import write_parquet_atomic, write_text_atomic
+from pipeline.io import ROW_NUMBER, write_parquet_atomic, write_text_atomic
+from pipeline.ledger.intake import folder_files
 
 OUTPUT_FILES = ("accepted.parquet", "quarantined.parquet", "scores.parquet", "findings.parquet",
                 "summary.json", "report.html")
+ROW_DIGESTS = "row_digests.parquet"  # workspace only
+DIGESTED_FILES = ("accepted.parquet", "quarantined.parquet")  # the rows that can reach training
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,32 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     write_parquet_atomic(outputs.quarantined, folder / "quarantined.parquet")
     write_parquet_atomic(outputs.scores, folder / "scores.parquet")
     write_parquet_atomic(outputs.findings, folder / "findings.parquet")
+    # digested as read back, so the gate's digests of the same bytes are the same numbers
+    write_parquet_atomic(pd.concat([digest_table(name, pd.read_parquet(folder / name)) for name in DIGESTED_FILES],
+                                   ignore_index=True), folder / ROW_DIGESTS)
     write_text_atomic(outputs.report_html, folder / "report.html")
     # summary.json last: its presence marks a complete folder
     write_text_atomic(json.dumps(outputs.summary, indent=2, default=str) + "\n", folder / "summary.json")
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in a batch folder, by name. Taken from the staging folder at
+    commit, recorded in the ledger and on the scan's MLflow run, and checked by the gate."""
+    return folder_files(folder)
+
+
+def row_digests(frame: pd.DataFrame) -> np.ndarray:
+    """A 64-bit digest of each row's values, in the frame's order. It only localises an edit:
+    that a file changed is the sha256's to say; which rows changed, these digests'. Values are
+    digested as text, so list cells (``reasons``) and every dtype are covered alike."""
+    if frame.empty:
+        return np.zeros(0, dtype="uint64")
+    return pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy(dtype="uint64")
+
+
+def digest_table(file: str, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"file": file, ROW_NUMBER: frame[ROW_NUMBER].astype("int64").to_numpy(),
+                         "digest": row_digests(frame)})
 
 
 def copy_outputs(source: Path, destination: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -143,13 +143,13 @@ def test_migrations_create_the_schema_from_nothing_and_reopening_changes_nothing
     engine = create_engine(database_url)
     assert TABLES <= set(inspect(engine).get_table_names())
     engine.dispose()
-    assert raw_sql("SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw_sql("SELECT version_num FROM alembic_version") == [("0002",)]
 
     with Ledger.open(database_url) as reopened:
         assert reopened.head() == head
         assert reopened.get_batch(batch_id).rows == 6
         assert reopened.verify() == []
-    assert raw_sql("SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw_sql("SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 def test_models_and_migrations_describe_the_same_schema(ledger, database_url):

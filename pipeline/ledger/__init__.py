@@ -7,7 +7,8 @@ Wiring (for ``Settings`` and the CLI)::
     from pipeline.ledger import Ledger, ledger_url
     url = ledger_url(settings.workspace, os.environ)   # read once, next to the other settings
     with Ledger.open(url) as ledger:                    # creates or upgrades the schema
-        ledger.record_scan(outputs.summary, outputs.scores, outputs.quarantined)
+        ledger.record_scan(outputs.summary, outputs.scores, outputs.quarantined,
+                           files=file_hashes(batch_folder))  # sha256 per workspace file, chained
 
 Modules: ``models`` (tables), ``migrations/`` (Alembic, applied by ``Ledger.open``),
 ``database`` (URLs, engines, the write lock), ``intake`` (scan outputs → rows), ``chain`` (what

@@ -6,7 +6,9 @@ An entry's content is ``{sequence, kind, subject, payload_digest}`` and
 entry sixty-four zeros. ``payload_digest`` is the sha256 of the canonical JSON of the payload:
 
 - ``batch``: the batch's fields (id, sha256, dataset, file, source, submitter, MLflow run id,
-  scan time, counts);
+  scan time, counts) and, since revision 0002, ``files``: the sha256 of each file of its
+  workspace folder at commit. A batch recorded earlier has none, and its payload leaves the key
+  out, so its entry verifies as it always did;
 - ``decisions``: every row decision of the batch, in row order (row id, dataset, row number,
   initial status, suspicion, reasons, scores), so one digest covers them all;
 - ``review``: the action, the row, who, why and when.
@@ -64,12 +66,15 @@ def timestamp(moment: dt.datetime) -> str:
 
 
 def batch_payload(batch: Batch) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "id": batch.id, "sha256": batch.sha256, "dataset": batch.dataset, "file": batch.file,
         "source": batch.source, "submitter": batch.submitter, "mlflow_run_id": batch.mlflow_run_id,
         "scanned_at": timestamp(batch.scanned_at), "rows": batch.rows, "accepted": batch.accepted,
         "quarantined": batch.quarantined,
     }
+    if batch.files is not None:  # absent from entries written before revision 0002
+        payload["files"] = batch.files
+    return payload
 
 
 def decisions_payload(batch_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Turn a scan's outputs (summary.json, scores.parquet, quarantined.parquet) into what the
-ledger records: one batch and one decision per row. Pure: no database here.
+ledger records: one batch (with the sha256 of each file of its workspace folder) and one
+decision per row. Pure: no database here.
 
 The outputs are cross-checked before anything is written: every row of the batch must have
 exactly one score row, and the rows marked quarantined must be exactly those in
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from pipeline.io import sha256_file
 from pipeline.ledger.chain import utc
 from pipeline.ledger.errors import LedgerError
 from pipeline.ledger.records import RowStatus
@@ -25,6 +27,7 @@ from pipeline.ledger.records import RowStatus
 ROW_NUMBER = "row_number"
 _DECISION_COLUMNS = (ROW_NUMBER, "suspicion", "quarantined")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,32 @@ def read_scan_folder(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.Dat
     return summary, scores, quarantined
 
 
-def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame) -> ScanIntake:
+def folder_files(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in a batch folder, by name: what the ledger records for the
+    gate to check the workspace against. Sub-folders are not expected there and not hashed."""
+    try:
+        return {path.name: sha256_file(path) for path in sorted(Path(folder).iterdir()) if path.is_file()}
+    except OSError as exc:
+        raise LedgerError(f"Cannot hash the files of the scan in {folder}: {exc}") from None
+
+
+def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame,
+           files: Mapping[str, str] | None = None) -> ScanIntake:
+    """``files``: the sha256 of each file of the batch's workspace folder (see ``folder_files``);
+    None records the batch without them, as before revision 0002."""
     batch = _batch_fields(summary)
     label = f"batch {batch['file']} ({batch['sha256'][:12]}) of dataset {batch['dataset']}"
 
     def refuse(problem: str) -> LedgerError:
         return LedgerError(f"Cannot record {label} in the ledger: {problem}; nothing was recorded.")
+
+    if files is not None:
+        bad = [name for name, value in files.items()
+               if not (isinstance(name, str) and _FILE_NAME.match(name) and isinstance(value, str)
+                       and _SHA256.match(value))]
+        if bad:
+            raise refuse(f"the file hash for {bad[0]!r} is not a plain file name with 64 hex digits")
+        batch["files"] = dict(sorted(files.items()))
 
     missing = [c for c in _DECISION_COLUMNS if c not in scores.columns]
     if missing:

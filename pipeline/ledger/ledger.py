@@ -44,7 +44,7 @@ from pipeline.ledger.database import (
     write_session,
 )
 from pipeline.ledger.errors import LedgerError, NotInLedger, ReviewRefused
-from pipeline.ledger.intake import ScanIntake, intake, read_scan_folder
+from pipeline.ledger.intake import ScanIntake, folder_files, intake, read_scan_folder
 from pipeline.ledger.models import Batch, LedgerEntry, ReviewActionRow, RowDecision
 from pipeline.ledger.records import (
     BatchRecord,
@@ -127,16 +127,20 @@ class Ledger:
 
     # --- recording scans -------------------------------------------------------------------
 
-    def record_scan(self, summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame) -> str:
+    def record_scan(self, summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame,
+                    files: Mapping[str, str] | None = None) -> str:
         """Record a scan's decisions (``ScanOutputs.summary``, ``.scores``, ``.quarantined``, or the
-        same read back from the workspace) and return the batch id. Recording a batch that is
-        already recorded for its dataset changes nothing and returns the id it has."""
-        scan = intake(summary, scores, quarantined)
+        same read back from the workspace) and return the batch id. ``files``: the sha256 of each
+        file of the batch's workspace folder, covered by the hash chain for the gate to check.
+        Recording a batch that is already recorded for its dataset changes nothing and returns
+        the id it has."""
+        scan = intake(summary, scores, quarantined, files)
         return self._write(lambda session: self._record(session, scan))
 
-    def record_scan_folder(self, folder: Path) -> str:
-        """``record_scan`` from a committed batch folder of the workspace."""
-        return self.record_scan(*read_scan_folder(folder))
+    def record_scan_folder(self, folder: Path, files: Mapping[str, str] | None = None) -> str:
+        """``record_scan`` from a committed batch folder of the workspace; ``files`` default to
+        the sha256 of the folder's files as they are now."""
+        return self.record_scan(*read_scan_folder(folder), files=folder_files(folder) if files is None else files)
 
     def _record(self, session: Session, scan: ScanIntake) -> str:
         existing = session.scalar(select(Batch.id).where(Batch.dataset == scan.dataset, Batch.sha256 == scan.sha256))
@@ -217,6 +221,22 @@ class Ledger:
                  .where(RowDecision.dataset == dataset, ReviewActionRow.action == ReviewAction.RELEASE.value)
                  .order_by(Batch.scanned_at, Batch.id, RowDecision.row_number))
         return self._read(lambda session: list(session.scalars(query)))
+
+    def row_numbers(self, dataset: str) -> dict[str, dict[RowStatus, list[int]]]:
+        """Per batch id, its row numbers by current status, in row order: what the gate checks
+        the workspace's files against, without a record per row."""
+        query = (select(RowDecision.batch_id, RowDecision.row_number, CURRENT_STATUS)
+                 .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+                 .where(RowDecision.dataset == dataset)
+                 .order_by(RowDecision.batch_id, RowDecision.row_number))
+
+        def read(session: Session) -> dict[str, dict[RowStatus, list[int]]]:
+            numbers: dict[str, dict[RowStatus, list[int]]] = {}
+            for batch_id, number, status in session.execute(query):
+                numbers.setdefault(batch_id, {s: [] for s in RowStatus})[RowStatus(status)].append(int(number))
+            return numbers
+
+        return self._read(read)
 
     @staticmethod
     def _rows_query() -> Select[RowDecision, str, ReviewActionRow]:
@@ -416,5 +436,5 @@ def _batch_record(batch: Batch, counts: Mapping[str, int]) -> BatchRecord:
         submitter=batch.submitter, mlflow_run_id=batch.mlflow_run_id, scanned_at=utc(batch.scanned_at),
         rows=batch.rows, accepted=batch.accepted, quarantined=batch.quarantined,
         pending=counts.get(RowStatus.PENDING.value, 0), released=counts.get(RowStatus.RELEASED.value, 0),
-        rejected=counts.get(RowStatus.REJECTED.value, 0),
+        rejected=counts.get(RowStatus.REJECTED.value, 0), files=dict(batch.files) if batch.files is not None else None,
     )

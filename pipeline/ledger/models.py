@@ -61,6 +61,10 @@ class Batch(Base):
     rows: Mapped[int] = mapped_column(Integer)
     accepted: Mapped[int] = mapped_column(Integer)
     quarantined: Mapped[int] = mapped_column(Integer)
+    # The sha256 of every file of the batch's workspace folder when it was committed (file name
+    # -> hex digest): what the pre-retrain gate checks the workspace against. NULL for batches
+    # recorded before revision 0002, which the gate therefore cannot vouch for.
+    files: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
     __table_args__ = (
         # A batch is the same batch when the same bytes arrive for the same dataset.

@@ -56,6 +56,9 @@ class BatchRecord:
     pending: int  # quarantined rows not yet reviewed
     released: int
     rejected: int
+    # sha256 of each file of the batch's workspace folder at commit; None if recorded before
+    # the ledger kept them (revision 0002)
+    files: dict[str, str] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

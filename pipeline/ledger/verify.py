@@ -103,11 +103,28 @@ def _check_copy(where: str, entry: LedgerEntry, current: dict[str, Any] | None, 
     if current is None:
         return problems + [f"{where}: {missing} (deleted)"]
     if digest(current) != entry.payload_digest:
-        changes = [f"{where}: recorded {field} changed from {_show(field, recorded.get(field))} "
-                   f"to {_show(field, value)}"
-                   for field, value in current.items() if recorded.get(field) != value]
+        fields = [*current, *(f for f in recorded if f not in current)]
+        changes = [change for field in fields
+                   for change in _changes(where, field, recorded.get(field), current.get(field))]
         problems += changes or [f"{where}: the {entry.kind} no longer matches what was recorded"]
     return problems
+
+
+def _changes(where: str, field: str, before: Any, after: Any) -> list[str]:
+    if before == after:
+        return []
+    if field == "files":
+        # name the file whose recorded hash was rewritten, not two long dictionaries
+        before, after = (v if isinstance(v, dict) else {} for v in (before, after))
+        named = [f"{where}: recorded sha256 of {name} changed from {_short(before.get(name))} to "
+                 f"{_short(after.get(name))}" for name in sorted(before.keys() | after.keys())
+                 if before.get(name) != after.get(name)]
+        return named or [f"{where}: its recorded file hashes changed"]
+    return [f"{where}: recorded {field} changed from {_show(field, before)} to {_show(field, after)}"]
+
+
+def _short(value: Any) -> str:
+    return f"{value[:12]}…" if isinstance(value, str) else "nothing"
 
 
 def _check_decisions(where: str, entry: LedgerEntry, rows: list[dict[str, Any]]) -> list[str]:

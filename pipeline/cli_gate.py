@@ -1,0 +1,60 @@
+"""``poisonguard gate``: verify, then release the training snapshot. Runs the Prefect flow
+``poisonguard-gate`` the way ``poisonguard scan`` runs the scan flow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline.cli_review import WORKSPACE
+from pipeline.config import Settings
+
+
+def gate(
+    dataset: str = typer.Option(..., "--dataset", help="The training set to release (as scanned with --dataset)."),
+    out: Path = typer.Option(..., "--out", help="Folder for snapshot.parquet and manifest.json (refused.json if refused)."),
+    max_pending: int = typer.Option(0, "--max-pending", min=0,
+                                    help="Refuse while more than this many rows await review."),
+    keep_provenance: bool = typer.Option(True, "--keep-provenance/--drop-provenance",
+                                         help="Keep the batch_id and row_number columns in the snapshot."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """Before retraining: verify every accepted batch and review against the ledger, then write
+    the training snapshot. Exit 3, releasing nothing, on any mismatch or pending review."""
+    result = run_gate(dataset=dataset, out=out, max_pending=max_pending, keep_provenance=keep_provenance,
+                      workspace=workspace)
+    manifest = result.manifest
+    reviews, ledger = manifest["reviews"], manifest["ledger"]
+    typer.echo(f"Gate passed for dataset '{dataset}': {len(manifest['batches'])} batch(es) and "
+               f"{manifest['gate']['files_checked']} files match the ledger; ledger intact "
+               f"({ledger['head_sequence']} entries, head {str(ledger['head_hash'])[:16]}).")
+    typer.echo(f"Snapshot: {result.path.resolve()}  {result.rows} rows "
+               f"({reviews['released']} released by stewards; {reviews['rejected']} rejected and "
+               f"{reviews['pending']} pending rows left out)")
+    typer.echo(f"sha256 {result.sha256}")
+    typer.echo(f"Manifest: {result.manifest_path.resolve()}")
+    typer.echo(f"MLflow gate run {result.run_id} (log the snapshot as your training input; see README)")
+
+
+def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: bool = True,
+             workspace: Path | None = None) -> Any:
+    """Run the gate flow; returns ``pipeline.gate.GateResult`` or raises ``GateRefused`` (exit 3)."""
+    from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
+    from pipeline.gate import GateRequest
+
+    settings = Settings.from_environment(workspace)
+    request = GateRequest(dataset, Path(out), max_pending, keep_provenance)
+    _prepare_prefect(settings)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.gate import gate_flow
+
+    # As in run_scan: the CLI reports a refusal itself, one message; Prefect's run loggers would
+    # print it again with a traceback. Run states still reach the Prefect API.
+    for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):
+        logging.getLogger(run_logger).setLevel(logging.CRITICAL)
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return gate_flow(request, settings)
