@@ -78,6 +78,10 @@ def show(
     typer.echo(f"row {r.id}  dataset {r.dataset}  status {r.status.value}  suspicion {r.suspicion:.4f}")
     for reason in r.reasons:
         typer.echo(f"  - {reason}")
+    scores = {k: v for k, v in r.scores.items() if not k.endswith("_raw") and isinstance(v, (int, float))}
+    if scores:
+        typer.echo("  scores (1 − p-value against trusted rows): "
+                   + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
     if r.review:
         typer.echo(f"  {PAST_TENSE[r.review.action]} by {r.review.by} at {r.review.at.isoformat(timespec='seconds')}: "
                    f"{r.review.reason}")

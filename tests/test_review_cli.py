@@ -44,6 +44,7 @@ def test_show_puts_the_row_beside_its_trusted_neighbours(run_cli, scanned):
     assert result.exit_code == 0, result.stderr
     assert f"row {row['id']}" in result.stdout and "status pending" in result.stdout
     assert "trusted #5" in result.stdout and "distance" in result.stdout
+    assert "scores (1 − p-value against trusted rows): outliers" in result.stdout
     assert row["reasons"][0][:60] in result.stdout
 
 
