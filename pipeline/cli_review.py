@@ -62,7 +62,7 @@ def show(
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """One row with its reasons, scores and nearest trusted neighbours; or one batch's counts."""
-    from pipeline.review import PAST_TENSE, open_ledger, row_detail
+    from pipeline.review import open_ledger, row_detail
 
     settings = Settings.from_environment(workspace)
     with open_ledger(settings) as ledger:
@@ -83,7 +83,7 @@ def show(
         typer.echo("  scores (1 − p-value against trusted rows): "
                    + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
     if r.review:
-        typer.echo(f"  {PAST_TENSE[r.review.action]} by {r.review.by} at {r.review.at.isoformat(timespec='seconds')}: "
+        typer.echo(f"  {r.review.action.past_tense} by {r.review.by} at {r.review.at.isoformat(timespec='seconds')}: "
                    f"{r.review.reason}")
     neighbours = detail.neighbours
     if not neighbours.empty:
@@ -99,14 +99,14 @@ def show(
 
 def _act(action: str, row_ids: list[str], by: str, reason: str, workspace: Path | None) -> None:
     from pipeline.ledger import ReviewAction
-    from pipeline.review import PAST_TENSE, act, open_ledger
+    from pipeline.review import act, open_ledger
 
     if not by.strip() or not reason.strip():
         raise PoisonguardError("--by and --reason must not be empty: every review action says who and why.")
     settings = Settings.from_environment(workspace)
     with open_ledger(settings) as ledger:
         records = act(settings, ledger, action, row_ids, by, reason)
-    typer.echo(f"{PAST_TENSE[ReviewAction(action)].capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}")
+    typer.echo(f"{ReviewAction(action).past_tense.capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}")
 
 
 @review_app.command()

@@ -24,7 +24,6 @@ from pipeline.ledger import Ledger, ReviewAction, ReviewRecord, RowRecord, RowSt
 from pipeline.store import Workspace
 
 NEIGHBOURS = 5
-PAST_TENSE = {ReviewAction.RELEASE: "released", ReviewAction.REJECT: "rejected"}
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -87,12 +86,24 @@ def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIG
 
 def act(settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids: Iterable[str], by: str,
         reason: str) -> list[ReviewRecord]:
-    """Release or reject rows (all or none), then mirror the actions to each batch's MLflow run."""
+    """Release or reject rows (all or none), then mirror the actions to each batch's MLflow run.
+    The ledger is the record of truth: if only the mirror fails, ``MirrorFailed`` says so."""
     action = ReviewAction(action)
     ids = list(row_ids)
     records = (ledger.release if action == ReviewAction.RELEASE else ledger.reject)(ids, by, reason)
-    _mirror_to_mlflow(settings, ledger, records)
+    try:
+        _mirror_to_mlflow(settings, ledger, records)
+    except Exception as error:  # MLflow unreachable, a run deleted: the review itself stands
+        raise MirrorFailed(f"{action.past_tense.capitalize()} {len(records)} row(s) in the ledger, but mirroring the "
+                           f"action to the batch's MLflow run failed ({type(error).__name__}: {error}). The ledger "
+                           "is the record of truth.") from error
     return records
+
+
+class MirrorFailed(PoisonguardError):
+    """The review is recorded in the ledger; only its copy in MLflow is missing."""
+
+    exit_code = 1
 
 
 def _mirror_to_mlflow(settings: Settings, ledger: Ledger, records: list[ReviewRecord]) -> None:
@@ -105,7 +116,7 @@ def _mirror_to_mlflow(settings: Settings, ledger: Ledger, records: list[ReviewRe
         batch = ledger.get_batch(batch_id)
         if not batch.mlflow_run_id:
             continue
-        tags = {f"review.row.{r.row_id.split(':')[1]}": f"{PAST_TENSE[r.action]} by {r.by} at "
+        tags = {f"review.row.{r.row_id.split(':')[1]}": f"{r.action.past_tense} by {r.by} at "
                 f"{r.at.isoformat(timespec='seconds')}: {r.reason}"[:5000] for r in actions}
         metrics = {"review.pending": float(batch.pending), "review.released": float(batch.released),
                    "review.rejected": float(batch.rejected)}

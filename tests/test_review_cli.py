@@ -91,3 +91,23 @@ def test_verify_reports_an_intact_ledger(run_cli, scanned):
     workspace, _ = scanned
     result = run_cli("verify", "--workspace", workspace)
     assert result.exit_code == 0 and "Ledger intact" in result.stdout
+
+
+def test_a_failed_mirror_to_mlflow_says_the_review_is_recorded(run_cli, scanned, monkeypatch):
+    import pipeline.review
+    from pipeline.config import Settings
+    from pipeline.review import open_ledger
+
+    workspace, _ = scanned
+    row = _pending(run_cli, workspace)[-1]["id"]
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(pipeline.review, "_mirror_to_mlflow", unreachable)
+    result = run_cli("review", "reject", row, "--by", "dana", "--reason", "duplicate of a known fraud case",
+                     "--workspace", workspace)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "Rejected 1 row(s) in the ledger, but mirroring" in result.stderr and "internal error" not in result.stderr
+    with open_ledger(Settings.from_environment(workspace)) as ledger:
+        assert ledger.get_row(row).status.value == "rejected"
