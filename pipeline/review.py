@@ -128,16 +128,14 @@ def accepted_data(settings: Settings, ledger: Ledger, dataset: str) -> pd.DataFr
     released, in batch then row order, with ``batch_id`` and ``row_number`` kept."""
     parts = []
     workspace = Workspace(settings.workspace)
-    released = {}
-    for row_id in ledger.released_rows(dataset):
-        batch_id, number = row_id.rsplit(":", 1)
-        released.setdefault(batch_id, set()).add(int(number))
+    statuses = ledger.row_numbers(dataset)
     for batch in ledger.list_batches(dataset):
         folder = workspace.batch_dir(dataset, batch.sha256)
         accepted = pd.read_parquet(folder / "accepted.parquet")
-        if batch.id in released:
+        released = statuses.get(batch.id, {}).get(RowStatus.RELEASED)
+        if released:
             quarantined = pd.read_parquet(folder / "quarantined.parquet")
-            back = quarantined[quarantined[ROW_NUMBER].isin(released[batch.id])]
+            back = quarantined[quarantined[ROW_NUMBER].isin(released)]
             accepted = pd.concat([accepted, back.drop(columns=["suspicion", "reasons"])], ignore_index=True)
         parts.append(accepted.sort_values(ROW_NUMBER).assign(batch_id=batch.id))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
