@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 
-from pipeline.decide import decide
+from pipeline.decide import content_keys, decide
 from pipeline.detectors import DEFAULT_DETECTORS, FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.findings import empty_findings
 from pipeline.policy import QuarantinePolicy
@@ -198,7 +198,8 @@ class Poisonguard:
         self.detectors = fit_all(build_detectors(detectors or DEFAULT_DETECTORS), s.reference, s.spec, s.holdout)
 
     def __call__(self, s: Split, batch: pd.DataFrame):
-        decisions = decide(batch[ROW_NUMBER], empty_findings(), [], score_all(self.detectors, batch), QuarantinePolicy())
+        decisions = decide(batch[ROW_NUMBER], empty_findings(), [], score_all(self.detectors, batch), QuarantinePolicy(),
+                           content_keys(batch))
         table = decisions.table.set_index(ROW_NUMBER).loc[batch[ROW_NUMBER]]
         return table["quarantined"].to_numpy(bool), table["suspicion"].to_numpy(float)
 

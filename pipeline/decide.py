@@ -47,12 +47,14 @@ def decide(
     batch_findings: list[BatchFinding],
     detector_scores: dict[str, pd.DataFrame],
     policy: QuarantinePolicy,
+    content: np.ndarray | None = None,
 ) -> Decisions:
     """Hard validation failures and batch-level failures always quarantine with suspicion 1.
 
     Otherwise the policy fuses the detectors' p-values and holds rows at its threshold (BH over
     the row-scoped detectors only; group detectors hold at the false-quarantine target);
-    suspicion is 1 − the fused p-value. Reasons list hard failures first, then the detectors
+    suspicion is 1 − the fused p-value. ``content`` (see ``content_keys``) makes BH count exact
+    copies of a row as one hypothesis. Reasons list hard failures first, then the detectors
     that fired, smallest p-value first.
     """
     rows = pd.DataFrame({ROW_NUMBER: row_numbers.to_numpy()})
@@ -66,7 +68,7 @@ def decide(
     fused = fuse(pvalues, len(rows), factors)
     row_scoped = {name: p for name, p in pvalues.items() if _detector_class_attribute(name, "pvalue_scope", "row") == "row"}
     row_fused = fuse(row_scoped, len(rows), factors)
-    threshold = policy.threshold(row_fused)
+    threshold = policy.threshold(row_fused, content)
     held_by_policy = (fused <= policy.false_quarantine_target) | (row_fused <= threshold)
     parts = [validation_findings]
     for name, scores in detector_scores.items():
@@ -91,6 +93,11 @@ def decide(
     ordered = [ROW_NUMBER, "suspicion", "quarantined", "reasons"] + \
         [c for c in rows.columns if c not in (ROW_NUMBER, "suspicion", "quarantined", "reasons")]
     return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
+
+
+def content_keys(batch: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per row of everything but its position: equal for exact copies."""
+    return pd.util.hash_pandas_object(batch.drop(columns=[ROW_NUMBER], errors="ignore"), index=False).to_numpy()
 
 
 def _detector_class_attribute(name: str, attribute: str, default):

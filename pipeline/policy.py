@@ -19,6 +19,9 @@ rows at least as suspect. The policy
    ≥ 1 − q (it controls the family-wise error when every row is clean), so it adds almost no
    false quarantines there; on a heavily poisoned batch it raises the threshold as far as the
    evidence carries while keeping the expected share of clean rows among those held ≤ q.
+   Exact copies of one row are one hypothesis, not many: they share one p-value, and counting a
+   flood of 8 % copies as 8 % discoveries lifted the threshold enough to hold 4.6 % of HMDA's
+   clean rows beside it (the flood itself is the duplicates detector's to hold).
 
 Measured on HMDA with 30 % random flips (label consistency): target 1 % alone gives F1 0.29; with
 BH at q = 0.3 it is 0.84, and the clean batch's false quarantine stays at 1.1 %.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
+import pandas as pd
 
 from pipeline.detectors.base import REASON_PVALUE, Interval, InvalidParameter
 
@@ -48,8 +52,12 @@ class QuarantinePolicy:
             if not limit.accepts(value):
                 raise InvalidParameter(f"The {key} of the quarantine policy must be {limit.describe()}. Got {value!r}.")
 
-    def threshold(self, fused: np.ndarray) -> float:
-        """The p-value at or below which a row is held."""
+    def threshold(self, fused: np.ndarray, content: np.ndarray | None = None) -> float:
+        """The p-value at or below which a row is held. ``content`` (one key per row, equal for
+        rows with equal contents) makes BH count each distinct row once."""
+        fused = np.asarray(fused, dtype="float64")
+        if content is not None and len(fused):
+            fused = pd.Series(fused).groupby(np.asarray(content), sort=False).min().to_numpy()
         return max(self.false_quarantine_target, benjamini_hochberg_threshold(fused, self.false_discovery_rate))
 
     def as_dict(self) -> dict[str, float]:

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from pipeline import __version__
 from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
-from pipeline.decide import Decisions, decide
+from pipeline.decide import Decisions, content_keys, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings
@@ -218,7 +218,8 @@ def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFi
 
 def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],
                  settings: Settings) -> Decisions:
-    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores, settings.policy)
+    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores, settings.policy,
+                       content_keys(conformed))
     check_conservation(conformed, decisions)
     return decisions
 

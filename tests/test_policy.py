@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import Settings
-from pipeline.decide import decide
+from pipeline.decide import content_keys, decide
 from pipeline.detectors.base import REASON_PVALUE, SCORE_COLUMNS, InvalidParameter
 from pipeline.errors import PoisonguardError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
@@ -412,3 +412,29 @@ def test_weighted_bonferroni_spends_the_budget_by_weight():
     fused = fuse({"outliers": np.array([0.004, 0.5]), "trigger": np.array([1.0, 1e-5])}, 2, factors)
     np.testing.assert_allclose(fused, [0.00808, 0.00202])
     assert sum(1 / f for f in factors.values()) == pytest.approx(1.0)
+
+
+def test_bh_counts_exact_copies_of_a_row_as_one_hypothesis():
+    """A flood of copies shares one p-value; as 40 hypotheses it would lift the BH threshold
+    over the moderately small p-values of ordinary rows, as one it does not."""
+    rng = np.random.default_rng(11)
+    ordinary = rng.uniform(size=160)
+    ordinary[:8] = np.linspace(0.03, 0.06, 8)  # the clean rows a lifted threshold would sweep in
+    flood = np.full(40, 1e-6)
+    fused = np.concatenate([ordinary, flood])
+    content = np.concatenate([np.arange(160), np.full(40, -1)])
+    policy = QuarantinePolicy(false_quarantine_target=0.005, false_discovery_rate=0.3)
+
+    counted_apart = policy.threshold(fused)
+    counted_once = policy.threshold(fused, content)
+    assert counted_apart >= 0.06  # 40 discoveries: every one of the 8 is under it
+    assert counted_once == policy.false_quarantine_target
+    assert policy.threshold(fused, np.arange(200)) == counted_apart  # distinct rows: plain BH
+
+
+def test_decide_keys_rows_by_content_for_bh():
+    batch = pd.DataFrame({"row_number": range(6), "x": [1.0, 1.0, 1.0, 2.0, 3.0, 4.0], "y": list("aaabbb")})
+    keys = content_keys(batch)
+    assert len(set(keys[:3])) == 1 and len(set(keys[2:])) == 4
+    shifted = batch.assign(row_number=batch["row_number"] + 100)
+    np.testing.assert_array_equal(content_keys(shifted), keys)  # the position is not content
