@@ -168,6 +168,38 @@ def test_logistic_influence_predicts_the_holdout_change_of_exact_retraining():
     assert np.corrcoef(predicted, exact)[0, 1] > 0.9
 
 
+def _linear_case(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    y = X @ np.array([1.5, -1.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=n) > 0
+    return pd.DataFrame(X, columns=["a", "b", "c", "d"]).assign(label=np.where(y, "yes", "no"))
+
+
+def test_roni_ranks_flipped_rows_above_clean_ones_and_holds_little_of_a_clean_batch():
+    """Influence is taken in the model trained on trusted rows plus the batch: the 25 % flipped
+    rows drag it off, the holdout gradient points along that damage, and they line up with it."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.detectors.influence import RoniInfluence
+
+    spec = FeatureSpec(label="label", numeric=("a", "b", "c", "d"), categorical=())
+    reference = _linear_case(1500, seed=21)
+    detector = RoniInfluence().fit(reference, spec)
+    batch = _linear_case(800, seed=22).assign(**{ROW_NUMBER: range(800)})
+    clean = detector.score(batch)
+    flipped = np.zeros(800, dtype=bool)
+    flipped[np.random.default_rng(23).choice(800, size=200, replace=False)] = True
+    poisoned = batch.copy()
+    poisoned.loc[flipped, "label"] = np.where(poisoned.loc[flipped, "label"] == "yes", "no", "yes")
+    scores = detector.score(poisoned)
+
+    assert roc_auc_score(flipped, scores["score"]) > 0.9
+    assert scores.loc[scores["flagged"], "reason"].str.contains("trained on the reference plus this batch").all()
+    assert scores["flagged"][flipped].mean() > 0.5
+    # a clean batch is exchangeable with the trusted rows in the same fit: about alpha is flagged
+    assert clean["flagged"].mean() <= 0.03
+
+
 def test_group_impact_measures_that_removing_flipped_rows_helps():
     from pipeline.roni import group_impact
 
