@@ -29,6 +29,7 @@ class Settings:
     holdout_fraction: float = 0.2  # split off the reference when no --holdout is given
     roni_model: str = "sklearn.linear_model.LogisticRegression"  # exact group RONI; any sklearn classifier
     random_state: int = 0
+    max_fit_rows: int = 50_000  # detectors fit on a stratified sample of at most this many trusted rows
     policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     database_url: str = ""  # the ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL
 
@@ -45,7 +46,10 @@ class Settings:
         except PoisonguardError as error:
             raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
                                    "POISONGUARD_FALSE_DISCOVERY_RATE.") from None
-        return cls(workspace=root, tracking_uri=tracking,
+        max_fit_rows = int(_number(env, "POISONGUARD_MAX_FIT_ROWS", 50_000))
+        if max_fit_rows < 100:
+            raise PoisonguardError(f"POISONGUARD_MAX_FIT_ROWS must be at least 100; got {max_fit_rows}.")
+        return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
                    database_url=ledger_url(root, env))
 

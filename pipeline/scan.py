@@ -21,6 +21,7 @@ from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, content_keys, decide
 from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
 from pipeline.errors import InputError, PoisonguardError
+from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.provenance import redact
@@ -156,7 +157,38 @@ def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> 
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
-    return fit_all(build_detectors(settings.detectors), trusted.train, trusted.spec, trusted.holdout)
+    """Detectors fitted on (at most ``settings.max_fit_rows`` of) the trusted rows, from the
+    workspace's signed fit cache when the same trusted data was fitted before."""
+    def fit():
+        rows = fit_sample(trusted.train, trusted.spec.label, settings.max_fit_rows, settings.random_state)
+        return fit_all(build_detectors(settings.detectors), rows, trusted.spec, trusted.holdout)
+
+    cache = FitCache.for_workspace(settings.workspace)
+    return fit() if cache is None else cache.get_or_fit(fit_key(trusted, settings), fit)
+
+
+def fit_sample(train: pd.DataFrame, label: str, max_rows: int, seed: int) -> pd.DataFrame:
+    """All trusted rows up to ``max_rows``, else a stratified sample of that many. Conformal
+    p-values need a few thousand calibration rows, not 200,000, and the fit's cost grows with
+    every row (label consistency: ~2 min on 200,000 rows)."""
+    if len(train) <= max_rows:
+        return train
+    sample, _ = split_holdout(train, label, 1.0 - max_rows / len(train), seed)
+    return sample
+
+
+def fit_key(trusted: TrustedData, settings: Settings) -> dict[str, Any]:
+    """Everything a fit depends on: trusted data, suite, features, detector settings, versions."""
+    import joblib
+    import pyod
+    import sklearn
+
+    return {"reference": trusted.reference.sha256, "holdout": trusted.holdout_sha256 or trusted.holdout_origin,
+            "holdout_fraction": settings.holdout_fraction, "random_state": settings.random_state,
+            "suite": trusted.suite.sha256, "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
+            "detectors": settings.detectors, "max_fit_rows": settings.max_fit_rows,
+            "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__,
+                         joblib.__version__]}
 
 
 def fit_checks(trusted: TrustedData):

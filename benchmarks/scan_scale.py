@@ -1,0 +1,148 @@
+"""How a scan's cost grows with batch and reference size: 10^4, 10^5 and 10^6 rows × 30 features.
+
+The data is synthetic so any size can be drawn: two Gaussian classes (35 % / 65 %) in 30
+correlated dimensions, 25 kept as numeric features and 5 cut into 4-level categorical ones,
+2 % natural label noise. The reference, the holdout and
+every batch are draws from one distribution, so the batch is clean and what is measured is the
+cost of scanning it. Each size runs in its own process (peak memory is the process's maximum
+resident set, ``ru_maxrss``) through the library's steps (``pipeline.scan``) without Prefect
+and MLflow, whose fixed per-batch cost ``scan_wall_time.py`` measures.
+
+    .venv/bin/python benchmarks/scan_scale.py                       # 10^4, 10^5, 10^6 vs 200k
+    .venv/bin/python benchmarks/scan_scale.py --rows 100000 --reference 50000
+
+Writes ``benchmarks/scan_scale.json`` (one record per case, appended by size) and prints a
+markdown table. Generated data goes to ``benchmarks/data/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "benchmarks" / "data"
+OUT = REPO / "benchmarks" / "scan_scale.json"
+N_NUMERIC, N_CATEGORICAL = 25, 5
+HOLDOUT_ROWS = 20_000
+
+
+def draw(n_rows: int, seed: int) -> pd.DataFrame:
+    """Rows of one fixed distribution (its parameters come from seed 0 whatever the size; the
+    rows from ``seed``): two Gaussian classes with a shared random covariance, 2 % label noise."""
+    d = N_NUMERIC + N_CATEGORICAL
+    parameters = np.random.default_rng(0)
+    mixing = parameters.normal(size=(d, d)) / np.sqrt(d)
+    shift = parameters.normal(scale=0.6, size=d)
+    rng = np.random.default_rng(seed)
+    y = rng.random(n_rows) < 0.35
+    X = rng.normal(size=(n_rows, d)) @ mixing + np.where(y[:, None], shift, -shift)
+    y ^= rng.random(n_rows) < 0.02
+    frame = pd.DataFrame(X[:, :N_NUMERIC].round(5), columns=[f"x{i:02d}" for i in range(N_NUMERIC)])
+    for j in range(N_CATEGORICAL):
+        codes = np.digitize(X[:, N_NUMERIC + j], [-1.0, 0.0, 1.0])
+        frame[f"c{j}"] = np.array(["low", "mid", "high", "top"])[codes]
+    frame["label"] = np.where(y, "yes", "no")
+    return frame
+
+
+def dataset(kind: str, n_rows: int) -> Path:
+    """reference / holdout / batch files, drawn once and kept in benchmarks/data/."""
+    path = DATA / f"scale_{kind}_{n_rows}.parquet"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        seed = {"reference": 1, "holdout": 2, "batch": 3}[kind]
+        # numbers, not strings, for the (many) numeric cells: the file is what a feed would send
+        draw(n_rows, seed).to_parquet(path, index=False)
+    return path
+
+
+def run_case(n_rows: int, n_reference: int) -> dict:
+    """One scan's steps, timed, in this process."""
+    stages: dict[str, float] = {}
+
+    def timed(name, function, *args):
+        started = time.perf_counter()
+        result = function(*args)
+        stages[name] = round(time.perf_counter() - started, 2)
+        return result
+
+    started = time.perf_counter()
+    from pipeline import scan
+    from pipeline.config import Settings
+
+    stages["import"] = round(time.perf_counter() - started, 2)
+    batch_path = dataset("batch", n_rows)
+    request = scan.ScanRequest(batch=batch_path, reference=dataset("reference", n_reference), label="label",
+                               out=DATA / "out", holdout=dataset("holdout", HOLDOUT_ROWS), dataset="scale")
+    settings = Settings.from_environment(DATA / "workspace")
+    begun = time.perf_counter()
+    batch = timed("ingest", scan.ingest, request)
+    trusted = timed("load trusted data", scan.load_trusted, request, settings)
+    conformed, outcome = timed("validate", scan.validate_batch, batch, trusted)
+    detectors = timed("fit detectors", scan.fit_detectors, trusted, settings)
+    scores = timed("score", scan.score_batch, detectors, conformed, outcome.batch_findings)
+    checks = timed("fit batch checks", scan.fit_checks, trusted)
+    timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
+    decisions = timed("decide", scan.decide_batch, conformed, outcome, scores, settings)
+    timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
+    total = time.perf_counter() - begun
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    held = int(decisions.table["quarantined"].sum())
+    return {"rows": n_rows, "reference_rows": n_reference, "features": N_NUMERIC + N_CATEGORICAL,
+            "seconds": round(total, 1), "rows_per_second": round(n_rows / total),
+            "peak_mib": round(peak_mib), "quarantined": held, "false_quarantine": round(held / n_rows, 4),
+            "stages": stages}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--reference", type=int, default=200_000)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.rows[0], args.reference)))
+        return
+    for kind, n in [("reference", args.reference), ("holdout", HOLDOUT_ROWS), *(("batch", r) for r in args.rows)]:
+        dataset(kind, n)
+    records = json.loads(OUT.read_text())["cases"] if OUT.exists() else []
+    for n_rows in args.rows:
+        child = subprocess.run([sys.executable, __file__, "--one", "--rows", str(n_rows),
+                                "--reference", str(args.reference)], capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            raise SystemExit(f"{n_rows} rows failed:\n{child.stderr[-3000:]}")
+        record = json.loads(child.stdout.strip().splitlines()[-1])
+        record.update(date=date.today().isoformat(),
+                      machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(json.dumps(record), flush=True)
+        records = [r for r in records if (r["rows"], r["reference_rows"]) != (n_rows, args.reference)] + [record]
+    records.sort(key=lambda r: (r["reference_rows"], r["rows"]))
+    OUT.write_text(json.dumps({"cases": records}, indent=2) + "\n")
+    print(markdown(records))
+
+
+def markdown(records: list[dict]) -> str:
+    stage_names = list(dict.fromkeys(name for r in records for name in r["stages"] if name != "import"))
+    head = ["batch rows", "reference rows", "seconds", "rows/s", "peak MiB", "held", *stage_names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        cells = [f"{r['rows']:,}", f"{r['reference_rows']:,}", r["seconds"], f"{r['rows_per_second']:,}",
+                 f"{r['peak_mib']:,}", f"{r['false_quarantine']:.2%}", *(r["stages"].get(s, "") for s in stage_names)]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

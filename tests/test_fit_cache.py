@@ -1,0 +1,125 @@
+"""The signed fit cache: hits return what was fitted, anything unsigned or tampered with is never
+unpickled, and a scan's decisions are the same from a cached fit as from a fresh one."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.errors import PoisonguardError
+from pipeline.fit_cache import FitCache
+from tests.conftest import SAMPLES, SUITE
+
+PARTS = {"reference": "abc", "detectors": {"outliers": {}}}
+
+
+class _Fits:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return {"model": list(range(5)), "call": self.calls}
+
+
+class _Planted:
+    """Unpickling this writes a file: the proof that a planted entry was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "planted code ran"))
+
+
+def _cache(tmp_path: Path, **env: str) -> FitCache:
+    cache = FitCache.for_workspace(tmp_path, env)
+    assert cache is not None
+    return cache
+
+
+def test_a_second_lookup_returns_the_first_fit_without_fitting_again(tmp_path):
+    fits = _Fits()
+    first = _cache(tmp_path).get_or_fit(PARTS, fits)
+    again = _cache(tmp_path)  # a new process: same workspace, same key file
+    assert again.get_or_fit(PARTS, fits) == first == {"model": [0, 1, 2, 3, 4], "call": 1}
+    assert fits.calls == 1 and again.hits == 1 and again.misses == 0
+    assert again.get_or_fit({**PARTS, "reference": "abd"}, fits)["call"] == 2  # other data: refit
+
+
+def test_an_entry_with_a_forged_tag_is_refitted_and_never_unpickled(tmp_path):
+    cache, fits = _cache(tmp_path), _Fits()
+    cache.get_or_fit(PARTS, fits)
+    payload, tag = cache._paths(cache.key(PARTS))
+    marker = tmp_path / "pwned"
+    payload.write_bytes(pickle.dumps(_Planted(marker)))  # an attacker who can write the folder
+    tag.write_text("0" * 64)                              # but does not hold the key
+
+    assert cache.get_or_fit(PARTS, fits)["call"] == 2
+    assert not marker.exists()
+    assert cache.misses == 2
+    assert _cache(tmp_path).get_or_fit(PARTS, fits)["call"] == 2  # the refit replaced the entry
+
+
+def test_an_entry_signed_with_another_key_is_not_loaded(tmp_path):
+    other = FitCache(tmp_path / "cache" / "fits", b"k" * 32)
+    other.get_or_fit(PARTS, _Fits())
+    fits = _Fits()
+    assert _cache(tmp_path).get_or_fit(PARTS, fits)["call"] == 1 and fits.calls == 1
+
+
+def test_the_generated_key_is_readable_by_its_owner_only(tmp_path):
+    _cache(tmp_path)
+    key_file = tmp_path / "keys" / "fit-cache.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(key_file.read_text())) == 32
+
+
+def test_a_key_from_the_environment_is_used_and_checked(tmp_path):
+    key = os.urandom(32).hex()
+    _cache(tmp_path, POISONGUARD_CACHE_KEY=key).get_or_fit(PARTS, _Fits())
+    assert not (tmp_path / "keys").exists()
+    assert FitCache(tmp_path / "cache" / "fits", bytes.fromhex(key)).get_or_fit(PARTS, _Fits())["call"] == 1
+    with pytest.raises(PoisonguardError, match="must be hex"):
+        FitCache.for_workspace(tmp_path, {"POISONGUARD_CACHE_KEY": "not hex"})
+    with pytest.raises(PoisonguardError, match="at least 32 bytes"):
+        FitCache.for_workspace(tmp_path, {"POISONGUARD_CACHE_KEY": "ab" * 8})
+
+
+def test_the_cache_can_be_turned_off(tmp_path):
+    assert FitCache.for_workspace(tmp_path, {"POISONGUARD_FIT_CACHE": "off"}) is None
+
+
+def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path):
+    from pipeline import scan
+    from pipeline.config import Settings
+
+    request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
+                               label="deny", out=tmp_path / "out", suite=SUITE, holdout=SAMPLES / "holdout.parquet")
+    settings = Settings.from_environment(tmp_path / "ws")
+    trusted = scan.load_trusted(request, settings)
+    conformed, outcome = scan.validate_batch(scan.ingest(request), trusted)
+
+    def decisions():
+        detectors = scan.fit_detectors(trusted, settings)
+        return scan.decide_batch(conformed, outcome, scan.score_batch(detectors, conformed, []), settings).table
+
+    fresh = decisions()
+    assert len(list((tmp_path / "ws" / "cache" / "fits").glob("*.joblib"))) == 1
+    pd.testing.assert_frame_equal(decisions(), fresh)
+    assert fresh["quarantined"].any()
+
+
+def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):
+    from pipeline.scan import fit_sample
+
+    train = pd.DataFrame({"x": range(1000), "label": ["a"] * 900 + ["b"] * 100})
+    sample = fit_sample(train, "label", 200, seed=0)
+    assert len(sample) == 200
+    assert sample["label"].value_counts().to_dict() == {"a": 180, "b": 20}
+    assert fit_sample(train, "label", 1000, seed=0) is train
