@@ -14,6 +14,7 @@ import typer
 
 from pipeline.cli_gate import gate
 from pipeline.cli_review import review_app, verify
+from pipeline.cli_serve import ingest_landing, serve
 from pipeline.cli_ui import ui
 from pipeline.config import Settings, prefect_environment
 from pipeline.errors import PoisonguardError
@@ -24,6 +25,8 @@ app.add_typer(review_app, name="review")
 app.command()(verify)
 app.command()(gate)
 app.command()(ui)
+app.command()(serve)
+app.command()(ingest_landing)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / "data_samples"
