@@ -113,6 +113,20 @@ def test_trigger_flags_exactly_the_planted_group_and_spells_the_pattern_out():
     np.testing.assert_allclose(result["score"].to_numpy()[planted], -np.log10(expected))
 
 
+def test_copies_of_one_row_are_a_flood_not_a_trigger_and_sweep_no_rows_in():
+    """60 copies of one ordinary row, relabelled: every cell pair they sit in is crowded, but a
+    trigger is many different rows, so they count once; the duplicates detector holds them."""
+    rng = np.random.default_rng(4)
+    reference, batch = _mixed(2000, rng), _mixed(500, rng)
+    copies = batch.iloc[[7] * 60].assign(label="bad")
+    flooded = _numbered(pd.concat([batch, copies]))
+    result = TriggerPattern().fit(reference, MIXED_SPEC).score(flooded)
+    assert not result["flagged"].any()
+    # the same 60 rows made distinct (a backdoor's rows differ outside the trigger) are a group
+    planted = batch.sample(n=60, random_state=4).assign(x0=batch.iloc[7]["x0"], x1=batch.iloc[7]["x1"], label="bad")
+    assert TriggerPattern().fit(reference, MIXED_SPEC).score(_numbered(pd.concat([batch, planted])))["flagged"].sum() >= 60
+
+
 def test_trigger_pvalues_shrink_as_the_planted_group_grows():
     scores = []
     for size in (5, 10, 20, 40):

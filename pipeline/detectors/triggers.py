@@ -12,6 +12,11 @@ for every feature pair the batch count of each (cell pair, label) group of at le
 cells alone is what makes label concentration count: a rare cell whose labels follow the
 reference's mix adds its rows to several groups, each less crowded than one all-same-label group.
 
+Exact copies of a row count once, in the batch and in the reference: a trigger is many
+*different* rows sharing a rare combination, while many copies of one row are a flood, which
+the duplicates detector judges against the reference's own duplicate rate. Counted apart, the 73
+copies of a spam7 flood crowded an ordinary cell pair and swept 14 clean rows into its group.
+
 Each group is compared with the trusted rows of its own label (the share of 'yes' rows in that
 cell pair), so a batch whose label mix differs from the reference's (a month with more
 denials, or 30 % random flips) does not make every common cell look crowded; a trigger crowds
@@ -194,6 +199,7 @@ class TriggerPattern(Detector):
         labelled = reference[reference[spec.label].notna()]
         if len(labelled) == 0:
             raise PoisonguardError("TriggerPattern needs reference rows with a label; every label is missing.")
+        labelled = labelled.drop_duplicates(subset=[*spec.features, spec.label])
         self.classes_ = np.unique(labelled[spec.label].astype(str).to_numpy())
         self.binnings_ = [Binning.numeric(c, labelled[c]) for c in spec.numeric] + \
                          [Binning.categorical(c, labelled[c]) for c in spec.categorical]
@@ -229,15 +235,18 @@ class TriggerPattern(Detector):
         spec = self.spec_
         labels = self._label_codes(batch[spec.label]) if spec.label in batch.columns else np.full(n, -1)
         known = labels >= 0
-        codes, labels = self._codes(batch[known]), labels[known]
+        # one test row per distinct (features, label); copies share its outcome
+        contents = pd.util.hash_pandas_object(batch.loc[known, [*spec.features, spec.label]], index=False)
+        _, first, copy_of = np.unique(contents.to_numpy(), return_index=True, return_inverse=True)
+        codes, labels = self._codes(batch[known].iloc[first]), labels[known][first]
         tests = self._tests(codes, labels)
         n_tests = max(1, len(tests.pvalue))
         threshold = self.alpha / n_tests  # Bonferroni over every group tested
         claims = self._claims(tests, codes, labels, threshold)
         background = self._background(tests, codes, labels, threshold)
         raw, group = np.ones(n), np.full(n, -1)
-        raw[known] = np.where(claims.group >= 0, claims.pvalue, background)
-        group[known] = claims.group
+        raw[known] = np.where(claims.group >= 0, claims.pvalue, background)[copy_of]
+        group[known] = claims.group[copy_of]
         adjusted = np.minimum(1.0, raw * n_tests)
         flagged = group >= 0
         reasons = [self._reason(tests, group[row]) if flagged[row] else "" for row in range(n)]
