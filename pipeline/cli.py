@@ -174,10 +174,12 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("poisonguard: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
+    except Exception as exc:
+        # Usage errors: typer >= 0.29 bundles its own click, whose exceptions derive from
+        # TyperException, not from click.ClickException; both carry format_message().
         import click
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "format_message"):
             typer.echo(f"poisonguard: error: {exc.format_message()}", err=True)
             sys.exit(2)
         _report_internal_error(exc)

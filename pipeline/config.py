@@ -77,7 +77,8 @@ def _login_name() -> str:
 
 def safe_name(value: str, what: str) -> str:
     """Names that become folder names must not escape the workspace."""
-    if not _SAFE_NAME.match(value) or value in (".", ".."):
+    # fullmatch: with match, '$' also matches before a final newline, so "name\n" passed.
+    if not _SAFE_NAME.fullmatch(value) or value in (".", ".."):
         raise PoisonguardError(
             f"The {what} {value!r} may only contain letters, digits, '.', '_' and '-' "
             "(at most 128, starting with a letter or digit)."

@@ -2,14 +2,22 @@
 
 Every table read here gets a ``row_number`` column: the 0-based position of the row in the
 file (header excluded). It is the row's identity from ingestion to quarantine and review.
+
+A file is read into memory once, within ``InputLimits``; its sha256, the text checks and the
+parse all work on those bytes, so a batch's identity is the hash of exactly what was scanned
+even if the file changes on disk while it is read.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import re
 import tempfile
+import unicodedata
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +25,36 @@ from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.limits import InputLimits, environment_variable
 
 ROW_NUMBER = "row_number"
 # Columns poisonguard adds to its outputs; an input that already has one would be ambiguous.
 RESERVED_COLUMNS = frozenset({ROW_NUMBER, "suspicion", "reasons", "quarantined"})
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 _SNIFF_DELIMITERS = (";", "\t", "|")
+_TEXT_PROBE_BYTES = 64 * 1024
+# pyarrow's block size is an int32; one block as large as the file parses a row of any length.
+_LARGEST_CSV_BLOCK = (1 << 31) - 1
+_FIRST_NON_NEWLINE = re.compile(rb"[^\r\n]")
+# One token of a CSV header in pyarrow's default dialect: a quoted field ('""' is a quote inside
+# it), a run of plain characters, or a separator. Matching whole fields keeps the count in C.
+_CSV_HEADER_TOKEN = re.compile(rb'"[^"]*(?:""[^"]*)*"|[^",\r\n]+|[,\r\n"]')
+# pandas' to_parquet stores an unnamed row index as a column of this name: a row label, not data.
+_PANDAS_INDEX_COLUMN = re.compile(r"^__index_level_\d+__$")
+# Characters that are invisible or reorder text (a newline, a NUL, a zero-width space, a
+# right-to-left override): a column name holding one shows as another name in reports and
+# messages, or breaks a one-line error in two.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# A damaged footer can fail in the reader (Arrow errors, I/O errors) or in decoding the column
+# names it holds (not UTF-8).
+_PARQUET_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string)
+_BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
 
 
 @dataclass(frozen=True)
@@ -60,74 +88,75 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def read_table(path: str | Path, role: str = "batch") -> LoadedTable:
+def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None) -> LoadedTable:
     """Read a CSV or Parquet file, or raise InputError with one line saying why not.
 
-    ``role`` names the file in messages ("batch", "reference", "holdout").
+    ``role`` names the file in messages ("batch", "reference", "holdout"). ``limits`` bound what
+    is read (default: ``InputLimits.from_environment()``).
+
+    >>> read_table("data_samples/batch_01_clean.csv").n_rows
+    140
     """
-    path = check_file(path, role)
-    sha256 = sha256_file(path)
-    table = _read_csv(path, role) if path.suffix.lower() == ".csv" else _read_parquet(path, role)
-    _check_header(table.schema.names, table.num_rows > 0, path, role)
+    limits = InputLimits.from_environment() if limits is None else limits
+    path = _check_path(path, role, limits)
+    data = _read_bytes(path, role, limits)
+    if _is_csv(path):
+        _check_text(data[:_TEXT_PROBE_BYTES], path, role, whole_file=len(data) <= _TEXT_PROBE_BYTES)
+        _check_csv_width(data, path, role, limits)
+        table = _read_csv(data, path, role)
+    else:
+        table = _read_parquet(data, path, role, limits)
+    _check_header(table.schema.names, table.num_rows > 0, path, role, limits)
+    _check_cells(table, path, role, limits)
     frame = _to_pandas(table, path, role)
     frame.insert(len(frame.columns), ROW_NUMBER, range(len(frame)))
     frame.index = pd.RangeIndex(len(frame))
-    return LoadedTable(path, frame, sha256, schema_fingerprint(table.schema))
+    return LoadedTable(path, frame, hashlib.sha256(data).hexdigest(), schema_fingerprint(table.schema))
 
 
-def check_file(path: str | Path, role: str = "batch") -> Path:
-    """Cheap checks before any parsing: exists, a file, a supported suffix, not empty, and for
-    CSV, text rather than binary. Raises InputError with one line saying what to do."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"The {role} file {path} does not exist.")
-    if not path.is_file():
-        raise InputError(f"The {role} path {path} is not a file.")
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise InputError(
-            f"The {role} file {path} has suffix '{path.suffix}'; poisonguard reads .csv and .parquet."
-        )
-    if path.stat().st_size == 0:
-        raise InputError(f"The {role} file {path} is empty (0 bytes).")
-    if path.suffix.lower() == ".csv":
-        _check_text(path, role)
+def check_file(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None) -> Path:
+    """Cheap checks before any parsing: exists, a file, a supported suffix, not empty, within
+    the size limit, and for CSV, text rather than binary. Raises InputError with one line saying
+    what to do."""
+    limits = InputLimits.from_environment() if limits is None else limits
+    path = _check_path(path, role, limits)
+    if _is_csv(path):
+        _check_text(_read_head(path, role, _TEXT_PROBE_BYTES), path, role)
     return path
 
 
-def _read_csv(path: Path, role: str) -> pa.Table:
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=True),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise InputError(f"The {role} file {path} could not be read as CSV: {_first_line(exc)}") from None
-    return table
-
-
-def probe_table(path: str | Path, role: str = "batch") -> list[str]:
+def probe_table(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None) -> list[str]:
     """Read only the header (and the first CSV block, or the Parquet footer) and run the same
     header checks as ``read_table``; returns the column names. Costs milliseconds, so bad files
     fail before any service starts; a parse error deeper in a CSV is still found by the full read."""
-    path = check_file(path, role)
-    if path.suffix.lower() == ".csv":
+    limits = InputLimits.from_environment() if limits is None else limits
+    path = check_file(path, role, limits=limits)
+    if _is_csv(path):
+        _check_csv_width(_read_head(path, role, 1 << 20), path, role, limits)
         try:
             reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                     convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
             names = reader.schema.names
             has_rows = any(batch.num_rows for batch in _first_batches(reader))
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise InputError(f"The {role} file {path} could not be read as CSV: {_first_line(exc)}") from None
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            if "straddl" in str(exc) or "cannot infer number of columns" in str(exc):
+                return _probe_by_reading(path, role, limits)
+            raise InputError(f"The {role} file {_shown(path)} could not be read as CSV: {_first_line(exc)}") from None
     else:
         try:
             parquet = pq.ParquetFile(path)
             names, has_rows = parquet.schema_arrow.names, parquet.metadata.num_rows > 0
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"The {role} file {path} could not be read as Parquet: {_first_line(exc)}") from None
-    _check_header(names, has_rows, path, role)
+        except _PARQUET_ERRORS as exc:
+            raise _unparsable_parquet(path, role, exc) from None
+        _check_row_count(parquet.metadata.num_rows, path, role, limits)
+    _check_header(names, has_rows, path, role, limits)
     return names
+
+
+def _probe_by_reading(path: Path, role: str, limits: InputLimits) -> list[str]:
+    # The header or first row is longer than the streaming reader's 1 MiB block: only a full
+    # read (one block as large as the file) can parse it.
+    return read_table(path, role, limits=limits).columns
 
 
 def _first_batches(reader: pacsv.CSVStreamingReader, limit: int = 2) -> Iterator[pa.RecordBatch]:
@@ -139,33 +168,174 @@ def _first_batches(reader: pacsv.CSVStreamingReader, limit: int = 2) -> Iterator
             return
 
 
-def _check_header(names: list[str], has_rows: bool, path: Path, role: str) -> None:
-    if path.suffix.lower() == ".csv":
-        _check_delimiter(names, path, role)
-    _check_columns(names, path, role)
-    if not has_rows:
-        raise InputError(f"The {role} file {path} has a header but no rows: nothing to scan.")
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
 
 
-def _check_text(path: Path, role: str) -> None:
-    with open(path, "rb") as handle:
-        head = handle.read(64 * 1024)
+def _check_path(path: str | Path, role: str, limits: InputLimits) -> Path:
+    path = Path(path)
+    try:
+        exists, is_file = path.exists(), path.is_file()
+        size = path.stat().st_size if is_file else 0
+    except (OSError, ValueError) as exc:  # a NUL byte, a name longer than the system allows
+        raise InputError(f"The {role} path {_shown(path)} cannot be opened: {_first_line(exc)}") from None
+    if not exists:
+        raise InputError(f"The {role} file {_shown(path)} does not exist.")
+    if not is_file:
+        raise InputError(f"The {role} path {_shown(path)} is not a file.")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"The {role} file {_shown(path)} has suffix {path.suffix!r}; poisonguard reads .csv and .parquet."
+        )
+    if size == 0:
+        raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
+    if size > limits.max_file_bytes:
+        raise _over_limit(path, role, f"has {size:,} bytes", "max_file_bytes", "bytes", limits)
+    return path
+
+
+def _over_limit(path: Path, role: str, found: str, limit: str, unit: str, limits: InputLimits) -> InputError:
+    return InputError(f"The {role} file {_shown(path)} {found}, over the limit of {getattr(limits, limit):,} {unit}; "
+                      f"set {environment_variable(limit)} higher to read it.")
+
+
+def _read_head(path: Path, role: str, size: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError as exc:
+        raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
+
+
+def _read_bytes(path: Path, role: str, limits: InputLimits) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limits.max_file_bytes:
+                raise _over_limit(path, role, f"has {size:,} bytes", "max_file_bytes", "bytes", limits)
+            data = handle.read(size + 1)  # one byte more than stat said shows a file still growing
+    except OSError as exc:
+        raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
+    if len(data) != size:
+        raise InputError(f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
+                         f"{len(data):,}); scan it once it is completely written.")
+    if not data:
+        raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
+    return data
+
+
+def _check_text(head: bytes, path: Path, role: str, *, whole_file: bool = False) -> None:
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):
+        raise InputError(f"The {role} file {_shown(path)} is UTF-16 or UTF-32 text: re-save it as UTF-8 CSV.")
     if b"\x00" in head:
-        raise InputError(f"The {role} file {path} is binary, not CSV text: export it as CSV or Parquet.")
+        raise InputError(f"The {role} file {_shown(path)} is binary, not CSV text: export it as CSV or Parquet.")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not merely a multi-byte character cut by the read
+        if whole_file or exc.start < len(head) - 4:  # not merely a multi-byte character cut by the read
             raise InputError(
-                f"The {role} file {path} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8 CSV."
+                f"The {role} file {_shown(path)} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8 CSV."
             ) from None
 
 
-def _read_parquet(path: Path, role: str) -> pa.Table:
+def _check_csv_width(data: bytes, path: Path, role: str, limits: InputLimits) -> None:
+    """Count the header's fields before parsing: pyarrow spends about 9 kB of memory per column
+    of a row, so a 1 MB header of commas would take a gigabyte to refuse after the parse."""
+    # Counting on well past the limit gives the user the real width, yet stays bounded.
+    count_up_to = max(10 * limits.max_columns, 10_000)
+    width = _csv_header_width(data, stop_after=count_up_to)
+    if width > limits.max_columns:
+        found = f"has more than {count_up_to:,} columns" if width > count_up_to else f"has {width:,} columns"
+        raise _over_limit(path, role, found, "max_columns", "columns", limits)
+
+
+def _csv_header_width(data: bytes, stop_after: int) -> int:
+    """Fields in the first non-empty line of ``data`` (quoted fields may span lines), counting
+    no further than ``stop_after + 1``. A header cut off by the end of ``data`` counts what
+    ``data`` holds."""
+    fields = 1
+    first = _FIRST_NON_NEWLINE.search(data)  # pyarrow skips blank lines before the header
+    for token in _CSV_HEADER_TOKEN.finditer(data, first.start() if first else len(data)):
+        lead = data[token.start()]
+        if lead == ord(","):
+            fields += 1
+            if fields > stop_after:
+                break
+        elif lead in (ord("\r"), ord("\n")):
+            break
+    return fields
+
+
+def _read_csv(data: bytes, path: Path, role: str) -> pa.Table:
     try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"The {role} file {path} could not be read as Parquet: {_first_line(exc)}") from None
+        try:
+            table = _parse_csv(data)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) and "cannot infer number of columns" not in str(exc):
+                raise
+            # A row (or the header) longer than the reader's 1 MiB block cannot be split across
+            # blocks; one block as large as the file parses it, and the limits then judge it.
+            table = _parse_csv(data, block_size=min(len(data) + 1, _LARGEST_CSV_BLOCK))
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(f"The {role} file {_shown(path)} could not be read as CSV: {_first_line(exc)}") from None
+    try:
+        table.schema.names  # noqa: B018 - pyarrow decodes column names only when asked
+    except UnicodeDecodeError as exc:
+        raise InputError(f"The {role} file {_shown(path)} is not UTF-8 text (in its header, byte {exc.start} of "
+                         "a column name): re-save it as UTF-8 CSV.") from None
+    return table
+
+
+def _parse_csv(data: bytes, block_size: int | None = None) -> pa.Table:
+    read_options = pacsv.ReadOptions(use_threads=True)
+    if block_size is not None:
+        read_options.block_size = block_size
+    return pacsv.read_csv(
+        pa.BufferReader(data),
+        read_options=read_options,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+    )
+
+
+def _read_parquet(data: bytes, path: Path, role: str, limits: InputLimits) -> pa.Table:
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        width, rows = len(parquet.schema_arrow), parquet.metadata.num_rows
+    except _PARQUET_ERRORS as exc:
+        raise _unparsable_parquet(path, role, exc) from None
+    # Both from the footer, before a single value is decoded: a small file can hold many rows.
+    _check_width(width, path, role, limits)
+    _check_row_count(rows, path, role, limits)
+    try:
+        table = parquet.read()
+        table.schema.names  # noqa: B018 - pyarrow decodes column names only when asked
+    except _PARQUET_ERRORS as exc:
+        raise _unparsable_parquet(path, role, exc) from None
+    return table
+
+
+def _unparsable_parquet(path: Path, role: str, exc: BaseException) -> InputError:
+    return InputError(f"The {role} file {_shown(path)} could not be read as Parquet: {_first_line(exc)}")
+
+
+def _check_width(width: int, path: Path, role: str, limits: InputLimits) -> None:
+    if width > limits.max_columns:
+        raise _over_limit(path, role, f"has {width:,} columns", "max_columns", "columns", limits)
+
+
+def _check_row_count(rows: int, path: Path, role: str, limits: InputLimits) -> None:
+    if rows > limits.max_rows:
+        raise _over_limit(path, role, f"has {rows:,} rows", "max_rows", "rows", limits)
+
+
+def _check_header(names: list[str], has_rows: bool, path: Path, role: str, limits: InputLimits) -> None:
+    _check_width(len(names), path, role, limits)
+    if _is_csv(path):
+        _check_delimiter(names, path, role)
+    _check_columns(names, path, role, limits)
+    if not has_rows:
+        raise InputError(f"The {role} file {_shown(path)} has a header but no rows: nothing to scan.")
 
 
 def _check_delimiter(names: list[str], path: Path, role: str) -> None:
@@ -176,31 +346,89 @@ def _check_delimiter(names: list[str], path: Path, role: str) -> None:
     for delimiter in _SNIFF_DELIMITERS:
         if delimiter in header:
             raise InputError(
-                f"The {role} file {path} looks {delimiter!r}-separated (header {header[:60]!r}); "
+                f"The {role} file {_shown(path)} looks {delimiter!r}-separated (header {header[:60]!r}); "
                 "poisonguard reads comma-separated CSV: convert it or save it as Parquet."
             )
 
 
-def _check_columns(names: list[str], path: Path, role: str) -> None:
-    duplicated = sorted({name for name in names if names.count(name) > 1})
+def _check_columns(names: list[str], path: Path, role: str, limits: InputLimits) -> None:
+    shown = _shown(path)
+    for position, name in enumerate(names):
+        if len(name) > limits.max_field_chars:
+            raise _over_limit(path, role, f"has a column name of {len(name):,} characters (position {position})",
+                              "max_field_chars", "characters", limits)
+    duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicated:
-        raise InputError(f"The {role} file {path} has duplicated column names: {', '.join(map(repr, duplicated))}.")
+        raise InputError(f"The {role} file {shown} has duplicated column names: {', '.join(map(repr, duplicated))}.")
     empty = [i for i, name in enumerate(names) if not str(name).strip()]
     if empty:
-        raise InputError(f"The {role} file {path} has an empty column name at position {empty[0]}.")
+        raise InputError(f"The {role} file {shown} has an empty column name at position {empty[0]}.")
+    hidden = [i for i, name in enumerate(names) if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in name)]
+    if hidden:
+        raise InputError(f"The {role} file {shown} has a column name with an invisible or control character at "
+                         f"position {hidden[0]} ({names[hidden[0]]!r}): rename it.")
     reserved = sorted(RESERVED_COLUMNS.intersection(names))
     if reserved:
         raise InputError(
-            f"The {role} file {path} has column(s) {', '.join(map(repr, reserved))}, "
+            f"The {role} file {shown} has column(s) {', '.join(map(repr, reserved))}, "
             "which poisonguard reserves for its outputs: rename them."
         )
 
 
+def _check_cells(table: pa.Table, path: Path, role: str, limits: InputLimits) -> None:
+    """Row count, cell types and cell lengths, known only once the file is parsed (a Parquet
+    file's rows were also counted from its footer). Undecodable text in a CSV is pyarrow's
+    binary type."""
+    _check_row_count(table.num_rows, path, role, limits)
+    for name, column in zip(table.schema.names, table.columns):
+        values = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if pa.types.is_nested(values):
+            # Lists, structs and maps have no place in a training row and break hashing, domains
+            # and detectors downstream; a flat file is the contract.
+            raise InputError(f"The {role} file {_shown(path)} has nested values ({values}) in column {name!r}; "
+                             "poisonguard reads flat tables with one value per cell.")
+        if _is_csv(path) and any(is_type(values) for is_type in _BYTES_TYPES):
+            raise InputError(f"The {role} file {_shown(path)} is not UTF-8 text (in column {name!r}): "
+                             "re-save it as UTF-8 CSV.")
+        lengths = _cell_lengths(column)
+        if lengths is None:
+            continue
+        longest = pc.max(lengths).as_py()
+        if longest is not None and longest > limits.max_field_chars:
+            row = pc.index(pc.greater(lengths, limits.max_field_chars), True).as_py()
+            where = f"column {name!r}, row {row}" if row >= 0 else f"column {name!r}"
+            raise _over_limit(path, role, f"has a cell of {longest:,} characters ({where})", "max_field_chars",
+                              "characters", limits)
+
+
+def _cell_lengths(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Characters per cell of a text column (bytes for a binary one); None for other types."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if any(is_type(column.type) for is_type in _TEXT_TYPES):
+        return pc.utf8_length(column)
+    if any(is_type(column.type) for is_type in _BYTES_TYPES):
+        return pc.binary_length(column)
+    return None
+
+
 def _to_pandas(table: pa.Table, path: Path, role: str) -> pd.DataFrame:
+    if not _is_csv(path):
+        table = table.drop_columns([name for name in table.schema.names if _PANDAS_INDEX_COLUMN.match(name)])
+    # The pandas metadata a Parquet writer stores is the file's to choose: it could turn columns
+    # into an index that is then dropped, give columns non-string names, or fail to parse
+    # (pyarrow parses it even with ignore_metadata). The Arrow schema alone says what the columns are.
+    table = table.replace_schema_metadata(None)
     try:
         return table.to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise InputError(f"The {role} file {path} has columns pandas cannot hold: {_first_line(exc)}") from None
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"The {role} file {_shown(path)} has columns pandas cannot hold: {_first_line(exc)}") from None
+
+
+def _shown(text: str | Path) -> str:
+    """A file name or column name as one printable line: names may hold newlines or terminal escapes."""
+    text = str(text)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _first_line(exc: BaseException, limit: int = 240) -> str:

@@ -7,6 +7,8 @@ validate → detect → decide → write outputs, log to MLflow, commit to the w
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +190,17 @@ def fit_key(trusted: TrustedData, settings: Settings) -> dict[str, Any]:
             "suite": trusted.suite.sha256, "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
             "detectors": settings.detectors, "max_fit_rows": settings.max_fit_rows,
             "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__,
-                         joblib.__version__]}
+                         joblib.__version__], "code": detector_code_digest()}
+
+
+@functools.lru_cache(maxsize=1)
+def detector_code_digest() -> str:
+    """sha256 of the detectors' source: a change to how they fit (an encoder's clipping) must not
+    be served a fit made by the old code under the same version number."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "detectors").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def fit_checks(trusted: TrustedData):

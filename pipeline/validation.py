@@ -108,10 +108,12 @@ def suite_from_document(document: dict[str, Any], source: str) -> Suite:
 
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"The suite file {path} does not exist.")
     try:
+        if not path.is_file():
+            raise SuiteError(f"The suite file {path} does not exist.")
         document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # a name longer than the file system allows, no permission to read
+        raise SuiteError(f"The suite file {path} cannot be read: {exc.strerror or exc}.") from None
     except UnicodeDecodeError:
         raise SuiteError(f"The suite file {path} is not UTF-8 text.") from None
     except json.JSONDecodeError as exc:

@@ -375,3 +375,11 @@ def test_reserved_column_name(scan_sample, tmp_path, caplog):
     result, out = scan_sample(write_csv(frame, tmp_path / "reserved.csv"))
     assert_clean_error(result, caplog, "'row_number'", "reserves")
     assert_no_outputs(out)
+
+
+def test_a_missing_option_is_a_usage_error_in_one_line_not_an_internal_error(run_cli, tmp_path):
+    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
+                     "--out", tmp_path / "out", "--workspace", tmp_path / "ws")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["poisonguard: error: Missing option '--label'."]
+    assert not (tmp_path / "ws" / "logs").exists()

@@ -7,9 +7,17 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, RobustScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler
 
 from pipeline.detectors.base import FeatureSpec
+
+# A finite value far outside the trusted range (1e308 in a ratio column) scales past float64's
+# range to inf, which every model refuses; a million IQRs from the median keeps any ranking.
+SCALED_BOUND = 1e6
+
+
+def _bounded(scaled: np.ndarray) -> np.ndarray:
+    return np.clip(scaled, -SCALED_BOUND, SCALED_BOUND)
 
 
 def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
@@ -18,8 +26,9 @@ def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
     all zeros rather than failing, since validation already reports them."""
     transformers = []
     if spec.numeric:
-        transformers.append(("numeric", make_pipeline(SimpleImputer(strategy="median"),
-                                                      RobustScaler(unit_variance=True)), list(spec.numeric)))
+        transformers.append(("numeric", make_pipeline(
+            SimpleImputer(strategy="median"), RobustScaler(unit_variance=True),
+            FunctionTransformer(_bounded, feature_names_out="one-to-one")), list(spec.numeric)))
     if spec.categorical:
         transformers.append(("categorical", make_pipeline(
             SimpleImputer(strategy="constant", fill_value="<missing>"),

@@ -398,7 +398,8 @@ def _check_reviewable(session: Session, action: ReviewAction, ids: Sequence[str]
 
 
 def _refusal(action: ReviewAction, rid: str, found: tuple[str, ReviewActionRow | None] | None) -> str | None:
-    verb = f"Cannot {action.value} {rid}:"
+    # Echoed as typed only when printable: a NUL or an escape sequence would reach the terminal.
+    verb = f"Cannot {action.value} {rid if rid.isprintable() else repr(rid)}:"
     if found is None and not _ROW_ID_SHAPE.match(rid):
         return (f"Cannot {action.value} {rid!r}: it is not a row id (row ids look like 3f2a9c1b0d4e:12, the batch "
                 "id, a colon and the row number in the batch file).")
