@@ -15,6 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import provenance, scan
 from pipeline.config import Settings
+from pipeline.faults import checkpoint
+from pipeline.io import LoadedTable
 from pipeline.ledger import Ledger
 from pipeline.store import Workspace, copy_outputs, file_hashes, write_outputs
 
@@ -37,9 +39,15 @@ build_outputs = step(scan.build_outputs)
 
 @step
 def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
-    # Recording is idempotent: this also repairs a crash between the workspace commit and the ledger.
+    # Recording is idempotent: this also repairs a crash between the workspace commit and the ledger,
+    # and finishes the MLflow run that such a crash left RUNNING.
+    checkpoint("redeliver.started")
     record_in_ledger(settings, recorded)
-    return copy_outputs(recorded, out, {"duplicate": True, "redelivered_at": scan.now().isoformat(timespec="seconds")})
+    checkpoint("redeliver.ledger_recorded")
+    summary = copy_outputs(recorded, out, {"duplicate": True,
+                                           "redelivered_at": scan.now().isoformat(timespec="seconds")})
+    provenance.finish_committed_run(settings.tracking_uri, summary["mlflow"]["run_id"])
+    return summary
 
 
 def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | None = None) -> str:
@@ -53,6 +61,7 @@ def record(outputs, request: scan.ScanRequest, settings: Settings, batch, truste
     workspace = Workspace(settings.workspace)
     staging = workspace.staging_dir()
     write_outputs(outputs, staging)
+    checkpoint("store.staging_written")
     files = file_hashes(staging)  # what is committed, for the ledger's chain and the scan's run
     provenance.log_batch_input(settings.tracking_uri, run_id, request.reference, request.reference.name,
                                trusted.reference.sha256, trusted.reference.frame, "reference")
@@ -63,44 +72,69 @@ def record(outputs, request: scan.ScanRequest, settings: Settings, batch, truste
         tags={"status": "scanned", **provenance.file_tags(files)},
         artifacts=[staging / "summary.json", staging / "report.html", staging / "scores.parquet"],
     )
+    checkpoint("scan.results_logged")
     committed = workspace.commit(staging, request.dataset_name, batch.sha256)
+    checkpoint("scan.committed")
     source = workspace.batch_dir(request.dataset_name, batch.sha256)
     if committed:
         record_in_ledger(settings, source, files)
+        checkpoint("scan.ledger_recorded")
     copy_outputs(source, request.out)
+    checkpoint("scan.delivered")
     return committed
 
 
 @flow(name="poisonguard-scan", log_prints=False, validate_parameters=False)
 def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, Any]:
     """Scan one batch end to end; returns the scan's summary (``duplicate`` says if it was new)."""
+    checkpoint("scan.started")
     batch = ingest(request)
+    checkpoint("scan.ingested")
     workspace = Workspace(settings.workspace)
+    # A second scan of the same bytes waits here for the first, then delivers its decision; and
+    # runs of the batch still RUNNING once the lock is ours were left by scans that are gone.
+    with workspace.batch_lock(request.dataset_name, batch.sha256):
+        return _scan_unless_recorded(request, settings, batch, workspace)
+
+
+def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: LoadedTable,
+                          workspace: Workspace) -> dict[str, Any]:
     recorded = workspace.recorded(request.dataset_name, batch.sha256)
     if recorded:
         return redeliver(recorded, request.out, settings)
     trusted = load_trusted(request, settings)
+    checkpoint("scan.trusted_loaded")
     provenance.close_abandoned_runs(settings.tracking_uri, batch.sha256, request.dataset_name)
+    checkpoint("scan.abandoned_runs_closed")
     experiment_id = provenance.ensure_experiment(
         settings.tracking_uri, request.dataset_name,
         settings.workspace / "mlartifacts" if settings.uses_local_mlflow else None)
     run_id = provenance.start_scan_run(settings.tracking_uri, experiment_id,
                                        f"scan-{request.batch.name}", scan.run_tags(request, settings, batch, trusted))
+    checkpoint("scan.run_started")
     try:
         provenance.log_batch_input(settings.tracking_uri, run_id, request.batch, request.batch.name,
                                    batch.sha256, batch.frame, "training-candidate",
                                    {"source": request.source, "rows": str(batch.n_rows)})
+        checkpoint("scan.batch_input_logged")
         started = scan.now()
         conformed, outcome = validate_batch(batch, trusted)
+        checkpoint("scan.validated")
         detectors = fit_detectors(trusted, settings)
+        checkpoint("scan.detectors_fitted")
         scores = score_batch(detectors, conformed, outcome.batch_findings)
+        checkpoint("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
+        checkpoint("scan.batch_checked")
         decisions = decide_batch(conformed, outcome, scores, settings)
+        checkpoint("scan.decided")
         earlier = source_history(settings.tracking_uri, request.dataset_name, request.source, run_id)
         checks = [*checks, check_source(request, earlier, decisions)]
         impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
+        checkpoint("scan.impact_confirmed")
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
                                 checks, trusted_suspicion(detectors, trusted, settings), run_id, started)
+        checkpoint("scan.outputs_built")
         committed = record(outputs, request, settings, batch, trusted, run_id)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")
@@ -109,5 +143,6 @@ def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, 
         provenance.finish_run(settings.tracking_uri, run_id, "KILLED")
         return redeliver(workspace.batch_dir(request.dataset_name, batch.sha256), request.out, settings)
     provenance.finish_run(settings.tracking_uri, run_id)
+    checkpoint("scan.run_finished")
     return outputs.summary
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -109,18 +110,30 @@ def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes:
                                    f"it holds {len(key)}.")
         return key
     path = workspace / "keys" / "fit-cache.key"
+    if not path.exists():
+        _create_key_file(path)
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
+        key = bytes.fromhex(path.read_text().strip())
     except ValueError:
-        raise PoisonguardError(f"The fit-cache key {path} is not hex; delete it to have a new one made.") from None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(_KEY_BYTES)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another scan made it first
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key.hex())
+        key = b""
+    if len(key) < _KEY_BYTES:  # an empty or short key would let anyone forge a tag
+        raise PoisonguardError(f"The fit-cache key {path} is not {_KEY_BYTES} bytes of hex; delete it to have a "
+                               "new one made.")
     return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key beside ``path`` and link it into place: the key file is complete the
+    moment it exists, so a kill or a concurrent first scan never leaves an empty one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor, temporary = tempfile.mkstemp(prefix=".fit-cache.key.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_bytes(_KEY_BYTES).hex())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
+    except FileExistsError:  # another scan made it first; theirs stands
+        pass
+    finally:
+        os.unlink(temporary)

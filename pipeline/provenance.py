@@ -8,16 +8,21 @@ infer a schema cell by cell (1.9 s per 100k×30).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import time
+import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 from pipeline.alarms import SourceRecord
+from pipeline.faults import checkpoint
 
 EXPERIMENT_PREFIX = "poisonguard-"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -48,7 +53,56 @@ def experiment_name(dataset: str) -> str:
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    with _sqlite_database(tracking_uri) as database:
+        if database is not None and not database.exists():
+            _create_sqlite_database(database)
+        return MlflowClient(tracking_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def _sqlite_database(tracking_uri: str) -> Iterator[Path | None]:
+    """The SQLite file a tracking URI names (None for any other store), locked against other
+    processes while MLflow first opens it. MLflow creates a new database's tables in Alembic
+    migrations when a client is made, and two processes doing that at once break it ("Online
+    migration expected to match one row ... in 'alembic_version'"): two scans started together
+    on a new workspace did. A ``flock`` beside the database, dropped by the kernel if its holder
+    dies; MLflow makes its store once per process, so later clients pay one uncontended lock."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(tracking_uri)
+    except ArgumentError:  # http://, databricks, a file store: not a database of ours to create
+        yield None
+        return
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield None
+        return
+    database = Path(url.database).expanduser()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f"{database.name}.first-use.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield database
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_sqlite_database(database: Path) -> None:
+    """Create MLflow's tables in a new file, then move it into place. Killed while MLflow
+    created them in place, a scan left a database that every later client refused ("table
+    guardrails already exists"), and the workspace scanned nothing until it was deleted by hand."""
+    from mlflow.tracking import MlflowClient
+
+    creating = database.with_name(f".{database.name}.{uuid.uuid4().hex}.creating")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{creating}")  # a client's store creates the tables
+        checkpoint("mlflow.database_created")
+        os.link(creating, database)  # unlike a rename, never replaces a database made meanwhile
+    except FileExistsError:  # made by another program, which does not take our lock
+        pass
+    finally:
+        creating.unlink(missing_ok=True)
 
 
 def ensure_experiment(tracking_uri: str, dataset: str, artifact_root: Path | None) -> str:
@@ -155,6 +209,24 @@ def close_abandoned_runs(tracking_uri: str, sha256: str, dataset: str) -> int:
         client.set_tag(run.info.run_id, "abandoned", "true")
         client.set_terminated(run.info.run_id, status="FAILED")
     return len(runs)
+
+
+def finish_committed_run(tracking_uri: str, run_id: str) -> bool:
+    """Mark FINISHED the run of a scan that committed its outputs to the workspace but was killed
+    before it finished the run itself: everything it logs is logged before the commit, so the run
+    is complete. Called when the committed batch is delivered again; True if the run needed it."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:  # scanned against another tracking server: no run of it here to finish
+        return False
+    if status != "RUNNING":
+        return False
+    client.set_tag(run_id, "finished_on_redelivery", "true")
+    client.set_terminated(run_id, status="FINISHED")
+    return True
 
 
 def source_history(tracking_uri: str, dataset: str, source: str, exclude_run_id: str,

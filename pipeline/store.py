@@ -6,10 +6,12 @@ Layout::
         accepted.parquet  quarantined.parquet  scores.parquet  findings.parquet
         summary.json      report.html          row_digests.parquet
     <workspace>/staging/   half-written scans; never read, safe to delete
+    <workspace>/locks/<dataset>/<batch sha256>.lock   held while the batch is being scanned
 
 A scan writes its files into a staging folder and renames the folder into place. The rename
 is atomic, so a batch folder is either complete or absent, and a second scan of the same bytes
-finds it and ingests nothing twice.
+finds it and ingests nothing twice. While a batch is scanned its lock is held (``batch_lock``):
+a second scan of the same bytes waits for the first, then finds its folder.
 
 Nothing rewrites a committed folder. The sha256 of each of its files (``file_hashes``, taken
 from the staging folder just before the rename) goes into the ledger, where the hash chain
@@ -21,18 +23,21 @@ the gate can say which rows were edited.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import safe_name
+from pipeline.faults import checkpoint
 from pipeline.io import ROW_NUMBER, write_parquet_atomic, write_text_atomic
 from pipeline.ledger.intake import folder_files
 
@@ -64,9 +69,26 @@ class Workspace:
         folder = self.batch_dir(dataset, sha256)
         return folder if (folder / "summary.json").is_file() else None
 
+    @contextlib.contextmanager
+    def batch_lock(self, dataset: str, sha256: str) -> Iterator[None]:
+        """Hold the batch's lock: one scan of the same bytes at a time per workspace.
+
+        An advisory ``flock`` (POSIX), which the kernel drops when its process dies, however it
+        dies: a killed scan never leaves it held. So a scan holding it knows that a run its batch
+        left RUNNING belongs to a scan that is gone, not to one still at work."""
+        folder = self.root / "locks" / safe_name(dataset, "dataset name")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{sha256}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def staging_dir(self) -> Path:
         folder = self.root / "staging" / uuid.uuid4().hex
         folder.mkdir(parents=True)
+        checkpoint("store.staging_created")
         return folder
 
     def commit(self, staging: Path, dataset: str, sha256: str) -> bool:
@@ -80,6 +102,7 @@ class Workspace:
                 shutil.rmtree(staging, ignore_errors=True)
                 return False
             raise
+        checkpoint("store.renamed")
         _fsync_dir(target.parent)
         return True
 
@@ -89,12 +112,14 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(outputs.accepted, folder / "accepted.parquet")
     write_parquet_atomic(outputs.quarantined, folder / "quarantined.parquet")
+    checkpoint("store.staging_half_written")
     write_parquet_atomic(outputs.scores, folder / "scores.parquet")
     write_parquet_atomic(outputs.findings, folder / "findings.parquet")
     # digested as read back, so the gate's digests of the same bytes are the same numbers
     write_parquet_atomic(pd.concat([digest_table(name, pd.read_parquet(folder / name)) for name in DIGESTED_FILES],
                                    ignore_index=True), folder / ROW_DIGESTS)
     write_text_atomic(outputs.report_html, folder / "report.html")
+    checkpoint("store.staging_before_summary")
     # summary.json last: its presence marks a complete folder
     write_text_atomic(json.dumps(outputs.summary, indent=2, default=str) + "\n", folder / "summary.json")
 
@@ -128,6 +153,7 @@ def copy_outputs(source: Path, destination: Path, updates: dict[str, Any] | None
         tmp = destination / f".{name}.{uuid.uuid4().hex}.tmp"
         shutil.copyfile(source / name, tmp)
         os.replace(tmp, destination / name)
+    checkpoint("store.delivery_before_summary")
     summary = {**json.loads((source / "summary.json").read_text()), **(updates or {})}
     write_text_atomic(json.dumps(summary, indent=2, default=str) + "\n", destination / "summary.json")
     return summary

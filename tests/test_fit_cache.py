@@ -123,3 +123,13 @@ def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):
     assert len(sample) == 200
     assert sample["label"].value_counts().to_dict() == {"a": 180, "b": 20}
     assert fit_sample(train, "label", 1000, seed=0) is train
+
+
+def test_an_empty_or_short_key_file_is_refused_not_used(tmp_path):
+    """An empty key would make every tag forgeable (HMAC under b'')."""
+    key_file = tmp_path / "keys" / "fit-cache.key"
+    key_file.parent.mkdir()
+    for content in ("", "abcd"):
+        key_file.write_text(content)
+        with pytest.raises(PoisonguardError, match="delete it"):
+            FitCache.for_workspace(tmp_path, {})
