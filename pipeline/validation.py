@@ -139,6 +139,28 @@ def _check_document(document: Any, source: str) -> None:
     _to_gx_suite(document, source)  # GX's own check of types and kwargs
 
 
+def _first_problem(document: dict[str, Any], exc: Exception) -> str:
+    """'expectations[3].kwargs.column: Field required' where GX's (pydantic's) error says which
+    field; its first line alone names only the expectation class."""
+    import great_expectations as gx
+    from pydantic import ValidationError
+
+    for index, expectation in enumerate(document["expectations"]):
+        try:
+            gx.ExpectationSuite(name="check", expectations=[
+                {"type": expectation["type"], "kwargs": expectation.get("kwargs", {}),
+                 "meta": expectation.get("meta") or {}}])
+        except (ValidationError, TypeError, ValueError, KeyError) as error:
+            if callable(getattr(error, "errors", None)):  # pydantic v1 (GX's) or v2
+                problem = error.errors()[0]
+                field = ".".join(str(part) for part in problem.get("loc", ()))
+                where = f"expectations[{index}] ({expectation['type']})" + (f".kwargs.{field}" if field else "")
+                return f"{where}: {problem.get('msg', 'invalid')}"
+            return f"expectations[{index}] ({expectation['type']}): {str(error).strip().splitlines()[0]}"
+    first = str(exc).strip().splitlines()
+    return first[0] if first else type(exc).__name__
+
+
 def _to_gx_suite(document: dict[str, Any], source: str):
     import great_expectations as gx
     from pydantic import ValidationError
@@ -152,8 +174,7 @@ def _to_gx_suite(document: dict[str, Any], source: str):
                           for e in document["expectations"]],
         )
     except (ValidationError, TypeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SuiteError(f"The suite {source} has an invalid expectation: {first}") from None
+        raise SuiteError(f"The suite {source} has an invalid expectation: {_first_problem(document, exc)}") from None
     finally:
         gx_logger.disabled = was_disabled
     # GX drops expectations of unknown type with a logged traceback instead of raising.

@@ -93,7 +93,12 @@ def test_mostly_text_numeric_column_is_left_for_the_type_check(reference):
     (json.dumps({"name": "x"}), "no 'expectations' list"),
     (json.dumps({"name": "x", "expectations": [{"type": "expect_nonsense", "kwargs": {}}]}), "unknown expectation"),
     (json.dumps({"name": "x", "expectations": [{"type": "expect_column_values_to_be_between",
-                                                 "kwargs": {"colum": "a"}}]}), "invalid expectation"),
+                                                 "kwargs": {"colum": "a"}}]}),
+     r"invalid expectation: expectations\[0\] \(expect_column_values_to_be_between\)\.kwargs\.column: field required"),
+    (json.dumps({"name": "x", "expectations": [
+        {"type": "expect_column_to_exist", "kwargs": {"column": "a"}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": "low"}}]}),
+     r"expectations\[1\] \(expect_column_values_to_be_between\)\.kwargs\.min_value: value is not a valid float"),
 ])
 def test_bad_suites_fail_with_the_file_named(tmp_path, content, match):
     path = tmp_path / "suite.json"
