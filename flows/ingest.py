@@ -18,6 +18,7 @@ from pipeline.config import Settings
 from pipeline.faults import checkpoint
 from pipeline.io import LoadedTable
 from pipeline.ledger import Ledger
+from pipeline.progress import StageProgress
 from pipeline.store import Workspace, copy_outputs, file_hashes, write_outputs
 
 step = task(cache_policy=NO_CACHE, persist_result=False)
@@ -118,23 +119,24 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
                                    {"source": request.source, "rows": str(batch.n_rows)})
         checkpoint("scan.batch_input_logged")
         started = scan.now()
+        progress = StageProgress(batch.n_rows, enabled=settings.show_progress)
         conformed, outcome = validate_batch(batch, trusted)
-        checkpoint("scan.validated")
+        progress.reached("scan.validated")
         detectors = fit_detectors(trusted, settings)
-        checkpoint("scan.detectors_fitted")
+        progress.reached("scan.detectors_fitted")
         scores = score_batch(detectors, conformed, outcome.batch_findings)
-        checkpoint("scan.scored")
+        progress.reached("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
-        checkpoint("scan.batch_checked")
+        progress.reached("scan.batch_checked")
         decisions = decide_batch(conformed, outcome, scores, settings)
-        checkpoint("scan.decided")
+        progress.reached("scan.decided")
         earlier = source_history(settings.tracking_uri, request.dataset_name, request.source, run_id)
         checks = [*checks, check_source(request, earlier, decisions)]
         impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
-        checkpoint("scan.impact_confirmed")
+        progress.reached("scan.impact_confirmed")
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
                                 checks, trusted_suspicion(detectors, trusted, settings), run_id, started)
-        checkpoint("scan.outputs_built")
+        progress.reached("scan.outputs_built")
         committed = record(outputs, request, settings, batch, trusted, run_id)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")

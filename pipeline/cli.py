@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -88,19 +89,22 @@ def scan(
     source: str = typer.Option("unknown", "--source", help="Where the batch came from (a feed, a partner)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training set the batch feeds (default: reference's stem)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="One line per stage with rows/s on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Scan a batch: validate, score, quarantine, record provenance."""
     summary = run_scan(batch=batch, reference=reference, label=label, out=out, suite=suite, holdout=holdout,
-                       source=source, dataset=dataset, workspace=workspace)
+                       source=source, dataset=dataset, workspace=workspace,
+                       progress=sys.stderr.isatty() if progress is None else progress)
     print_summary(summary, out)
 
 
 def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
-             workspace: Path | None = None) -> dict[str, Any]:
+             workspace: Path | None = None, progress: bool = False) -> dict[str, Any]:
     from pipeline.scan import ScanRequest, preflight
 
-    settings = Settings.from_environment(workspace)
+    settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
                           suite=suite, holdout=holdout, source=source, dataset=dataset)
     preflight(request)

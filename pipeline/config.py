@@ -31,6 +31,7 @@ class Settings:
     random_state: int = 0
     max_fit_rows: int = 50_000  # detectors fit on a stratified sample of at most this many trusted rows
     policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    show_progress: bool = False  # one line per scan stage on stderr (the CLI's --progress)
     database_url: str = ""  # the ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL
 
     @classmethod

@@ -102,3 +102,14 @@ def test_relabelling_one_segment_raises_a_segment_alarm_with_the_rates(scan_samp
     assert segment and "afam='yes'" in segment[0]["message"] and "rate 1.00 in the batch" in segment[0]["message"]
     shifted = [r for r in summary["batch_checks"]["segment_shift"] if r["shifted"]]
     assert [(r["segment"], r["value"]) for r in shifted] == [("afam", "yes")]
+
+
+def test_progress_prints_one_line_per_stage_with_rows_per_second(scan_sample):
+    result, out = scan_sample(SAMPLES / "batch_05_clean.parquet", "--progress")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("poisonguard: ")]
+    stages = [line.split()[1] for line in lines]
+    assert stages == ["validated", "detectors", "scored", "batch", "decided", "impact", "outputs"]
+    assert all(" 40 rows " in line and line.endswith("rows/s") for line in lines)
+    quiet, _ = scan_sample(SAMPLES / "batch_01_clean.csv", "--no-progress")
+    assert quiet.exit_code == 0 and "rows/s" not in quiet.stderr
