@@ -52,7 +52,7 @@ def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
 
 
 def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | None = None) -> str:
-    with Ledger.open(settings.database_url) as ledger:
+    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         return ledger.record_scan_folder(folder, files)
 
 

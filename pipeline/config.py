@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import SecretStr
+
 from pipeline.detectors import DEFAULT_DETECTORS
 from pipeline.errors import PoisonguardError
 from pipeline.ledger.database import ledger_url
@@ -32,7 +34,10 @@ class Settings:
     max_fit_rows: int = 50_000  # detectors fit on a stratified sample of at most this many trusted rows
     policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     show_progress: bool = False  # one line per scan stage on stderr (the CLI's --progress)
-    database_url: str = ""  # the ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL
+    # The ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL. A SecretStr because
+    # Settings is a flow parameter and Prefect stores parameters (locally, or on its server):
+    # pydantic writes a SecretStr there as '**********'.
+    database_url: SecretStr = field(default_factory=lambda: SecretStr(""))
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
@@ -52,7 +57,7 @@ class Settings:
             raise PoisonguardError(f"POISONGUARD_MAX_FIT_ROWS must be at least 100; got {max_fit_rows}.")
         return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
-                   database_url=ledger_url(root, env))
+                   database_url=SecretStr(ledger_url(root, env)))
 
     @property
     def uses_local_mlflow(self) -> bool:

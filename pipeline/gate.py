@@ -203,7 +203,7 @@ def ledger_identity(settings: Settings) -> str:
     """How gate runs name the ledger in MLflow: its URL with any password masked."""
     from pipeline.ledger.database import display_url, parse_url
 
-    return display_url(parse_url(settings.database_url))
+    return display_url(parse_url(settings.database_url.get_secret_value()))
 
 
 def expected_head(settings: Settings) -> ChainHead | None:
@@ -214,7 +214,7 @@ def expected_head(settings: Settings) -> ChainHead | None:
 
 
 def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None) -> LedgerState:
-    with Ledger.open(settings.database_url) as ledger:
+    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         head = ledger.head()
         chain = ledger.verify(expected_head=expected)
         batches = ledger.list_batches(dataset)

@@ -27,7 +27,7 @@ NEIGHBOURS = 5
 
 
 def open_ledger(settings: Settings) -> Ledger:
-    return Ledger.open(settings.database_url)
+    return Ledger.open(settings.database_url.get_secret_value())
 
 
 @dataclass(frozen=True)

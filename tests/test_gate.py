@@ -313,7 +313,8 @@ def test_a_registered_model_leads_back_to_its_batches_and_their_scans(scanned, t
     assert batch_sha256s == {s["batch"]["sha256"] for s in scanned.summaries.values()}
 
     for sha256 in batch_sha256s:
-        (scan_run,) = client.search_runs(experiments, f"tags.batch_sha256 = '{sha256}'")
+        # other tests scan the same sample batches for other datasets into this session's MLflow
+        (scan_run,) = client.search_runs(experiments, f"tags.batch_sha256 = '{sha256}' and tags.dataset = '{DATASET}'")
         summary = next(s for s in scanned.summaries.values() if s["batch"]["sha256"] == sha256)
         assert scan_run.info.run_id == summary["mlflow"]["run_id"]
         entry = next(b for b in manifest["batches"] if b["sha256"] == sha256)
