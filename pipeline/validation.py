@@ -131,12 +131,30 @@ def _check_document(document: Any, source: str) -> None:
     expectations = document.get("expectations")
     if not isinstance(expectations, list):
         raise SuiteError(f"The suite {source} has no 'expectations' list.")
+    _check_poisonguard_meta(document, source)
     for i, exp in enumerate(expectations):
         if not isinstance(exp, dict) or not isinstance(exp.get("type"), str):
             raise SuiteError(f"The suite {source}: expectations[{i}] must be an object with a 'type'.")
         if not isinstance(exp.get("kwargs", {}), dict):
             raise SuiteError(f"The suite {source}: expectations[{i}].kwargs must be an object.")
     _to_gx_suite(document, source)  # GX's own check of types and kwargs
+
+
+def _check_poisonguard_meta(document: dict[str, Any], source: str) -> None:
+    """meta.poisonguard holds the label and the column lists; a string where a list belongs would
+    be read letter by letter ("afam" → a, f, a, m) and the protected column used as a feature."""
+    meta = document.get("meta", {})
+    if not isinstance(meta, dict):
+        raise SuiteError(f"The suite {source}: meta must be an object.")
+    settings = meta.get("poisonguard", {})
+    if not isinstance(settings, dict):
+        raise SuiteError(f"The suite {source}: meta.poisonguard must be an object.")
+    if "label" in settings and not isinstance(settings["label"], str):
+        raise SuiteError(f"The suite {source}: meta.poisonguard.label must be a column name (a string).")
+    for key in ("protected", "segments"):
+        value = settings.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise SuiteError(f"The suite {source}: meta.poisonguard.{key} must be a list of column names.")
 
 
 def _first_problem(document: dict[str, Any], exc: Exception) -> str:

@@ -99,6 +99,9 @@ def test_mostly_text_numeric_column_is_left_for_the_type_check(reference):
         {"type": "expect_column_to_exist", "kwargs": {"column": "a"}},
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": "low"}}]}),
      r"expectations\[1\] \(expect_column_values_to_be_between\)\.kwargs\.min_value: value is not a valid float"),
+    (json.dumps({"name": "x", "meta": {"poisonguard": {"protected": "afam"}}, "expectations": []}),
+     r"meta\.poisonguard\.protected must be a list of column names"),
+    (json.dumps({"name": "x", "meta": [], "expectations": []}), "meta must be an object"),
 ])
 def test_bad_suites_fail_with_the_file_named(tmp_path, content, match):
     path = tmp_path / "suite.json"
