@@ -326,7 +326,7 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
 
     recorded: Any = None
     try:
-        with Ledger.open(settings.database_url) as ledger:
+        with Ledger.open(settings.database_url.get_secret_value()) as ledger:
             chain = ledger.verify()
             problems.extend(f"ledger: {p}" for p in chain)
             recorded = ledger.list_batches(inputs.dataset)

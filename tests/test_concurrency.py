@@ -93,7 +93,7 @@ def test_two_scans_of_one_batch_at_once_ingest_it_once(scanned):
     assert placed[0] == placed[1]
 
     settings = settings_for(scanned.workspace)
-    with Ledger.open(settings.database_url) as ledger:
+    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         batches = ledger.list_batches(DATASET)
         assert sorted(b.sha256 for b in batches) == sorted(scanned.sha256.values())  # each batch once
         a = next(b for b in batches if b.sha256 == scanned.sha256["a"])
@@ -120,7 +120,7 @@ def test_scans_of_two_batches_of_one_dataset_at_once_are_both_recorded(scanned, 
     assert not other.get("duplicate") and other["batch"]["sha256"] == scanned.sha256["b"]
     assert_conserved(scanned.outs["b"], 140)
     settings = settings_for(scanned.workspace)
-    with Ledger.open(settings.database_url) as ledger:
+    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         b = next(b for b in ledger.list_batches(DATASET) if b.sha256 == scanned.sha256["b"])
         held = [r.row_number for r in ledger.list_rows(batch_id=b.id) if r.initial_status == RowStatus.PENDING]
     assert held == sorted(pd.read_parquet(scanned.outs["b"] / "quarantined.parquet")["row_number"])
@@ -156,7 +156,7 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
     from pipeline.review import act
 
     settings = settings_for(scanned.workspace)
-    with Ledger.open(settings.database_url) as ledger:
+    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         pending = [r.id for r in ledger.list_rows(dataset=DATASET, status="pending")]
         start = ledger.head().sequence
     assert len(pending) >= 6, pending
@@ -165,7 +165,7 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
 
     def review() -> None:
         try:
-            with Ledger.open(settings.database_url) as ledger:
+            with Ledger.open(settings.database_url.get_secret_value()) as ledger:
                 for i, row in enumerate(pending):
                     act(settings, ledger, "release" if i % 2 == 0 else "reject", [row], "racer", "concurrency test")
                     time.sleep(0.05)
