@@ -6,6 +6,7 @@ here, at import time, before any test module imports prefect.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -90,3 +91,13 @@ def assert_conserved(out: Path, n_rows: int) -> None:
     assert sorted(scores["row_number"]) == list(range(n_rows))
     assert set(scores.loc[scores["quarantined"], "row_number"]) == set(quarantined["row_number"])
     assert summary["counts"] == {"rows": n_rows, "accepted": len(accepted), "quarantined": len(quarantined)}
+
+
+def crash_harness():
+    """benchmarks/crash_injection.py as a module (it is a script, not a package), loaded once."""
+    if "crash_injection" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("crash_injection", REPO / "benchmarks" / "crash_injection.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules["crash_injection"]

@@ -12,9 +12,7 @@ The scans run against a 400-row sample of the reference, to keep the module near
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,22 +23,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REPO, SAMPLES, assert_conserved
+from tests.conftest import SAMPLES, assert_conserved, crash_harness
 
 DATASET = "concurrent"
 BATCH_A = SAMPLES / "batch_03_impossible_and_outliers.csv"  # quarantines ~20 rows: the reviews' material
 BATCH_B = SAMPLES / "batch_01_clean.csv"
 
 
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("crash_injection", REPO / "benchmarks" / "crash_injection.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = sys.modules.get("crash_injection") or _load_harness()
+harness = crash_harness()
 
 
 @dataclass(frozen=True)

@@ -17,29 +17,19 @@ data work, and what is tested here is the bookkeeping, not the detection.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import REPO, SAMPLES, crash_harness
 
 BATCH = SAMPLES / "batch_03_impossible_and_outliers.csv"  # rows both accepted and quarantined
 
 
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("crash_injection", REPO / "benchmarks" / "crash_injection.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = sys.modules.get("crash_injection") or _load_harness()
+harness = crash_harness()
 
 
 @pytest.fixture(scope="module")
