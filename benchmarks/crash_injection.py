@@ -265,7 +265,7 @@ def left_behind(workspace: Path, inputs: ScanInputs) -> dict[str, Any]:
     staging = workspace / "staging"
     return {
         "runs": dict(runs or []),
-        "staging": len([p for p in staging.iterdir() if p.is_dir()]) if staging.is_dir() else 0,
+        "staging": len([p for p in staging.glob("*/*") if p.is_dir()]),
         "committed": (workspace / "datasets" / inputs.dataset / "batches" / sha256 / "summary.json").is_file(),
         "in_ledger": bool(in_ledger and in_ledger[0][0]),
     }
@@ -310,7 +310,7 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
         problems.append(f"workspace batch folders {folders}, expected only {sha256[:12]}")
     folder = batches_dir / sha256
     staging = workspace / "staging"
-    result.staging_left = len(list(staging.iterdir())) if staging.is_dir() else 0
+    result.staging_left = len(list(staging.glob("*/*")))
 
     placements: dict[str, tuple[list[int], list[int]]] = {}  # where → (accepted, quarantined) row numbers
     summary: dict[str, Any] = {}

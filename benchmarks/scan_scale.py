@@ -5,8 +5,9 @@ correlated dimensions, 25 kept as numeric features and 5 cut into 4-level catego
 2 % natural label noise. The reference, the holdout and
 every batch are draws from one distribution, so the batch is clean and what is measured is the
 cost of scanning it. Each size runs in its own process (peak memory is the process's maximum
-resident set, ``ru_maxrss``) through the library's steps (``pipeline.scan``) without Prefect
-and MLflow, whose fixed per-batch cost ``scan_wall_time.py`` measures.
+resident set, ``ru_maxrss``) through the library's steps (``pipeline.scan``), writing the
+outputs and recording every row in a SQLite ledger as a scan does, without Prefect and MLflow,
+whose per-batch cost ``scan_wall_time.py`` measures.
 
     .venv/bin/python benchmarks/scan_scale.py                       # 10^4, 10^5, 10^6 vs 200k
     .venv/bin/python benchmarks/scan_scale.py --rows 100000 --reference 50000
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +83,8 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     started = time.perf_counter()
     from pipeline import scan
     from pipeline.config import Settings
+    from pipeline.ledger import Ledger
+    from pipeline.store import write_outputs
 
     stages["import"] = round(time.perf_counter() - started, 2)
     batch_path = dataset("batch", n_rows)
@@ -96,7 +100,17 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     checks = timed("fit batch checks", scan.fit_checks, trusted)
     timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
     decisions = timed("decide", scan.decide_batch, conformed, outcome, scores, settings)
-    timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
+    impacts = timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
+    outputs = timed("build outputs", scan.build_outputs, request, settings, batch, trusted, conformed, outcome,
+                    decisions, impacts, [], np.array([]), "benchmark", scan.now())
+    del conformed, scores, decisions  # as the flow does before recording
+    folder = DATA / "out" / f"batch-{n_rows}"
+    shutil.rmtree(folder, ignore_errors=True)
+    timed("write outputs", write_outputs, outputs, folder)
+    ledger_file = DATA / "workspace" / f"ledger-{n_rows}.sqlite"
+    ledger_file.unlink(missing_ok=True)
+    with Ledger.open(f"sqlite:///{ledger_file}") as ledger:
+        timed("ledger record", ledger.record_scan_folder, folder)
     total = time.perf_counter() - begun
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     held = int(decisions.table["quarantined"].sum())

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment = args.experiment or f"{args.dataset}-training"
     if mlflow.get_experiment_by_name(experiment) is None:
-        location = (settings.workspace / "mlartifacts" / experiment).as_uri() if settings.uses_local_mlflow else None
+        location = (settings.artifact_root / experiment).as_uri() if settings.artifact_root else None
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     model_name = args.model_name or f"{args.dataset}-{args.label}-classifier"

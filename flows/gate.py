@@ -1,7 +1,7 @@
 """The pre-retrain gate as a Prefect flow: run it on demand before retraining (``poisonguard
 gate``), or as the first subflow of a retraining flow so nothing trains on unverified data.
 
-Each step of ``pipeline/gate.py`` is a task; the flow only orders them. A refusal raises
+Each step of ``pipeline/gate.py`` runs as a task, in the order ``pipeline.gate.run`` gives. A refusal raises
 ``GateRefused`` inside the ``refuse`` task, so the flow run fails, visibly, in Prefect's UI.
 Parameters are a request and the settings, never DataFrames (ECOSYSTEM.md §2).
 """
@@ -20,21 +20,8 @@ from pipeline.gate import GateRequest, GateResult
 steps = importlib.import_module("pipeline.gate")
 step = task(cache_policy=NO_CACHE, persist_result=False)
 
-expected_head = step(steps.expected_head)
-read_ledger = step(steps.read_ledger)
-check_workspace = step(steps.check_workspace)
-decide = step(steps.decide)
-refuse = step(steps.refuse)
-build_snapshot = step(steps.build_snapshot)
-release = step(steps.release)
-
 
 @flow(name="poisonguard-gate", log_prints=False, validate_parameters=False)
 def gate_flow(request: GateRequest, settings: Settings) -> GateResult:
     """Verify the dataset's accepted batches and the ledger, then release the training snapshot."""
-    state = read_ledger(settings, request.dataset, expected_head(settings))
-    check = check_workspace(settings, state)
-    refusal = decide(request, state, check)
-    if refusal is not None:
-        refuse(settings, request, state, refusal)
-    return release(settings, request, state, build_snapshot(request, state, check))
+    return steps.run(request, settings, step=step)

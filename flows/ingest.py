@@ -7,14 +7,19 @@ large frame for the default cache key costs ~1 s per call and results are not pe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+import pandas as pd
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import provenance, scan
 from pipeline.config import Settings
+from pipeline.detectors import Detector, score_all
+from pipeline.errors import PoisonguardError
 from pipeline.faults import checkpoint
 from pipeline.io import LoadedTable
 from pipeline.ledger import Ledger
@@ -28,7 +33,7 @@ load_trusted = step(scan.load_trusted)
 validate_batch = step(scan.validate_batch)
 fit_detectors = step(scan.fit_detectors)
 fit_checks = step(scan.fit_checks)
-score_batch = step(scan.score_batch)
+score_chunk = task(score_all, name="score-chunk", cache_policy=NO_CACHE, persist_result=False)
 check_batch = step(scan.check_batch)
 source_history = step(provenance.source_history)
 check_source = step(scan.check_source)
@@ -36,6 +41,34 @@ trusted_suspicion = step(scan.trusted_suspicion)
 decide_batch = step(scan.decide_batch)
 confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
+
+
+def score_chunks_as_tasks(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[dict[str, pd.DataFrame]]:
+    """One task per chunk, run by the flow's task runner (``task_runner``)."""
+    return [future.result() for future in score_chunk.map(unmapped(detectors), chunks)]
+
+
+def task_runner(settings: Settings):
+    """A thread per core, or a DaskTaskRunner when ``settings.dask`` names a cluster. (Prefect's
+    default pool has no bound: every chunk of a 10^6-row batch at once, each with its own
+    copies and its native libraries' threads, fighting over two cores.)"""
+    if settings.dask is None:
+        return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise PoisonguardError("POISONGUARD_DASK is set but prefect-dask is not installed: "
+                               "pip install 'poisonguard[dask]'.") from None
+    if settings.dask == "local":
+        # processes: scoring is CPU-bound Python as much as BLAS, and threads share one GIL
+        return DaskTaskRunner(cluster_kwargs={"n_workers": os.cpu_count() or 1, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(address=settings.dask)
+
+
+def run_scan_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, Any]:
+    """``scan_batch_flow`` on the task runner the settings ask for."""
+    return scan_batch_flow.with_options(task_runner=task_runner(settings))(request, settings)
 
 
 @step
@@ -57,10 +90,12 @@ def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | N
 
 
 @step
-def record(outputs, request: scan.ScanRequest, settings: Settings, batch, trusted, run_id: str) -> bool:
-    """Write outputs to staging, log them to MLflow, commit to the workspace, deliver to --out."""
+def stage(outputs, request: scan.ScanRequest, settings: Settings, batch, trusted,
+          run_id: str) -> tuple[Path, dict[str, str]]:
+    """Write outputs to a staging folder and log them to MLflow; returns the folder and the
+    sha256 of its files."""
     workspace = Workspace(settings.workspace)
-    staging = workspace.staging_dir()
+    staging = workspace.staging_dir(request.dataset_name, batch.sha256)
     write_outputs(outputs, staging)
     checkpoint("store.staging_written")
     files = file_hashes(staging)  # what is committed, for the ledger's chain and the scan's run
@@ -74,6 +109,14 @@ def record(outputs, request: scan.ScanRequest, settings: Settings, batch, truste
         artifacts=[staging / "summary.json", staging / "report.html", staging / "scores.parquet"],
     )
     checkpoint("scan.results_logged")
+    return staging, files
+
+
+@step
+def record(staging: Path, files: dict[str, str], request: scan.ScanRequest, settings: Settings, batch) -> bool:
+    """Commit the staging folder to the workspace, record it in the ledger, deliver to --out.
+    False when a concurrent scan of the same bytes committed first."""
+    workspace = Workspace(settings.workspace)
     committed = workspace.commit(staging, request.dataset_name, batch.sha256)
     checkpoint("scan.committed")
     source = workspace.batch_dir(request.dataset_name, batch.sha256)
@@ -109,7 +152,7 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
     checkpoint("scan.abandoned_runs_closed")
     experiment_id = provenance.ensure_experiment(
         settings.tracking_uri, request.dataset_name,
-        settings.workspace / "mlartifacts" if settings.uses_local_mlflow else None)
+        settings.artifact_root)
     run_id = provenance.start_scan_run(settings.tracking_uri, experiment_id,
                                        f"scan-{request.batch.name}", scan.run_tags(request, settings, batch, trusted))
     checkpoint("scan.run_started")
@@ -124,7 +167,8 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         progress.reached("scan.validated")
         detectors = fit_detectors(trusted, settings)
         progress.reached("scan.detectors_fitted")
-        scores = score_batch(detectors, conformed, outcome.batch_findings)
+        scores = scan.score_batch(detectors, conformed, outcome.batch_findings, settings.chunk_rows,
+                                  score_chunks_as_tasks)
         progress.reached("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")
@@ -137,7 +181,11 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
                                 checks, trusted_suspicion(detectors, trusted, settings), run_id, started)
         progress.reached("scan.outputs_built")
-        committed = record(outputs, request, settings, batch, trusted, run_id)
+        del conformed, scores, decisions  # the outputs hold what is kept
+        staging, files = stage(outputs, request, settings, batch, trusted, run_id)
+        summary = outputs.summary
+        del outputs  # written; recording 10^6 rows in the ledger needs the room
+        committed = record(staging, files, request, settings, batch)
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")
         raise
@@ -146,5 +194,5 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         return redeliver(workspace.batch_dir(request.dataset_name, batch.sha256), request.out, settings)
     provenance.finish_run(settings.tracking_uri, run_id)
     checkpoint("scan.run_finished")
-    return outputs.summary
+    return summary
 

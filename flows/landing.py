@@ -29,7 +29,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from flows.gate import gate_flow
-from flows.ingest import scan_batch_flow
+from flows.ingest import run_scan_flow
 from pipeline import landing
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
@@ -47,7 +47,7 @@ def transient_failure(task: Any, task_run: Any, state: State) -> bool:
       persist_result=False, retry_condition_fn=transient_failure, retry_jitter_factor=0.5)
 def scan_landed_file(request: ScanRequest, settings: Settings) -> dict[str, Any]:
     preflight(request)
-    return scan_batch_flow(request, settings)
+    return run_scan_flow(request, settings)
 
 
 def scan_request(dataset: landing.DatasetConfig, batch: Path, out: Path) -> ScanRequest:

@@ -45,12 +45,18 @@ def _prepare_prefect(settings: Settings) -> None:
     # MLflow configures its own logger on import (from MLFLOW_LOGGING_LEVEL); its INFO lines about
     # creating tables, like GX's and alembic's, drown the result.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for noisy in ("mlflow", "great_expectations", "alembic"):
+    for noisy in ("mlflow", "great_expectations", "alembic", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Dask reads its logging config from the environment, in the scan and in its worker processes
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for key, value in prefect_environment(settings.workspace).items():
         if key == "PREFECT_HOME" and os.environ.get("PREFECT_API_URL"):
             continue
         os.environ.setdefault(key, value)
+    if not os.environ.get("PREFECT_API_URL"):
+        from pipeline.orphans import stop_orphaned_servers
+
+        stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
 
 
 @app.command()
@@ -111,7 +117,7 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows.ingest import scan_batch_flow
+    from flows.ingest import run_scan_flow
 
     # The CLI reports the outcome itself (one line for bad input); Prefect's run loggers would
     # print the same failure again with a traceback. Run states still reach the Prefect API.
@@ -121,7 +127,7 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
 
     # The heartbeat thread costs ~1 s per flow run and tells an ephemeral server nothing useful.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return scan_batch_flow(request, settings)
+        return run_scan_flow(request, settings)
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -191,7 +197,7 @@ def main() -> None:
 
 
 def _report_internal_error(exc: BaseException) -> None:
-    log = Path(os.environ.get("POISONGUARD_WORKSPACE", ".poisonguard")) / "logs" / "last-error.txt"
+    log = _workspace_in(sys.argv[1:]) / "logs" / "last-error.txt"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("".join(traceback.format_exception(exc)))
@@ -199,6 +205,16 @@ def _report_internal_error(exc: BaseException) -> None:
     except OSError:
         where = ""
     typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {exc}{where}", err=True)
+
+
+def _workspace_in(args: list[str]) -> Path:
+    """The --workspace the command was given (the command's own parsing may be what failed)."""
+    for i, arg in enumerate(args):
+        if arg == "--workspace" and i + 1 < len(args):
+            return Path(args[i + 1])
+        if arg.startswith("--workspace="):
+            return Path(arg.partition("=")[2])
+    return Path(os.environ.get("POISONGUARD_WORKSPACE", ".poisonguard"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ class Settings:
     roni_model: str = "sklearn.linear_model.LogisticRegression"  # exact group RONI; any sklearn classifier
     random_state: int = 0
     max_fit_rows: int = 50_000  # detectors fit on a stratified sample of at most this many trusted rows
+    max_impact_rows: int = 100_000  # exact group RONI fits on a sample of at most this many rows
+    chunk_rows: int = 100_000  # row-scoped detectors score this many rows per task
+    # Score chunks on Dask: a scheduler address ('tcp://host:8786'), or 'local' for a LocalCluster
+    # started for the scan. None: Prefect's default thread pool.
+    dask: str | None = None
     policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
     show_progress: bool = False  # one line per scan stage on stderr (the CLI's --progress)
     # The ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL. A SecretStr because
@@ -52,16 +57,29 @@ class Settings:
         except PoisonguardError as error:
             raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
                                    "POISONGUARD_FALSE_DISCOVERY_RATE.") from None
-        max_fit_rows = int(_number(env, "POISONGUARD_MAX_FIT_ROWS", 50_000))
-        if max_fit_rows < 100:
-            raise PoisonguardError(f"POISONGUARD_MAX_FIT_ROWS must be at least 100; got {max_fit_rows}.")
-        return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows,
+        max_fit_rows = _row_count(env, "POISONGUARD_MAX_FIT_ROWS", 50_000)
+        max_impact_rows = _row_count(env, "POISONGUARD_MAX_IMPACT_ROWS", 100_000)
+        chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)
+        return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
+                   chunk_rows=chunk_rows, dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
                    database_url=SecretStr(ledger_url(root, env)))
 
     @property
-    def uses_local_mlflow(self) -> bool:
-        return self.tracking_uri == f"sqlite:///{self.workspace / 'mlflow.db'}"
+    def artifact_root(self) -> Path | None:
+        """Where new MLflow experiments keep their artifacts, when it is ours to say.
+
+        A tracking server (http/https) and a file store decide for themselves. A database used
+        directly would otherwise send artifacts to ./mlruns under whatever folder the scan was
+        started from: beside a SQLite file they go next to it, for any other database into the
+        workspace.
+        """
+        scheme, _, rest = self.tracking_uri.partition("://")
+        if not rest or scheme in ("http", "https", "file", "databricks"):
+            return None
+        if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
+            return Path(rest[1:]).resolve().parent / "mlartifacts"
+        return self.workspace / "mlartifacts"
 
 
 def _number(env: Mapping[str, str], key: str, default: float) -> float:
@@ -72,6 +90,13 @@ def _number(env: Mapping[str, str], key: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise PoisonguardError(f"The environment variable {key} must be a number such as {default}; got {raw!r}.") from None
+
+
+def _row_count(env: Mapping[str, str], key: str, default: int, minimum: int = 100) -> int:
+    value = _number(env, key, default)
+    if value < minimum or value != int(value):
+        raise PoisonguardError(f"{key} must be a whole number of rows, at least {minimum}; got {env.get(key)!r}.")
+    return int(value)
 
 
 def _login_name() -> str:

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
 
 import pandas as pd
 import pyarrow as pa
@@ -340,13 +340,36 @@ def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, 
         from pipeline.config import Settings
 
         settings = Settings.from_environment(workspace)
-    request = GateRequest(dataset, Path(out), max_pending, keep_provenance)
-    state = read_ledger(settings, request.dataset, expected_head(settings))
-    check = check_workspace(settings, state)
-    refusal = decide(request, state, check)
+    return run(GateRequest(dataset, Path(out), max_pending, keep_provenance), settings)
+
+
+def run(request: GateRequest, settings: Settings, step: Callable[[Callable], Callable] = lambda f: f) -> GateResult:
+    """The gate's steps in order; ``step`` wraps each one (the Prefect flow makes them tasks)."""
+    step(settle_scans)(settings, request.dataset)
+    state = step(read_ledger)(settings, request.dataset, step(expected_head)(settings))
+    check = step(check_workspace)(settings, state)
+    refusal = step(decide)(request, state, check)
     if refusal is not None:
-        refuse(settings, request, state, refusal)
-    return release(settings, request, state, build_snapshot(request, state, check))
+        step(refuse)(settings, request, state, refusal)
+    return step(release)(settings, request, state, step(build_snapshot)(request, state, check))
+
+
+def settle_scans(settings: Settings, dataset: str) -> None:
+    """Wait for scans that have committed a batch folder but not yet recorded it in the ledger.
+
+    A scan holds its batch's lock from start to ledger record; a folder in place whose lock is
+    held belongs to a scan milliseconds from done. Read before that, the folder would look added
+    by hand and the gate would raise a false tampering alarm.
+    """
+    from pipeline.config import safe_name
+    from pipeline.store import SHA256_NAME, Workspace
+
+    workspace = Workspace(settings.workspace)
+    batches = workspace.root / "datasets" / safe_name(dataset, "dataset name") / "batches"
+    for folder in sorted(batches.iterdir()) if batches.is_dir() else ():
+        if folder.is_dir() and SHA256_NAME.fullmatch(folder.name):
+            with workspace.batch_lock(dataset, folder.name):
+                pass
 
 
 # --- Parquet that hashes the same every time ---------------------------------------------------
@@ -518,8 +541,7 @@ def _run_tags(request: GateRequest, state: LedgerState) -> dict[str, str]:
 def _experiment(settings: Settings, dataset: str) -> str:
     from pipeline import provenance
 
-    return provenance.ensure_experiment(settings.tracking_uri, dataset,
-                                        settings.workspace / "mlartifacts" if settings.uses_local_mlflow else None)
+    return provenance.ensure_experiment(settings.tracking_uri, dataset, settings.artifact_root)
 
 
 def _log_refusal(settings: Settings, request: GateRequest, state: LedgerState, refusal: Refusal,

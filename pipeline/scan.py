@@ -21,7 +21,7 @@ from pipeline import __version__
 from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, content_keys, decide
-from pipeline.detectors import FeatureSpec, build_detectors, fit_all, score_all
+from pipeline.detectors import ChunkMap, FeatureSpec, build_detectors, fit_all, score_all, score_each, score_in_chunks
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings
@@ -180,14 +180,16 @@ def fit_sample(train: pd.DataFrame, label: str, max_rows: int, seed: int) -> pd.
 
 
 def fit_key(trusted: TrustedData, settings: Settings) -> dict[str, Any]:
-    """Everything a fit depends on: trusted data, suite, features, detector settings, versions."""
+    """Everything a fit depends on: trusted data, features, detector settings, versions. The
+    suite reaches the fit only through the features it protects (``spec``); its own digest would
+    also change with the path an inferred suite names as its source, refitting for nothing."""
     import joblib
     import pyod
     import sklearn
 
     return {"reference": trusted.reference.sha256, "holdout": trusted.holdout_sha256 or trusted.holdout_origin,
             "holdout_fraction": settings.holdout_fraction, "random_state": settings.random_state,
-            "suite": trusted.suite.sha256, "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
+            "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
             "detectors": settings.detectors, "max_fit_rows": settings.max_fit_rows,
             "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__,
                          joblib.__version__], "code": detector_code_digest()}
@@ -252,12 +254,16 @@ def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: Valid
     if len(by_detector) > 1:
         groups.update({f"rows held by {check}": rows for check, rows in by_detector.items()})
     return [group_impact(trusted.train, trusted.holdout, valid, valid[ROW_NUMBER].isin(rows).to_numpy(),
-                         trusted.spec, name, model) for name, rows in groups.items()]
+                         trusted.spec, name, model, settings.max_impact_rows, settings.random_state)
+            for name, rows in groups.items()]
 
 
-def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> dict[str, pd.DataFrame]:
+def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding],
+                chunk_rows: int = 100_000, map_chunks: ChunkMap = score_each) -> dict[str, pd.DataFrame]:
+    """Every detector's scores; row-scoped detectors see ``chunk_rows`` rows at a time, through
+    ``map_chunks`` (see ``detectors.score_in_chunks``)."""
     # A batch that fails its schema is held whole; scoring columns it may not have means nothing.
-    return {} if batch_findings else score_all(detectors, conformed)
+    return {} if batch_findings else score_in_chunks(detectors, conformed, chunk_rows, map_chunks)
 
 
 def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],

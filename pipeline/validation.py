@@ -138,6 +138,19 @@ def _check_document(document: Any, source: str) -> None:
         if not isinstance(exp.get("kwargs", {}), dict):
             raise SuiteError(f"The suite {source}: expectations[{i}].kwargs must be an object.")
     _to_gx_suite(document, source)  # GX's own check of types and kwargs
+    for i, exp in enumerate(expectations):
+        _check_bounds(exp, f"The suite {source}: expectations[{i}] ({exp['type']})")
+
+
+def _check_bounds(expectation: dict[str, Any], where: str) -> None:
+    """GX accepts min_value > max_value, and then fails every row: a typo would hold a whole
+    feed. Its bounds may be numbers or dates, so they are compared only when both are numbers."""
+    kwargs = expectation.get("kwargs", {})
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if numbers and low > high:
+        raise SuiteError(f"{where}: kwargs.min_value ({low}) is greater than kwargs.max_value ({high}); "
+                         "no value can pass. Swap them or fix the typo.")
 
 
 def _check_poisonguard_meta(document: dict[str, Any], source: str) -> None:

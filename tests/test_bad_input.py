@@ -383,3 +383,19 @@ def test_a_missing_option_is_a_usage_error_in_one_line_not_an_internal_error(run
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == ["poisonguard: error: Missing option '--label'."]
     assert not (tmp_path / "ws" / "logs").exists()
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_goes_to_the_given_workspace(run_cli, monkeypatch, tmp_path):
+    import pipeline.cli
+
+    def broken(**_):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(pipeline.cli, "run_scan", broken)
+    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
+                     "--label", "deny", "--out", tmp_path / "out", "--workspace", tmp_path / "ws")
+    assert result.exit_code == 1
+    log = tmp_path / "ws" / "logs" / "last-error.txt"
+    assert result.stderr.strip().splitlines() == [
+        f"poisonguard: internal error: RuntimeError: a bug, not bad input (details in {log})"]
+    assert "Traceback" in log.read_text() and "a bug, not bad input" in log.read_text()

@@ -203,3 +203,26 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
             "actions": len(at_head), "released": len(released_then),
             "rejected": len(at_head) - len(released_then), "pending": len(pending) - len(at_head)}
     print(f"{len(released)} gates passed at heads {heads} (reviews {start + 1}..{end}), {retries} retried")
+
+
+def test_a_gate_waits_for_a_scan_between_its_commit_and_its_ledger_record(scanned):
+    """A committed batch folder whose scan still holds the batch lock is a scan about to record it
+    in the ledger, not a folder added by hand: the gate waits for the lock instead of alarming."""
+    from pipeline.gate import settle_scans
+    from pipeline.store import Workspace
+
+    workspace = Workspace(scanned.workspace)
+    holding, released = threading.Event(), threading.Event()
+
+    def committing_scan() -> None:
+        with workspace.batch_lock(DATASET, scanned.sha256["b"]):
+            holding.set()
+            time.sleep(1.0)
+            released.set()
+
+    scan = threading.Thread(target=committing_scan)
+    scan.start()
+    assert holding.wait(10)
+    settle_scans(settings_for(scanned.workspace), DATASET)
+    assert released.is_set()
+    scan.join()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +83,44 @@ def test_a_scan_killed_at_two_crash_points_recovers_on_the_next_run(tmp_path, sm
     assert recovery.problems == []
     assert (recovery.rows, recovery.rows_lost, recovery.rows_duplicated) == (140, 0, 0)
     assert recovery.runs == {"FAILED": 1, "FINISHED": 1}
+
+
+def test_staging_folders_of_killed_scans_are_removed_and_those_of_running_scans_kept(tmp_path):
+    from pipeline.store import Workspace
+
+    workspace = Workspace(tmp_path)
+    killed, running, this = "a" * 64, "b" * 64, "c" * 64
+    left_by_kill = workspace.staging_dir("d", killed)  # its scan is gone: no one holds its lock
+    with workspace.batch_lock("d", killed):
+        pass  # the lock file exists, free
+    with workspace.batch_lock("d", running):
+        in_progress = workspace.staging_dir("d", running)
+        earlier_of_this = workspace.staging_dir("d", this)
+        with workspace.batch_lock("d", this):
+            mine = workspace.staging_dir("d", this)
+        assert not left_by_kill.exists()
+        assert in_progress.exists()
+        assert not earlier_of_this.exists()  # a scan holding this batch's lock owns every staging of it
+        assert mine.exists()
+
+
+def test_the_next_command_stops_the_prefect_server_a_killed_scan_left_running(tmp_path, small_trusted):
+    from pipeline.orphans import stop_orphaned_servers
+
+    reference, holdout = small_trusted
+    inputs = harness.ScanInputs(batch=BATCH, reference=reference, holdout=holdout, dataset="orphan-test")
+    workspace = tmp_path / "ws"
+    scan = harness.start_scan(inputs, workspace, tmp_path / "out", harness.Kill("scan.run_started"))
+    scan.process.wait(timeout=harness.SCAN_TIMEOUT_S)  # killed at the point, by itself: nothing reaped yet
+    try:
+        orphans = [pid for pid, command in harness.session_members(scan.process.pid).items()
+                   if "prefect.server.api.server:create_app" in command]
+        assert len(orphans) == 1, harness.session_members(scan.process.pid)
+        assert stop_orphaned_servers(workspace.resolve() / "prefect") == orphans
+        for _ in range(50):
+            if not harness.session_members(scan.process.pid):
+                break
+            time.sleep(0.1)
+        assert harness.session_members(scan.process.pid) == {}
+    finally:
+        harness.end_session(scan.process.pid)

@@ -68,7 +68,8 @@ def _ids(name: str, check: str) -> str:
 
 
 CHECKS = ["score_before_fit_raises", "fit_returns_self", "one_result_per_row", "calibrated_in_unit_interval",
-          "score_does_not_mutate", "refit_is_deterministic", "rejects_bad_parameter", "beats_chance_on_planted"]
+          "score_does_not_mutate", "refit_is_deterministic", "rejects_bad_parameter", "beats_chance_on_planted",
+          "row_scores_ignore_chunking"]
 
 
 @pytest.mark.parametrize("name,check", [(n, c) for n in DETECTORS for c in CHECKS],
@@ -109,6 +110,13 @@ def test_detector_contract(name, check, planted):
     elif check == "refit_is_deterministic":
         other = cls().fit(reference, spec, holdout).score(batch)
         pd.testing.assert_frame_equal(result, other)
+    elif check == "row_scores_ignore_chunking":
+        # score_in_chunks relies on this for row-scoped detectors: a row's score is its own
+        if not cls.chunkable:
+            pytest.skip("compares batch rows with each other, so it always sees the whole batch")
+        pieces = pd.concat([detector.score(batch.iloc[start:start + 37]) for start in range(0, len(batch), 37)],
+                           ignore_index=True)
+        pd.testing.assert_frame_equal(result, pieces)
     elif check == "beats_chance_on_planted":
         target = truth[cls.detects]
         clean = ~np.logical_or.reduce(list(truth.values()))

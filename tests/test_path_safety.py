@@ -145,7 +145,8 @@ HOSTILE_FILE_NAMES = ["...csv", "batch\nsecond line\ttab.csv", "x" * 250 + ".csv
                       "\u202evsc.exe 名前 back\\slash.csv"]
 
 # The only folders a scan creates in the workspace: named by the checked dataset name and the sha256.
-WORKSPACE_FOLDER = re.compile(r"(datasets|staging)(/names-\d+(/batches(/[0-9a-f]{64})?)?)?")
+WORKSPACE_FOLDER = re.compile(r"datasets(/names-\d+(/batches(/[0-9a-f]{64})?)?)?|staging(/names-\d+)?|"
+                              r"locks(/names-\d+)?")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def scan_into_workspace(batch: Path, workspace: Path, out: Path, dataset: str, t
     outputs = scan.build_outputs(request, settings, loaded, trusted, conformed, outcome, decisions, [], [],
                                  scan.np.array([]), "no-run", scan.now())
     space = Workspace(workspace)
-    staging = space.staging_dir()
+    staging = space.staging_dir(request.dataset_name, loaded.sha256)
     write_outputs(outputs, staging)
     assert space.commit(staging, request.dataset_name, loaded.sha256)
     return copy_outputs(space.batch_dir(request.dataset_name, loaded.sha256), out)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.provenance import find_scan_runs, redact
@@ -47,3 +49,18 @@ def test_scan_run_is_found_by_sha256_and_holds_artifacts(scan_sample):
 def test_credentials_are_redacted_from_tracking_uris():
     assert redact("postgresql://alice:s3cret@db.example:5432/mlflow") == "postgresql://db.example:5432/mlflow"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("sqlite:///{ws}/mlflow.db", "{ws}/mlartifacts"),  # the workspace's own store
+    ("sqlite:///{ws}/elsewhere/runs.db", "{ws}/elsewhere/mlartifacts"),
+    ("postgresql://mlflow@db.internal/mlflow", "{ws}/mlartifacts"),
+    ("http://mlflow.internal:5000", None),  # the server decides
+    ("file:///srv/mlruns", None),
+])
+def test_artifacts_never_land_in_the_current_folder(uri, expected, tmp_path):
+    from pipeline.config import Settings
+
+    ws = tmp_path / "ws"
+    settings = Settings.from_environment(ws, {"MLFLOW_TRACKING_URI": uri.format(ws=ws)})
+    assert settings.artifact_root == (None if expected is None else Path(expected.format(ws=ws.resolve())))

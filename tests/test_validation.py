@@ -102,6 +102,10 @@ def test_mostly_text_numeric_column_is_left_for_the_type_check(reference):
     (json.dumps({"name": "x", "meta": {"poisonguard": {"protected": "afam"}}, "expectations": []}),
      r"meta\.poisonguard\.protected must be a list of column names"),
     (json.dumps({"name": "x", "meta": [], "expectations": []}), "meta must be an object"),
+    (json.dumps({"name": "x", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": 5, "max_value": 1}}]}),
+     r"expectations\[0\] \(expect_column_values_to_be_between\): kwargs\.min_value \(5\) is greater than "
+     r"kwargs\.max_value \(1\)"),
 ])
 def test_bad_suites_fail_with_the_file_named(tmp_path, content, match):
     path = tmp_path / "suite.json"

@@ -5,7 +5,7 @@ Adding a detector = one module + one line here + it passes tests/test_detector_c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -55,5 +55,32 @@ def score_all(detectors: dict[str, Detector], batch: pd.DataFrame) -> dict[str, 
     return {name: detector.score(batch) for name, detector in detectors.items()}
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "Detector", "FeatureSpec",
-           "build_detectors", "conformal_pvalues", "fit_all", "score_all"]
+# Scores a list of chunks with the same detectors: in turn (``score_each``), on threads, or on a
+# Dask cluster (the ingest flow passes its Prefect task runner's map).
+ChunkMap = Callable[[dict[str, Detector], list[pd.DataFrame]], list[dict[str, pd.DataFrame]]]
+
+
+def score_each(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[dict[str, pd.DataFrame]]:
+    return [score_all(detectors, chunk) for chunk in chunks]
+
+
+def score_in_chunks(detectors: dict[str, Detector], batch: pd.DataFrame, chunk_rows: int,
+                    map_chunks: ChunkMap = score_each) -> dict[str, pd.DataFrame]:
+    """``score_all``, with chunkable detectors fed ``chunk_rows`` rows at a time.
+
+    A ``chunkable`` detector's score of a row depends on that row alone (the conformance suite
+    checks it), so chunks change nothing but peak memory, and may be scored in parallel. The
+    others (floods, triggers, RONI) compare batch rows with each other and see the whole batch.
+    """
+    row_scoped = {name: d for name, d in detectors.items() if d.chunkable}
+    scores: dict[str, pd.DataFrame] = {}
+    if row_scoped:
+        chunks = [batch.iloc[start:start + chunk_rows] for start in range(0, len(batch), chunk_rows)] or [batch]
+        parts = map_chunks(row_scoped, chunks)
+        scores = {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in row_scoped}
+    scores.update(score_all({name: d for name, d in detectors.items() if name not in row_scoped}, batch))
+    return {name: scores[name] for name in detectors}
+
+
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "ChunkMap", "Detector", "FeatureSpec",
+           "build_detectors", "conformal_pvalues", "fit_all", "score_all", "score_each", "score_in_chunks"]

@@ -89,6 +89,9 @@ class Detector(ABC):
     # "row": one conformal p-value per row; "batch": p-values of groups of rows, already
     # corrected for the batch's many groups (the policy's BH step must not count a group twice)
     pvalue_scope: ClassVar[str] = "row"
+    # a row's score depends on that row alone, so a batch may be scored in chunks (and the
+    # conformance suite checks that it may); False for detectors that compare batch rows
+    chunkable: ClassVar[bool] = True
     # the detector's share of the policy's error budget, relative to the others (see policy.py)
     pvalue_weight: ClassVar[float] = 1.0
     # parameter -> Interval, or a tuple of allowed values

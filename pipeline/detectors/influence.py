@@ -127,6 +127,7 @@ class RoniInfluence(Detector):
 
     name: ClassVar[str] = "roni"
     detects: ClassVar[str] = "label_flip"
+    chunkable: ClassVar[bool] = False  # the influence model is trained on trusted rows + the whole batch
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "C": Interval(Real, 0.0, None, closed="neither"),
         "damping": Interval(Real, 0.0, None),

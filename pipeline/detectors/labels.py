@@ -8,6 +8,11 @@ on itself):
 - model: 1 − p(given label) from a gradient-boosted model, out-of-fold on the trusted rows. A
   strong model matters: with an underfitting linear model, flips near the boundary look normal.
 
+The neighbourhood index holds at most ``max_index_rows`` trusted rows (a stratified sample):
+an exact k-NN query costs time in proportion to the index, and in d dimensions a 5× smaller
+index widens each neighbourhood only 5^(1/d)-fold (5.5 % at d = 30) while the vote's variance
+depends on k alone. On a 10^6-row batch with 45 encoded columns, a 50,000-row index took ~140 s.
+
 The raw score is the mean of the two, calibrated against the same score of trusted rows
 (out-of-fold, so a trusted row never judges itself). Two calibrations:
 
@@ -59,16 +64,19 @@ class LabelConsistency(Detector):
         "n_folds": Interval(Integral, 2, 20),
         "random_state": Interval(Integral, 0, None),
         "calibration": ("marginal", "per_class"),
+        "max_index_rows": Interval(Integral, 100, None),
     }
 
     def __init__(self, *, n_neighbors: int = 10, model: str = "gradient_boosting", alpha: float = 0.01,
-                 n_folds: int = 5, random_state: int = 0, calibration: str = "marginal") -> None:
+                 n_folds: int = 5, random_state: int = 0, calibration: str = "marginal",
+                 max_index_rows: int = 10_000) -> None:
         self.n_neighbors = n_neighbors
         self.model = model
         self.alpha = alpha
         self.n_folds = n_folds
         self.random_state = random_state
         self.calibration = calibration
+        self.max_index_rows = max_index_rows
 
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
         labelled = reference[reference[spec.label].notna()]
@@ -80,10 +88,11 @@ class LabelConsistency(Detector):
         if len(self.classes_) < 2:
             raise PoisonguardError(
                 f"LabelConsistency needs at least two label classes in the reference; got {list(self.classes_)}.")
-        k = min(self.n_neighbors, len(labelled) - 1)
-        self.neighbors_ = NearestNeighbors(n_neighbors=k).fit(encoded)
-        self.labels_ = labels
-        neighbour_votes = self._votes(self._neighbours_excluding_self(encoded, k))
+        indexed = _stratified_positions(labels, self.max_index_rows, self.random_state)
+        k = min(self.n_neighbors, len(indexed) - 1)
+        self.neighbors_ = NearestNeighbors(n_neighbors=k).fit(encoded[indexed])
+        self.labels_ = labels[indexed]
+        neighbour_votes = self._votes(self._neighbours_excluding_self(encoded, indexed, k))
         folds = StratifiedKFold(n_splits=max(2, min(self.n_folds, _smallest_class(labels))), shuffle=True,
                                 random_state=self.random_state)
         out_of_fold = cross_val_predict(MODELS[self.model](self.random_state), encoded, labels, cv=folds,
@@ -93,10 +102,12 @@ class LabelConsistency(Detector):
         self.calibration_ = {c: scores if self.calibration == "marginal" else scores[labels == c]
                              for c in self.classes_}
 
-    def _neighbours_excluding_self(self, encoded: np.ndarray, k: int) -> np.ndarray:
-        _, index = self.neighbors_.kneighbors(encoded, n_neighbors=min(k + 1, len(encoded)))
-        own = np.arange(len(encoded))[:, None]
-        keep = index != own
+    def _neighbours_excluding_self(self, encoded: np.ndarray, indexed: np.ndarray, k: int) -> np.ndarray:
+        """k nearest indexed rows of every trusted row, never the row itself."""
+        _, index = self.neighbors_.kneighbors(encoded, n_neighbors=min(k + 1, len(indexed)))
+        own = np.full(len(encoded), -1)
+        own[indexed] = np.arange(len(indexed))
+        keep = index != own[:, None]
         # exact duplicates can put the row itself anywhere in the list; drop it wherever it is
         return np.array([row[mask][:k] for row, mask in zip(index, keep)])
 
@@ -149,6 +160,19 @@ class LabelConsistency(Detector):
         return (f"label {given!r} but {agree}/{k} nearest trusted neighbours and the model "
                 f"(p={proba[other]:.2f}) say {said!r}; more inconsistent than "
                 f"{100 * (1 - pvalue):.1f} % of {compared}")
+
+
+def _stratified_positions(labels: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``max_rows`` rows, each class keeping its share (at least one row)."""
+    if len(labels) <= max_rows:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, round(max_rows * len(members) / len(labels)))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
 
 
 def _smallest_class(labels: np.ndarray) -> int:

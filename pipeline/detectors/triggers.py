@@ -186,6 +186,7 @@ class TriggerPattern(Detector):
     detects: ClassVar[str] = "backdoor"
     pvalue_scope: ClassVar[str] = "batch"
     pvalue_weight: ClassVar[float] = 0.01
+    chunkable: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "min_group": Interval(Integral, 2, None),
