@@ -103,17 +103,18 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     impacts = timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
     outputs = timed("build outputs", scan.build_outputs, request, settings, batch, trusted, conformed, outcome,
                     decisions, impacts, [], np.array([]), "benchmark", scan.now())
+    held = int(decisions.table["quarantined"].sum())
     del conformed, scores, decisions  # as the flow does before recording
     folder = DATA / "out" / f"batch-{n_rows}"
     shutil.rmtree(folder, ignore_errors=True)
     timed("write outputs", write_outputs, outputs, folder)
+    del outputs  # as the flow does once they are written
     ledger_file = DATA / "workspace" / f"ledger-{n_rows}.sqlite"
     ledger_file.unlink(missing_ok=True)
     with Ledger.open(f"sqlite:///{ledger_file}") as ledger:
         timed("ledger record", ledger.record_scan_folder, folder)
     total = time.perf_counter() - begun
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    held = int(decisions.table["quarantined"].sum())
     return {"rows": n_rows, "reference_rows": n_reference, "features": N_NUMERIC + N_CATEGORICAL,
             "seconds": round(total, 1), "rows_per_second": round(n_rows / total),
             "peak_mib": round(peak_mib), "quarantined": held, "false_quarantine": round(held / n_rows, 4),
