@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -64,14 +63,24 @@ def test_a_scan_killed_at_two_crash_points_recovers_on_the_next_run(tmp_path, sm
     inputs = harness.ScanInputs(batch=BATCH, reference=reference, holdout=holdout, dataset="crash-test")
     workspace, out = tmp_path / "ws", tmp_path / "out"
 
-    first = harness.run_scan(inputs, workspace, out, harness.Kill("scan.run_started"))
-    assert first.killed, first.output_tail
-    assert first.left_behind == {"runs": {"RUNNING": 1}, "staging": 0, "committed": False, "in_ledger": False}
+    # The first kill's orphans are not reaped by the harness: the next command must stop the
+    # temporary Prefect server the killed scan left running (pipeline/orphans.py).
+    first = harness.start_scan(inputs, workspace, out, harness.Kill("scan.run_started"))
+    assert first.process.wait(timeout=harness.SCAN_TIMEOUT_S) == -9
+    try:
+        orphans = [command for command in harness.session_members(first.process.pid).values()
+                   if "prefect.server.api.server:create_app" in command]
+        assert len(orphans) == 1, harness.session_members(first.process.pid)
+        assert harness.left_behind(workspace, inputs) == {"runs": {"RUNNING": 1}, "staging": 0, "committed": False,
+                                                          "in_ledger": False}
 
-    second = harness.run_scan(inputs, workspace, out, harness.Kill("scan.committed"))
-    assert second.killed, second.output_tail
-    assert second.left_behind == {"runs": {"FAILED": 1, "RUNNING": 1}, "staging": 0, "committed": True,
-                                  "in_ledger": False}
+        second = harness.run_scan(inputs, workspace, out, harness.Kill("scan.committed"))
+        assert second.killed, second.output_tail
+        assert second.left_behind == {"runs": {"FAILED": 1, "RUNNING": 1}, "staging": 0, "committed": True,
+                                      "in_ledger": False}
+        assert harness.session_members(first.process.pid) == {}, "the killed scan's Prefect server still runs"
+    finally:
+        harness.end_session(first.process.pid)
 
     final = harness.run_scan(inputs, workspace, out)
     assert final.returncode == 0, final.output_tail
@@ -103,24 +112,3 @@ def test_staging_folders_of_killed_scans_are_removed_and_those_of_running_scans_
         assert not earlier_of_this.exists()  # a scan holding this batch's lock owns every staging of it
         assert mine.exists()
 
-
-def test_the_next_command_stops_the_prefect_server_a_killed_scan_left_running(tmp_path, small_trusted):
-    from pipeline.orphans import stop_orphaned_servers
-
-    reference, holdout = small_trusted
-    inputs = harness.ScanInputs(batch=BATCH, reference=reference, holdout=holdout, dataset="orphan-test")
-    workspace = tmp_path / "ws"
-    scan = harness.start_scan(inputs, workspace, tmp_path / "out", harness.Kill("scan.run_started"))
-    scan.process.wait(timeout=harness.SCAN_TIMEOUT_S)  # killed at the point, by itself: nothing reaped yet
-    try:
-        orphans = [pid for pid, command in harness.session_members(scan.process.pid).items()
-                   if "prefect.server.api.server:create_app" in command]
-        assert len(orphans) == 1, harness.session_members(scan.process.pid)
-        assert stop_orphaned_servers(workspace.resolve() / "prefect") == orphans
-        for _ in range(50):
-            if not harness.session_members(scan.process.pid):
-                break
-            time.sleep(0.1)
-        assert harness.session_members(scan.process.pid) == {}
-    finally:
-        harness.end_session(scan.process.pid)
