@@ -80,9 +80,9 @@ class Workspace:
         An advisory ``flock`` (POSIX), which the kernel drops when its process dies, however it
         dies: a killed scan never leaves it held. So a scan holding it knows that a run its batch
         left RUNNING belongs to a scan that is gone, not to one still at work."""
-        folder = self.root / "locks" / safe_name(dataset, "dataset name")
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{sha256}.lock", "a") as handle:
+        path = self._lock_path(dataset, sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -103,9 +103,12 @@ class Workspace:
         checkpoint("store.staging_created")
         return folder
 
+    def _lock_path(self, dataset: str, sha256: str) -> Path:
+        return self.root / "locks" / safe_name(dataset, "dataset name") / f"{sha256}.lock"
+
     def _lock_held(self, dataset: str, sha256: str) -> bool:
         """Whether a scan holds the batch's lock now (a free lock is taken and released at once)."""
-        path = self.root / "locks" / safe_name(dataset, "dataset name") / f"{sha256}.lock"
+        path = self._lock_path(dataset, sha256)
         if not path.exists():
             return False
         with open(path, "a") as handle:

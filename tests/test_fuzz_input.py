@@ -619,12 +619,17 @@ def test_file_size_limit_from_the_environment(tmp_path, monkeypatch):
     assert read_table(path).n_rows == 200
 
 
+def in_format(csv: Path, suffix: str) -> Path:
+    """The CSV itself, or the same table written beside it as Parquet."""
+    if suffix == ".csv":
+        return csv
+    pd.read_csv(csv).to_parquet(csv.with_suffix(suffix), index=False)
+    return csv.with_suffix(suffix)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_column_limit(tmp_path, monkeypatch, suffix):
-    path = write_csv(tmp_path / "wide.csv", columns=1001)
-    if suffix == ".parquet":
-        pd.read_csv(path).to_parquet(path.with_suffix(".parquet"), index=False)
-        path = path.with_suffix(".parquet")
+    path = in_format(write_csv(tmp_path / "wide.csv", columns=1001), suffix)
     with pytest.raises(InputError) as error:
         read_table(path)
     assert_limit_error(error, path, "has 1,001 columns, over the limit of 1,000 columns", "POISONGUARD_MAX_COLUMNS")
@@ -683,10 +688,7 @@ def test_column_name_length_limit(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_row_limit(tmp_path, monkeypatch, suffix):
-    path = write_csv(tmp_path / "rows.csv", rows=1000)
-    if suffix == ".parquet":
-        pd.read_csv(path).to_parquet(path.with_suffix(".parquet"), index=False)
-        path = path.with_suffix(".parquet")
+    path = in_format(write_csv(tmp_path / "rows.csv", rows=1000), suffix)
     monkeypatch.setenv("POISONGUARD_MAX_ROWS", "999")
     with pytest.raises(InputError) as error:
         read_table(path)
