@@ -11,7 +11,12 @@ entry is written with an HMAC-SHA256 of its bytes under a secret key, and nothin
 unless the tag verifies: someone who can write the cache folder but does not hold the key
 cannot plant a model. The key comes from ``POISONGUARD_CACHE_KEY`` (hex, at least 32 bytes;
 keep it outside the workspace where the cache lives), else from ``<workspace>/keys/fit-cache.key``,
-created on first use, readable by its owner only. ``POISONGUARD_FIT_CACHE=off`` turns the cache off.
+created on first use, readable by its owner only.
+
+``POISONGUARD_FIT_CACHE`` says where entries live: ``on`` (the default) for ``<workspace>/cache/fits``,
+``off`` for no cache, or a folder that several workspaces share (one schedule per dataset, all
+fitting on the same reference). A shared folder needs ``POISONGUARD_CACHE_KEY``: with per-workspace
+keys each workspace would reject, refit and overwrite the others' entries.
 """
 
 from __future__ import annotations
@@ -48,9 +53,15 @@ class FitCache:
     @classmethod
     def for_workspace(cls, workspace: Path, environ: Mapping[str, str] | None = None) -> "FitCache | None":
         env = os.environ if environ is None else environ
-        if env.get(SWITCH_VARIABLE, "on").lower() in ("off", "0", "false", "no"):
+        setting = env.get(SWITCH_VARIABLE, "on").strip()
+        if setting.lower() in ("off", "0", "false", "no"):
             return None
-        return cls(workspace / "cache" / "fits", _signing_key(workspace, env))
+        if setting.lower() in ("on", "1", "true", "yes", ""):
+            return cls(workspace / "cache" / "fits", _signing_key(workspace, env))
+        if not env.get(KEY_VARIABLE):
+            raise PoisonguardError(f"{SWITCH_VARIABLE}={setting} names a shared cache folder; set {KEY_VARIABLE} "
+                                   "as well, so that every workspace using it signs with the same key.")
+        return cls(Path(setting).expanduser(), _signing_key(workspace, env))
 
     @staticmethod
     def key(parts: Mapping[str, Any]) -> str:

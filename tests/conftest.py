@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ os.environ.update({
     # One MLflow database for the session: creating one costs 4-6 s (ECOSYSTEM.md §3).
     "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
     "POISONGUARD_USER": "test-steward",
+    # One fit cache for the session: most tests scan data_samples/ in a fresh workspace, and a
+    # cold fit there is 6-7 s. test_fit_cache.py covers the per-workspace cache.
+    "POISONGUARD_FIT_CACHE": str(SESSION_DIR / "fits"),
+    "POISONGUARD_CACHE_KEY": secrets.token_hex(32),
 })
 os.environ.pop("PREFECT_API_URL", None)
 (SESSION_DIR / "prefect").mkdir(parents=True, exist_ok=True)

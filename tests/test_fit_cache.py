@@ -95,8 +95,21 @@ def test_the_cache_can_be_turned_off(tmp_path):
     assert FitCache.for_workspace(tmp_path, {"POISONGUARD_FIT_CACHE": "off"}) is None
 
 
-def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path):
+def test_workspaces_share_a_cache_folder_signed_with_one_key(tmp_path):
+    shared = {"POISONGUARD_FIT_CACHE": str(tmp_path / "shared"), "POISONGUARD_CACHE_KEY": os.urandom(32).hex()}
+    first, second = (FitCache.for_workspace(tmp_path / ws, shared) for ws in ("ws1", "ws2"))
+    fits = _Fits()
+    first.get_or_fit(PARTS, fits)
+    assert second.get_or_fit(PARTS, fits)["call"] == 1 and second.hits == 1
+    assert not (tmp_path / "ws1").exists() and not (tmp_path / "ws2").exists()
+    with pytest.raises(PoisonguardError, match="set POISONGUARD_CACHE_KEY as well"):
+        FitCache.for_workspace(tmp_path / "ws3", {"POISONGUARD_FIT_CACHE": str(tmp_path / "shared")})
+
+
+def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monkeypatch):
     from pipeline import scan
+
+    monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")  # the workspace's own cache, not the test session's
     from pipeline.config import Settings
 
     request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",

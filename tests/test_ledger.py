@@ -532,3 +532,29 @@ def test_verify_reports_a_value_edited_into_something_unreadable(reviewed, raw_s
     raw_sql("UPDATE row_decisions SET scores = '{not json' WHERE id = :id", id=f"{batch_id}:2")
     problems = ledger.verify()
     assert len(problems) == 1 and "cannot be read back" in problems[0]
+
+
+def test_the_decisions_digest_is_the_digest_of_the_whole_payload_however_it_is_sliced():
+    """The chain's definition (chain.py): sha256 of the canonical JSON of every row decision in
+    row order. The digest is taken a slice at a time so that 10^6 rows never make one string;
+    it must not depend on where the slices fall, or ledgers written before would stop verifying."""
+    import hashlib
+
+    from pipeline.ledger.chain import DecisionsDigest
+
+    rows = [{"id": f"b:{n}", "dataset": "hmda", "row_number": n, "initial_status": "pending" if n % 3 else "accepted",
+             "suspicion": n / 7, "reasons": ["naïve ≥ reason"] if n % 3 else [], "scores": {"outliers": n / 11, "x": None}}
+            for n in range(10)]
+    whole = json.dumps({"batch_id": "b", "rows": [[r["id"], r["dataset"], r["row_number"], r["initial_status"],
+                                                    r["suspicion"], r["reasons"], r["scores"]] for r in rows]},
+                       sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    expected = hashlib.sha256(whole.encode("utf-8")).hexdigest()
+    for size in (1, 3, 10):
+        decisions = DecisionsDigest("b")
+        for start in range(0, len(rows), size):
+            decisions.add(rows[start:start + size])
+            decisions.add([])
+        assert decisions.hexdigest() == expected
+        assert decisions.summary() == {"batch_id": "b", "rows": 10, "pending": [1, 2, 4, 5, 7, 8]}
+    with pytest.raises(ValueError, match="row order"):
+        DecisionsDigest("b").add(rows[::-1])

@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import Detector, FeatureSpec, Interval
-from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.detectors.features import ENCODE_SLICE_ROWS, encode, feature_frame, make_encoder
 from pipeline.detectors.triggers import upper_tail_pvalue
 
 _SMALLEST_P = 1e-300
@@ -104,7 +104,6 @@ class DuplicateFlood(Detector):
         if n == 0:
             return pd.DataFrame({"score": np.zeros(0), "calibrated": np.zeros(0), "flagged": np.zeros(0, bool),
                                  "reason": np.zeros(0, object)})
-        encoded = self.encoder_.transform(feature_frame(batch, spec))
         labels = batch[spec.label] if spec.label in batch.columns else pd.Series([None] * n, index=batch.index)
         labels = np.array([None if pd.isna(v) else str(v) for v in labels.astype(object)], dtype=object)
         # a copy repeats the label too: rows are compared with rows of their own label, and rows
@@ -112,6 +111,7 @@ class DuplicateFlood(Detector):
         classes = [label for label in self.trusted_ if label is not None]
         groups: dict[str | None, np.ndarray] = {label: (labels == label) for label in classes}
         groups[None] = ~np.isin(labels, classes)
+        encoded = self._encode_groups(batch, groups)
         # Exact copies first: rows merely near a flood of exact copies would otherwise count the
         # copies and be flagged with them (spam7: 10 clean rows beside a 73-copy flood). Rows
         # flagged as copies are set aside before the near-identical test. Each test gets half of
@@ -136,23 +136,41 @@ class DuplicateFlood(Detector):
             for found, radius, batch_count, trusted_count in steps:
                 chosen = np.flatnonzero(rows & found)
                 if len(chosen):
-                    texts = self._reasons(encoded[chosen], label, radius, batch_count[chosen], trusted_count[chosen])
+                    points = encoded[label][found[rows]]
+                    texts = self._reasons(points, label, radius, batch_count[chosen], trusted_count[chosen])
                     for row, text in zip(chosen, texts):
                         reasons[row] = text
         return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
                              "flagged": flagged, "reason": reasons})
 
-    def _close(self, encoded: np.ndarray, groups: dict[str | None, np.ndarray], include: np.ndarray,
-               radius: float) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_groups(self, batch: pd.DataFrame, groups: dict[str | None, np.ndarray]) -> dict[str | None, np.ndarray]:
+        """Each label group's rows encoded, in row order, a slice of the batch at a time straight
+        into the group's own matrix: a whole-batch matrix beside the groups' copies of it would
+        double the largest allocation of a large scan (360 MB per 10^6 rows of 45 features)."""
+        matrices: list[np.ndarray] = []
+        filled = [0] * len(groups)
+        for start in range(0, len(batch), ENCODE_SLICE_ROWS):
+            part = encode(self.encoder_, batch.iloc[start:start + ENCODE_SLICE_ROWS], self.spec_)
+            if not matrices:
+                matrices = [np.empty((int(rows.sum()), part.shape[1])) for rows in groups.values()]
+            for g, rows in enumerate(groups.values()):
+                chosen = part[rows[start:start + ENCODE_SLICE_ROWS]]
+                matrices[g][filled[g]:filled[g] + len(chosen)] = chosen
+                filled[g] += len(chosen)
+        return dict(zip(groups, matrices))
+
+    def _close(self, encoded: dict[str | None, np.ndarray], groups: dict[str | None, np.ndarray],
+               include: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """For each included row: other included batch rows of its label group within ``radius``,
         and trusted rows of that label within ``radius`` (0 for rows not included)."""
-        batch_close, trusted_close = np.zeros(len(encoded), "int64"), np.zeros(len(encoded), "int64")
+        batch_close, trusted_close = np.zeros(len(include), "int64"), np.zeros(len(include), "int64")
         for label, rows in groups.items():
-            rows = rows & include
-            if rows.any():
-                points = encoded[rows]
-                batch_close[rows] = CloseCounter(points, self.axes_).count(points, radius, itself=True) - 1
-                trusted_close[rows] = self.trusted_[label].count(points, radius)
+            kept = include[rows]
+            if kept.any():
+                points = encoded[label] if kept.all() else encoded[label][kept]
+                selected = np.flatnonzero(rows)[kept]
+                batch_close[selected] = CloseCounter(points, self.axes_).count(points, radius, itself=True) - 1
+                trusted_close[selected] = self.trusted_[label].count(points, radius)
         return batch_close, trusted_close
 
     def _reasons(self, points: np.ndarray, label: str | None, radius: float, batch_close: np.ndarray,
@@ -198,37 +216,49 @@ class CloseCounter:
         self.points = points
         self.axes = axes
         self._projected: cKDTree | None = None
+        self._keys: np.ndarray | None = None
         self._copies: pd.Series | None = None
 
     def count(self, queries: np.ndarray, radius: float, itself: bool = False) -> np.ndarray:
         """Points within ``radius`` of each query; ``itself``: the queries are the points, so
         each counts at least itself. The full tree is built only when some query needs it, and
         asked once per distinct query (a flood is thousands of one query)."""
+        keys = self.keys() if itself else _row_keys(queries)
         if radius == 0.0:
             if self._copies is None:
-                self._copies = pd.Series(_row_keys(self.points)).value_counts()
-            return self._copies.reindex(_row_keys(queries), fill_value=0).to_numpy("int64")
+                self._copies = pd.Series(self.keys()).value_counts()
+            return self._copies.reindex(keys, fill_value=0).to_numpy("int64")
         if self._projected is None:
             self._projected = cKDTree(self.points @ self.axes)
         # the slack keeps a point at exactly ``radius`` inside the screen despite rounding
         screen = radius * (1.0 + 1e-9) + 1e-12
         counts = self._projected.query_ball_point(queries @ self.axes, screen, return_length=True,
                                                   workers=-1).astype("int64")
-        unsure = counts > int(itself)
-        if unsure.any():
-            distinct, inverse = np.unique(queries[unsure], axis=0, return_inverse=True)
-            full = cKDTree(self.points).query_ball_point(distinct, radius, return_length=True, workers=-1)
+        unsure = np.flatnonzero(counts > int(itself))
+        if len(unsure):
+            # distinct queries found by their hashes: sorting the rows themselves would copy them
+            _, first, inverse = np.unique(keys[unsure], return_index=True, return_inverse=True)
+            full = cKDTree(self.points).query_ball_point(queries[unsure[first]], radius, return_length=True,
+                                                         workers=-1)
             counts[unsure] = full[inverse.ravel()]
         return counts
 
+    def keys(self) -> np.ndarray:
+        if self._keys is None:
+            self._keys = _row_keys(self.points)
+        return self._keys
+
     def __getstate__(self) -> dict:
         # the trees and counts are rebuilt on first use: cheaper than storing them in the fit cache
-        return {**self.__dict__, "_projected": None, "_copies": None}
+        return {**self.__dict__, "_projected": None, "_keys": None, "_copies": None}
 
 
-def _row_keys(points: np.ndarray) -> np.ndarray:
-    """One 64-bit hash per row, equal for equal rows (-0.0 and 0.0 alike)."""
-    return pd.util.hash_pandas_object(pd.DataFrame(points + 0.0), index=False).to_numpy()
+def _row_keys(points: np.ndarray, slice_rows: int = 65_536) -> np.ndarray:
+    """One 64-bit hash per row, equal for equal rows (-0.0 and 0.0 alike); a slice at a time,
+    since hashing copies its input."""
+    return np.concatenate([
+        pd.util.hash_pandas_object(pd.DataFrame(points[start:start + slice_rows] + 0.0), index=False).to_numpy()
+        for start in range(0, len(points), slice_rows)] or [np.zeros(0, dtype=np.uint64)])
 
 
 def _principal_axes(encoded: np.ndarray, n_axes: int = 8) -> np.ndarray:

@@ -44,3 +44,21 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     for col in spec.categorical:
         out[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
     return out
+
+
+ENCODE_SLICE_ROWS = 65_536
+
+
+def encode(encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec,
+           slice_rows: int = ENCODE_SLICE_ROWS) -> np.ndarray:
+    """``encoder.transform(feature_frame(frame, spec))``, a slice of rows at a time into one
+    matrix. Whole, the transform's temporaries (object copies of text columns, scaled, clipped and
+    one-hot copies) come to ~3 times its result: 1.2 GB beside the 360 MB of a 10^6-row batch."""
+    if len(frame) <= slice_rows:
+        return encoder.transform(feature_frame(frame, spec))
+    first = encoder.transform(feature_frame(frame.iloc[:slice_rows], spec))
+    encoded = np.empty((len(frame), first.shape[1]), dtype=first.dtype)
+    encoded[:slice_rows] = first
+    for start in range(slice_rows, len(frame), slice_rows):
+        encoded[start:start + slice_rows] = encoder.transform(feature_frame(frame.iloc[start:start + slice_rows], spec))
+    return encoded

@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
-from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
 
@@ -162,7 +162,7 @@ class RoniInfluence(Detector):
         LogisticInfluence.fit(*self.train_, *self.holdout_, len(self.classes_), self.C, self.damping)
 
     def _encode(self, frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-        X = self.encoder_.transform(feature_frame(frame, spec))
+        X = encode(self.encoder_, frame, spec)
         return X, np.searchsorted(self.classes_, frame[spec.label].astype(str).to_numpy())
 
     def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -174,7 +174,7 @@ class RoniInfluence(Detector):
             given = np.array([str(v) if v is not None and v == v else "" for v in batch[label].astype(object)])
             known = np.isin(given, self.classes_)
             if known.any():
-                X = self.encoder_.transform(feature_frame(batch[known], self.spec_))
+                X = encode(self.encoder_, batch[known], self.spec_)
                 y = np.searchsorted(self.classes_, given[known])
                 X_train, y_train = self.train_
                 influence = LogisticInfluence.fit(np.vstack([X_train, X]), np.concatenate([y_train, y]),

@@ -39,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
-from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
 MODELS: dict[str, Any] = {
@@ -134,7 +134,7 @@ class LabelConsistency(Detector):
         labels = np.array([None if v is None else str(v) for v in labels], dtype=object)
         known = np.isin(labels, self.classes_)  # unknown or missing labels are validation's to report
         if known.any():
-            encoded = self.encoder_.transform(feature_frame(batch[known], spec))
+            encoded = encode(self.encoder_, batch[known], spec)
             _, index = self.neighbors_.kneighbors(encoded)
             votes = self._votes(index)
             proba = self.model_.predict_proba(encoded)

@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import json
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Sequence
 
 from pipeline.ledger.models import Batch, ReviewActionRow
 
@@ -77,25 +77,46 @@ def batch_payload(batch: Batch) -> dict[str, Any]:
     return payload
 
 
-def decisions_payload(batch_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``rows``: the batch's row decisions as mappings of the ``row_decisions`` columns."""
-    ordered = sorted(rows, key=lambda row: row["row_number"])
-    return {
-        "batch_id": batch_id,
-        "rows": [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
-                  row["reasons"], row["scores"]] for row in ordered],
-    }
+class DecisionsDigest:
+    """The ``decisions`` payload's digest and readable copy, taken from a batch's row decisions
+    as they stream past in row order, a slice at a time.
 
+    The payload is ``{"batch_id": …, "rows": [[id, dataset, row number, initial status,
+    suspicion, reasons, scores], …]}`` in row order; its canonical JSON is hashed piece by piece,
+    which gives the digest of the whole without building it (for 10^6 rows it is ~300 MB of
+    text). ``summary()`` is the entry's readable copy: enough to name a row whose status was
+    changed or that was removed, at a size that stays small for large batches.
+    """
 
-def decisions_summary(batch_id: str, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """What a ``decisions`` entry keeps as its readable copy: enough to name a row whose
-    status was changed or that was removed, at a size that stays small for large batches."""
-    ordered = sorted(rows, key=lambda row: row["row_number"])
-    return {
-        "batch_id": batch_id,
-        "rows": len(ordered),
-        "pending": [row["row_number"] for row in ordered if row["initial_status"] == "pending"],
-    }
+    def __init__(self, batch_id: str) -> None:
+        self.batch_id = batch_id
+        self.rows = 0
+        self.pending: list[int] = []
+        self._last_row_number = -1
+        self._sha256 = hashlib.sha256(f'{{"batch_id":{canonical_json(batch_id)},"rows":['.encode("utf-8"))
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The next row decisions (mappings of the ``row_decisions`` columns), in row order."""
+        if not rows:
+            return
+        numbers = [row["row_number"] for row in rows]
+        if numbers[0] < self._last_row_number or any(a > b for a, b in zip(numbers, numbers[1:])):
+            raise ValueError("row decisions must be added in row order")
+        fields = [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
+                   row["reasons"], row["scores"]] for row in rows]
+        text = canonical_json(fields)[1:-1]  # the elements of a list, so that slices concatenate
+        self._sha256.update(((b"," if self.rows else b"") + text.encode("utf-8")))
+        self.rows += len(rows)
+        self.pending += [row["row_number"] for row in rows if row["initial_status"] == "pending"]
+        self._last_row_number = numbers[-1]
+
+    def hexdigest(self) -> str:
+        closed = self._sha256.copy()
+        closed.update(b"]}")
+        return closed.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "rows": self.rows, "pending": list(self.pending)}
 
 
 def review_payload(action: ReviewActionRow) -> dict[str, Any]:

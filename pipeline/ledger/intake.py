@@ -15,8 +15,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 
 from pipeline.io import sha256_file
@@ -32,10 +33,13 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass(frozen=True)
 class ScanIntake:
-    """A batch's fields (all but its id) and its row decisions, ordered by row number."""
+    """A batch's fields (all but its id) and its row decisions, checked, ordered by row number
+    and handed out a slice at a time: a row decision as a dict is about 1 kB, so 10^6 of them at
+    once would be most of a large scan's memory."""
 
     batch: dict[str, Any]
-    decisions: list[dict[str, Any]]  # row_number, initial_status, suspicion, reasons, scores
+    scores: pd.DataFrame  # row_number, suspicion, quarantined, then one column per detector score
+    reasons: Mapping[int, list[str]]  # of the quarantined rows
 
     @property
     def dataset(self) -> str:
@@ -44,6 +48,23 @@ class ScanIntake:
     @property
     def sha256(self) -> str:
         return str(self.batch["sha256"])
+
+    def decision_slices(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        """Row decisions in row order, ``size`` at a time: row_number, initial_status, suspicion,
+        reasons, scores."""
+        score_columns = [c for c in self.scores.columns if c not in _DECISION_COLUMNS]
+        for start in range(0, len(self.scores), size):
+            part = self.scores.iloc[start:start + size]
+            values = part[score_columns].to_numpy(dtype=float, na_value=math.nan)
+            numbers = part[ROW_NUMBER].to_numpy(dtype="int64")
+            held = part["quarantined"].to_numpy(dtype=bool)
+            yield [{ROW_NUMBER: int(number),
+                    "initial_status": (RowStatus.PENDING if pending else RowStatus.ACCEPTED).value,
+                    "suspicion": float(suspicion),
+                    "reasons": self.reasons.get(int(number), []) if pending else [],
+                    "scores": {c: _finite(v) for c, v in zip(score_columns, row_values)}}
+                   for number, pending, suspicion, row_values
+                   in zip(numbers, held, part["suspicion"].to_numpy(dtype=float), values)]
 
 
 def read_scan_folder(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -90,41 +111,33 @@ def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.Dat
         raise refuse(f"scores lack the column(s) {', '.join(missing)}")
     if ROW_NUMBER not in quarantined.columns or "reasons" not in quarantined.columns:
         raise refuse("quarantined rows lack the columns row_number and reasons")
-    numbers = scores[ROW_NUMBER].astype("int64")
-    if numbers.duplicated().any():
-        raise refuse(f"row {int(numbers[numbers.duplicated()].iloc[0])} has more than one score row")
-    if sorted(numbers) != list(range(batch["rows"])):
+    numbers = scores[ROW_NUMBER].astype("int64").to_numpy()
+    ordered_numbers = np.sort(numbers)
+    repeated = ordered_numbers[1:][ordered_numbers[1:] == ordered_numbers[:-1]]
+    if len(repeated):
+        raise refuse(f"row {int(repeated[0])} has more than one score row")
+    if not np.array_equal(ordered_numbers, np.arange(batch["rows"])):
         raise refuse(f"scores cover {len(numbers)} rows but the summary counts {batch['rows']} (row numbers 0..n-1)")
-    held = set(numbers[scores["quarantined"].astype(bool).to_numpy()])
-    listed = set(quarantined[ROW_NUMBER].astype("int64"))
+    held = set(numbers[scores["quarantined"].astype(bool).to_numpy()].tolist())
+    listed = set(quarantined[ROW_NUMBER].astype("int64").tolist())
     if held != listed:
         differing = sorted(held ^ listed)
         raise refuse(f"row {differing[0]} is quarantined in one output but not the other")
     if len(held) != batch["quarantined"] or batch["rows"] - len(held) != batch["accepted"]:
         raise refuse("the summary's accepted/quarantined counts disagree with the scores")
-
-    reasons = {int(r): _strings(v) for r, v in zip(quarantined[ROW_NUMBER], quarantined["reasons"])}
     score_columns = [c for c in scores.columns if c not in _DECISION_COLUMNS]
-    ordered = scores.sort_values(ROW_NUMBER, kind="stable")
     try:
-        detector_values = ordered[score_columns].to_numpy(dtype=float, na_value=math.nan)
+        for column in score_columns:  # a column at a time: a float copy of all of them is 80 MB per 10^6 rows
+            scores[column].to_numpy(dtype=float, na_value=math.nan)
     except (TypeError, ValueError):
         raise refuse(f"the score columns {', '.join(map(str, score_columns))} must all be numeric") from None
-    decisions = []
-    for i, (number, suspicion) in enumerate(zip(ordered[ROW_NUMBER].astype("int64"), ordered["suspicion"])):
-        number = int(number)
-        suspicion = float(suspicion)
-        if not math.isfinite(suspicion):
-            raise refuse(f"row {number} has no finite suspicion")
-        pending = number in held
-        decisions.append({
-            ROW_NUMBER: number,
-            "initial_status": (RowStatus.PENDING if pending else RowStatus.ACCEPTED).value,
-            "suspicion": suspicion,
-            "reasons": reasons.get(number, []) if pending else [],
-            "scores": {c: _finite(v) for c, v in zip(score_columns, detector_values[i])},
-        })
-    return ScanIntake(batch, decisions)
+    suspicion = pd.to_numeric(scores["suspicion"], errors="coerce").to_numpy(dtype=float, na_value=math.nan)
+    if not np.isfinite(suspicion).all():
+        raise refuse(f"row {int(numbers[~np.isfinite(suspicion)][0])} has no finite suspicion")
+
+    reasons = {int(r): _strings(v) for r, v in zip(quarantined[ROW_NUMBER], quarantined["reasons"])}
+    ordered = scores if np.all(numbers[1:] > numbers[:-1]) else scores.sort_values(ROW_NUMBER, kind="stable")
+    return ScanIntake(batch, ordered, reasons)
 
 
 def _batch_fields(summary: Mapping[str, Any]) -> dict[str, Any]:

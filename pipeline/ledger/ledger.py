@@ -26,10 +26,9 @@ from sqlalchemy.orm import Session
 
 from pipeline.ledger.chain import (
     GENESIS_HASH,
+    DecisionsDigest,
     EntryKind,
     batch_payload,
-    decisions_payload,
-    decisions_summary,
     digest,
     entry_hash,
     review_payload,
@@ -73,13 +72,18 @@ CURRENT_STATUS: ColumnElement[str] = case(
 
 
 class _Entry(NamedTuple):
-    """A ledger entry to be chained: what it covers, and its readable copy when that is not
-    the payload itself."""
+    """A ledger entry to be chained: the digest of what it covers, and its readable copy (the
+    payload itself for batches and reviews, a summary for a batch's decisions)."""
 
     kind: EntryKind
     subject: str
-    payload: Any
-    recorded: dict[str, Any] | None = None
+    payload_digest: str
+    recorded: dict[str, Any]
+
+    @classmethod
+    def whole(cls, kind: EntryKind, subject: str, payload: dict[str, Any]) -> "_Entry":
+        """An entry whose readable copy is its payload."""
+        return cls(kind, subject, digest(payload), payload)
 
 
 def _utc_now() -> dt.datetime:
@@ -150,16 +154,17 @@ class Ledger:
         batch = Batch(id=self._free_batch_id(session, scan), **scan.batch)
         session.add(batch)
         session.flush()
-        rows = scan.decisions  # completed in place: a copy of 10^6 row dicts would double the peak
-        for row in rows:
-            row.update(id=row_id(batch.id, row["row_number"]), batch_id=batch.id, dataset=batch.dataset)
-        # Core's executemany, not the ORM's bulk insert (10^6 rows took 47 s through the ORM), in
-        # slices so that the driver's copy of the parameters never holds every row at once
-        for start in range(0, len(rows), _INSERT_SLICE):
-            session.execute(insert(RowDecision.__table__), rows[start:start + _INSERT_SLICE])
+        decisions = DecisionsDigest(batch.id)
+        # A slice at a time through Core's executemany (the ORM's bulk insert took 47 s for 10^6
+        # rows); the digest is taken from the same slices, so no step holds every row at once.
+        for rows in scan.decision_slices(_INSERT_SLICE):
+            for row in rows:
+                row.update(id=row_id(batch.id, row["row_number"]), batch_id=batch.id, dataset=batch.dataset)
+            session.execute(insert(RowDecision.__table__), rows)
+            decisions.add(rows)
         self._append(session, [
-            _Entry(EntryKind.BATCH, batch.id, batch_payload(batch)),
-            _Entry(EntryKind.DECISIONS, batch.id, decisions_payload(batch.id, rows), decisions_summary(batch.id, rows)),
+            _Entry.whole(EntryKind.BATCH, batch.id, batch_payload(batch)),
+            _Entry(EntryKind.DECISIONS, batch.id, decisions.hexdigest(), decisions.summary()),
         ])
         return batch.id
 
@@ -289,7 +294,7 @@ class Ledger:
                        for target in ids]
             session.add_all(reviews)
             session.flush()
-            self._append(session, [_Entry(EntryKind.REVIEW, r.row_id, review_payload(r)) for r in reviews])
+            self._append(session, [_Entry.whole(EntryKind.REVIEW, r.row_id, review_payload(r)) for r in reviews])
             return [_review_record(r) for r in reviews]
 
         try:
@@ -326,12 +331,10 @@ class Ledger:
         sequence, prev_hash = (last.sequence, last.entry_hash) if last else (0, GENESIS_HASH)
         for entry in entries:
             sequence += 1
-            payload_digest = digest(entry.payload)
-            new_hash = entry_hash(prev_hash, sequence, entry.kind.value, entry.subject, payload_digest)
+            new_hash = entry_hash(prev_hash, sequence, entry.kind.value, entry.subject, entry.payload_digest)
             session.add(LedgerEntry(
-                sequence=sequence, kind=entry.kind.value, subject=entry.subject, payload_digest=payload_digest,
-                recorded=entry.payload if entry.recorded is None else entry.recorded, prev_hash=prev_hash,
-                entry_hash=new_hash))
+                sequence=sequence, kind=entry.kind.value, subject=entry.subject, payload_digest=entry.payload_digest,
+                recorded=entry.recorded, prev_hash=prev_hash, entry_hash=new_hash))
             prev_hash = new_hash
         session.flush()
 

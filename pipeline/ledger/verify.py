@@ -16,15 +16,15 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.chain import (
     GENESIS_HASH,
+    DecisionsDigest,
     EntryKind,
     batch_payload,
-    decisions_payload,
-    decisions_summary,
     digest,
     entry_hash,
     review_payload,
@@ -37,11 +37,22 @@ _PLAIN = re.compile(r"^[\w.:@+-]+$")
 _FREE_TEXT = {"reason", "file"}
 
 
-def decision_rows(session: Session, batch_id: str) -> list[dict[str, Any]]:
-    """A batch's row decisions as plain mappings, the form ``chain.decisions_payload`` digests."""
+_READ_SLICE = 50_000
+
+
+def read_decisions(session: Session, batch_id: str) -> tuple[DecisionsDigest, np.ndarray]:
+    """A batch's row decisions as they are now, read in row order a slice at a time: their
+    digest and summary, and every row number (to tell an accepted row from a deleted one)."""
     columns = (RowDecision.id, RowDecision.dataset, RowDecision.row_number, RowDecision.initial_status,
                RowDecision.suspicion, RowDecision.reasons, RowDecision.scores)
-    return [dict(row) for row in session.execute(select(*columns).where(RowDecision.batch_id == batch_id)).mappings()]
+    query = (select(*columns).where(RowDecision.batch_id == batch_id).order_by(RowDecision.row_number)
+             .execution_options(yield_per=_READ_SLICE))
+    decisions, numbers = DecisionsDigest(batch_id), []
+    for part in session.execute(query).mappings().partitions():
+        rows = [dict(row) for row in part]
+        decisions.add(rows)
+        numbers.append(np.fromiter((row["row_number"] for row in rows), dtype=np.int64, count=len(rows)))
+    return decisions, np.concatenate(numbers) if numbers else np.array([], dtype=np.int64)
 
 
 def find_problems(session: Session, expected_head: ChainHead | None = None) -> list[str]:
@@ -71,7 +82,7 @@ def find_problems(session: Session, expected_head: ChainHead | None = None) -> l
             problems += _check_copy(where, entry, review_payload(action) if action else None,
                                     "the review action is missing from the review_actions table")
         elif entry.kind == EntryKind.DECISIONS.value:
-            problems += _check_decisions(where, entry, decision_rows(session, entry.subject))
+            problems += _check_decisions(where, entry, *read_decisions(session, entry.subject))
         else:
             problems.append(f"{where}: unknown kind of entry {entry.kind!r}")
         prev_hash, expected_sequence = entry.entry_hash, entry.sequence + 1
@@ -127,11 +138,11 @@ def _short(value: Any) -> str:
     return f"{value[:12]}…" if isinstance(value, str) else "nothing"
 
 
-def _check_decisions(where: str, entry: LedgerEntry, rows: list[dict[str, Any]]) -> list[str]:
+def _check_decisions(where: str, entry: LedgerEntry, decisions: DecisionsDigest, row_numbers: np.ndarray) -> list[str]:
     """A batch's decisions share one digest; the readable copy (row count and pending rows)
     names the rows whose status changed. Other edits are reported without naming the row."""
-    current = decisions_summary(entry.subject, rows)
-    if digest(decisions_payload(entry.subject, rows)) == entry.payload_digest:
+    current = decisions.summary()
+    if decisions.hexdigest() == entry.payload_digest:
         if current != entry.recorded:
             return [f"{where}: its recorded summary was edited (the decisions themselves are intact)"]
         return []
@@ -140,13 +151,13 @@ def _check_decisions(where: str, entry: LedgerEntry, rows: list[dict[str, Any]])
     if recorded.get("rows") != current["rows"]:
         problems.append(f"{where}: the batch had {recorded.get('rows')} row decisions when recorded, "
                         f"now {current['rows']} (rows were deleted or added)")
-    status = {row["row_number"]: row["initial_status"] for row in rows}
     pending = recorded.get("pending")
     was_pending = {n for n in pending if isinstance(n, int)} if isinstance(pending, list) else set()
+    now_pending = set(current["pending"])
     changed = []
-    for number in sorted(was_pending | set(current["pending"])):
+    for number in sorted(was_pending | now_pending):
         before = "pending" if number in was_pending else "accepted"
-        after = status.get(number, "deleted")
+        after = "pending" if number in now_pending else "accepted" if _holds(row_numbers, number) else "deleted"
         if before != after:
             changed.append(f"row {entry.subject}:{number} was recorded as {before}, now {after}")
     if changed:
@@ -154,6 +165,11 @@ def _check_decisions(where: str, entry: LedgerEntry, rows: list[dict[str, Any]])
         problems.append(f"{where}: " + "; ".join(changed[:_MAX_ROWS_NAMED]) + more)
     return problems or [f"{where}: the suspicion, reasons, scores or dataset of a row decision changed "
                         "since it was recorded"]
+
+
+def _holds(ordered: np.ndarray, number: int) -> bool:
+    position = int(np.searchsorted(ordered, number))
+    return position < len(ordered) and int(ordered[position]) == number
 
 
 def _readable_copy(entry: LedgerEntry) -> dict[str, Any]:
