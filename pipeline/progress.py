@@ -3,7 +3,8 @@
     poisonguard: validated            1,000,000 rows    14.2 s      70,400 rows/s   peak 1.21 GiB
 
 The scan flow reports the stage boundaries it passes, which are also its crash points
-(``pipeline.faults``); the time is since the previous boundary, the peak is the process's largest
+(``pipeline.faults``; reporting one a task has passed already is harmless, a crash point
+fires once); the time is since the previous boundary, the peak is the process's largest
 resident set so far (so the stage that raises it is the one to look at). The CLI turns this on when stderr
 is a terminal (``--progress`` / ``--no-progress`` choose); the library default is silent.
 """
