@@ -183,11 +183,11 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         progress.reached("scan.outputs_built")
         del conformed, scores, decisions  # the outputs hold what is kept
         staging, files = stage(outputs, request, settings, batch, trusted, run_id)
-        progress.reached("scan.results_logged")
+        progress.passed("scan.results_logged")
         summary = outputs.summary
         del outputs  # written; recording 10^6 rows in the ledger needs the room
         committed = record(staging, files, request, settings, batch)
-        progress.reached("scan.delivered")
+        progress.passed("scan.delivered")
     except BaseException:
         provenance.finish_run(settings.tracking_uri, run_id, "FAILED")
         raise

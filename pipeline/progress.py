@@ -3,8 +3,7 @@
     poisonguard: validated            1,000,000 rows    14.2 s      70,400 rows/s   peak 1.21 GiB
 
 The scan flow reports the stage boundaries it passes, which are also its crash points
-(``pipeline.faults``; reporting one a task has passed already is harmless, a crash point
-fires once); the time is since the previous boundary, the peak is the process's largest
+(``pipeline.faults``); the time is since the previous boundary, the peak is the process's largest
 resident set so far (so the stage that raises it is the one to look at). The CLI turns this on when stderr
 is a terminal (``--progress`` / ``--no-progress`` choose); the library default is silent.
 """
@@ -29,6 +28,11 @@ class StageProgress:
     def reached(self, point: str) -> None:
         """The stage that ends at crash point ``point`` (e.g. "scan.validated") is done."""
         checkpoint(point)
+        self.passed(point)
+
+    def passed(self, point: str) -> None:
+        """Report the stage ending at ``point`` without being that crash point: for a point a task
+        has passed already (each crash point is placed once in the scan code)."""
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         if self.enabled:
