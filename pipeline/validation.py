@@ -362,9 +362,9 @@ def _as_text(raw: pd.Series) -> pd.Series:
         # already text: one Python str per distinct value, shared by its cells (a str per cell is
         # ~60 bytes, 360 MB for six columns of 10^6 rows)
         codes, distinct = pd.factorize(raw)
-        values = np.asarray(distinct, dtype=object)[np.maximum(codes, 0)] if len(distinct) else \
-            np.empty(len(raw), dtype=object)
-        values[codes < 0] = None
+        values = np.empty(len(raw), dtype=object)  # None where missing (code -1)
+        known = codes >= 0
+        values[known] = np.asarray(distinct, dtype=object)[codes[known]]
         return pd.Series(values, index=raw.index, dtype=object)
     return pd.Series([text(v) for v in raw.to_numpy(dtype=object)], index=raw.index, dtype=object)
 

@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import Detector, FeatureSpec, Interval
-from pipeline.detectors.features import ENCODE_SLICE_ROWS, encode, feature_frame, make_encoder
+from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.detectors.triggers import upper_tail_pvalue
 
 _SMALLEST_P = 1e-300
@@ -111,7 +111,10 @@ class DuplicateFlood(Detector):
         classes = [label for label in self.trusted_ if label is not None]
         groups: dict[str | None, np.ndarray] = {label: (labels == label) for label in classes}
         groups[None] = ~np.isin(labels, classes)
-        encoded = self._encode_groups(batch, groups)
+        # each label group encoded straight into its own matrix: a whole-batch matrix beside the
+        # groups' copies of it would double a large scan's largest allocation (360 MB per 10^6 rows)
+        encoded = {label: encode(self.encoder_, batch, spec, np.flatnonzero(rows))
+                   for label, rows in groups.items() if rows.any()}
         # Exact copies first: rows merely near a flood of exact copies would otherwise count the
         # copies and be flagged with them (spam7: 10 clean rows beside a 73-copy flood). Rows
         # flagged as copies are set aside before the near-identical test. Each test gets half of
@@ -142,22 +145,6 @@ class DuplicateFlood(Detector):
                         reasons[row] = text
         return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
                              "flagged": flagged, "reason": reasons})
-
-    def _encode_groups(self, batch: pd.DataFrame, groups: dict[str | None, np.ndarray]) -> dict[str | None, np.ndarray]:
-        """Each label group's rows encoded, in row order, a slice of the batch at a time straight
-        into the group's own matrix: a whole-batch matrix beside the groups' copies of it would
-        double the largest allocation of a large scan (360 MB per 10^6 rows of 45 features)."""
-        matrices: list[np.ndarray] = []
-        filled = [0] * len(groups)
-        for start in range(0, len(batch), ENCODE_SLICE_ROWS):
-            part = encode(self.encoder_, batch.iloc[start:start + ENCODE_SLICE_ROWS], self.spec_)
-            if not matrices:
-                matrices = [np.empty((int(rows.sum()), part.shape[1])) for rows in groups.values()]
-            for g, rows in enumerate(groups.values()):
-                chosen = part[rows[start:start + ENCODE_SLICE_ROWS]]
-                matrices[g][filled[g]:filled[g] + len(chosen)] = chosen
-                filled[g] += len(chosen)
-        return dict(zip(groups, matrices))
 
     def _close(self, encoded: dict[str | None, np.ndarray], groups: dict[str | None, np.ndarray],
                include: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:

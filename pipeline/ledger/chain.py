@@ -105,7 +105,7 @@ class DecisionsDigest:
         fields = [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
                    row["reasons"], row["scores"]] for row in rows]
         text = canonical_json(fields)[1:-1]  # the elements of a list, so that slices concatenate
-        self._sha256.update(((b"," if self.rows else b"") + text.encode("utf-8")))
+        self._sha256.update((b"," if self.rows else b"") + text.encode("utf-8"))
         self.rows += len(rows)
         self.pending += [row["row_number"] for row in rows if row["initial_status"] == "pending"]
         self._last_row_number = numbers[-1]
