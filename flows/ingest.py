@@ -16,9 +16,10 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipeline import detectors as registry
 from pipeline import provenance, scan
 from pipeline.config import Settings
-from pipeline.detectors import Detector, score_all
+from pipeline.detectors import ChunkResult, Detector
 from pipeline.errors import PoisonguardError
 from pipeline.faults import checkpoint
 from pipeline.io import LoadedTable
@@ -33,7 +34,7 @@ load_trusted = step(scan.load_trusted)
 validate_batch = step(scan.validate_batch)
 fit_detectors = step(scan.fit_detectors)
 fit_checks = step(scan.fit_checks)
-score_chunk = task(score_all, name="score-chunk", cache_policy=NO_CACHE, persist_result=False)
+read_chunk = task(registry.read_chunk, name="read-chunk", cache_policy=NO_CACHE, persist_result=False)
 check_batch = step(scan.check_batch)
 source_history = step(provenance.source_history)
 check_source = step(scan.check_source)
@@ -43,9 +44,9 @@ confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
 
 
-def score_chunks_as_tasks(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[dict[str, pd.DataFrame]]:
+def read_chunks_as_tasks(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[ChunkResult]:
     """One task per chunk, run by the flow's task runner (``task_runner``)."""
-    return [future.result() for future in score_chunk.map(unmapped(detectors), chunks)]
+    return [future.result() for future in read_chunk.map(unmapped(detectors), chunks)]
 
 
 def task_runner(settings: Settings):
@@ -168,7 +169,7 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         detectors = fit_detectors(trusted, settings)
         progress.reached("scan.detectors_fitted")
         scores = scan.score_batch(detectors, conformed, outcome.batch_findings, settings.chunk_rows,
-                                  score_chunks_as_tasks)
+                                  read_chunks_as_tasks)
         progress.reached("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")

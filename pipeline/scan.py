@@ -21,7 +21,7 @@ from pipeline import __version__
 from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, content_keys, decide
-from pipeline.detectors import ChunkMap, FeatureSpec, build_detectors, fit_all, score_all, score_each, score_in_chunks
+from pipeline.detectors import ChunkMap, FeatureSpec, build_detectors, fit_all, read_each, score_all, score_in_chunks
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings
@@ -259,7 +259,7 @@ def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: Valid
 
 
 def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding],
-                chunk_rows: int = 100_000, map_chunks: ChunkMap = score_each) -> dict[str, pd.DataFrame]:
+                chunk_rows: int = 100_000, map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
     """Every detector's scores; row-scoped detectors see ``chunk_rows`` rows at a time, through
     ``map_chunks`` (see ``detectors.score_in_chunks``)."""
     # A batch that fails its schema is held whole; scoring columns it may not have means nothing.

@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from pipeline.detectors import DETECTORS, SCORE_COLUMNS, FeatureSpec
-from pipeline.detectors.base import InvalidParameter
+from pipeline.detectors.base import InvalidParameter, concat_summaries
 from pipeline.io import ROW_NUMBER
 from pipeline.validation import column_kinds
 from tests.conftest import SAMPLES
@@ -69,7 +69,7 @@ def _ids(name: str, check: str) -> str:
 
 CHECKS = ["score_before_fit_raises", "fit_returns_self", "one_result_per_row", "calibrated_in_unit_interval",
           "score_does_not_mutate", "refit_is_deterministic", "rejects_bad_parameter", "beats_chance_on_planted",
-          "row_scores_ignore_chunking"]
+          "scores_ignore_chunking"]
 
 
 @pytest.mark.parametrize("name,check", [(n, c) for n in DETECTORS for c in CHECKS],
@@ -110,12 +110,21 @@ def test_detector_contract(name, check, planted):
     elif check == "refit_is_deterministic":
         other = cls().fit(reference, spec, holdout).score(batch)
         pd.testing.assert_frame_equal(result, other)
-    elif check == "row_scores_ignore_chunking":
-        # score_in_chunks relies on this for row-scoped detectors: a row's score is its own
-        if not cls.chunkable:
-            pytest.skip("compares batch rows with each other, so it always sees the whole batch")
-        pieces = pd.concat([detector.score(batch.iloc[start:start + 37]) for start in range(0, len(batch), 37)],
-                           ignore_index=True)
+    elif check == "scores_ignore_chunking":
+        # score_in_chunks relies on this: a row-scoped detector's score of a row is its own, and a
+        # batch-scoped one's summaries of chunks make the whole batch's
+        chunks = [batch.iloc[start:start + 37] for start in range(0, len(batch), 37)]
+        if cls.chunkable:
+            pieces = pd.concat([detector.score(chunk) for chunk in chunks], ignore_index=True)
+        else:
+            fetched = []
+
+            def fetch(positions):
+                fetched.append(len(positions))
+                return batch.iloc[positions]
+
+            pieces = detector.score_summary(concat_summaries([detector.summarise(chunk) for chunk in chunks]), fetch)
+            assert sum(fetched) < len(batch) / 2, "a summary must not need the batch fetched back"
         pd.testing.assert_frame_equal(result, pieces)
     elif check == "beats_chance_on_planted":
         target = truth[cls.detects]

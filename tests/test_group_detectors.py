@@ -12,7 +12,7 @@ from scipy.special import logsumexp
 from scipy.stats import betabinom
 
 from pipeline.detectors.base import FeatureSpec
-from pipeline.detectors.duplicates import CloseCounter, DuplicateFlood, _holm, _principal_axes
+from pipeline.detectors.duplicates import CloseCounter, DuplicateFlood, _holm, _principal_axes, _row_keys, _Rows
 from pipeline.detectors.triggers import Binning, TriggerPattern, upper_tail_pvalue
 from pipeline.io import ROW_NUMBER
 from pipeline.validation import column_kinds
@@ -271,6 +271,15 @@ def test_rows_without_a_label_are_compared_with_every_row():
                                          "identical to it")
 
 
+def _described(points: np.ndarray, axes: np.ndarray, loaded: list[int]) -> _Rows:
+    """Rows as a batch summary describes them; ``loaded`` records how many are fetched whole."""
+    def load(positions):
+        loaded.append(len(positions))
+        return points[positions]
+
+    return _Rows(_row_keys(points), points @ axes, np.arange(len(points)), load)
+
+
 def test_close_counts_screened_by_projection_equal_brute_force():
     rng = np.random.default_rng(3)
     points = np.round(rng.normal(size=(400, 12)), 1)  # many ties and near-ties
@@ -279,10 +288,14 @@ def test_close_counts_screened_by_projection_equal_brute_force():
     distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2)
     counter = CloseCounter(points, axes)
     for radius in (0.0, 0.25, 0.95, 2.55):  # off the 0.1 grid, where numpy and a KD-tree may round apart
-        np.testing.assert_array_equal(counter.count(points, radius, itself=True), (distances <= radius).sum(axis=1))
+        loaded: list[int] = []
+        among = _described(points, axes, loaded).count_among(radius)
+        np.testing.assert_array_equal(among, (distances <= radius).sum(axis=1) - 1)
+        if radius == 0.25:  # the 50 copies and the rows this close in projection; the rest are screened out
+            assert 50 <= sum(loaded) < len(points) / 2
         queries = points[:40] + 0.05
         expected = (np.linalg.norm(queries[:, None, :] - points[None, :, :], axis=2) <= radius).sum(axis=1)
-        np.testing.assert_array_equal(counter.count(queries, radius), expected)
+        np.testing.assert_array_equal(counter.count(_described(queries, axes, []), radius), expected)
 
 
 def test_holm_adjustment_on_a_worked_example():

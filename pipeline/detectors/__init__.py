@@ -9,7 +9,15 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from pipeline.detectors.base import SCORE_COLUMNS, Detector, FeatureSpec, conformal_pvalues
+from pipeline.detectors.base import (
+    SCORE_COLUMNS,
+    Detector,
+    FeatureSpec,
+    RowFetch,
+    Summary,
+    concat_summaries,
+    conformal_pvalues,
+)
 from pipeline.detectors.duplicates import DuplicateFlood
 from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
@@ -55,32 +63,48 @@ def score_all(detectors: dict[str, Detector], batch: pd.DataFrame) -> dict[str, 
     return {name: detector.score(batch) for name, detector in detectors.items()}
 
 
-# Scores a list of chunks with the same detectors: in turn (``score_each``), on threads, or on a
-# Dask cluster (the ingest flow passes its Prefect task runner's map).
-ChunkMap = Callable[[dict[str, Detector], list[pd.DataFrame]], list[dict[str, pd.DataFrame]]]
+# What one chunk of a batch gives each detector: a row-scoped detector's scores of its rows, a
+# batch-scoped detector's summary of them.
+ChunkResult = dict[str, pd.DataFrame | Summary]
+# Reads a list of chunks with the same detectors (``read_chunk``): in turn (``read_each``), on
+# threads, or on a Dask cluster (the ingest flow passes its Prefect task runner's map).
+ChunkMap = Callable[[dict[str, Detector], list[pd.DataFrame]], list[ChunkResult]]
 
 
-def score_each(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[dict[str, pd.DataFrame]]:
-    return [score_all(detectors, chunk) for chunk in chunks]
+def read_chunk(detectors: dict[str, Detector], chunk: pd.DataFrame) -> ChunkResult:
+    """One pass over a chunk: row-scoped detectors score it, batch-scoped ones summarise it."""
+    return {name: d.score(chunk) if d.chunkable else d.summarise(chunk) for name, d in detectors.items()}
+
+
+def read_each(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[ChunkResult]:
+    return [read_chunk(detectors, chunk) for chunk in chunks]
 
 
 def score_in_chunks(detectors: dict[str, Detector], batch: pd.DataFrame, chunk_rows: int,
-                    map_chunks: ChunkMap = score_each) -> dict[str, pd.DataFrame]:
-    """``score_all``, with chunkable detectors fed ``chunk_rows`` rows at a time.
+                    map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
+    """``score_all``, reading the batch ``chunk_rows`` rows at a time (``read_chunk``), in
+    parallel where ``map_chunks`` is.
 
-    A ``chunkable`` detector's score of a row depends on that row alone (the conformance suite
-    checks it), so chunks change nothing but peak memory, and may be scored in parallel. The
-    others (floods, triggers, RONI) compare batch rows with each other and see the whole batch.
+    A row-scoped detector's score of a row depends on that row alone, and a batch-scoped one's
+    summaries of consecutive chunks concatenate to the whole batch's (the conformance suite
+    checks both), so chunks change nothing but peak memory.
     """
-    row_scoped = {name: d for name, d in detectors.items() if d.chunkable}
+    chunks = [batch.iloc[start:start + chunk_rows] for start in range(0, len(batch), chunk_rows)] or [batch]
+    return combine_chunks(detectors, map_chunks(detectors, chunks), lambda positions: batch.iloc[positions])
+
+
+def combine_chunks(detectors: dict[str, Detector], parts: list[ChunkResult], fetch: RowFetch) -> dict[str, pd.DataFrame]:
+    """Every detector's scores of the batch, from what its chunks gave (``read_chunk``, in batch
+    order); ``fetch`` returns batch rows by position, for the few a batch-scoped detector must
+    see whole. Each detector's parts are let go once combined."""
     scores: dict[str, pd.DataFrame] = {}
-    if row_scoped:
-        chunks = [batch.iloc[start:start + chunk_rows] for start in range(0, len(batch), chunk_rows)] or [batch]
-        parts = map_chunks(row_scoped, chunks)
-        scores = {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in row_scoped}
-    scores.update(score_all({name: d for name, d in detectors.items() if name not in row_scoped}, batch))
-    return {name: scores[name] for name in detectors}
+    for name, detector in detectors.items():
+        mine = [part.pop(name) for part in parts]
+        scores[name] = pd.concat(mine, ignore_index=True) if detector.chunkable else \
+            detector.score_summary(concat_summaries(mine), fetch)
+    return scores
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "ChunkMap", "Detector", "FeatureSpec",
-           "build_detectors", "conformal_pvalues", "fit_all", "score_all", "score_each", "score_in_chunks"]
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "ChunkMap", "ChunkResult", "Detector", "FeatureSpec",
+           "RowFetch", "Summary", "build_detectors", "combine_chunks", "conformal_pvalues", "fit_all", "read_chunk",
+           "read_each", "score_all", "score_in_chunks"]

@@ -12,6 +12,11 @@ batch row with the columns in ``SCORE_COLUMNS``:
   detector flags on its own, and every held row needs its reasons.
 
 Scoring never writes to ``self``; learned state ends in ``_``.
+
+A row-scoped detector (``chunkable``) scores any run of rows on its own. A batch-scoped one
+compares batch rows with each other, yet must not need the batch in memory: it scores from a
+``Summary``, a few bytes of state per row that ``summarise`` takes from any run of rows, and
+that concatenates across chunks; ``score_summary`` may fetch back the few rows it must see whole.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, ClassVar, Self
+from typing import Any, Callable, ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,14 @@ from pipeline.io import ROW_NUMBER
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
 # The policy's threshold on a fused p-value never exceeds this (its parameters are capped there).
 REASON_PVALUE = 0.5
+# A batch-scoped detector's state of each row: arrays whose first axis is the batch's rows, one
+# of them the rows' ROW_NUMBER. Summaries of consecutive chunks concatenate (``concat_summaries``).
+Summary = dict[str, np.ndarray]
+# Positions in the summarised batch -> those rows of the batch, in that order.
+RowFetch = Callable[[np.ndarray], pd.DataFrame]
+# ``summarise`` works through this many rows at a time, so its temporaries (an encoding of every
+# row) stay a slice's worth however long the chunk.
+SUMMARY_SLICE_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -123,18 +136,58 @@ class Detector(ABC):
 
     def score(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Score every batch row; returns a frame with ``SCORE_COLUMNS``, one row per batch row."""
-        if not hasattr(self, "spec_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call fit(reference, spec) first.")
+        self._check_fitted()
+        if not self.chunkable:
+            return self.score_summary(self.summarise(batch), lambda positions: batch.iloc[positions])
         result = self._score(batch)
         result.insert(0, ROW_NUMBER, batch[ROW_NUMBER].to_numpy())
         return result[SCORE_COLUMNS].reset_index(drop=True)
 
+    def summarise(self, chunk: pd.DataFrame) -> Summary:
+        """A batch-scoped detector's state of each row of ``chunk``: what ``score_summary`` scores
+        the batch from once every chunk has been summarised."""
+        self._check_fitted()
+        parts = [{ROW_NUMBER: chunk[ROW_NUMBER].to_numpy()[start:start + SUMMARY_SLICE_ROWS],
+                  **self._summarise(chunk.iloc[start:start + SUMMARY_SLICE_ROWS])}
+                 for start in range(0, len(chunk), SUMMARY_SLICE_ROWS)]
+        return concat_summaries(parts) if parts else {ROW_NUMBER: chunk[ROW_NUMBER].to_numpy()}
+
+    def score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        """``score`` of the summarised batch; ``fetch`` returns the batch rows at given positions,
+        for the few rows a detector must see whole (near-copies, to measure their distances)."""
+        self._check_fitted()
+        rows = summary[ROW_NUMBER]
+        if len(rows) == 0:
+            result = pd.DataFrame({"score": np.zeros(0), "calibrated": np.zeros(0), "flagged": np.zeros(0, bool),
+                                   "reason": np.zeros(0, object)})
+        else:
+            result = self._score_summary(summary, fetch)
+        result.insert(0, ROW_NUMBER, rows)
+        return result[SCORE_COLUMNS].reset_index(drop=True)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "spec_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call fit(reference, spec) first.")
+
     @abstractmethod
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None: ...
 
-    @abstractmethod
     def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Return ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order."""
+        """Row-scoped detectors: ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order."""
+        raise NotImplementedError(f"{type(self).__name__} is row-scoped and must implement _score.")
+
+    def _summarise(self, chunk: pd.DataFrame) -> Summary:
+        """Batch-scoped detectors: the state of each row of ``chunk`` (ROW_NUMBER is added)."""
+        raise NotImplementedError(f"{type(self).__name__} is batch-scoped and must implement _summarise.")
+
+    def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        """Batch-scoped detectors: what ``_score`` returns, for the summarised (non-empty) batch."""
+        raise NotImplementedError(f"{type(self).__name__} is batch-scoped and must implement _score_summary.")
+
+
+def concat_summaries(parts: list[Summary]) -> Summary:
+    """The summary of consecutive chunks, from theirs."""
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:

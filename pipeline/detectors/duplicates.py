@@ -14,8 +14,9 @@ run twice: for exact copies (radius 0), then, on the rows left, for near-identic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval
+from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.detectors.triggers import upper_tail_pvalue
 
@@ -98,34 +99,47 @@ class DuplicateFlood(Detector):
         distances, _ = NearestNeighbors(n_neighbors=2).fit(encoded).kneighbors(encoded)
         return float(max(self.radius_fraction * np.median(distances[:, 1]), floor))
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        spec = self.spec_
-        n = len(batch)
-        if n == 0:
-            return pd.DataFrame({"score": np.zeros(0), "calibrated": np.zeros(0), "flagged": np.zeros(0, bool),
-                                 "reason": np.zeros(0, object)})
-        labels = batch[spec.label] if spec.label in batch.columns else pd.Series([None] * n, index=batch.index)
-        labels = np.array([None if pd.isna(v) else str(v) for v in labels.astype(object)], dtype=object)
+    def _summarise(self, chunk: pd.DataFrame) -> Summary:
+        """Each row's label group, a hash of its encoding (copies share it) and the encoding's
+        projection on the trusted principal axes: 90 bytes a row, a quarter of the encoding.
+        Distances are measured in full only between rows whose projections are that close,
+        which ``_Rows`` fetches back (in a clean 10^6-row batch, one row in 3,000)."""
+        encoded = encode(self.encoder_, chunk, self.spec_)
+        return {"group": self._group_codes(chunk), "key": _row_keys(encoded), "projected": encoded @ self.axes_}
+
+    def _group_codes(self, chunk: pd.DataFrame) -> np.ndarray:
+        """Index of the row's label among the trusted classes; -1 if missing or untrusted."""
+        if self.spec_.label not in chunk.columns:
+            return np.full(len(chunk), -1, dtype=np.int16)
+        labels = chunk[self.spec_.label]
+        text = labels.astype(object).where(labels.notna(), "").astype(str)
+        codes = pd.Index(self._classes()).get_indexer(text)
+        codes[labels.isna().to_numpy()] = -1
+        return codes.astype(np.int16)
+
+    def _classes(self) -> list[str]:
+        return [label for label in self.trusted_ if label is not None]
+
+    def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        n = len(summary["key"])
         # a copy repeats the label too: rows are compared with rows of their own label, and rows
         # whose label is missing or untrusted with every row
-        classes = [label for label in self.trusted_ if label is not None]
-        groups: dict[str | None, np.ndarray] = {label: (labels == label) for label in classes}
-        groups[None] = ~np.isin(labels, classes)
-        # each label group encoded straight into its own matrix: a whole-batch matrix beside the
-        # groups' copies of it would double a large scan's largest allocation (360 MB per 10^6 rows)
-        encoded = {label: encode(self.encoder_, batch, spec, np.flatnonzero(rows))
-                   for label, rows in groups.items() if rows.any()}
+        groups: dict[str | None, np.ndarray] = {label: summary["group"] == code
+                                                for code, label in enumerate(self._classes())}
+        groups[None] = summary["group"] < 0
+        rows = _Rows(summary["key"], summary["projected"], np.arange(n),
+                     lambda positions: encode(self.encoder_, fetch(positions), self.spec_))
         # Exact copies first: rows merely near a flood of exact copies would otherwise count the
         # copies and be flagged with them (spam7: 10 clean rows beside a 73-copy flood). Rows
         # flagged as copies are set aside before the near-identical test. Each test gets half of
         # alpha, so together they keep the chance of any false flag in a clean batch at alpha.
         everyone = np.ones(n, dtype=bool)
-        same, same_trusted = self._close(encoded, groups, everyone, 0.0)
+        same, same_trusted = self._close(rows, groups, everyone, 0.0)
         exact = upper_tail_pvalue(same, same_trusted, max(n - 1, 1), len(self.labels_))
         exact_adjusted = np.minimum(1.0, 2.0 * _holm(exact))
         copies = exact_adjusted <= self.alpha
         rest = ~copies
-        close, close_trusted = self._close(encoded, groups, rest, self.radius_)
+        close, close_trusted = self._close(rows, groups, rest, self.radius_)
         near = np.ones(n)
         near[rest] = upper_tail_pvalue(close[rest], close_trusted[rest], max(n - 1, 1), len(self.labels_))
         near_adjusted = np.ones(n)
@@ -133,31 +147,28 @@ class DuplicateFlood(Detector):
         adjusted = np.where(copies, exact_adjusted, near_adjusted)
         pvalue = np.where(copies, exact, np.minimum(exact, near))
         flagged = adjusted <= self.alpha
-        reasons = [""] * n
+        reasons = np.full(n, "", dtype=object)
         steps = ((copies, 0.0, same, same_trusted), (rest & flagged, self.radius_, close, close_trusted))
-        for label, rows in groups.items():
+        for label, members in groups.items():
             for found, radius, batch_count, trusted_count in steps:
-                chosen = np.flatnonzero(rows & found)
+                chosen = np.flatnonzero(members & found)
                 if len(chosen):
-                    points = encoded[label][found[rows]]
-                    texts = self._reasons(points, label, radius, batch_count[chosen], trusted_count[chosen])
-                    for row, text in zip(chosen, texts):
-                        reasons[row] = text
+                    reasons[chosen] = self._reasons(rows.points(chosen), label, radius, batch_count[chosen],
+                                                    trusted_count[chosen])
         return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
                              "flagged": flagged, "reason": reasons})
 
-    def _close(self, encoded: dict[str | None, np.ndarray], groups: dict[str | None, np.ndarray],
-               include: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    def _close(self, rows: "_Rows", groups: dict[str | None, np.ndarray], include: np.ndarray,
+               radius: float) -> tuple[np.ndarray, np.ndarray]:
         """For each included row: other included batch rows of its label group within ``radius``,
         and trusted rows of that label within ``radius`` (0 for rows not included)."""
         batch_close, trusted_close = np.zeros(len(include), "int64"), np.zeros(len(include), "int64")
-        for label, rows in groups.items():
-            kept = include[rows]
-            if kept.any():
-                points = encoded[label] if kept.all() else encoded[label][kept]
-                selected = np.flatnonzero(rows)[kept]
-                batch_close[selected] = CloseCounter(points, self.axes_).count(points, radius, itself=True) - 1
-                trusted_close[selected] = self.trusted_[label].count(points, radius)
+        for label, members in groups.items():
+            selected = np.flatnonzero(members & include)
+            if len(selected):
+                queries = rows.subset(selected)
+                batch_close[selected] = queries.count_among(radius)
+                trusted_close[selected] = self.trusted_[label].count(queries, radius)
         return batch_close, trusted_close
 
     def _reasons(self, points: np.ndarray, label: str | None, radius: float, batch_close: np.ndarray,
@@ -187,57 +198,90 @@ class DuplicateFlood(Detector):
         return texts
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Batch rows as their summary describes them: hashes and projections of their encodings.
+    The encodings themselves are fetched (``load``: batch positions -> encodings) only for the
+    rows whose projections have a neighbour, and for the rows flagged."""
+
+    keys: np.ndarray
+    projected: np.ndarray
+    positions: np.ndarray
+    load: Callable[[np.ndarray], np.ndarray]
+
+    def subset(self, selected: np.ndarray) -> "_Rows":
+        return _Rows(self.keys[selected], self.projected[selected], self.positions[selected], self.load)
+
+    def points(self, which: np.ndarray) -> np.ndarray:
+        return self.load(self.positions[which])
+
+    def count_among(self, radius: float) -> np.ndarray:
+        """Other rows of this set within ``radius`` of each, exactly.
+
+        A projection onto a few axes never lengthens a distance: a row with no other row within
+        ``radius`` in projection has none at all, and only the rest are measured in full. Those
+        rows' neighbours are among them (a row within ``radius`` of one has it within ``radius``
+        in projection too), so they are measured against each other alone."""
+        if radius == 0.0:
+            return pd.Series(self.keys).value_counts().reindex(self.keys).to_numpy("int64") - 1
+        counts = cKDTree(self.projected).query_ball_point(self.projected, _screen(radius), return_length=True,
+                                                          workers=-1).astype("int64")
+        unsure = np.flatnonzero(counts > 1)
+        if len(unsure):
+            points = self.points(unsure)
+            counts[unsure] = _count_within(cKDTree(points), points, self.keys[unsure], radius)
+        return counts - 1
+
+
 class CloseCounter:
-    """Counts points within a radius of each query, exactly, cheaply in many dimensions.
+    """Counts trusted points within a radius of batch rows, exactly, cheaply in many dimensions.
 
     Radius 0 (exact copies) is a hash lookup: rows are equal when their 64-bit hashes are
     (a collision among 10^6 rows has probability ~3e-8). Otherwise: a k-d tree radius query in
-    30+ dimensions visits most of the tree; in a handful it is fast. A projection onto a few
-    axes never lengthens a distance, so the projected count bounds the true one from above: a
-    query with no projected neighbour (beyond itself) has none, and only the rest are counted in
-    full. SciPy's tree, on every core: sklearn's single-threaded KDTree took 114 s to count a
-    10^6-row batch (28 µs a query), SciPy's about a fifth of that.
+    30+ dimensions visits most of the tree; in a handful it is fast. So queries are screened in
+    projection first (see ``_Rows.count_among``), and only those with a trusted point that close
+    are counted in full. SciPy's tree, on every core: sklearn's single-threaded KDTree took 114 s
+    to count a 10^6-row batch (28 µs a query), SciPy's about a fifth of that.
     """
 
     def __init__(self, points: np.ndarray, axes: np.ndarray) -> None:
         self.points = points
         self.axes = axes
         self._projected: cKDTree | None = None
-        self._keys: np.ndarray | None = None
         self._copies: pd.Series | None = None
 
-    def count(self, queries: np.ndarray, radius: float, itself: bool = False) -> np.ndarray:
-        """Points within ``radius`` of each query; ``itself``: the queries are the points, so
-        each counts at least itself. The full tree is built only when some query needs it, and
-        asked once per distinct query (a flood is thousands of one query)."""
-        keys = self.keys() if itself else _row_keys(queries)
+    def count(self, queries: _Rows, radius: float) -> np.ndarray:
+        """Trusted points within ``radius`` of each query."""
         if radius == 0.0:
             if self._copies is None:
-                self._copies = pd.Series(self.keys()).value_counts()
-            return self._copies.reindex(keys, fill_value=0).to_numpy("int64")
+                self._copies = pd.Series(_row_keys(self.points)).value_counts()
+            return self._copies.reindex(queries.keys, fill_value=0).to_numpy("int64")
         if self._projected is None:
             self._projected = cKDTree(self.points @ self.axes)
-        # the slack keeps a point at exactly ``radius`` inside the screen despite rounding
-        screen = radius * (1.0 + 1e-9) + 1e-12
-        counts = self._projected.query_ball_point(queries @ self.axes, screen, return_length=True,
+        counts = self._projected.query_ball_point(queries.projected, _screen(radius), return_length=True,
                                                   workers=-1).astype("int64")
-        unsure = np.flatnonzero(counts > int(itself))
+        unsure = np.flatnonzero(counts > 0)
         if len(unsure):
-            # distinct queries found by their hashes: sorting the rows themselves would copy them
-            _, first, inverse = np.unique(keys[unsure], return_index=True, return_inverse=True)
-            full = cKDTree(self.points).query_ball_point(queries[unsure[first]], radius, return_length=True,
-                                                         workers=-1)
-            counts[unsure] = full[inverse.ravel()]
+            counts[unsure] = _count_within(cKDTree(self.points), queries.points(unsure), queries.keys[unsure], radius)
         return counts
 
-    def keys(self) -> np.ndarray:
-        if self._keys is None:
-            self._keys = _row_keys(self.points)
-        return self._keys
-
     def __getstate__(self) -> dict:
-        # the trees and counts are rebuilt on first use: cheaper than storing them in the fit cache
-        return {**self.__dict__, "_projected": None, "_keys": None, "_copies": None}
+        # the tree and counts are rebuilt on first use: cheaper than storing them in the fit cache
+        return {**self.__dict__, "_projected": None, "_copies": None}
+
+
+def _screen(radius: float) -> float:
+    """The projected radius that screens for ``radius``, with slack so that a point at exactly
+    ``radius`` stays inside despite rounding."""
+    return radius * (1.0 + 1e-9) + 1e-12
+
+
+def _count_within(tree: cKDTree, points: np.ndarray, keys: np.ndarray, radius: float) -> np.ndarray:
+    """The tree's points within ``radius`` of each of ``points``, asked once per distinct point
+    (found by its hash: a flood is thousands of one query)."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    counts = tree.query_ball_point(points[first], radius, return_length=True, workers=-1)
+    return np.asarray(counts, dtype="int64")[inverse.ravel()]
 
 
 def _row_keys(points: np.ndarray, slice_rows: int = 65_536) -> np.ndarray:

@@ -30,7 +30,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, RowFetch, Summary, conformal_pvalues
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
@@ -165,30 +165,37 @@ class RoniInfluence(Detector):
         X = encode(self.encoder_, frame, spec)
         return X, np.searchsorted(self.classes_, frame[spec.label].astype(str).to_numpy())
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def _summarise(self, chunk: pd.DataFrame) -> Summary:
+        """Each row's encoding and label class (-1: missing or untrusted): the influence model is
+        trained on every batch row, so nothing smaller would do."""
         label = self.spec_.label
-        n = len(batch)
+        if label not in chunk.columns:
+            return {"encoded": encode(self.encoder_, chunk, self.spec_), "label": np.full(len(chunk), -1)}
+        given = chunk[label].astype(object).where(chunk[label].notna(), "").astype(str)
+        return {"encoded": encode(self.encoder_, chunk, self.spec_),
+                "label": pd.Index(self.classes_).get_indexer(given).astype("int64")}
+
+    def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        labels = summary["label"]
+        n = len(labels)
         raw, pvalues, reasons = np.zeros(n), np.ones(n), [""] * n
         n_train = len(self.train_[1])
-        if label in batch.columns and n:
-            given = np.array([str(v) if v is not None and v == v else "" for v in batch[label].astype(object)])
-            known = np.isin(given, self.classes_)
-            if known.any():
-                X = encode(self.encoder_, batch[known], self.spec_)
-                y = np.searchsorted(self.classes_, given[known])
-                X_train, y_train = self.train_
-                influence = LogisticInfluence.fit(np.vstack([X_train, X]), np.concatenate([y_train, y]),
-                                                  *self.holdout_, len(self.classes_), self.C, self.damping)
-                raw[known] = influence.harm(X, y)
-                trusted = influence.harm(X_train, y_train)
-                for i, c in enumerate(self.classes_):
-                    mask = known & (given == c)
-                    pvalues[mask] = conformal_pvalues(trusted[y_train == i], raw[mask])
-                n_train = influence.n_train
+        known = labels >= 0
+        if known.any():
+            X, y = summary["encoded"][known], labels[known]
+            X_train, y_train = self.train_
+            influence = LogisticInfluence.fit(np.vstack([X_train, X]), np.concatenate([y_train, y]),
+                                              *self.holdout_, len(self.classes_), self.C, self.damping)
+            raw[known] = influence.harm(X, y)
+            trusted = influence.harm(X_train, y_train)
+            for i in range(len(self.classes_)):
+                mask = labels == i
+                pvalues[mask] = conformal_pvalues(trusted[y_train == i], raw[mask])
+            n_train = influence.n_train
         flagged = pvalues <= self.alpha
         for i in np.flatnonzero(pvalues <= REASON_PVALUE):
             reasons[i] = (f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
                           f"{raw[i] / n_train:.2e} (logistic influence, trained on the reference plus this batch); "
                           f"more harmful than "
-                          f"{100 * (1 - pvalues[i]):.1f} % of trusted rows labelled {given[i]!r}")
+                          f"{100 * (1 - pvalues[i]):.1f} % of trusted rows labelled {self.classes_[labels[i]]!r}")
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import nbinom
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval
+from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary
 from pipeline.errors import PoisonguardError
 
 # Quantile edges that give each tail two bins of its own (1 % and 4 %): a trigger lives in the
@@ -231,26 +231,36 @@ class TriggerPattern(Detector):
         a, b = pair
         return (codes[rows, a] * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_) + labels[rows]
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        n = len(batch)
+    def _summarise(self, chunk: pd.DataFrame) -> Summary:
+        """Each row's cell in every feature's binning, its label's class (-1: none), and a hash
+        of its features and label, so that copies are counted once: ~40 bytes a row."""
         spec = self.spec_
-        labels = self._label_codes(batch[spec.label]) if spec.label in batch.columns else np.full(n, -1)
+        labels = self._label_codes(chunk[spec.label]) if spec.label in chunk.columns else np.full(len(chunk), -1)
+        content = pd.util.hash_pandas_object(chunk[[*spec.features, spec.label]], index=False).to_numpy() \
+            if spec.label in chunk.columns else np.zeros(len(chunk), dtype=np.uint64)
+        # a feature has at most MAX_LEVELS + 2 cells, so a cell code fits a byte
+        return {"cells": self._codes(chunk).astype(np.uint8), "label": labels.astype(np.int16), "content": content}
+
+    def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        labels = summary["label"].astype("int64")
+        n = len(labels)
         known = labels >= 0
         # one test row per distinct (features, label); copies share its outcome
-        contents = pd.util.hash_pandas_object(batch.loc[known, [*spec.features, spec.label]], index=False)
-        _, first, copy_of = np.unique(contents.to_numpy(), return_index=True, return_inverse=True)
-        codes, labels = self._codes(batch[known].iloc[first]), labels[known][first]
+        _, first, copy_of = np.unique(summary["content"][known], return_index=True, return_inverse=True)
+        codes, labels = summary["cells"][known][first].astype("int64"), labels[known][first]
         tests = self._tests(codes, labels)
         n_tests = max(1, len(tests.pvalue))
         threshold = self.alpha / n_tests  # Bonferroni over every group tested
         claims = self._claims(tests, codes, labels, threshold)
         background = self._background(tests, codes, labels, threshold)
         raw, group = np.ones(n), np.full(n, -1)
-        raw[known] = np.where(claims.group >= 0, claims.pvalue, background)[copy_of]
-        group[known] = claims.group[copy_of]
+        raw[known] = np.where(claims.group >= 0, claims.pvalue, background)[copy_of.ravel()]
+        group[known] = claims.group[copy_of.ravel()]
         adjusted = np.minimum(1.0, raw * n_tests)
         flagged = group >= 0
-        reasons = [self._reason(tests, group[row]) if flagged[row] else "" for row in range(n)]
+        reasons = np.full(n, "", dtype=object)
+        for test in np.unique(group[flagged]):
+            reasons[group == test] = self._reason(tests, test)
         return pd.DataFrame({"score": -np.log10(np.maximum(raw, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
                              "flagged": flagged, "reason": reasons})
 
