@@ -243,18 +243,19 @@ def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: Valid
         return []
     findings = decisions.findings
     is_detector = findings["reason_code"] == ReasonCode.DETECTOR.value
-    valid = conformed[~conformed[ROW_NUMBER].isin(set(findings.loc[~is_detector, ROW_NUMBER]))]
-    if valid.empty:
+    row_numbers = conformed[ROW_NUMBER]
+    valid = ~row_numbers.isin(set(findings.loc[~is_detector, ROW_NUMBER])).to_numpy()
+    if not valid.any():
         return []
     model = classifier(settings.roni_model)
-    groups = {"rows of the batch": set(valid[ROW_NUMBER])}
+    groups = {"rows of the batch": valid}
     by_detector = findings[is_detector].groupby("check")[ROW_NUMBER].agg(set)
     if len(by_detector):
-        groups["rows the detectors quarantined"] = set().union(*by_detector)
+        groups["rows the detectors quarantined"] = row_numbers.isin(set().union(*by_detector)).to_numpy()
     if len(by_detector) > 1:
-        groups.update({f"rows held by {check}": rows for check, rows in by_detector.items()})
-    return [group_impact(trusted.train, trusted.holdout, valid, valid[ROW_NUMBER].isin(rows).to_numpy(),
-                         trusted.spec, name, model, settings.max_impact_rows, settings.random_state)
+        groups.update({f"rows held by {check}": row_numbers.isin(rows).to_numpy() for check, rows in by_detector.items()})
+    return [group_impact(trusted.train, trusted.holdout, conformed, rows, trusted.spec, name, model,
+                         settings.max_impact_rows, settings.random_state, among=valid)
             for name, rows in groups.items()]
 
 
