@@ -186,8 +186,9 @@ class Detector(ABC):
 
 
 def concat_summaries(parts: list[Summary]) -> Summary:
-    """The summary of consecutive chunks, from theirs."""
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    """The summary of consecutive chunks, from theirs (an empty chunk's holds its ROW_NUMBER only)."""
+    filled = [part for part in parts if len(part[ROW_NUMBER])] or parts[:1]
+    return {key: np.concatenate([part[key] for part in filled]) for key in filled[0]}
 
 
 def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
