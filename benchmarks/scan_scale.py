@@ -70,28 +70,29 @@ def dataset(kind: str, n_rows: int) -> Path:
     return path
 
 
-def run_case(n_rows: int, n_reference: int) -> dict:
-    """One scan's steps, timed, in this process."""
-    stages: dict[str, float] = {}
+class Stages:
+    """Seconds, and the process's peak resident set (MiB) after, each named step."""
 
-    def timed(name, function, *args):
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peak_mib: dict[str, int] = {}
+
+    def __call__(self, name: str, function, *args):
         started = time.perf_counter()
         result = function(*args)
-        stages[name] = round(time.perf_counter() - started, 2)
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        self.peak_mib[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
         return result
 
-    started = time.perf_counter()
+
+def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) -> int:
+    """A scan's library steps (``pipeline.scan``) in this process, as the flow runs them, writing
+    the outputs to ``folder`` and recording them in the ledger at ``ledger_url``, without Prefect
+    and MLflow; returns the rows held."""
     from pipeline import scan
-    from pipeline.config import Settings
     from pipeline.ledger import Ledger
     from pipeline.store import write_outputs
 
-    stages["import"] = round(time.perf_counter() - started, 2)
-    batch_path = dataset("batch", n_rows)
-    request = scan.ScanRequest(batch=batch_path, reference=dataset("reference", n_reference), label="label",
-                               out=DATA / "out", holdout=dataset("holdout", HOLDOUT_ROWS), dataset="scale")
-    settings = Settings.from_environment(DATA / "workspace")
-    begun = time.perf_counter()
     batch = timed("ingest", scan.ingest, request)
     trusted = timed("load trusted data", scan.load_trusted, request, settings)
     conformed, outcome = timed("validate", scan.validate_batch, batch, trusted)
@@ -105,20 +106,36 @@ def run_case(n_rows: int, n_reference: int) -> dict:
                     decisions, impacts, [], np.array([]), "benchmark", scan.now())
     held = int(decisions.table["quarantined"].sum())
     del conformed, scores, decisions  # as the flow does before recording
-    folder = DATA / "out" / f"batch-{n_rows}"
     shutil.rmtree(folder, ignore_errors=True)
     timed("write outputs", write_outputs, outputs, folder)
     del outputs  # as the flow does once they are written
+    with Ledger.open(ledger_url) as ledger:
+        timed("ledger record", ledger.record_scan_folder, folder)
+    return held
+
+
+def run_case(n_rows: int, n_reference: int) -> dict:
+    """One scan's steps, timed, in this process."""
+    started = time.perf_counter()
+    from pipeline import scan
+    from pipeline.config import Settings
+
+    imported = round(time.perf_counter() - started, 2)
+    request = scan.ScanRequest(batch=dataset("batch", n_rows), reference=dataset("reference", n_reference),
+                               label="label", out=DATA / "out", holdout=dataset("holdout", HOLDOUT_ROWS),
+                               dataset="scale")
+    settings = Settings.from_environment(DATA / "workspace")
     ledger_file = DATA / "workspace" / f"ledger-{n_rows}.sqlite"
     ledger_file.unlink(missing_ok=True)
-    with Ledger.open(f"sqlite:///{ledger_file}") as ledger:
-        timed("ledger record", ledger.record_scan_folder, folder)
+    timed = Stages()
+    begun = time.perf_counter()
+    held = scan_steps(request, settings, DATA / "out" / f"batch-{n_rows}", f"sqlite:///{ledger_file}", timed)
     total = time.perf_counter() - begun
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"rows": n_rows, "reference_rows": n_reference, "features": N_NUMERIC + N_CATEGORICAL,
             "seconds": round(total, 1), "rows_per_second": round(n_rows / total),
             "peak_mib": round(peak_mib), "quarantined": held, "false_quarantine": round(held / n_rows, 4),
-            "stages": stages}
+            "stages": {"import": imported, **timed.seconds}, "peak_mib_after": timed.peak_mib}
 
 
 def main() -> None:
@@ -149,12 +166,21 @@ def main() -> None:
 
 
 def markdown(records: list[dict]) -> str:
-    stage_names = list(dict.fromkeys(name for r in records for name in r["stages"] if name != "import"))
+    """Seconds per stage, then (for the runs that measured it) the peak after each stage."""
+    tables = [_table(records, "stages")]
+    with_peaks = [r for r in records if "peak_mib_after" in r]
+    if with_peaks:
+        tables.append("Peak MiB after each stage:\n\n" + _table(with_peaks, "peak_mib_after"))
+    return "\n\n".join(tables)
+
+
+def _table(records: list[dict], per_stage: str) -> str:
+    stage_names = list(dict.fromkeys(name for r in records for name in r[per_stage] if name != "import"))
     head = ["batch rows", "reference rows", "seconds", "rows/s", "peak MiB", "held", *stage_names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         cells = [f"{r['rows']:,}", f"{r['reference_rows']:,}", r["seconds"], f"{r['rows_per_second']:,}",
-                 f"{r['peak_mib']:,}", f"{r['false_quarantine']:.2%}", *(r["stages"].get(s, "") for s in stage_names)]
+                 f"{r['peak_mib']:,}", f"{r['false_quarantine']:.2%}", *(r[per_stage].get(s, "") for s in stage_names)]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
