@@ -227,9 +227,12 @@ class TriggerPattern(Detector):
 
     def _keys(self, codes: np.ndarray, labels: np.ndarray, pair: tuple[int, int],
               rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """One integer per row for its (cell of a, cell of b, label) group."""
+        """One integer per row for its (cell of a, cell of b, label) group. ``codes`` may be bytes
+        (a summary's cells): widened here, two columns at a time, never the whole matrix (240 MB
+        as int64 at 10^6 rows)."""
         a, b = pair
-        return (codes[rows, a] * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_) + labels[rows]
+        return ((codes[rows, a].astype("int64") * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_)
+                + labels[rows])
 
     def _summarise(self, chunk: pd.DataFrame) -> Summary:
         """Each row's cell in every feature's binning, its label's class (-1: none), and a hash
@@ -247,7 +250,7 @@ class TriggerPattern(Detector):
         known = labels >= 0
         # one test row per distinct (features, label); copies share its outcome
         _, first, copy_of = np.unique(summary["content"][known], return_index=True, return_inverse=True)
-        codes, labels = summary["cells"][known][first].astype("int64"), labels[known][first]
+        codes, labels = summary["cells"][known][first], labels[known][first]
         tests = self._tests(codes, labels)
         n_tests = max(1, len(tests.pvalue))
         threshold = self.alpha / n_tests  # Bonferroni over every group tested
