@@ -229,7 +229,8 @@ class _Rows:
         unsure = np.flatnonzero(counts > 1)
         if len(unsure):
             points = self.points(unsure)
-            counts[unsure] = _count_within(cKDTree(points), points, self.keys[unsure], radius)
+            first, inverse = _distinct(self.keys[unsure])
+            counts[unsure] = _within(cKDTree(points), points[first], radius)[inverse]
         return counts - 1
 
 
@@ -262,7 +263,8 @@ class CloseCounter:
                                                   workers=-1).astype("int64")
         unsure = np.flatnonzero(counts > 0)
         if len(unsure):
-            counts[unsure] = _count_within(cKDTree(self.points), queries.points(unsure), queries.keys[unsure], radius)
+            first, inverse = _distinct(queries.keys[unsure])
+            counts[unsure] = _within(cKDTree(self.points), queries.points(unsure[first]), radius)[inverse]
         return counts
 
     def __getstate__(self) -> dict:
@@ -276,12 +278,16 @@ def _screen(radius: float) -> float:
     return radius * (1.0 + 1e-9) + 1e-12
 
 
-def _count_within(tree: cKDTree, points: np.ndarray, keys: np.ndarray, radius: float) -> np.ndarray:
-    """The tree's points within ``radius`` of each of ``points``, asked once per distinct point
-    (found by its hash: a flood is thousands of one query)."""
+def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the first of each distinct row (by its hash), and each row's distinct one: a
+    flood is thousands of one row, measured once."""
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    counts = tree.query_ball_point(points[first], radius, return_length=True, workers=-1)
-    return np.asarray(counts, dtype="int64")[inverse.ravel()]
+    return first, inverse.ravel()
+
+
+def _within(tree: cKDTree, points: np.ndarray, radius: float) -> np.ndarray:
+    """The tree's points within ``radius`` of each of ``points``, on every core."""
+    return np.asarray(tree.query_ball_point(points, radius, return_length=True, workers=-1), dtype="int64")
 
 
 def _row_keys(points: np.ndarray, slice_rows: int = 65_536) -> np.ndarray:

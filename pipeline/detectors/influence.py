@@ -169,11 +169,11 @@ class RoniInfluence(Detector):
         """Each row's encoding and label class (-1: missing or untrusted): the influence model is
         trained on every batch row, so nothing smaller would do."""
         label = self.spec_.label
-        if label not in chunk.columns:
-            return {"encoded": encode(self.encoder_, chunk, self.spec_), "label": np.full(len(chunk), -1)}
-        given = chunk[label].astype(object).where(chunk[label].notna(), "").astype(str)
-        return {"encoded": encode(self.encoder_, chunk, self.spec_),
-                "label": pd.Index(self.classes_).get_indexer(given).astype("int64")}
+        classes = np.full(len(chunk), -1)
+        if label in chunk.columns:
+            given = chunk[label].astype(object).where(chunk[label].notna(), "").astype(str)
+            classes = pd.Index(self.classes_).get_indexer(given).astype("int64")
+        return {"encoded": encode(self.encoder_, chunk, self.spec_), "label": classes}
 
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         labels = summary["label"]
