@@ -70,6 +70,20 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
+def lands_on(browser, url: str, seconds: float = 10.0) -> bool:
+    """Whether the browser reaches ``url``: a click returns before the navigation it starts has
+    finished, so reading ``current_url`` at once can still see the page before (CI saw it once)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(browser, seconds).until(expected_conditions.url_to_be(url))
+    except TimeoutException:
+        return False
+    return True
+
+
 def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, browser):
     from selenium.webdriver.common.by import By
 
@@ -81,11 +95,11 @@ def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, b
     assert "/sign-in" in browser.current_url
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, ".signin button[type=submit]").click()
-    assert browser.current_url == base + "/"
+    assert lands_on(browser, base + "/"), browser.current_url
     assert batch.file in browser.find_element(By.TAG_NAME, "main").text
 
     browser.find_element(By.LINK_TEXT, batch.id).click()
-    assert browser.current_url == f"{base}/batches/{batch.id}"
+    assert lands_on(browser, f"{base}/batches/{batch.id}"), browser.current_url
     links = browser.find_elements(By.CSS_SELECTOR, "main table a.id")
     assert len(links) == batch.quarantined
     released, rejected = (link.get_attribute("href").rsplit("/", 1)[1] for link in links[:2])
@@ -96,7 +110,7 @@ def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, b
     browser.find_element(By.ID, "by").send_keys("alice")
     browser.find_element(By.ID, "reason").send_keys("income confirmed with the lender")
     browser.find_element(By.CSS_SELECTOR, "button.release").click()
-    assert browser.current_url == f"{base}/rows/{released}"
+    assert lands_on(browser, f"{base}/rows/{released}"), browser.current_url
     assert f"Released 1 row(s): {released}" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text
 
     # reject the next one from the batch page: tick it, say who and why
@@ -108,7 +122,7 @@ def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, b
     by.send_keys("bob")
     browser.find_element(By.ID, "reason").send_keys("ratios impossible for this applicant")
     browser.find_element(By.CSS_SELECTOR, "button.reject").click()
-    assert browser.current_url == f"{base}/batches/{batch.id}"
+    assert lands_on(browser, f"{base}/batches/{batch.id}"), browser.current_url
     assert f"Rejected 1 row(s): {rejected}" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text
     assert "CSP" not in " ".join(str(entry) for entry in browser.get_log("browser"))
 
