@@ -49,23 +49,20 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 ENCODE_SLICE_ROWS = 65_536
 
 
-def encode(encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec, rows: np.ndarray | None = None,
+def encode(encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec,
            slice_rows: int = ENCODE_SLICE_ROWS) -> np.ndarray:
-    """``encoder.transform(feature_frame(frame.iloc[rows], spec))`` (every row by default), a
-    slice of rows at a time into one matrix. Whole, the transform's temporaries (object copies of
-    text columns, scaled, clipped and one-hot copies) come to ~3 times its result: 1.2 GB beside
-    the 360 MB of a 10^6-row batch; and ``frame.iloc[rows]`` would copy the rows' frame first."""
-    count = len(frame) if rows is None else len(rows)
+    """``encoder.transform(feature_frame(frame, spec))``, a slice of rows at a time into one
+    matrix. Whole, the transform's temporaries (object copies of text columns, scaled, clipped and
+    one-hot copies) come to ~3 times its result: 1.2 GB beside the 360 MB of a 10^6-row batch."""
 
     def encoded_slice(start: int) -> np.ndarray:
-        window = slice(start, start + slice_rows)
-        return encoder.transform(feature_frame(frame.iloc[window if rows is None else rows[window]], spec))
+        return encoder.transform(feature_frame(frame.iloc[start:start + slice_rows], spec))
 
     first = encoded_slice(0)
-    if count <= slice_rows:
+    if len(frame) <= slice_rows:
         return first
-    encoded = np.empty((count, first.shape[1]), dtype=first.dtype)
+    encoded = np.empty((len(frame), first.shape[1]), dtype=first.dtype)
     encoded[:slice_rows] = first
-    for start in range(slice_rows, count, slice_rows):
+    for start in range(slice_rows, len(frame), slice_rows):
         encoded[start:start + slice_rows] = encoded_slice(start)
     return encoded
