@@ -185,6 +185,16 @@ class Detector(ABC):
         raise NotImplementedError(f"{type(self).__name__} is batch-scoped and must implement _score_summary.")
 
 
+def class_codes(frame: pd.DataFrame, label: str, classes) -> np.ndarray:
+    """Each row's label as an index into ``classes``; -1 where it is none of them. A missing
+    label reads as "", and a frame without the label column is -1 throughout."""
+    if label not in frame.columns:
+        return np.full(len(frame), -1, dtype="int64")
+    labels = frame[label]
+    text = labels.astype(object).where(labels.notna(), "").astype(str)
+    return pd.Index(classes).get_indexer(text).astype("int64")
+
+
 def concat_summaries(parts: list[Summary]) -> Summary:
     """The summary of consecutive chunks, from theirs (an empty chunk's holds its ROW_NUMBER only)."""
     filled = [part for part in parts if len(part[ROW_NUMBER])] or parts[:1]

@@ -25,7 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary
+from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.detectors.triggers import upper_tail_pvalue
 
@@ -108,13 +108,11 @@ class DuplicateFlood(Detector):
         return {"group": self._group_codes(chunk), "key": _row_keys(encoded), "projected": encoded @ self.axes_}
 
     def _group_codes(self, chunk: pd.DataFrame) -> np.ndarray:
-        """Index of the row's label among the trusted classes; -1 if missing or untrusted."""
-        if self.spec_.label not in chunk.columns:
-            return np.full(len(chunk), -1, dtype=np.int16)
-        labels = chunk[self.spec_.label]
-        text = labels.astype(object).where(labels.notna(), "").astype(str)
-        codes = pd.Index(self._classes()).get_indexer(text)
-        codes[labels.isna().to_numpy()] = -1
+        """Index of the row's label among the trusted classes; -1 if missing (even were "" a
+        class: a missing label is compared with every row) or untrusted."""
+        codes = class_codes(chunk, self.spec_.label, self._classes())
+        if self.spec_.label in chunk.columns:
+            codes[chunk[self.spec_.label].isna().to_numpy()] = -1
         return codes.astype(np.int16)
 
     def _classes(self) -> list[str]:

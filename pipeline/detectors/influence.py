@@ -30,7 +30,16 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, RowFetch, Summary, conformal_pvalues
+from pipeline.detectors.base import (
+    REASON_PVALUE,
+    Detector,
+    FeatureSpec,
+    Interval,
+    RowFetch,
+    Summary,
+    class_codes,
+    conformal_pvalues,
+)
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 
@@ -168,12 +177,8 @@ class RoniInfluence(Detector):
     def _summarise(self, chunk: pd.DataFrame) -> Summary:
         """Each row's encoding and label class (-1: missing or untrusted): the influence model is
         trained on every batch row, so nothing smaller would do."""
-        label = self.spec_.label
-        classes = np.full(len(chunk), -1)
-        if label in chunk.columns:
-            given = chunk[label].astype(object).where(chunk[label].notna(), "").astype(str)
-            classes = pd.Index(self.classes_).get_indexer(given).astype("int64")
-        return {"encoded": encode(self.encoder_, chunk, self.spec_), "label": classes}
+        return {"encoded": encode(self.encoder_, chunk, self.spec_),
+                "label": class_codes(chunk, self.spec_.label, self.classes_)}
 
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         labels = summary["label"]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import nbinom
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary
+from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
 from pipeline.errors import PoisonguardError
 
 # Quantile edges that give each tail two bins of its own (1 % and 4 %): a trigger lives in the
@@ -206,7 +206,7 @@ class TriggerPattern(Detector):
                          [Binning.categorical(c, labelled[c]) for c in spec.categorical]
         self.pairs_ = list(combinations(range(len(self.binnings_)), 2))
         codes = self._codes(labelled)
-        labels = self._label_codes(labelled[spec.label])
+        labels = class_codes(labelled, spec.label, self.classes_)
         self.class_counts_ = np.bincount(labels, minlength=len(self.classes_))
         # dense counts per pair: a cell-pair x label table is small (bins are few)
         self.reference_counts_ = [np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
@@ -215,11 +215,6 @@ class TriggerPattern(Detector):
     def _codes(self, frame: pd.DataFrame) -> np.ndarray:
         return np.column_stack([b.codes(frame[b.feature]) for b in self.binnings_]) if self.binnings_ \
             else np.zeros((len(frame), 0), dtype="int64")
-
-    def _label_codes(self, labels: pd.Series) -> np.ndarray:
-        """Index into ``classes_``; -1 for a missing or untrusted label."""
-        text = labels.astype(object).where(labels.notna(), "").astype(str)
-        return pd.Index(self.classes_).get_indexer(text).astype("int64")
 
     def _n_keys(self, pair: tuple[int, int]) -> int:
         a, b = pair
@@ -238,7 +233,7 @@ class TriggerPattern(Detector):
         """Each row's cell in every feature's binning, its label's class (-1: none), and a hash
         of its features and label, so that copies are counted once: ~40 bytes a row."""
         spec = self.spec_
-        labels = self._label_codes(chunk[spec.label]) if spec.label in chunk.columns else np.full(len(chunk), -1)
+        labels = class_codes(chunk, spec.label, self.classes_)
         content = pd.util.hash_pandas_object(chunk[[*spec.features, spec.label]], index=False).to_numpy() \
             if spec.label in chunk.columns else np.zeros(len(chunk), dtype=np.uint64)
         # a feature has at most MAX_LEVELS + 2 cells, so a cell code fits a byte
