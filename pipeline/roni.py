@@ -114,10 +114,11 @@ def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFra
     return GroupImpact(name, len(inside), acc_with, acc_without, loss_with, loss_without, round(rate, 6))
 
 
-def _draw(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Positions of a sample of ``n`` rows at ``rate``, in order (all of them at rate 1)."""
+def _draw(n: int, rate: float, rng: np.random.Generator) -> np.ndarray | slice:
+    """Positions of a sample of ``n`` rows at ``rate``, in order; at rate 1 every row, as a slice
+    (``iloc`` then shares the rows instead of copying them before ``concat`` does)."""
     if rate >= 1.0:
-        return np.arange(n)
+        return slice(None)
     return np.sort(rng.choice(n, size=round(rate * n), replace=False))
 
 
