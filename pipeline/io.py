@@ -5,7 +5,9 @@ file (header excluded). It is the row's identity from ingestion to quarantine an
 
 A file is read into memory once, within ``InputLimits``; its sha256, the text checks and the
 parse all work on those bytes, so a batch's identity is the hash of exactly what was scanned
-even if the file changes on disk while it is read.
+even if the file changes on disk while it is read. A batch too large for that is spooled instead
+(``read_table``'s ``spool_dir``): copied while hashed, parsed from the copy a block at a time into
+an Arrow IPC file, and memory-mapped, so its pages belong to the page cache, not the process.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import unicodedata
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 import pandas as pd
 import pyarrow as pa
@@ -59,20 +64,64 @@ _BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_
 
 @dataclass(frozen=True)
 class LoadedTable:
-    """A table read from disk with its provenance fingerprints."""
+    """A table read from disk with its provenance fingerprints.
+
+    ``table`` holds the file's columns as Arrow arrays, in memory or memory-mapped from a spool
+    file. ``frame`` is all of it in pandas, with ``row_number``; ``rows``, ``take`` and ``select``
+    convert only the part asked for, to the dtypes the whole frame has (a slice of an integer
+    column without its nulls would otherwise come out int64, not float64), so a large batch is
+    never held whole in pandas.
+    """
 
     path: Path
-    frame: pd.DataFrame  # original columns + row_number, index = row_number
+    table: pa.Table  # the file's columns, without row_number
     sha256: str  # of the file bytes: the batch's identity
     schema_fingerprint: str  # sha256 of the ordered (column, arrow type) list
 
     @property
     def n_rows(self) -> int:
-        return len(self.frame)
+        return self.table.num_rows
 
     @property
     def columns(self) -> list[str]:
-        return [c for c in self.frame.columns if c != ROW_NUMBER]
+        return list(self.table.schema.names)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """Original columns + row_number; index = row_number."""
+        return self.rows(0, self.n_rows)
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start`` to ``stop`` (positions, end excluded), like ``frame.iloc[start:stop]``."""
+        stop = min(stop, self.n_rows)
+        return self._frame(self.table.slice(start, max(stop - start, 0)), pd.RangeIndex(start, max(stop, start)))
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        """The rows at ``positions``, in that order, like ``frame.iloc[positions]``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self._frame(self.table.take(positions), pd.Index(positions))
+
+    def select(self, columns: Iterable[str]) -> pd.DataFrame:
+        """Every row of ``columns`` (and row_number), like ``frame[[*columns, ROW_NUMBER]]``."""
+        return self._frame(self.table.select(list(columns)), pd.RangeIndex(self.n_rows))
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """``rows(start, start + rows)`` for consecutive starts; one (possibly empty) frame at least."""
+        for start in range(0, max(self.n_rows, 1), rows):
+            yield self.rows(start, start + rows)
+
+    @cached_property
+    def dtypes(self) -> dict[str, Any]:
+        return _pandas_dtypes(self.table)
+
+    def _frame(self, part: pa.Table, index: pd.Index) -> pd.DataFrame:
+        frame = part.to_pandas()
+        for name in frame.columns:
+            if frame[name].dtype != self.dtypes[name]:
+                frame[name] = frame[name].astype(self.dtypes[name])
+        frame.insert(len(frame.columns), ROW_NUMBER, np.asarray(index, dtype=np.int64))
+        frame.index = index
+        return frame
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -88,35 +137,159 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None) -> LoadedTable:
+def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None,
+               spool_dir: Path | None = None) -> LoadedTable:
     """Read a CSV or Parquet file, or raise InputError with one line saying why not.
 
     ``role`` names the file in messages ("batch", "reference", "holdout"). ``limits`` bound what
-    is read (default: ``InputLimits.from_environment()``).
+    is read (default: ``InputLimits.from_environment()``). With ``spool_dir`` the file is spooled
+    there (see the module's docstring) and the table memory-mapped; the checks and the result are
+    the same.
 
     >>> read_table("data_samples/batch_01_clean.csv").n_rows
     140
     """
     limits = InputLimits.from_environment() if limits is None else limits
     path = _check_path(path, role, limits)
-    data = _read_bytes(path, role, limits)
-    if _is_csv(path):
-        _check_text(data[:_TEXT_PROBE_BYTES], path, role, whole_file=len(data) <= _TEXT_PROBE_BYTES)
-        _check_csv_width(data, path, role, limits)
-        table = _read_csv(data, path, role)
+    if spool_dir is None:
+        data = _read_bytes(path, role, limits)
+        sha256 = hashlib.sha256(data).hexdigest()
+        table = _parse_csv_bytes(data, path, role, limits) if _is_csv(path) else _read_parquet(data, path, role, limits)
+        del data
     else:
-        table = _read_parquet(data, path, role, limits)
+        table, sha256 = _read_spooled(path, role, limits, spool_dir)
     _check_header(table.schema.names, table.num_rows > 0, path, role, limits)
     _check_cells(table, path, role, limits)
-    frame = _to_pandas(table, path, role)
-    frame.insert(len(frame.columns), ROW_NUMBER, range(len(frame)))
-    frame.index = pd.RangeIndex(len(frame))
-    loaded = LoadedTable(path, frame, hashlib.sha256(data).hexdigest(), schema_fingerprint(table.schema))
-    del data, table
+    loaded = LoadedTable(path, _for_pandas(table, path, role), sha256, schema_fingerprint(table.schema))
+    del table
     # Arrow's allocator keeps the pages that decoding used and freed, for Arrow to reuse; little
     # after reading allocates through it, so they would stay resident (0.24 GB after a 10^6-row batch).
     pa.default_memory_pool().release_unused()
     return loaded
+
+
+def _parse_csv_bytes(data: bytes, path: Path, role: str, limits: InputLimits) -> pa.Table:
+    _check_text(data[:_TEXT_PROBE_BYTES], path, role, whole_file=len(data) <= _TEXT_PROBE_BYTES)
+    _check_csv_width(data, path, role, limits)
+    return _read_csv(data, path, role)
+
+
+# --- spooling a large batch --------------------------------------------------------------------
+
+# Rows per record batch written to the spool, and the CSV block read at a time: large enough that
+# per-batch overhead vanishes, small enough that a block's parse is a few tens of MB.
+_SPOOL_BATCH_ROWS = 65_536
+_SPOOL_CSV_BLOCK = 16 << 20
+_COPY_BYTES = 1 << 20
+# "In CSV column #3: Row #300002: CSV conversion error to int64: invalid value 'x'"
+_CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error to ")
+
+
+def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -> tuple[pa.Table, str]:
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="spool-", dir=spool_dir) as folder:
+        copy, spooled = Path(folder) / f"copy{path.suffix.lower()}", Path(folder) / "table.arrow"
+        sha256, size = _copy_hashing(path, copy, role, limits)
+        if _is_csv(path):
+            head = _read_head(copy, role, 1 << 20)
+            _check_text(head[:_TEXT_PROBE_BYTES], path, role, whole_file=size <= _TEXT_PROBE_BYTES)
+            _check_csv_width(head, path, role, limits)
+            _spool_csv(copy, size, spooled, path, role)
+        else:
+            _spool_parquet(copy, spooled, path, role, limits)
+        copy.unlink()
+        # The folder goes when this block ends; the mapping keeps the file's pages until the table goes.
+        table = pa.ipc.open_file(pa.memory_map(str(spooled))).read_all()
+    return table, sha256
+
+
+def _copy_hashing(path: Path, copy: Path, role: str, limits: InputLimits) -> tuple[str, int]:
+    """Copy ``path`` to ``copy`` and return the sha256 of the bytes copied: what is parsed is
+    exactly what was hashed, whatever happens to ``path`` meanwhile."""
+    digest, copied = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as source, open(copy, "wb") as target:
+            size = os.fstat(source.fileno()).st_size
+            if size > limits.max_file_bytes:
+                raise _over_limit(path, role, f"has {size:,} bytes", "max_file_bytes", "bytes", limits)
+            while copied <= size:  # one byte more than stat said shows a file still growing
+                block = source.read(min(_COPY_BYTES, size + 1 - copied))
+                if not block:
+                    break
+                digest.update(block)
+                target.write(block)
+                copied += len(block)
+    except OSError as exc:
+        raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
+    if copied != size:
+        raise InputError(f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
+                         f"{copied:,}); scan it once it is completely written.")
+    if not copied:
+        raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
+    return digest.hexdigest(), size
+
+
+def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str) -> None:
+    """Parse the CSV a block at a time into ``spooled``. The streaming reader fixes each column's
+    type from the first block; when a later block does not convert (text in a column of numbers)
+    the column is widened (null → int64 → float64 → string) and the parse starts over, which is
+    the type a whole read settles on."""
+    column_types: dict[str, pa.DataType] = {}
+    block = _SPOOL_CSV_BLOCK
+    while True:
+        reader = None
+        try:
+            reader = pacsv.open_csv(
+                copy, read_options=pacsv.ReadOptions(block_size=block),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types))
+            _checked_names(reader.schema, path, role)
+            _write_spool(reader, reader.schema, spooled)
+            return
+        except pa.ArrowInvalid as exc:
+            if _straddles(exc) and block < min(size + 1, _LARGEST_CSV_BLOCK):
+                block = min(size + 1, _LARGEST_CSV_BLOCK)  # see _read_csv
+                continue
+            widened = _widened(exc, reader, column_types)
+            if widened is None:
+                raise _unparsable_csv(path, role, exc) from None
+            column_types = widened
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            raise _unparsable_csv(path, role, exc) from None
+
+
+_WIDER = {pa.null(): pa.int64(), pa.int64(): pa.float64()}
+
+
+def _widened(exc: pa.ArrowInvalid, reader: pacsv.CSVStreamingReader | None,
+             column_types: dict[str, pa.DataType]) -> dict[str, pa.DataType] | None:
+    match = _CONVERSION_ERROR.search(str(exc))
+    if match is None or reader is None:
+        return None
+    field = reader.schema.field(int(match.group(1)))
+    if pa.types.is_string(field.type):
+        return None
+    return {**column_types, field.name: _WIDER.get(field.type, pa.string())}
+
+
+def _spool_parquet(copy: Path, spooled: Path, path: Path, role: str, limits: InputLimits) -> None:
+    try:
+        parquet = pq.ParquetFile(copy)
+        width, rows, schema = len(parquet.schema_arrow), parquet.metadata.num_rows, parquet.schema_arrow
+    except _PARQUET_ERRORS as exc:
+        raise _unparsable_parquet(path, role, exc) from None
+    _check_width(width, path, role, limits)
+    _check_row_count(rows, path, role, limits)
+    try:
+        _write_spool(parquet.iter_batches(batch_size=_SPOOL_BATCH_ROWS), schema, spooled)
+    except _PARQUET_ERRORS as exc:
+        raise _unparsable_parquet(path, role, exc) from None
+
+
+def _write_spool(batches: Iterable[pa.RecordBatch], schema: pa.Schema, spooled: Path) -> None:
+    with pa.ipc.new_file(str(spooled), schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 def check_file(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None) -> Path:
@@ -276,19 +449,31 @@ def _read_csv(data: bytes, path: Path, role: str) -> pa.Table:
         try:
             table = _parse_csv(data)
         except pa.ArrowInvalid as exc:
-            if "straddl" not in str(exc) and "cannot infer number of columns" not in str(exc):
+            if not _straddles(exc):
                 raise
             # A row (or the header) longer than the reader's 1 MiB block cannot be split across
             # blocks; one block as large as the file parses it, and the limits then judge it.
             table = _parse_csv(data, block_size=min(len(data) + 1, _LARGEST_CSV_BLOCK))
     except (pa.ArrowException, UnicodeDecodeError) as exc:
-        raise InputError(f"The {role} file {_shown(path)} could not be read as CSV: {_first_line(exc)}") from None
+        raise _unparsable_csv(path, role, exc) from None
+    _checked_names(table.schema, path, role)
+    return table
+
+
+def _straddles(exc: BaseException) -> bool:
+    return "straddl" in str(exc) or "cannot infer number of columns" in str(exc)
+
+
+def _unparsable_csv(path: Path, role: str, exc: BaseException) -> InputError:
+    return InputError(f"The {role} file {_shown(path)} could not be read as CSV: {_first_line(exc)}")
+
+
+def _checked_names(schema: pa.Schema, path: Path, role: str) -> list[str]:
     try:
-        table.schema.names  # noqa: B018 - pyarrow decodes column names only when asked
+        return schema.names  # pyarrow decodes column names only when asked
     except UnicodeDecodeError as exc:
         raise InputError(f"The {role} file {_shown(path)} is not UTF-8 text (in its header, byte {exc.start} of "
                          "a column name): re-save it as UTF-8 CSV.") from None
-    return table
 
 
 def _parse_csv(data: bytes, block_size: int | None = None) -> pa.Table:
@@ -417,17 +602,45 @@ def _cell_lengths(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
     return None
 
 
-def _to_pandas(table: pa.Table, path: Path, role: str) -> pd.DataFrame:
+def _for_pandas(table: pa.Table, path: Path, role: str) -> pa.Table:
+    """The table as ``LoadedTable`` keeps it: what pandas will see, checked to convert."""
     if not _is_csv(path):
         table = table.drop_columns([name for name in table.schema.names if _PANDAS_INDEX_COLUMN.match(name)])
     # The pandas metadata a Parquet writer stores is the file's to choose: it could turn columns
     # into an index that is then dropped, give columns non-string names, or fail to parse
     # (pyarrow parses it even with ignore_metadata). The Arrow schema alone says what the columns are.
     table = table.replace_schema_metadata(None)
+    if any(pa.types.is_dictionary(field.type) for field in table.schema):
+        table = table.unify_dictionaries()  # one set of categories in every slice
     try:
-        return table.to_pandas()
+        _pandas_dtypes(table)
+        for column in table.columns:
+            if not _converts_plainly(column.type):  # dates out of pandas' range, decimals, ...
+                column.to_pandas()
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"The {role} file {_shown(path)} has columns pandas cannot hold: {_first_line(exc)}") from None
+    return table
+
+
+def _converts_plainly(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return any(is_type(arrow_type) for is_type in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
+                                                     pa.types.is_null, *_TEXT_TYPES))
+
+
+def _pandas_dtypes(table: pa.Table) -> dict[str, Any]:
+    """The dtype each column has in the whole table's pandas frame. It depends only on the Arrow
+    type and on whether the column has nulls, so a first value and a first null tell it."""
+    probe = {}
+    for name, column in zip(table.schema.names, table.columns):
+        first_valid = pc.index(pc.is_valid(column), True).as_py()
+        first_null = pc.index(pc.is_null(column), True).as_py()
+        # two rows in every column: its first value and its first null, or either twice
+        picked = [column.slice(i, 1) for i in (first_valid if first_valid >= 0 else first_null,
+                                                first_null if first_null >= 0 else first_valid)]
+        probe[name] = pa.chunked_array([c for part in picked for c in part.chunks], type=column.type)
+    return dict(pa.table(probe, schema=table.schema).to_pandas().dtypes)
 
 
 def _shown(text: str | Path) -> str:
