@@ -26,6 +26,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -71,18 +72,38 @@ def dataset(kind: str, n_rows: int) -> Path:
 
 
 class Stages:
-    """Seconds, and the process's peak resident set (MiB) after, each named step."""
+    """Seconds, and the process's peak resident set (MiB) after, each named step; and the peak
+    of its anonymous memory (RssAnon: the heap, without file pages), sampled every 10 ms. A
+    spooled batch is memory-mapped: its pages count in the resident set once touched, but they
+    are the page cache's, and the kernel drops them under memory pressure."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.peak_mib: dict[str, int] = {}
+        self.peak_anon_mib: dict[str, int] = {}
+        self.anon_peak_kib = 0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            self.anon_peak_kib = max(self.anon_peak_kib, anon_kib())
+            time.sleep(0.01)
 
     def __call__(self, name: str, function, *args):
         started = time.perf_counter()
         result = function(*args)
         self.seconds[name] = round(time.perf_counter() - started, 2)
         self.peak_mib[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        self.anon_peak_kib = max(self.anon_peak_kib, anon_kib())
+        self.peak_anon_mib[name] = round(self.anon_peak_kib / 1024)
         return result
+
+
+def anon_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return 0
 
 
 def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) -> int:
@@ -93,11 +114,11 @@ def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) 
     from pipeline.ledger import Ledger
     from pipeline.store import write_outputs
 
-    batch = timed("ingest", scan.ingest, request)
+    batch = timed("ingest", scan.ingest, request, settings)
     trusted = timed("load trusted data", scan.load_trusted, request, settings)
     conformed, outcome = timed("validate", scan.validate_batch, batch, trusted)
     detectors = timed("fit detectors", scan.fit_detectors, trusted, settings)
-    scores = timed("score", scan.score_batch, detectors, conformed, outcome.batch_findings)
+    scores = timed("score", scan.score_batch, detectors, conformed, outcome.batch_findings, settings.chunk_rows)
     checks = timed("fit batch checks", scan.fit_checks, trusted)
     timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
     decisions = timed("decide", scan.decide_batch, conformed, outcome, scores, settings)
@@ -125,6 +146,7 @@ def run_case(n_rows: int, n_reference: int) -> dict:
                                label="label", out=DATA / "out", holdout=dataset("holdout", HOLDOUT_ROWS),
                                dataset="scale")
     settings = Settings.from_environment(DATA / "workspace")
+    batch_bytes = request.batch.stat().st_size
     ledger_file = DATA / "workspace" / f"ledger-{n_rows}.sqlite"
     ledger_file.unlink(missing_ok=True)
     timed = Stages()
@@ -134,8 +156,10 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"rows": n_rows, "reference_rows": n_reference, "features": N_NUMERIC + N_CATEGORICAL,
             "seconds": round(total, 1), "rows_per_second": round(n_rows / total),
-            "peak_mib": round(peak_mib), "quarantined": held, "false_quarantine": round(held / n_rows, 4),
-            "stages": {"import": imported, **timed.seconds}, "peak_mib_after": timed.peak_mib}
+            "peak_mib": round(peak_mib), "peak_anon_mib": round(timed.anon_peak_kib / 1024), "quarantined": held,
+            "false_quarantine": round(held / n_rows, 4), "spooled": batch_bytes > settings.spool_bytes,
+            "stages": {"import": imported, **timed.seconds}, "peak_mib_after": timed.peak_mib,
+            "peak_anon_mib_after": timed.peak_anon_mib}
 
 
 def main() -> None:
@@ -171,16 +195,20 @@ def markdown(records: list[dict]) -> str:
     with_peaks = [r for r in records if "peak_mib_after" in r]
     if with_peaks:
         tables.append("Peak MiB after each stage:\n\n" + _table(with_peaks, "peak_mib_after"))
+    with_anon = [r for r in records if "peak_anon_mib_after" in r]
+    if with_anon:
+        tables.append("Peak anonymous MiB (RssAnon) after each stage:\n\n" + _table(with_anon, "peak_anon_mib_after"))
     return "\n\n".join(tables)
 
 
 def _table(records: list[dict], per_stage: str) -> str:
     stage_names = list(dict.fromkeys(name for r in records for name in r[per_stage] if name != "import"))
-    head = ["batch rows", "reference rows", "seconds", "rows/s", "peak MiB", "held", *stage_names]
+    head = ["batch rows", "reference rows", "seconds", "rows/s", "peak MiB", "peak anon MiB", "held", *stage_names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         cells = [f"{r['rows']:,}", f"{r['reference_rows']:,}", r["seconds"], f"{r['rows_per_second']:,}",
-                 f"{r['peak_mib']:,}", f"{r['false_quarantine']:.2%}", *(r[per_stage].get(s, "") for s in stage_names)]
+                 f"{r['peak_mib']:,}", f"{r['peak_anon_mib']:,}" if "peak_anon_mib" in r else "",
+                 f"{r['false_quarantine']:.2%}", *(r[per_stage].get(s, "") for s in stage_names)]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

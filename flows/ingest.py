@@ -8,11 +8,13 @@ large frame for the default cache key costs ~1 s per call and results are not pe
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
-from prefect import flow, task, unmapped
+from prefect import flow, task
+from prefect.futures import PrefectFuture
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -44,9 +46,19 @@ confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
 
 
-def read_chunks_as_tasks(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[ChunkResult]:
-    """One task per chunk, run by the flow's task runner (``task_runner``)."""
-    return [future.result() for future in read_chunk.map(unmapped(detectors), chunks)]
+def read_chunks_as_tasks(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame]) -> list[ChunkResult]:
+    """One task per chunk, run by the flow's task runner (``task_runner``). Chunks are read as
+    tasks are submitted, and no more are submitted while two per worker wait: a 10^7-row batch
+    is never in memory as chunks all at once."""
+    in_flight: deque[PrefectFuture] = deque()
+    results: list[ChunkResult] = []
+    for chunk in chunks:
+        in_flight.append(read_chunk.submit(detectors, chunk))
+        del chunk  # the task holds it until it is done
+        if len(in_flight) >= 2 * (os.cpu_count() or 1):
+            results.append(in_flight.popleft().result())
+    results.extend(future.result() for future in in_flight)
+    return results
 
 
 def task_runner(settings: Settings):
@@ -133,7 +145,7 @@ def record(staging: Path, files: dict[str, str], request: scan.ScanRequest, sett
 def scan_batch_flow(request: scan.ScanRequest, settings: Settings) -> dict[str, Any]:
     """Scan one batch end to end; returns the scan's summary (``duplicate`` says if it was new)."""
     checkpoint("scan.started")
-    batch = ingest(request)
+    batch = ingest(request, settings)
     checkpoint("scan.ingested")
     workspace = Workspace(settings.workspace)
     # A second scan of the same bytes waits here for the first, then delivers its decision; and
@@ -159,7 +171,7 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
     checkpoint("scan.run_started")
     try:
         provenance.log_batch_input(settings.tracking_uri, run_id, request.batch, request.batch.name,
-                                   batch.sha256, batch.frame, "training-candidate",
+                                   batch.sha256, batch.rows(0, 0), "training-candidate",
                                    {"source": request.source, "rows": str(batch.n_rows)})
         checkpoint("scan.batch_input_logged")
         started = scan.now()

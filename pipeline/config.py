@@ -33,7 +33,10 @@ class Settings:
     random_state: int = 0
     max_fit_rows: int = 50_000  # detectors fit on a stratified sample of at most this many trusted rows
     max_impact_rows: int = 100_000  # exact group RONI fits on a sample of at most this many rows
-    chunk_rows: int = 100_000  # row-scoped detectors score this many rows per task
+    chunk_rows: int = 100_000  # the batch is read (scored, keyed, written) this many rows at a time
+    # A batch file larger than this is spooled to a memory-mapped Arrow file in the workspace
+    # instead of read into memory (io.read_table).
+    spool_bytes: int = 64 << 20
     # Score chunks on Dask: a scheduler address ('tcp://host:8786'), or 'local' for a LocalCluster
     # started for the scan. None: Prefect's default thread pool.
     dask: str | None = None
@@ -60,8 +63,11 @@ class Settings:
         max_fit_rows = _row_count(env, "POISONGUARD_MAX_FIT_ROWS", 50_000)
         max_impact_rows = _row_count(env, "POISONGUARD_MAX_IMPACT_ROWS", 100_000)
         chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)
+        spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
+        if spool_mib < 0:
+            raise PoisonguardError(f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
         return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
-                   chunk_rows=chunk_rows, dask=env.get("POISONGUARD_DASK") or None,
+                   chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
                    database_url=SecretStr(ledger_url(root, env)))
 

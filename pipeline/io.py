@@ -13,11 +13,14 @@ an Arrow IPC file, and memory-mapped, so its pages belong to the page cache, not
 from __future__ import annotations
 
 import codecs
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 import unicodedata
 from collections import Counter
 from contextlib import contextmanager
@@ -187,7 +190,8 @@ _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error to
 
 def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -> tuple[pa.Table, str]:
     spool_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="spool-", dir=spool_dir) as folder:
+    _remove_abandoned_spools(spool_dir)
+    with tempfile.TemporaryDirectory(prefix="spool-", dir=spool_dir) as folder, _held(Path(folder) / ".lock"):
         copy, spooled = Path(folder) / f"copy{path.suffix.lower()}", Path(folder) / "table.arrow"
         sha256, size = _copy_hashing(path, copy, role, limits)
         if _is_csv(path):
@@ -201,6 +205,29 @@ def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -
         # The folder goes when this block ends; the mapping keeps the file's pages until the table goes.
         table = pa.ipc.open_file(pa.memory_map(str(spooled))).read_all()
     return table, sha256
+
+
+@contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock`` for as long as its spool is being written."""
+    with open(lock, "wb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_abandoned_spools(spool_dir: Path) -> None:
+    """Remove the spools of killed scans: a spool whose lock nobody holds (a live scan holds its
+    own until the spool is mapped and removed). One less than a minute old may be a live scan's
+    that has not taken its lock yet."""
+    for folder in spool_dir.glob("spool-*"):
+        try:
+            if time.time() - folder.stat().st_mtime < 60:
+                continue
+            with open(folder / ".lock", "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # held by a live scan, or already gone
+            continue
 
 
 def _copy_hashing(path: Path, copy: Path, role: str, limits: InputLimits) -> tuple[str, int]:
@@ -685,12 +712,17 @@ PARQUET_SLICE_ROWS = 262_144
 def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> None:
     """``frame.to_parquet(target, index=False)``, atomically, a slice of rows at a time (one row
     group each). The schema is taken from the whole frame, so every slice is written alike."""
-    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    slices = (frame.iloc[start:start + PARQUET_SLICE_ROWS] for start in range(0, len(frame), PARQUET_SLICE_ROWS))
+    write_parquet_parts(slices, target, pa.Schema.from_pandas(frame, preserve_index=False))
+
+
+def write_parquet_parts(parts: Iterable[pd.DataFrame], target: Path, schema: pa.Schema) -> None:
+    """Frames written one after another as one Parquet file with ``schema``, atomically; a frame
+    is converted to Arrow only when its turn comes."""
     with atomic_path(target) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for start in range(0, len(frame), PARQUET_SLICE_ROWS):
-                writer.write_table(pa.Table.from_pandas(frame.iloc[start:start + PARQUET_SLICE_ROWS],
-                                                        schema=schema, preserve_index=False))
+            for part in parts:
+                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
     pa.default_memory_pool().release_unused()  # see read_table
 
 

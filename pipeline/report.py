@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -49,11 +49,13 @@ def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, thre
     return svg[svg.index("<svg"):]
 
 
-def render_report(summary: dict[str, Any], decisions: pd.DataFrame, batch: pd.DataFrame,
+def render_report(summary: dict[str, Any], decisions: pd.DataFrame, fetch: Callable[[np.ndarray], pd.DataFrame],
                   trusted_suspicion: np.ndarray | None = None) -> str:
+    """The scan's HTML report; ``fetch`` returns batch rows by position (= row number), for the
+    values of the most suspicious rows it lists."""
     quarantined = decisions[decisions["quarantined"]].sort_values(
         ["suspicion", ROW_NUMBER], ascending=[False, True]).head(TOP_ROWS)
-    values = batch.set_index(ROW_NUMBER)
+    values = fetch(quarantined[ROW_NUMBER].to_numpy()).set_index(ROW_NUMBER)
     top = [{
         "row_number": int(row.row_number),
         "suspicion": float(row.suspicion),

@@ -25,6 +25,7 @@ from sklearn.utils.validation import has_fit_parameter
 from pipeline.detectors.base import FeatureSpec
 from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
+from pipeline.validation import ConformedBatch
 
 DEFAULT_MODEL = "sklearn.linear_model.LogisticRegression"
 # A sampled group smaller than this is kept whole and down-weighted instead (see group_impact).
@@ -75,7 +76,7 @@ def classifier(path: str = DEFAULT_MODEL, **params: Any) -> ClassifierMixin:
     return model
 
 
-def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFrame, group: np.ndarray,
+def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFrame | ConformedBatch, group: np.ndarray,
                  spec: FeatureSpec, name: str, model: ClassifierMixin | None = None, max_rows: int | None = None,
                  seed: int = 0, among: np.ndarray | None = None) -> GroupImpact:
     """Train on trusted + batch, and on trusted + (batch − group); score both on the holdout.
@@ -85,8 +86,8 @@ def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFra
     ``max_rows``, both fits draw every part (trusted rows, batch rows outside the group, the
     group) at one rate, so each keeps its share, and share the same draw of the first two so that
     only the group differs. A group that would shrink below ``MIN_SAMPLED_GROUP`` rows is kept
-    whole and weighted by the rate, if the model takes weights. Only the rows drawn are copied
-    out of ``batch``: at 10^6 rows a copy of each part cost 0.35 GiB.
+    whole and weighted by the rate, if the model takes weights. Only the rows drawn are read out
+    of ``batch`` (``take``): at 10^6 rows a copy of each part cost 0.35 GiB.
     """
     model = model if model is not None else classifier()
     counted = batch[spec.label].notna().to_numpy()
@@ -99,14 +100,14 @@ def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFra
     rate = 1.0 if max_rows is None or total <= max_rows else max_rows / total
     rng = np.random.default_rng(seed)
     base = pd.concat([trusted.iloc[_draw(len(trusted), rate, rng)],
-                      batch.iloc[outside[_draw(len(outside), rate, rng)]]], ignore_index=True)
+                      batch.take(outside[_draw(len(outside), rate, rng)])], ignore_index=True)
     members, weight = inside, 1.0
     if rate < 1.0:
         if len(members) * rate < MIN_SAMPLED_GROUP and has_fit_parameter(model, "sample_weight"):
             weight = rate
         else:
             members = inside[_draw(len(inside), rate, rng)]
-    with_group = pd.concat([base, batch.iloc[members]], ignore_index=True)
+    with_group = pd.concat([base, batch.take(members)], ignore_index=True)
     weights = np.r_[np.ones(len(base)), np.full(len(members), weight)] if weight != 1.0 else None
     (acc_with, loss_with), (acc_without, loss_without) = (
         _fit_and_score(model, with_group, holdout, spec, weights),

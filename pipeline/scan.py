@@ -29,16 +29,18 @@ from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.provenance import redact
 from pipeline.report import render_report
 from pipeline.roni import GroupImpact, classifier, group_impact
-from pipeline.store import ScanOutputs
+from pipeline.store import ScanOutputs, Workspace
 from pipeline.validation import (
+    VALIDATION_CELLS,
     ColumnKind,
+    ConformedBatch,
     Suite,
     ValidationOutcome,
     column_kinds,
     conform,
     infer_suite,
     load_suite,
-    validate,
+    validate_table,
 )
 
 
@@ -93,8 +95,18 @@ def _require_label(reference_columns: list[str], request: ScanRequest) -> None:
         )
 
 
-def ingest(request: ScanRequest) -> LoadedTable:
-    return read_table(request.batch, role="batch")
+def ingest(request: ScanRequest, settings: Settings | None = None) -> LoadedTable:
+    """The batch, read into memory, or spooled into the workspace when it is larger than
+    ``settings.spool_bytes``."""
+    large = settings is not None and _file_size(request.batch) > settings.spool_bytes
+    return read_table(request.batch, role="batch", spool_dir=Workspace(settings.workspace).spool_dir if large else None)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except (OSError, ValueError):
+        return 0  # read_table says what is wrong with it
 
 
 def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
@@ -134,28 +146,9 @@ def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -
     return train.sort_index(), holdout.sort_index()
 
 
-def validate_batch(batch: LoadedTable, trusted: TrustedData) -> tuple[pd.DataFrame, ValidationOutcome]:
-    conformed, type_findings = conform(batch.frame, trusted.kinds)
-    outcome = validate(conformed, trusted.suite)
-    row_findings = _without_echoes(outcome.row_findings, type_findings)
-    parts = [f for f in (type_findings, row_findings) if len(f)]
-    findings = pd.concat(parts, ignore_index=True) if parts else row_findings
-    checks = dict(outcome.checks)
-    for check, count in type_findings.groupby("check")[ROW_NUMBER].nunique().items():
-        checks[str(check)] = int(count)
-    return conformed, ValidationOutcome(findings, outcome.batch_findings, checks)
-
-
-def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> pd.DataFrame:
-    """A cell that was text or inf became NaN in ``conform``; the suite's not-null rule then says
-    "is missing" about the same cell. The type finding already names the problem."""
-    if type_findings.empty or row_findings.empty:
-        return row_findings
-    typed = set(zip(type_findings[ROW_NUMBER], type_findings["column"]))
-    echo = (row_findings["reason_code"] == ReasonCode.MISSING_VALUE.value) & \
-        pd.Series([cell in typed for cell in zip(row_findings[ROW_NUMBER], row_findings["column"])],
-                  index=row_findings.index, dtype=bool)
-    return row_findings[~echo]
+def validate_batch(batch: LoadedTable, trusted: TrustedData,
+                   max_cells: int = VALIDATION_CELLS) -> tuple[ConformedBatch, ValidationOutcome]:
+    return validate_table(batch, trusted.kinds, trusted.suite, max_cells)
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
@@ -210,9 +203,9 @@ def fit_checks(trusted: TrustedData):
     return fit_batch_checks(trusted.train, trusted.spec, segments)
 
 
-def check_batch(checks, conformed: pd.DataFrame, batch_findings: list[BatchFinding]) -> list[CheckResult]:
-    """Batch-level alarms (drift, segment label rates); skipped, like detectors, for a batch
-    whose schema failed."""
+def check_batch(checks, conformed: ConformedBatch, batch_findings: list[BatchFinding]) -> list[CheckResult]:
+    """Batch-level alarms (drift, segment label rates), reading the batch a column at a time;
+    skipped, like detectors, for a batch whose schema failed."""
     return [] if batch_findings else run_batch_checks(checks, conformed)
 
 
@@ -231,7 +224,7 @@ def check_source(request: ScanRequest, earlier: list[SourceRecord], decisions: D
     return source_history(request.source, earlier, len(decisions.table), held)
 
 
-def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: ValidationOutcome,
+def confirm_impact(trusted: TrustedData, conformed: ConformedBatch, outcome: ValidationOutcome,
                    decisions: Decisions, settings: Settings) -> list[GroupImpact]:
     """Exact RONI on groups: the batch as a whole, every row the detectors hold, and the rows
     each detector holds (a duplicate flood, a trigger group, a cluster of flips), since
@@ -243,7 +236,7 @@ def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: Valid
         return []
     findings = decisions.findings
     is_detector = findings["reason_code"] == ReasonCode.DETECTOR.value
-    row_numbers = conformed[ROW_NUMBER]
+    row_numbers = conformed.row_numbers
     valid = ~row_numbers.isin(set(findings.loc[~is_detector, ROW_NUMBER])).to_numpy()
     if not valid.any():
         return []
@@ -259,41 +252,38 @@ def confirm_impact(trusted: TrustedData, conformed: pd.DataFrame, outcome: Valid
             for name, rows in groups.items()]
 
 
-def score_batch(detectors, conformed: pd.DataFrame, batch_findings: list[BatchFinding],
+def score_batch(detectors, conformed: ConformedBatch, batch_findings: list[BatchFinding],
                 chunk_rows: int = 100_000, map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
-    """Every detector's scores; row-scoped detectors see ``chunk_rows`` rows at a time, through
+    """Every detector's scores; the batch is read ``chunk_rows`` rows at a time, through
     ``map_chunks`` (see ``detectors.score_in_chunks``)."""
     # A batch that fails its schema is held whole; scoring columns it may not have means nothing.
-    return {} if batch_findings else score_in_chunks(detectors, conformed, chunk_rows, map_chunks)
+    return {} if batch_findings else score_in_chunks(detectors, conformed.chunks(chunk_rows), conformed.take,
+                                                     map_chunks)
 
 
-def decide_batch(conformed: pd.DataFrame, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],
+def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],
                  settings: Settings) -> Decisions:
-    decisions = decide(conformed[ROW_NUMBER], outcome.row_findings, outcome.batch_findings, scores, settings.policy,
-                       content_keys(conformed))
-    check_conservation(conformed, decisions)
+    keys = np.concatenate([content_keys(chunk) for chunk in conformed.chunks(settings.chunk_rows)])
+    decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
+                       keys)
+    check_conservation(conformed.n_rows, decisions)
     return decisions
 
 
-def check_conservation(batch: pd.DataFrame, decisions: Decisions) -> None:
+def check_conservation(n_rows: int, decisions: Decisions) -> None:
     """Every input row in exactly one decision, none invented: the invariant everything rests on."""
-    expected = batch[ROW_NUMBER].to_numpy()
-    got = decisions.table[ROW_NUMBER].to_numpy()
-    if len(got) != len(expected) or not np.array_equal(np.sort(got), np.sort(expected)):
+    got = np.sort(decisions.table[ROW_NUMBER].to_numpy())
+    if len(got) != n_rows or not np.array_equal(got, np.arange(n_rows)):
         raise RuntimeError("internal error: decisions do not cover every batch row exactly once")
 
 
 def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
-                  conformed: pd.DataFrame, outcome: ValidationOutcome, decisions: Decisions,
+                  conformed: ConformedBatch, outcome: ValidationOutcome, decisions: Decisions,
                   impacts: list[GroupImpact], checks: list[CheckResult], holdout_suspicion: np.ndarray,
                   run_id: str, started: dt.datetime) -> ScanOutputs:
     table = decisions.table
-    held = table.set_index(ROW_NUMBER)
-    is_held = conformed[ROW_NUMBER].map(held["quarantined"]).to_numpy(dtype=bool)
-    accepted = conformed[~is_held].reset_index(drop=True)
-    quarantined = conformed[is_held].reset_index(drop=True)
-    quarantined["suspicion"] = quarantined[ROW_NUMBER].map(held["suspicion"]).to_numpy()
-    quarantined["reasons"] = quarantined[ROW_NUMBER].map(held["reasons"]).to_list()
+    held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
+    held = held.reset_index(drop=True)
     counts_by_check = {**{k: 0 for k in outcome.checks}, **decisions.counts_by_check()}
     summary = {
         "poisonguard_version": __version__,
@@ -310,7 +300,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "label": request.label,
         "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
         "detectors": {name: params for name, params in settings.detectors.items()},
-        "counts": {"rows": batch.n_rows, "accepted": len(accepted), "quarantined": len(quarantined)},
+        "counts": {"rows": batch.n_rows, "accepted": batch.n_rows - len(held), "quarantined": len(held)},
         "checks": counts_by_check,
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
                            for f in outcome.batch_findings],
@@ -326,9 +316,10 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
         "duplicate": False,
     }
-    report = render_report(summary, table, conformed, holdout_suspicion)
-    return ScanOutputs(accepted=accepted, quarantined=quarantined, scores=table.drop(columns=["reasons"]),
-                       findings=decisions.findings, summary=summary, report_html=report)
+    report = render_report(summary, table, conformed.take, holdout_suspicion)
+    return ScanOutputs(rows=conformed, held=held, scores=table.drop(columns=["reasons"]),
+                       findings=decisions.findings, summary=summary, report_html=report,
+                       chunk_rows=settings.chunk_rows)
 
 
 def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData) -> dict[str, str]:

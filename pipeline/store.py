@@ -7,6 +7,7 @@ Layout::
         summary.json      report.html          row_digests.parquet
     <workspace>/staging/<dataset>/<batch sha256>.<random>/   a scan's outputs being written
     <workspace>/locks/<dataset>/<batch sha256>.lock   held while the batch is being scanned
+    <workspace>/spool/spool-<random>/   a large batch being read (see ``io.read_table``)
 
 A scan writes its files into a staging folder and renames the folder into place. The rename
 is atomic, so a batch folder is either complete or absent, and a second scan of the same bytes
@@ -33,7 +34,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import safe_name
 from pipeline.faults import checkpoint
-from pipeline.io import ROW_NUMBER, write_parquet_atomic, write_text_atomic
+from pipeline.io import PARQUET_SLICE_ROWS, ROW_NUMBER, write_parquet_atomic, write_parquet_parts, write_text_atomic
 from pipeline.ledger.intake import folder_files
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # a batch folder's (and lock's) name
@@ -53,19 +54,38 @@ ROW_DIGESTS = "row_digests.parquet"  # workspace only
 DIGESTED_FILES = ("accepted.parquet", "quarantined.parquet")  # the rows that can reach training
 
 
+class BatchRows(Protocol):
+    """The scanned batch, read again to write it out (``validation.ConformedBatch``)."""
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame: ...
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]: ...
+    def take(self, positions: np.ndarray) -> pd.DataFrame: ...
+    def arrow_schema(self, part: pd.DataFrame) -> pa.Schema: ...
+
+
 @dataclass(frozen=True)
 class ScanOutputs:
-    accepted: pd.DataFrame
-    quarantined: pd.DataFrame
+    """What a scan writes. The batch's rows are not held here: ``rows`` reads them again,
+    ``chunk_rows`` at a time, as accepted.parquet and quarantined.parquet are written."""
+
+    rows: BatchRows
+    held: pd.DataFrame  # row_number (= position), suspicion and reasons of each quarantined row, in batch order
     scores: pd.DataFrame
     findings: pd.DataFrame
     summary: dict[str, Any]
     report_html: str
+    chunk_rows: int = PARQUET_SLICE_ROWS
 
 
 class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where large batches are spooled while scanned (``io.read_table``); each spool is
+        unlinked as soon as it is mapped, so a killed scan leaves at most one behind."""
+        return self.root / "spool"
 
     def batch_dir(self, dataset: str, sha256: str) -> Path:
         return self.root / "datasets" / safe_name(dataset, "dataset name") / "batches" / sha256
@@ -140,8 +160,7 @@ class Workspace:
 def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     """Write every output file atomically into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(outputs.accepted, folder / "accepted.parquet")
-    write_parquet_atomic(outputs.quarantined, folder / "quarantined.parquet")
+    _write_split(outputs, folder / "accepted.parquet", folder / "quarantined.parquet")
     checkpoint("store.staging_half_written")
     write_parquet_atomic(outputs.scores, folder / "scores.parquet")
     write_parquet_atomic(outputs.findings, folder / "findings.parquet")
@@ -151,6 +170,28 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     checkpoint("store.staging_before_summary")
     # summary.json last: its presence marks a complete folder
     write_text_atomic(json.dumps(outputs.summary, indent=2, default=str) + "\n", folder / "summary.json")
+
+
+def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> None:
+    """The batch's rows less the held ones, in a pass over the batch; the held rows (about 1 %)
+    fetched by position, with their suspicion and reasons."""
+    held = outputs.held
+    positions = held[ROW_NUMBER].to_numpy()
+    is_held = np.zeros(outputs.summary["counts"]["rows"], dtype=bool)
+    is_held[positions] = True
+    empty = outputs.rows.rows(0, 0)
+    write_parquet_parts((chunk[~is_held[chunk[ROW_NUMBER].to_numpy()]].reset_index(drop=True)
+                         for chunk in outputs.rows.chunks(outputs.chunk_rows)),
+                        accepted, outputs.rows.arrow_schema(empty))
+    extra = held.drop(columns=[ROW_NUMBER])
+    schema = outputs.rows.arrow_schema(empty)
+    for field in pa.Schema.from_pandas(extra, preserve_index=False):
+        schema = schema.append(field)
+    starts = range(0, len(positions), outputs.chunk_rows)
+    write_parquet_parts((outputs.rows.take(positions[start:start + outputs.chunk_rows]).reset_index(drop=True)
+                         .assign(**{name: extra[name].iloc[start:start + outputs.chunk_rows].to_list()
+                                    for name in extra.columns}) for start in starts),
+                        quarantined, schema)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.errors import SuiteError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
-from pipeline.io import ROW_NUMBER
+from pipeline.io import ROW_NUMBER, LoadedTable
 
 NUMERIC_TYPES = ["int", "float", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "uint64", "float32", "float64", "Int64", "Float64"]
@@ -294,13 +295,15 @@ def _round(value: float) -> float:
 
 # --- conforming a batch to the reference's column kinds --------------------------------------
 
-def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind], *,
+            judge_columns: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Coerce batch columns to the reference's kinds, recording every cell that did not fit.
 
     A numeric column whose text does not parse keeps the rest of its values; the cells that
     failed become NaN and a ``not_a_number`` finding. When most of a column fails, it is left
-    as text so that the suite's type expectation reports the wrong type for the whole batch.
-    Infinite values become NaN with a ``non_finite`` finding: no detector can score them.
+    as text so that the suite's type expectation reports the wrong type for the whole batch
+    (``judge_columns=False`` leaves that judgement out, for a slice of a batch already judged
+    whole). Infinite values become NaN with a ``non_finite`` finding: no detector can score them.
     """
     # Copy-on-write (pandas 3): a shallow copy shares the columns that need no change with
     # ``frame`` and still leaves ``frame`` as it was; a deep copy of a 10^6-row batch is ~0.5 GB.
@@ -311,7 +314,7 @@ def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind]) -> tuple[pd.DataF
             continue
         raw = out[col]
         if kind is ColumnKind.NUMERIC:
-            coerced, col_records = _coerce_numeric(raw, frame[ROW_NUMBER], col)
+            coerced, col_records = _coerce_numeric(raw, frame[ROW_NUMBER], col, judge_columns)
             records.extend(col_records)
             if coerced is not raw:
                 out[col] = coerced
@@ -320,7 +323,8 @@ def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind]) -> tuple[pd.DataF
     return out, findings_frame(records) if records else empty_findings()
 
 
-def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str) -> tuple[pd.Series, list[dict]]:
+def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str,
+                    judge_column: bool = True) -> tuple[pd.Series, list[dict]]:
     records: list[dict] = []
     if pd.api.types.is_bool_dtype(raw) or not (pd.api.types.is_numeric_dtype(raw)
                                                or pd.api.types.is_object_dtype(raw)
@@ -331,7 +335,7 @@ def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str) -> tuple[p
     else:
         numeric = pd.to_numeric(raw.astype(object).map(_strip), errors="coerce")
         failed = numeric.isna() & raw.notna() & (raw.astype(object).map(_strip) != "")
-        if failed.sum() > 0.5 * max(int(raw.notna().sum()), 1):
+        if judge_column and failed.sum() > 0.5 * max(int(raw.notna().sum()), 1):
             return raw, records  # mostly text: a wrong type, reported at batch level by GX
         for idx in failed[failed].index:
             records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NOT_A_NUMBER, raw[idx],
@@ -380,6 +384,169 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# --- a batch conformed a slice at a time ------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConformedBatch:
+    """The batch in the reference's column kinds, conformed only where a step reads it: a slice
+    of rows, some rows by position, or one column (``batch[name]``, as batch checks read it).
+
+    ``kinds`` leaves out the numeric columns the whole batch kept as text, and ``dtypes`` are the
+    whole conformed frame's, so any slice conforms exactly as it did inside the whole batch;
+    ``arrow_types`` are the types its columns take in Arrow (a slice whose text column happens to
+    be empty would say "null"), for writing slices as one file.
+    """
+
+    source: LoadedTable
+    kinds: dict[str, ColumnKind]
+    dtypes: dict[str, Any]
+    arrow_types: dict[str, pa.DataType]
+
+    @property
+    def n_rows(self) -> int:
+        return self.source.n_rows
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.source.columns, ROW_NUMBER]
+
+    @property
+    def row_numbers(self) -> pd.Series:
+        return pd.Series(np.arange(self.n_rows, dtype=np.int64), name=ROW_NUMBER)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every row, conformed: for small batches and tests."""
+        return self.rows(0, self.n_rows)
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        return self._conformed(self.source.rows(start, stop))
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        return self._conformed(self.source.take(positions))
+
+    def chunks(self, rows: int):
+        for part in self.source.chunks(rows):
+            yield self._conformed(part)
+
+    def arrow_schema(self, part: pd.DataFrame) -> pa.Schema:
+        """The Arrow schema of a slice of this batch (with any columns added to it), with the
+        whole batch's type for each batch column."""
+        schema = pa.Schema.from_pandas(part, preserve_index=False)
+        for i, name in enumerate(schema.names):
+            if name in self.arrow_types:
+                schema = schema.set(i, schema.field(i).with_type(self.arrow_types[name]))
+        return schema
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return self._conformed(self.source.select([c for c in (column,) if c != ROW_NUMBER]))[column]
+
+    def _conformed(self, part: pd.DataFrame) -> pd.DataFrame:
+        out, _ = conform(part, {c: k for c, k in self.kinds.items() if c in part.columns}, judge_columns=False)
+        for column in out.columns:
+            if column in self.dtypes and out[column].dtype != self.dtypes[column]:
+                out[column] = out[column].astype(self.dtypes[column])
+        return out
+
+
+# Cells (rows × columns) validated at once: a batch larger than this is validated a group of
+# whole columns at a time (about 32 MB of float64 each, before GX's own copies).
+VALIDATION_CELLS = 4_000_000
+
+
+def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suite,
+                   max_cells: int = VALIDATION_CELLS) -> tuple[ConformedBatch, ValidationOutcome]:
+    """Conform the batch to ``kinds`` and run ``suite`` on it, holding at most ``max_cells``
+    cells of it at a time.
+
+    A larger batch is taken a group of columns at a time, every row of each, so each column is
+    judged whole (``conform``'s mostly-text rule, ``mostly``, uniqueness). An expectation runs
+    with the group of the first column it names, plus the other columns it names. Expectations
+    about the table's shape see its first row (columns are the same in every row), and row-count
+    expectations a frame of as many rows and no columns.
+    """
+    columns = batch.columns
+    per_group = max(1, max_cells // max(batch.n_rows, 1))
+    groups = [columns[i:i + per_group] for i in range(0, len(columns), per_group)] or [[]]
+    expectations = suite.document["expectations"]
+    shape = [e for e in expectations if len(groups) > 1 and _about_shape(e, columns)]
+    owner = {column: i for i, group in enumerate(groups) for column in group}
+    assigned: list[list[dict[str, Any]]] = [[] for _ in groups]
+    for expectation in expectations:
+        if not any(expectation is e for e in shape):
+            assigned[owner[_named_columns(expectation)[0]] if len(groups) > 1 else 0].append(expectation)
+
+    type_parts, outcomes, dtypes, arrow_types, kept = [], [], {}, {}, set()
+    for own, group_expectations in zip(groups, assigned):
+        needed = list(dict.fromkeys([*own, *(c for e in group_expectations for c in _named_columns(e))]))
+        frame = batch.select([c for c in needed if c in columns])
+        conformed, type_findings = conform(frame, {c: kinds[c] for c in needed if c in kinds})
+        type_parts.append(type_findings[type_findings["column"].isin(own)])
+        dtypes.update({c: conformed[c].dtype for c in own})
+        arrow_types.update(zip(own, pa.Schema.from_pandas(conformed[own], preserve_index=False).types))
+        kept.update(c for c in own if kinds.get(c) is ColumnKind.NUMERIC and not _is_number(conformed[c]))
+        if group_expectations:
+            outcomes.append(validate(conformed, _part_of(suite, group_expectations), batch_rows=batch.n_rows))
+        del frame, conformed
+    arrow_types[ROW_NUMBER] = pa.int64()
+    result = ConformedBatch(batch, {c: k for c, k in kinds.items() if c not in kept}, dtypes, arrow_types)
+    counted = [e for e in shape if e["type"].startswith("expect_table_row_count")]
+    if counted:
+        outcomes.append(validate(pd.DataFrame({ROW_NUMBER: np.arange(batch.n_rows)}), _part_of(suite, counted)))
+    if len(counted) < len(shape):
+        outcomes.append(validate(result.rows(0, 1), _part_of(suite, [e for e in shape if e not in counted]),
+                                 batch_rows=batch.n_rows))
+    return result, _merged(outcomes, type_parts)
+
+
+def _named_columns(expectation: dict[str, Any]) -> list[str]:
+    kwargs = expectation.get("kwargs", {})
+    named = [kwargs.get(k) for k in ("column", "column_A", "column_B")] + list(kwargs.get("column_list") or [])
+    return [str(c) for c in named if c is not None]
+
+
+def _about_shape(expectation: dict[str, Any], columns: list[str]) -> bool:
+    named = _named_columns(expectation)
+    return (expectation["type"].startswith("expect_table_") or expectation["type"] == "expect_column_to_exist"
+            or not named or any(c not in columns for c in named))
+
+
+def _is_number(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _part_of(suite: Suite, expectations: list[dict[str, Any]]) -> Suite:
+    return suite_from_document({**suite.document, "expectations": expectations}, suite.source)
+
+
+def _merged(outcomes: list[ValidationOutcome], type_parts: list[pd.DataFrame]) -> ValidationOutcome:
+    type_findings = pd.concat(type_parts, ignore_index=True) if any(len(t) for t in type_parts) else empty_findings()
+    row_parts = [o.row_findings for o in outcomes if len(o.row_findings)]
+    row_findings = pd.concat(row_parts, ignore_index=True) if row_parts else empty_findings()
+    row_findings = _without_echoes(row_findings, type_findings)
+    parts = [f for f in (type_findings, row_findings) if len(f)]
+    findings = pd.concat(parts, ignore_index=True) if parts else row_findings
+    checks: dict[str, int] = {}
+    for outcome in outcomes:
+        checks.update(outcome.checks)
+    for check, count in type_findings.groupby("check")[ROW_NUMBER].nunique().items():
+        checks[str(check)] = int(count)
+    batch_findings = _root_causes_first([f for o in outcomes for f in o.batch_findings])
+    return ValidationOutcome(findings, batch_findings, checks)
+
+
+def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> pd.DataFrame:
+    """A cell that was text or inf became NaN in ``conform``; the suite's not-null rule then says
+    "is missing" about the same cell. The type finding already names the problem."""
+    if type_findings.empty or row_findings.empty:
+        return row_findings
+    typed = set(zip(type_findings[ROW_NUMBER], type_findings["column"]))
+    echo = (row_findings["reason_code"] == ReasonCode.MISSING_VALUE.value) & \
+        pd.Series([cell in typed for cell in zip(row_findings[ROW_NUMBER], row_findings["column"])],
+                  index=row_findings.index, dtype=bool)
+    return row_findings[~echo]
+
+
 # --- running a suite -----------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
@@ -397,8 +564,9 @@ def _context():
 _asset_counter = itertools.count()
 
 
-def validate(frame: pd.DataFrame, suite: Suite) -> ValidationOutcome:
-    """Run every expectation of ``suite`` on ``frame`` (index = row_number) and collect findings."""
+def validate(frame: pd.DataFrame, suite: Suite, batch_rows: int | None = None) -> ValidationOutcome:
+    """Run every expectation of ``suite`` on ``frame`` (index = row_number) and collect findings.
+    A batch-level failure holds ``batch_rows`` rows (default: the frame's)."""
     gx_suite = _to_gx_suite(suite.document, suite.source)
     data = frame.drop(columns=[ROW_NUMBER])
     context = _context()
@@ -430,7 +598,7 @@ def validate(frame: pd.DataFrame, suite: Suite) -> ValidationOutcome:
             checks[check] = len(indices)
         elif not res.success:
             batch_findings.append(_batch_finding(config.type, kwargs, res.result, check))
-            checks[check] = len(frame)
+            checks[check] = len(frame) if batch_rows is None else batch_rows
     findings = findings_frame(records) if records else empty_findings()
     return ValidationOutcome(findings, _root_causes_first(batch_findings), checks)
 

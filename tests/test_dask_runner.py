@@ -31,7 +31,8 @@ def test_scores_in_chunks_equal_scores_of_the_whole_batch():
     spec = FeatureSpec.from_kinds(kinds, "deny")
     detectors = fit_all(build_detectors(DEFAULT_DETECTORS), reference, spec)
     whole = score_all(detectors, batch)
-    chunked = score_in_chunks(detectors, batch, chunk_rows=97)
+    chunked = score_in_chunks(detectors, (batch.iloc[start:start + 97] for start in range(0, len(batch), 97)),
+                              batch.take)
     assert list(chunked) == list(whole)
     for name in whole:
         pd.testing.assert_frame_equal(chunked[name], whole[name])

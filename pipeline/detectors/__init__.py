@@ -5,7 +5,7 @@ Adding a detector = one module + one line here + it passes tests/test_detector_c
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -66,9 +66,10 @@ def score_all(detectors: dict[str, Detector], batch: pd.DataFrame) -> dict[str, 
 # What one chunk of a batch gives each detector: a row-scoped detector's scores of its rows, a
 # batch-scoped detector's summary of them.
 ChunkResult = dict[str, pd.DataFrame | Summary]
-# Reads a list of chunks with the same detectors (``read_chunk``): in turn (``read_each``), on
-# threads, or on a Dask cluster (the ingest flow passes its Prefect task runner's map).
-ChunkMap = Callable[[dict[str, Detector], list[pd.DataFrame]], list[ChunkResult]]
+# Reads chunks with the same detectors (``read_chunk``): in turn (``read_each``), on threads, or
+# on a Dask cluster (the ingest flow passes its Prefect task runner). Chunks come as they are
+# read, so a map should hold only the few it is working on.
+ChunkMap = Callable[[dict[str, Detector], Iterable[pd.DataFrame]], list[ChunkResult]]
 
 
 def read_chunk(detectors: dict[str, Detector], chunk: pd.DataFrame) -> ChunkResult:
@@ -76,21 +77,21 @@ def read_chunk(detectors: dict[str, Detector], chunk: pd.DataFrame) -> ChunkResu
     return {name: d.score(chunk) if d.chunkable else d.summarise(chunk) for name, d in detectors.items()}
 
 
-def read_each(detectors: dict[str, Detector], chunks: list[pd.DataFrame]) -> list[ChunkResult]:
+def read_each(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame]) -> list[ChunkResult]:
     return [read_chunk(detectors, chunk) for chunk in chunks]
 
 
-def score_in_chunks(detectors: dict[str, Detector], batch: pd.DataFrame, chunk_rows: int,
+def score_in_chunks(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame], fetch: RowFetch,
                     map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
-    """``score_all``, reading the batch ``chunk_rows`` rows at a time (``read_chunk``), in
-    parallel where ``map_chunks`` is.
+    """``score_all`` of the batch that ``chunks`` (consecutive slices of it) make up, reading them
+    with ``read_chunk``, in parallel where ``map_chunks`` is; ``fetch`` returns batch rows by
+    position.
 
     A row-scoped detector's score of a row depends on that row alone, and a batch-scoped one's
     summaries of consecutive chunks concatenate to the whole batch's (the conformance suite
     checks both), so chunks change nothing but peak memory.
     """
-    chunks = [batch.iloc[start:start + chunk_rows] for start in range(0, len(batch), chunk_rows)] or [batch]
-    return combine_chunks(detectors, map_chunks(detectors, chunks), lambda positions: batch.iloc[positions])
+    return combine_chunks(detectors, map_chunks(detectors, chunks), fetch)
 
 
 def combine_chunks(detectors: dict[str, Detector], parts: list[ChunkResult], fetch: RowFetch) -> dict[str, pd.DataFrame]:
