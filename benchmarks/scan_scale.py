@@ -121,7 +121,7 @@ def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) 
     scores = timed("score", scan.score_batch, detectors, conformed, outcome.batch_findings, settings.chunk_rows)
     checks = timed("fit batch checks", scan.fit_checks, trusted)
     timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
-    decisions = timed("decide", scan.decide_batch, conformed, outcome, scores, settings)
+    decisions = timed("decide", scan.decide_batch, conformed, outcome, detectors, scores, settings)
     impacts = timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
     outputs = timed("build outputs", scan.build_outputs, request, settings, batch, trusted, conformed, outcome,
                     decisions, impacts, [], np.array([]), "benchmark", scan.now())

@@ -185,7 +185,7 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         progress.reached("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")
-        decisions = decide_batch(conformed, outcome, scores, settings)
+        decisions = decide_batch(conformed, outcome, detectors, scores, settings)
         progress.reached("scan.decided")
         earlier = source_history(settings.tracking_uri, request.dataset_name, request.source, run_id)
         checks = [*checks, check_source(request, earlier, decisions)]

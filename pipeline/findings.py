@@ -37,10 +37,12 @@ class BatchFinding:
 
 
 def findings_frame(records: list[dict]) -> pd.DataFrame:
-    """Build the long findings table; ``observed`` is kept as text so mixed values fit one column."""
+    """Build the long findings table; ``observed`` is kept as text so mixed values fit one column
+    (each value's own text: a column of them all numbers would make an int a float first)."""
     frame = pd.DataFrame.from_records(records, columns=FINDING_COLUMNS)
     frame["row_number"] = frame["row_number"].astype("int64")
-    frame["observed"] = frame["observed"].astype(object).map(lambda v: None if v is None else str(v))
+    frame["observed"] = pd.Series([None if r["observed"] is None else str(r["observed"]) for r in records],
+                                  index=frame.index, dtype=object)
     frame["reason_code"] = frame["reason_code"].map(lambda c: ReasonCode(c).value)
     return frame
 

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.limits import InputLimits, environment_variable
+from pipeline.memory import release_freed_memory
 
 ROW_NUMBER = "row_number"
 # Columns poisonguard adds to its outputs; an input that already has one would be ambiguous.
@@ -167,7 +168,7 @@ def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | N
     del table
     # Arrow's allocator keeps the pages that decoding used and freed, for Arrow to reuse; little
     # after reading allocates through it, so they would stay resident (0.24 GB after a 10^6-row batch).
-    pa.default_memory_pool().release_unused()
+    release_freed_memory(loaded.n_rows)
     return loaded
 
 
@@ -719,11 +720,13 @@ def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> None:
 def write_parquet_parts(parts: Iterable[pd.DataFrame], target: Path, schema: pa.Schema) -> None:
     """Frames written one after another as one Parquet file with ``schema``, atomically; a frame
     is converted to Arrow only when its turn comes."""
+    rows = 0
     with atomic_path(target) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
-    pa.default_memory_pool().release_unused()  # see read_table
+                rows += len(part)
+    release_freed_memory(rows)  # see read_table
 
 
 def write_text_atomic(text: str, target: Path) -> None:

@@ -21,11 +21,21 @@ from pipeline import __version__
 from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, content_keys, decide
-from pipeline.detectors import ChunkMap, FeatureSpec, build_detectors, fit_all, read_each, score_all, score_in_chunks
+from pipeline.detectors import (
+    ChunkMap,
+    FeatureSpec,
+    build_detectors,
+    explain_rows,
+    fit_all,
+    read_each,
+    score_all,
+    score_in_chunks,
+)
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
+from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
 from pipeline.roni import GroupImpact, classifier, group_impact
@@ -257,16 +267,22 @@ def score_batch(detectors, conformed: ConformedBatch, batch_findings: list[Batch
     """Every detector's scores; the batch is read ``chunk_rows`` rows at a time, through
     ``map_chunks`` (see ``detectors.score_in_chunks``)."""
     # A batch that fails its schema is held whole; scoring columns it may not have means nothing.
-    return {} if batch_findings else score_in_chunks(detectors, conformed.chunks(chunk_rows), conformed.take,
-                                                     map_chunks)
+    if batch_findings:
+        return {}
+    scores = score_in_chunks(detectors, conformed.chunks(chunk_rows), conformed.take, map_chunks)
+    release_freed_memory(conformed.n_rows)
+    return scores
 
 
-def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, scores: dict[str, pd.DataFrame],
-                 settings: Settings) -> Decisions:
+def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, detectors,
+                 scores: dict[str, pd.DataFrame], settings: Settings) -> Decisions:
+    """``decide`` over the batch: content keys a chunk at a time, and the reasons of the rows the
+    detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out)."""
     keys = np.concatenate([content_keys(chunk) for chunk in conformed.chunks(settings.chunk_rows)])
     decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
-                       keys)
+                       keys, explain_rows(detectors, scores, conformed.take))
     check_conservation(conformed.n_rows, decisions)
+    release_freed_memory(conformed.n_rows)
     return decisions
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 from pipeline.errors import SuiteError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
 from pipeline.io import ROW_NUMBER, LoadedTable
+from pipeline.memory import release_freed_memory
 
 NUMERIC_TYPES = ["int", "float", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "uint64", "float32", "float64", "Int64", "Float64"]
@@ -496,7 +497,11 @@ def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suit
     if len(counted) < len(shape):
         outcomes.append(validate(result.rows(0, 1), _part_of(suite, [e for e in shape if e not in counted]),
                                  batch_rows=batch.n_rows))
-    return result, _merged(outcomes, type_parts)
+    release_freed_memory(batch.n_rows)
+    type_order = {f"type:{column}": i for i, column in enumerate(kinds)}
+    check_order = {f"validation:{_check_name(e['type'], e.get('kwargs', {}), e.get('meta') or {})}": i
+                   for i, e in reversed(list(enumerate(expectations)))}
+    return result, _merged(outcomes, type_parts, type_order, check_order)
 
 
 def _named_columns(expectation: dict[str, Any]) -> list[str]:
@@ -519,10 +524,13 @@ def _part_of(suite: Suite, expectations: list[dict[str, Any]]) -> Suite:
     return suite_from_document({**suite.document, "expectations": expectations}, suite.source)
 
 
-def _merged(outcomes: list[ValidationOutcome], type_parts: list[pd.DataFrame]) -> ValidationOutcome:
-    type_findings = pd.concat(type_parts, ignore_index=True) if any(len(t) for t in type_parts) else empty_findings()
-    row_parts = [o.row_findings for o in outcomes if len(o.row_findings)]
-    row_findings = pd.concat(row_parts, ignore_index=True) if row_parts else empty_findings()
+def _merged(outcomes: list[ValidationOutcome], type_parts: list[pd.DataFrame], type_order: dict[str, int],
+            check_order: dict[str, int]) -> ValidationOutcome:
+    """One outcome from the groups', its findings in the order one pass over the whole batch
+    gives them (type findings column by column, then each expectation's in the suite's order,
+    rows ascending within each), so that the reasons a row is given never depend on the groups."""
+    type_findings = _ordered([t for t in type_parts if len(t)], type_order)
+    row_findings = _ordered([o.row_findings for o in outcomes if len(o.row_findings)], check_order)
     row_findings = _without_echoes(row_findings, type_findings)
     parts = [f for f in (type_findings, row_findings) if len(f)]
     findings = pd.concat(parts, ignore_index=True) if parts else row_findings
@@ -533,6 +541,15 @@ def _merged(outcomes: list[ValidationOutcome], type_parts: list[pd.DataFrame]) -
         checks[str(check)] = int(count)
     batch_findings = _root_causes_first([f for o in outcomes for f in o.batch_findings])
     return ValidationOutcome(findings, batch_findings, checks)
+
+
+def _ordered(parts: list[pd.DataFrame], order: dict[str, int]) -> pd.DataFrame:
+    if not parts:
+        return empty_findings()
+    findings = pd.concat(parts, ignore_index=True)
+    rank = findings["check"].map(order).fillna(len(order)).to_numpy()
+    keys = np.lexsort((findings[ROW_NUMBER].to_numpy(), rank))  # stable: the last key sorts first
+    return findings.iloc[keys].reset_index(drop=True)
 
 
 def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> pd.DataFrame:
@@ -656,10 +673,12 @@ def _check_name(type_: str, kwargs: dict, meta: dict) -> str:
 
 
 def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: dict, check: str) -> dict:
-    row = frame.loc[idx]
+    def cell(name: str) -> Any:  # by cell: a row of an all-number frame would make an int a float
+        return frame.at[idx, name]
+
     col = kwargs.get("column")
     column = col or "/".join(str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs) or None
-    observed = row[col] if col in frame.columns else None
+    observed = cell(col) if col in frame.columns else None
     if type_ == "expect_column_values_to_be_between":
         code = ReasonCode.OUT_OF_RANGE
         message = (f"{col}={_show(observed)} is outside the trusted range "
@@ -675,8 +694,8 @@ def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: 
     elif "column_A" in kwargs:
         code = ReasonCode.INTEGRITY
         a, b = kwargs["column_A"], kwargs["column_B"]
-        observed = f"{a}={row[a]}, {b}={row[b]}"
-        message = f"{a}={_show(row[a])} vs {b}={_show(row[b])} breaks {type_.removeprefix('expect_')}"
+        observed = f"{a}={cell(a)}, {b}={cell(b)}"
+        message = f"{a}={_show(cell(a))} vs {b}={_show(cell(b))} breaks {type_.removeprefix('expect_')}"
     else:
         code = ReasonCode.EXPECTATION
         message = f"{col}={_show(observed)} fails {type_.removeprefix('expect_')}" if col else f"fails {check}"

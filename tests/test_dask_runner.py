@@ -6,10 +6,11 @@ DaskTaskRunner, with chunks small enough that the sample batch is scored as seve
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.detectors import DEFAULT_DETECTORS, build_detectors, fit_all, score_all, score_in_chunks
+from pipeline.detectors import DEFAULT_DETECTORS, build_detectors, explain_rows, fit_all, score_all, score_in_chunks
 from pipeline.io import ROW_NUMBER
 from tests.conftest import SAMPLES
 
@@ -19,7 +20,7 @@ def _decisions(out) -> pd.DataFrame:
     return scores.drop(columns=[c for c in scores.columns if c.endswith("_seconds")], errors="ignore")
 
 
-def test_scores_in_chunks_equal_scores_of_the_whole_batch():
+def test_scores_in_chunks_equal_scores_of_the_whole_batch_and_reasons_asked_after_are_the_same():
     from pipeline.detectors import FeatureSpec
     from pipeline.validation import column_kinds, conform
 
@@ -34,8 +35,13 @@ def test_scores_in_chunks_equal_scores_of_the_whole_batch():
     chunked = score_in_chunks(detectors, (batch.iloc[start:start + 97] for start in range(0, len(batch), 97)),
                               batch.take)
     assert list(chunked) == list(whole)
+    explain = explain_rows(detectors, chunked, batch.take)
+    rows = np.arange(len(batch))
     for name in whole:
-        pd.testing.assert_frame_equal(chunked[name], whole[name])
+        pd.testing.assert_frame_equal(chunked[name].drop(columns="reason"), whole[name].drop(columns="reason"))
+        assert explain(name, rows) == whole[name]["reason"].to_list()
+        if detectors[name].chunkable:  # row-scoped detectors leave reasons to be asked for
+            assert (chunked[name]["reason"] == "").all() and (whole[name]["reason"] != "").any()
 
 
 def test_a_dask_local_cluster_decides_exactly_as_the_default_runner(scan_sample, monkeypatch):

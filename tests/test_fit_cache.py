@@ -120,7 +120,7 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
 
     def decisions():
         detectors = scan.fit_detectors(trusted, settings)
-        return scan.decide_batch(conformed, outcome, scan.score_batch(detectors, conformed, []), settings).table
+        return scan.decide_batch(conformed, outcome, detectors, scan.score_batch(detectors, conformed, []), settings).table
 
     fresh = decisions()
     assert len(list((tmp_path / "ws" / "cache" / "fits").glob("*.joblib"))) == 1

@@ -533,7 +533,7 @@ def _scan_outcome(document: GeneratedFile, fitted: FittedScan, path: Path, out: 
     conformed, outcome = scan.validate_batch(batch, trusted)
     scores = scan.score_batch(fitted.detectors, conformed, outcome.batch_findings)
     checks = scan.check_batch(fitted.checks, conformed, outcome.batch_findings)
-    decisions = scan.decide_batch(conformed, outcome, scores, settings_)
+    decisions = scan.decide_batch(conformed, outcome, fitted.detectors, scores, settings_)
     impacts = scan.confirm_impact(trusted, conformed, outcome, decisions, settings_) if group_roni else []
     outputs = scan.build_outputs(request, settings_, batch, trusted, conformed, outcome, decisions, impacts,
                                  checks, fitted.holdout_suspicion, "fuzz-run", scan.now())

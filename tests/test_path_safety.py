@@ -170,7 +170,7 @@ def scan_into_workspace(batch: Path, workspace: Path, out: Path, dataset: str, t
     settings = dataclasses.replace(settings, workspace=workspace)
     loaded = scan.ingest(request)
     conformed, outcome = scan.validate_batch(loaded, trusted)
-    decisions = scan.decide_batch(conformed, outcome, {}, settings)
+    decisions = scan.decide_batch(conformed, outcome, {}, {}, settings)
     outputs = scan.build_outputs(request, settings, loaded, trusted, conformed, outcome, decisions, [], [],
                                  scan.np.array([]), "no-run", scan.now())
     space = Workspace(workspace)

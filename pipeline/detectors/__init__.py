@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from pipeline.detectors.base import (
@@ -24,6 +25,7 @@ from pipeline.detectors.labels import LabelConsistency
 from pipeline.detectors.outliers import FeatureOutlier
 from pipeline.detectors.triggers import TriggerPattern
 from pipeline.errors import PoisonguardError
+from pipeline.io import ROW_NUMBER
 
 DETECTORS: dict[str, type[Detector]] = {
     FeatureOutlier.name: FeatureOutlier,
@@ -73,8 +75,24 @@ ChunkMap = Callable[[dict[str, Detector], Iterable[pd.DataFrame]], list[ChunkRes
 
 
 def read_chunk(detectors: dict[str, Detector], chunk: pd.DataFrame) -> ChunkResult:
-    """One pass over a chunk: row-scoped detectors score it, batch-scoped ones summarise it."""
-    return {name: d.score(chunk) if d.chunkable else d.summarise(chunk) for name, d in detectors.items()}
+    """One pass over a chunk: row-scoped detectors score it (without reasons: ``explain_rows``
+    gives those of the rows a scan holds), batch-scoped ones summarise it."""
+    return {name: d.score(chunk, explain=False) if d.chunkable else d.summarise(chunk)
+            for name, d in detectors.items()}
+
+
+def explain_rows(detectors: dict[str, Detector], scores: dict[str, pd.DataFrame],
+                 fetch: RowFetch) -> Callable[[str, np.ndarray], list[str]]:
+    """The reasons ``name`` gives the batch rows at ``positions``: a row-scoped detector scores
+    them again (a row's score is its own, so its reason is the one a whole-batch score gives);
+    a batch-scoped one gave its reasons with its scores."""
+    def explain(name: str, positions: np.ndarray) -> list[str]:
+        detector = detectors[name]
+        if detector.chunkable and len(positions):
+            return detector.score(fetch(positions))["reason"].to_list()
+        reasons = scores[name].set_index(ROW_NUMBER)["reason"]
+        return reasons.reindex(positions).to_list()
+    return explain
 
 
 def read_each(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame]) -> list[ChunkResult]:
@@ -108,4 +126,4 @@ def combine_chunks(detectors: dict[str, Detector], parts: list[ChunkResult], fet
 
 __all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "ChunkMap", "ChunkResult", "Detector", "FeatureSpec",
            "RowFetch", "Summary", "build_detectors", "combine_chunks", "conformal_pvalues", "fit_all", "read_chunk",
-           "read_each", "score_all", "score_in_chunks"]
+           "read_each", "score_all", "score_in_chunks", "explain_rows"]

@@ -134,12 +134,18 @@ class Detector(ABC):
         self.spec_ = spec
         return self
 
-    def score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Score every batch row; returns a frame with ``SCORE_COLUMNS``, one row per batch row."""
+    def score(self, batch: pd.DataFrame, explain: bool = True) -> pd.DataFrame:
+        """Score every batch row; returns a frame with ``SCORE_COLUMNS``, one row per batch row.
+
+        A reason is given for each row with p ≤ ``REASON_PVALUE``: half the rows of any batch.
+        ``explain=False`` (row-scoped detectors) leaves every reason "" for a scan to ask for the
+        few rows it holds (``score`` of those rows alone gives the same reasons), since the
+        strings for half of 10^6 rows are most of what scoring them keeps.
+        """
         self._check_fitted()
         if not self.chunkable:
             return self.score_summary(self.summarise(batch), lambda positions: batch.iloc[positions])
-        result = self._score(batch)
+        result = self._score(batch, explain)
         result.insert(0, ROW_NUMBER, batch[ROW_NUMBER].to_numpy())
         return result[SCORE_COLUMNS].reset_index(drop=True)
 
@@ -172,8 +178,9 @@ class Detector(ABC):
     @abstractmethod
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None: ...
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Row-scoped detectors: ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order."""
+    def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
+        """Row-scoped detectors: ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order
+        (reasons "" throughout unless ``explain``)."""
         raise NotImplementedError(f"{type(self).__name__} is row-scoped and must implement _score.")
 
     def _summarise(self, chunk: pd.DataFrame) -> Summary:

@@ -121,7 +121,7 @@ class LabelConsistency(Detector):
         rows = np.arange(len(labels))
         return 0.5 * (1.0 - votes[rows, column]) + 0.5 * (1.0 - proba[rows, column])
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
         spec = self.spec_
         n = len(batch)
         raw = np.zeros(n)
@@ -145,7 +145,7 @@ class LabelConsistency(Detector):
                 mask[known] = given == c
                 pvalues[mask] = conformal_pvalues(self.calibration_[c], raw[mask])
             positions = np.flatnonzero(known)
-            for j in np.flatnonzero(pvalues[known] <= REASON_PVALUE):
+            for j in np.flatnonzero(pvalues[known] <= REASON_PVALUE) if explain else ():
                 reasons[positions[j]] = self._reason(given[j], votes[j], proba[j], pvalues[positions[j]])
         flagged = pvalues <= self.alpha
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})

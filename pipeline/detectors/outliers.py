@@ -93,7 +93,7 @@ class FeatureOutlier(Detector):
             scores[held_out] = model.decision_function(rows[held_out])
         return scores
 
-    def _score(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
         spec = self.features_
         features = feature_frame(batch, spec)
         encoded = self.encoder_.transform(features)
@@ -108,7 +108,7 @@ class FeatureOutlier(Detector):
             raw[mask] = self.models_[key].decision_function(encoded[mask])
             pvalues[mask] = conformal_pvalues(self.calibration_[key], raw[mask])
         flagged = pvalues <= self.alpha
-        reasons = self._reasons(features, keys, pvalues)
+        reasons = self._reasons(features, keys, pvalues) if explain else [""] * len(batch)
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})
 
     def _reasons(self, features: pd.DataFrame, keys: np.ndarray, pvalues: np.ndarray) -> list[str]:
