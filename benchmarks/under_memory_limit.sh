@@ -35,7 +35,13 @@ else
     echo "no memory cgroup controller here" >&2
     exit 2
 fi
-trap 'rmdir "$group" 2>/dev/null || true' EXIT
+# Whatever the command left in the group (a killed scan's temporary Prefect server) goes with it.
+cleanup() {
+    xargs -r kill -9 < "$group/cgroup.procs" 2>/dev/null || true
+    sleep 1
+    rmdir "$group" 2>/dev/null || true
+}
+trap cleanup EXIT
 
 SECONDS=0
 status=0

@@ -57,6 +57,8 @@ DIGESTED_FILES = ("accepted.parquet", "quarantined.parquet")  # the rows that ca
 class BatchRows(Protocol):
     """The scanned batch, read again to write it out (``validation.ConformedBatch``)."""
 
+    @property
+    def n_rows(self) -> int: ...
     def rows(self, start: int, stop: int) -> pd.DataFrame: ...
     def chunks(self, rows: int) -> Iterator[pd.DataFrame]: ...
     def take(self, positions: np.ndarray) -> pd.DataFrame: ...
@@ -83,8 +85,9 @@ class Workspace:
 
     @property
     def spool_dir(self) -> Path:
-        """Where large batches are spooled while scanned (``io.read_table``); each spool is
-        unlinked as soon as it is mapped, so a killed scan leaves at most one behind."""
+        """Where large batches are spooled while scanned (``io.read_table``). A spool's files
+        are unlinked as soon as they are mapped; one a killed scan left is removed by the next
+        scan that spools."""
         return self.root / "spool"
 
     def batch_dir(self, dataset: str, sha256: str) -> Path:
@@ -177,7 +180,7 @@ def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> Non
     fetched by position, with their suspicion and reasons."""
     held = outputs.held
     positions = held[ROW_NUMBER].to_numpy()
-    is_held = np.zeros(outputs.summary["counts"]["rows"], dtype=bool)
+    is_held = np.zeros(outputs.rows.n_rows, dtype=bool)
     is_held[positions] = True
     empty = outputs.rows.rows(0, 0)
     write_parquet_parts((chunk[~is_held[chunk[ROW_NUMBER].to_numpy()]].reset_index(drop=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -426,7 +426,7 @@ class ConformedBatch:
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         return self._conformed(self.source.take(positions))
 
-    def chunks(self, rows: int):
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         for part in self.source.chunks(rows):
             yield self._conformed(part)
 
@@ -440,7 +440,7 @@ class ConformedBatch:
         return schema
 
     def __getitem__(self, column: str) -> pd.Series:
-        return self._conformed(self.source.select([c for c in (column,) if c != ROW_NUMBER]))[column]
+        return self._conformed(self.source.select([] if column == ROW_NUMBER else [column]))[column]
 
     def _conformed(self, part: pd.DataFrame) -> pd.DataFrame:
         out, _ = conform(part, {c: k for c, k in self.kinds.items() if c in part.columns}, judge_columns=False)

@@ -87,11 +87,11 @@ def explain_rows(detectors: dict[str, Detector], scores: dict[str, pd.DataFrame]
     them again (a row's score is its own, so its reason is the one a whole-batch score gives);
     a batch-scoped one gave its reasons with its scores."""
     def explain(name: str, positions: np.ndarray) -> list[str]:
-        detector = detectors[name]
-        if detector.chunkable and len(positions):
-            return detector.score(fetch(positions))["reason"].to_list()
-        reasons = scores[name].set_index(ROW_NUMBER)["reason"]
-        return reasons.reindex(positions).to_list()
+        if not len(positions):
+            return []
+        if detectors[name].chunkable:
+            return detectors[name].score(fetch(positions))["reason"].to_list()
+        return scores[name].set_index(ROW_NUMBER)["reason"].reindex(positions).to_list()
     return explain
 
 
