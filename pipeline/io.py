@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,6 +52,15 @@ _FIRST_NON_NEWLINE = re.compile(rb"[^\r\n]")
 # One token of a CSV header in pyarrow's default dialect: a quoted field ('""' is a quote inside
 # it), a run of plain characters, or a separator. Matching whole fields keeps the count in C.
 _CSV_HEADER_TOKEN = re.compile(rb'"[^"]*(?:""[^"]*)*"|[^",\r\n]+|[,\r\n"]')
+# How every CSV is parsed: quoted fields may span lines, and an empty or "NA"-like cell of a
+# text column is missing, as in a numeric one.
+_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+
+
+def _csv_convert(column_types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {})
+
+
 # pandas' to_parquet stores an unnamed row index as a column of this name: a row label, not data.
 _PANDAS_INDEX_COLUMN = re.compile(r"^__index_level_\d+__$")
 # Characters that are invisible or reorder text (a newline, a NUL, a zero-width space, a
@@ -81,6 +89,7 @@ class LoadedTable:
     table: pa.Table  # the file's columns, without row_number
     sha256: str  # of the file bytes: the batch's identity
     schema_fingerprint: str  # sha256 of the ordered (column, arrow type) list
+    dtypes: dict[str, Any]  # each column's dtype in the whole frame
 
     @property
     def n_rows(self) -> int:
@@ -113,10 +122,6 @@ class LoadedTable:
         """``rows(start, start + rows)`` for consecutive starts; one (possibly empty) frame at least."""
         for start in range(0, max(self.n_rows, 1), rows):
             yield self.rows(start, start + rows)
-
-    @cached_property
-    def dtypes(self) -> dict[str, Any]:
-        return _pandas_dtypes(self.table)
 
     def _frame(self, part: pa.Table, index: pd.Index) -> pd.DataFrame:
         frame = part.to_pandas()
@@ -164,7 +169,8 @@ def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | N
         table, sha256 = _read_spooled(path, role, limits, spool_dir)
     _check_header(table.schema.names, table.num_rows > 0, path, role, limits)
     _check_cells(table, path, role, limits)
-    loaded = LoadedTable(path, _for_pandas(table, path, role), sha256, schema_fingerprint(table.schema))
+    kept, dtypes = _for_pandas(table, path, role)
+    loaded = LoadedTable(path, kept, sha256, schema_fingerprint(table.schema), dtypes)
     del table
     # Arrow's allocator keeps the pages that decoding used and freed, for Arrow to reuse; little
     # after reading allocates through it, so they would stay resident (0.24 GB after a 10^6-row batch).
@@ -173,9 +179,14 @@ def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | N
 
 
 def _parse_csv_bytes(data: bytes, path: Path, role: str, limits: InputLimits) -> pa.Table:
-    _check_text(data[:_TEXT_PROBE_BYTES], path, role, whole_file=len(data) <= _TEXT_PROBE_BYTES)
-    _check_csv_width(data, path, role, limits)
+    _check_csv_start(data, len(data), path, role, limits)
     return _read_csv(data, path, role)
+
+
+def _check_csv_start(head: bytes, size: int, path: Path, role: str, limits: InputLimits) -> None:
+    """Text, not binary, and a header within the column limit, from the first bytes of a file of ``size``."""
+    _check_text(head[:_TEXT_PROBE_BYTES], path, role, whole_file=size <= _TEXT_PROBE_BYTES)
+    _check_csv_width(head, path, role, limits)
 
 
 # --- spooling a large batch --------------------------------------------------------------------
@@ -196,9 +207,7 @@ def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -
         copy, spooled = Path(folder) / f"copy{path.suffix.lower()}", Path(folder) / "table.arrow"
         sha256, size = _copy_hashing(path, copy, role, limits)
         if _is_csv(path):
-            head = _read_head(copy, role, 1 << 20)
-            _check_text(head[:_TEXT_PROBE_BYTES], path, role, whole_file=size <= _TEXT_PROBE_BYTES)
-            _check_csv_width(head, path, role, limits)
+            _check_csv_start(_read_head(copy, role, 1 << 20), size, path, role, limits)
             _spool_csv(copy, size, spooled, path, role)
         else:
             _spool_parquet(copy, spooled, path, role, limits)
@@ -232,28 +241,19 @@ def _remove_abandoned_spools(spool_dir: Path) -> None:
 
 
 def _copy_hashing(path: Path, copy: Path, role: str, limits: InputLimits) -> tuple[str, int]:
-    """Copy ``path`` to ``copy`` and return the sha256 of the bytes copied: what is parsed is
-    exactly what was hashed, whatever happens to ``path`` meanwhile."""
-    digest, copied = hashlib.sha256(), 0
+    """Copy ``path`` to ``copy`` and return the sha256 and size of the bytes copied: what is
+    parsed is exactly what was hashed, whatever happens to ``path`` meanwhile."""
+    digest, size = hashlib.sha256(), 0
+    blocks = _file_blocks(path, role, limits, _COPY_BYTES)  # raises InputError about ``path``
     try:
-        with open(path, "rb") as source, open(copy, "wb") as target:
-            size = os.fstat(source.fileno()).st_size
-            if size > limits.max_file_bytes:
-                raise _over_limit(path, role, f"has {size:,} bytes", "max_file_bytes", "bytes", limits)
-            while copied <= size:  # one byte more than stat said shows a file still growing
-                block = source.read(min(_COPY_BYTES, size + 1 - copied))
-                if not block:
-                    break
+        with open(copy, "wb") as target:
+            for block in blocks:
                 digest.update(block)
                 target.write(block)
-                copied += len(block)
-    except OSError as exc:
-        raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
-    if copied != size:
-        raise InputError(f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
-                         f"{copied:,}); scan it once it is completely written.")
-    if not copied:
-        raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
+                size += len(block)
+    except OSError as exc:  # the spool's disk, not the batch: full, read-only
+        raise InputError(f"The {role} file {_shown(path)} could not be spooled into {_shown(copy.parent.parent)}: "
+                         f"{_first_line(exc)}") from None
     return digest.hexdigest(), size
 
 
@@ -267,10 +267,8 @@ def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str) -> N
     while True:
         reader = None
         try:
-            reader = pacsv.open_csv(
-                copy, read_options=pacsv.ReadOptions(block_size=block),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types))
+            reader = pacsv.open_csv(copy, read_options=pacsv.ReadOptions(block_size=block),
+                                    parse_options=_CSV_PARSE, convert_options=_csv_convert(column_types))
             _checked_names(reader.schema, path, role)
             _write_spool(reader, reader.schema, spooled)
             return
@@ -343,8 +341,7 @@ def probe_table(path: str | Path, role: str = "batch", *, limits: InputLimits | 
     if _is_csv(path):
         _check_csv_width(_read_head(path, role, 1 << 20), path, role, limits)
         try:
-            reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            reader = pacsv.open_csv(path, parse_options=_CSV_PARSE, convert_options=_csv_convert())
             names = reader.schema.names
             has_rows = any(batch.num_rows for batch in _first_batches(reader))
         except (pa.ArrowException, UnicodeDecodeError) as exc:
@@ -417,20 +414,31 @@ def _read_head(path: Path, role: str, size: int) -> bytes:
 
 
 def _read_bytes(path: Path, role: str, limits: InputLimits) -> bytes:
+    return b"".join(_file_blocks(path, role, limits))
+
+
+def _file_blocks(path: Path, role: str, limits: InputLimits, block_size: int | None = None) -> Iterator[bytes]:
+    """The file's bytes, ``block_size`` at a time (default: all at once), within the size limit;
+    InputError if it is empty or its size changes while it is read."""
+    read = 0
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > limits.max_file_bytes:
                 raise _over_limit(path, role, f"has {size:,} bytes", "max_file_bytes", "bytes", limits)
-            data = handle.read(size + 1)  # one byte more than stat said shows a file still growing
+            while read <= size:  # one byte more than stat said shows a file still growing
+                block = handle.read(min(block_size or size + 1, size + 1 - read))
+                if not block:
+                    break
+                read += len(block)
+                yield block
     except OSError as exc:
         raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
-    if len(data) != size:
+    if read != size:
         raise InputError(f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
-                         f"{len(data):,}); scan it once it is completely written.")
-    if not data:
+                         f"{read:,}); scan it once it is completely written.")
+    if not read:
         raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
-    return data
 
 
 def _check_text(head: bytes, path: Path, role: str, *, whole_file: bool = False) -> None:
@@ -514,8 +522,8 @@ def _parse_csv(data: bytes, block_size: int | None = None) -> pa.Table:
     return pacsv.read_csv(
         pa.BufferReader(data),
         read_options=read_options,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        parse_options=_CSV_PARSE,
+        convert_options=_csv_convert(),
     )
 
 
@@ -633,8 +641,9 @@ def _cell_lengths(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
     return None
 
 
-def _for_pandas(table: pa.Table, path: Path, role: str) -> pa.Table:
-    """The table as ``LoadedTable`` keeps it: what pandas will see, checked to convert."""
+def _for_pandas(table: pa.Table, path: Path, role: str) -> tuple[pa.Table, dict[str, Any]]:
+    """The table as ``LoadedTable`` keeps it (what pandas will see, checked to convert) and the
+    dtype of each of its columns in pandas."""
     if not _is_csv(path):
         table = table.drop_columns([name for name in table.schema.names if _PANDAS_INDEX_COLUMN.match(name)])
     # The pandas metadata a Parquet writer stores is the file's to choose: it could turn columns
@@ -644,13 +653,13 @@ def _for_pandas(table: pa.Table, path: Path, role: str) -> pa.Table:
     if any(pa.types.is_dictionary(field.type) for field in table.schema):
         table = table.unify_dictionaries()  # one set of categories in every slice
     try:
-        _pandas_dtypes(table)
+        dtypes = _pandas_dtypes(table)
         for column in table.columns:
             if not _converts_plainly(column.type):  # dates out of pandas' range, decimals, ...
                 column.to_pandas()
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"The {role} file {_shown(path)} has columns pandas cannot hold: {_first_line(exc)}") from None
-    return table
+    return table, dtypes
 
 
 def _converts_plainly(arrow_type: pa.DataType) -> bool:

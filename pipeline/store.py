@@ -182,12 +182,11 @@ def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> Non
     positions = held[ROW_NUMBER].to_numpy()
     is_held = np.zeros(outputs.rows.n_rows, dtype=bool)
     is_held[positions] = True
-    empty = outputs.rows.rows(0, 0)
+    schema = outputs.rows.arrow_schema(outputs.rows.rows(0, 0))
     write_parquet_parts((chunk[~is_held[chunk[ROW_NUMBER].to_numpy()]].reset_index(drop=True)
                          for chunk in outputs.rows.chunks(outputs.chunk_rows)),
-                        accepted, outputs.rows.arrow_schema(empty))
+                        accepted, schema)
     extra = held.drop(columns=[ROW_NUMBER])
-    schema = outputs.rows.arrow_schema(empty)
     for field in pa.Schema.from_pandas(extra, preserve_index=False):
         schema = schema.append(field)
     starts = range(0, len(positions), outputs.chunk_rows)
