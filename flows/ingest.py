@@ -41,6 +41,7 @@ check_batch = step(scan.check_batch)
 source_history = step(provenance.source_history)
 check_source = step(scan.check_source)
 trusted_suspicion = step(scan.trusted_suspicion)
+assess = step(scan.assess)
 decide_batch = step(scan.decide_batch)
 confirm_impact = step(scan.confirm_impact)
 build_outputs = step(scan.build_outputs)
@@ -118,7 +119,7 @@ def stage(outputs, request: scan.ScanRequest, settings: Settings, batch, trusted
         settings.tracking_uri, run_id,
         params=scan.run_params(request, settings),
         metrics=scan.run_metrics(outputs.summary),
-        tags={"status": "scanned", **provenance.file_tags(files)},
+        tags={"status": "scanned", **scan.result_tags(outputs.summary), **provenance.file_tags(files)},
         artifacts=[staging / "summary.json", staging / "report.html", staging / "scores.parquet"],
     )
     checkpoint("scan.results_logged")
@@ -185,14 +186,15 @@ def _scan_unless_recorded(request: scan.ScanRequest, settings: Settings, batch: 
         progress.reached("scan.scored")
         checks = check_batch(fit_checks(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")
-        decisions = decide_batch(conformed, outcome, detectors, scores, settings)
+        verdict = assess(conformed, outcome, detectors, scores, trusted, checks, settings)
+        decisions = decide_batch(conformed, outcome, detectors, scores, settings, verdict)
         progress.reached("scan.decided")
         earlier = source_history(settings.tracking_uri, request.dataset_name, request.source, run_id)
         checks = [*checks, check_source(request, earlier, decisions)]
         impacts = confirm_impact(trusted, conformed, outcome, decisions, settings)
         progress.reached("scan.impact_confirmed")
         outputs = build_outputs(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
-                                checks, trusted_suspicion(detectors, trusted, settings), run_id, started)
+                                checks, trusted_suspicion(detectors, trusted, settings), run_id, started, verdict)
         progress.reached("scan.outputs_built")
         del conformed, scores, decisions  # the outputs hold what is kept
         staging, files = stage(outputs, request, settings, batch, trusted, run_id)

@@ -132,6 +132,13 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     counts = summary["counts"]
+    verdict = summary.get("verdict")
+    if verdict:
+        typer.echo(verdict["headline"])
+        for line in verdict["evidence"]:
+            typer.echo(f"  evidence: {line}")
+        if verdict.get("drift_note"):
+            typer.echo(f"  note: {verdict['drift_note']}")
     if summary.get("duplicate"):
         typer.echo(f"Batch {summary['batch']['file']} (sha256 {summary['batch']['sha256'][:12]}…) was already "
                    f"scanned for dataset '{summary['dataset']}' on {summary['scanned_at']}; nothing ingested "

@@ -56,10 +56,13 @@ class Settings:
         try:
             policy = QuarantinePolicy(
                 false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
-                false_discovery_rate=_number(env, "POISONGUARD_FALSE_DISCOVERY_RATE", 0.3))
+                false_discovery_rate=_number(env, "POISONGUARD_FALSE_DISCOVERY_RATE", 0.3),
+                verdict_alpha=_number(env, "POISONGUARD_VERDICT_ALPHA", 0.01),
+                evidence_hold=env.get("POISONGUARD_EVIDENCE_HOLD", "estimate").strip() or "estimate")
         except PoisonguardError as error:
             raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
-                                   "POISONGUARD_FALSE_DISCOVERY_RATE.") from None
+                                   "POISONGUARD_FALSE_DISCOVERY_RATE / POISONGUARD_VERDICT_ALPHA / "
+                                   "POISONGUARD_EVIDENCE_HOLD.") from None
         max_fit_rows = _row_count(env, "POISONGUARD_MAX_FIT_ROWS", 50_000)
         max_impact_rows = _row_count(env, "POISONGUARD_MAX_IMPACT_ROWS", 100_000)
         chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)

@@ -1,4 +1,15 @@
-"""Turn findings and detector scores into one decision per row: suspicion, quarantined, reasons."""
+"""Turn findings, detector scores and the batch verdict into one decision per row: suspicion,
+quarantined, reasons.
+
+Three ways a row is held besides a hard failure (a rule it breaks, a batch that fails its schema):
+
+- the per-row policy: the row-scoped detectors' p-values fused (Bonferroni) at the policy's
+  threshold, which keeps a clean batch's false quarantines at the steward's target;
+- its group: a group detector (copies, triggers) holds a group at that detector's own alpha, as
+  one finding with one test, and no per-row weight may silence a group overwhelming on its own;
+- the evidence: when the batch verdict calls a kind of poison significant, the most suspect rows
+  by that kind's detector are held, as many as the verdict estimates (``policy.evidence_hold``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +19,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.findings import BatchFinding, ReasonCode, findings_frame
+from pipeline.findings import SOFT_REASONS, BatchFinding, ReasonCode, findings_frame
 from pipeline.io import ROW_NUMBER
-from pipeline.policy import QuarantinePolicy, bonferroni_factors, fired, fuse
-
+from pipeline.policy import QuarantinePolicy, fired, fuse
+from pipeline.verdict import KIND_WORDS, Verdict
 
 # (detector name, row numbers it holds) -> its reason for each
 Explain = Callable[[str, np.ndarray], list[str]]
@@ -24,8 +35,7 @@ class Decisions:
 
     table: pd.DataFrame
     findings: pd.DataFrame
-    # the fused p-value at or below which the policy held a row (row-scoped detectors; group
-    # detectors hold at the policy's false-quarantine target)
+    # the fused p-value at or below which the per-row policy held a row
     threshold: float = 0.0
 
     @property
@@ -56,36 +66,45 @@ def decide(
     policy: QuarantinePolicy,
     content: np.ndarray | None = None,
     explain: Explain | None = None,
+    verdict: Verdict | None = None,
 ) -> Decisions:
     """Hard validation failures and batch-level failures always quarantine with suspicion 1.
 
-    Otherwise the policy fuses the detectors' p-values and holds rows at its threshold (BH over
-    the row-scoped detectors only; group detectors hold at the false-quarantine target);
-    suspicion is 1 − the fused p-value. ``content`` (see ``content_keys``) makes BH count exact
-    copies of a row as one hypothesis. Reasons list hard failures first, then the detectors
-    that fired, smallest p-value first; a detector's are its scores' ``reason``, or what
+    Otherwise: the row-scoped detectors' p-values are fused and held at the policy's threshold
+    (BH over them; ``content``, see ``content_keys``, makes exact copies one hypothesis); each
+    group detector holds the rows it flags; and when ``verdict`` calls a kind significant, the
+    top-ranked rows of that kind's detector, up to the estimate. Suspicion is 1 − the smallest
+    of the fused and the groups' corrected p-values. Reasons list hard failures first, then the
+    rest, smallest p-value first; a detector's are its scores' ``reason``, or what
     ``explain(detector, row_numbers)`` says of the rows it held (see ``detectors.explain_rows``).
     """
     rows = pd.DataFrame({ROW_NUMBER: row_numbers.to_numpy()})
-    pvalues = {}
+    pvalues, aligned = {}, {}
     for name, scores in detector_scores.items():
-        aligned = scores.set_index(ROW_NUMBER)[["calibrated", "score"]].reindex(rows[ROW_NUMBER])
-        rows[name] = aligned["calibrated"].to_numpy()
-        rows[f"{name}_raw"] = aligned["score"].to_numpy()
-        pvalues[name] = 1.0 - aligned["calibrated"].to_numpy()
-    factors = bonferroni_factors({name: _detector_class_attribute(name, "pvalue_weight", 1.0) for name in pvalues})
-    fused = fuse(pvalues, len(rows), factors)
-    row_scoped = {name: p for name, p in pvalues.items() if _detector_class_attribute(name, "pvalue_scope", "row") == "row"}
-    row_fused = fuse(row_scoped, len(rows), factors)
+        aligned[name] = scores.set_index(ROW_NUMBER).reindex(rows[ROW_NUMBER])
+        rows[name] = aligned[name]["calibrated"].to_numpy()
+        rows[f"{name}_raw"] = aligned[name]["score"].to_numpy()
+        pvalues[name] = 1.0 - aligned[name]["calibrated"].to_numpy()
+    row_scoped = {name: p for name, p in pvalues.items() if _scope(name) == "row"}
+    factor = float(max(1, len(row_scoped)))
+    row_fused = fuse(row_scoped, len(rows))
     threshold = policy.threshold(row_fused, content)
-    held_by_policy = (fused <= policy.false_quarantine_target) | (row_fused <= threshold)
+    held_by_policy = row_fused <= threshold
     parts = [validation_findings]
     for name, scores in detector_scores.items():
-        own_threshold = threshold if name in row_scoped else policy.false_quarantine_target
-        fired_here = fired(pvalues[name], factors[name], own_threshold) & held_by_policy
-        by_row = pd.Series(fired_here, index=rows[ROW_NUMBER])
+        if name in row_scoped:
+            held = fired(pvalues[name], factor, threshold) & held_by_policy
+        else:
+            held = aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool)
+        by_row = pd.Series(held, index=rows[ROW_NUMBER])
         parts.append(detector_findings(name, scores, by_row.reindex(scores[ROW_NUMBER], fill_value=False).to_numpy(bool),
                                        explain))
+    if verdict is not None and policy.evidence_hold != "off":
+        # rows a rule holds, or that the detector already holds on its own, keep their own reasons
+        settled = set(pd.concat([p[ROW_NUMBER] for p in parts]))
+        parts += [_evidence_findings(verdict, kind, rows[ROW_NUMBER].to_numpy(), pvalues, settled,
+                                     set(validation_findings[ROW_NUMBER]), policy, explain)
+                  for kind in verdict.by_kind if verdict.significant(kind) and verdict.by_kind[kind].detector in row_scoped]
     if batch_findings:
         parts.append(findings_frame([
             {"row_number": r, "check": f.check, "reason_code": f.reason_code, "observed": None,
@@ -95,8 +114,10 @@ def decide(
     findings = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else validation_findings.iloc[0:0]
 
-    hard = findings["reason_code"] != ReasonCode.DETECTOR.value
+    hard = ~findings["reason_code"].isin(SOFT_REASONS)
     is_hard = rows[ROW_NUMBER].isin(set(findings.loc[hard, ROW_NUMBER])).to_numpy()
+    groups = [np.nan_to_num(p, nan=1.0) for name, p in pvalues.items() if name not in row_scoped]
+    fused = np.minimum.reduce([row_fused, *groups]) if groups else row_fused
     rows["suspicion"] = np.where(is_hard, 1.0, 1.0 - fused)
     rows["quarantined"] = rows[ROW_NUMBER].isin(set(findings[ROW_NUMBER])).to_numpy()
     rows["reasons"] = _reasons_per_row(rows[ROW_NUMBER], findings)
@@ -105,17 +126,46 @@ def decide(
     return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
 
 
+def _evidence_findings(verdict: Verdict, kind: str, row_numbers: np.ndarray, pvalues: dict[str, np.ndarray],
+                       settled: set[int], hard_rows: set[int], policy: QuarantinePolicy,
+                       explain: Explain | None) -> pd.DataFrame:
+    """The ``estimate`` (or its lower bound) most suspect rows by the kind's detector, among the
+    rows no rule holds, each with the batch's estimate and the row's rank as reason (and the
+    detector's own reason, where the detector did not hold the row on its own already)."""
+    evidence = verdict.by_kind[kind]
+    name = evidence.detector
+    count = evidence.interval[0] if policy.evidence_hold == "lower" else evidence.estimate
+    pvalue = np.nan_to_num(pvalues[name], nan=1.0)
+    eligible = np.flatnonzero(~np.isin(row_numbers, list(hard_rows)) & (pvalue < 1.0))
+    ranked = eligible[np.argsort(pvalue[eligible], kind="stable")][:count]
+    ranks = {position: rank + 1 for rank, position in enumerate(ranked)}
+    ranked = np.array([position for position in ranked if row_numbers[position] not in settled], dtype="int64")
+    if not len(ranked):
+        return findings_frame([])
+    own = explain(name, row_numbers[ranked]) if explain is not None else [""] * len(ranked)
+    words = KIND_WORDS.get(kind, kind)
+    low, high = evidence.interval
+    return findings_frame([
+        {"row_number": row_numbers[position], "check": f"verdict:{kind}", "reason_code": ReasonCode.BATCH_EVIDENCE,
+         "observed": f"{pvalue[position]:.3g}",
+         "message": f"the batch is estimated to hold {evidence.estimate} {words} ({low}-{high}); this row ranks "
+                    f"{ranks[position]} of {len(eligible)} by {name} (p = {pvalue[position]:.2g})"
+                    + (f": {reason}" if reason else "")}
+        for position, reason in zip(ranked, own)
+    ])
+
+
 def content_keys(batch: pd.DataFrame) -> np.ndarray:
     """One 64-bit hash per row of everything but its position: equal for exact copies."""
     return pd.util.hash_pandas_object(batch.drop(columns=[ROW_NUMBER], errors="ignore"), index=False).to_numpy()
 
 
-def _detector_class_attribute(name: str, attribute: str, default):
-    """A registered detector's ``pvalue_scope`` or ``pvalue_weight`` (see detectors/base.py);
-    names outside the registry are row-scoped with weight 1."""
+def _scope(name: str) -> str:
+    """A registered detector's ``pvalue_scope`` (see detectors/base.py); names outside the
+    registry are row-scoped."""
     from pipeline.detectors import DETECTORS
 
-    return getattr(DETECTORS.get(name), attribute, default)
+    return getattr(DETECTORS.get(name), "pvalue_scope", "row")
 
 
 def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[list[str]]:
@@ -124,10 +174,10 @@ def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[lis
     none: list[str] = []
     if findings.empty:
         return [none] * len(row_numbers)
-    is_detector = findings["reason_code"] == ReasonCode.DETECTOR.value
+    soft = findings["reason_code"].isin(SOFT_REASONS)
     ranked = findings.assign(
-        _hard=(~is_detector).astype(int),
-        _pvalue=pd.to_numeric(findings["observed"].where(is_detector), errors="coerce").fillna(1.0),
+        _hard=(~soft).astype(int),
+        _pvalue=pd.to_numeric(findings["observed"].where(soft), errors="coerce").fillna(1.0),
     ).sort_values(["_hard", "_pvalue"], ascending=[False, True], kind="stable")
     grouped = ranked.groupby(ROW_NUMBER, sort=False)["message"].agg(lambda m: list(dict.fromkeys(m)))
     # reindex, not a lookup per row: a million Series.get calls took most of a minute

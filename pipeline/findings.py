@@ -25,6 +25,13 @@ class ReasonCode(str, Enum):
     WRONG_TYPE = "wrong_type"
     BATCH_EXPECTATION = "batch_expectation"
     DETECTOR = "detector"
+    # held because the batch verdict estimates this many poisoned rows and the row ranks among them
+    BATCH_EVIDENCE = "batch_evidence"
+
+
+# Reasons that come from scores, not from rules the row breaks: a row held only for them keeps
+# its fused suspicion instead of 1, and reviewers can release it.
+SOFT_REASONS = frozenset({ReasonCode.DETECTOR.value, ReasonCode.BATCH_EVIDENCE.value})
 
 
 @dataclass(frozen=True)

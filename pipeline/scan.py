@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.model_selection import train_test_split
 
 from pipeline import __version__
-from pipeline.alarms import CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
+from pipeline.alarms import Alarm, CheckResult, SourceRecord, fit_batch_checks, run_batch_checks, source_history
 from pipeline.config import Settings, safe_name
 from pipeline.decide import Decisions, content_keys, decide
 from pipeline.detectors import (
@@ -40,8 +41,11 @@ from pipeline.provenance import redact
 from pipeline.report import render_report
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
+from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
+                              row_evidence, schema_evidence)
 from pipeline.validation import (
     VALIDATION_CELLS,
+    validate,
     ColumnKind,
     ConformedBatch,
     Suite,
@@ -84,6 +88,8 @@ class TrustedData:
     suite: Suite
     kinds: dict[str, ColumnKind]
     spec: FeatureSpec
+    # holdout rows that break the suite's row rules: a clean batch's natural share of invalid rows
+    holdout_invalid: int = 0
 
 
 def preflight(request: ScanRequest) -> None:
@@ -145,7 +151,17 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
         train, holdout = split_holdout(reference_frame, request.label, settings.holdout_fraction,
                                        settings.random_state)
         origin, holdout_sha = "split from the reference", None
-    return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec)
+    return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
+                       invalid_rows(holdout, suite))
+
+
+def invalid_rows(frame: pd.DataFrame, suite: Suite) -> int:
+    """Rows of trusted ``frame`` that break the suite's row rules (a failure of the whole frame,
+    such as a schema difference, counts none: the batch check of the same rule judges batches)."""
+    if frame.empty:
+        return 0
+    findings = validate(frame.set_index(frame[ROW_NUMBER].to_numpy()), suite).row_findings
+    return int(findings[ROW_NUMBER].nunique())
 
 
 def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -274,13 +290,54 @@ def score_batch(detectors, conformed: ConformedBatch, batch_findings: list[Batch
     return scores
 
 
+def assess(conformed: ConformedBatch, outcome: ValidationOutcome, detectors, scores: dict[str, pd.DataFrame],
+           trusted: TrustedData, checks: list[CheckResult], settings: Settings) -> Verdict:
+    """The batch verdict (``pipeline.verdict``): every kind of evidence the scan has, tested
+    against what a clean batch shows."""
+    n = conformed.n_rows
+    if outcome.batch_findings:
+        return combine([schema_evidence(n, [f.message for f in outcome.batch_findings])], n,
+                       settings.policy.verdict_alpha)
+    kinds: list[KindEvidence] = []
+    aligned = {name: scores[name].set_index(ROW_NUMBER).reindex(np.arange(n)) for name in detectors}
+    # A row another kind explains (it breaks a rule, belongs to a flood or trigger group, or is an
+    # outlier the detector flags) is not also counted as a flipped label: an impossible record or
+    # an outlier is label-inconsistent too, and would be counted twice.
+    invalid = np.isin(np.arange(n), outcome.row_findings[ROW_NUMBER].to_numpy())
+    explained = invalid | np.logical_or.reduce(
+        [aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool) for name, d in detectors.items()
+         if kind_of(d) not in (None, "label_flips")] or [np.zeros(n, dtype=bool)])
+    for name, detector in detectors.items():
+        rows = aligned[name]
+        if detector.pvalue_scope == "row":
+            model = detector.poison_model()
+            if model is not None:
+                left_out = explained if model.kind == "label_flips" else invalid
+                cells = np.where(left_out, -1, rows["cell"].fillna(-1).to_numpy(dtype="int64"))
+                kinds.append(row_evidence(name, 1.0 - rows["calibrated"].to_numpy(dtype="float64"), cells, model))
+        elif kind_of(detector) is not None:
+            kinds.append(group_evidence(kind_of(detector), name, scores[name]))
+    failing = int(outcome.row_findings[ROW_NUMBER].nunique()) if len(outcome.row_findings) else 0
+    kinds.append(invalid_evidence(failing, n, trusted.holdout_invalid, len(trusted.holdout)))
+    return combine(kinds, n, settings.policy.verdict_alpha, drifted_columns(checks))
+
+
+def drifted_columns(checks: list[CheckResult]) -> list[str]:
+    """Feature columns the drift check says moved (the label's own shift is not drift of x)."""
+    for check in checks:
+        if check.check == "drift" and check.alarm is not None and "moved" in check.table:
+            return [str(c) for c in check.table.loc[check.table["moved"].astype(bool), "column"]]
+    return []
+
+
 def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, detectors,
-                 scores: dict[str, pd.DataFrame], settings: Settings) -> Decisions:
+                 scores: dict[str, pd.DataFrame], settings: Settings,
+                 verdict: Verdict | None = None) -> Decisions:
     """``decide`` over the batch: content keys a chunk at a time, and the reasons of the rows the
     detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out)."""
     keys = np.concatenate([content_keys(chunk) for chunk in conformed.chunks(settings.chunk_rows)])
     decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
-                       keys, explain_rows(detectors, scores, conformed.take))
+                       keys, explain_rows(detectors, scores, conformed.take), verdict)
     check_conservation(conformed.n_rows, decisions)
     release_freed_memory(conformed.n_rows)
     return decisions
@@ -296,13 +353,15 @@ def check_conservation(n_rows: int, decisions: Decisions) -> None:
 def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
                   conformed: ConformedBatch, outcome: ValidationOutcome, decisions: Decisions,
                   impacts: list[GroupImpact], checks: list[CheckResult], holdout_suspicion: np.ndarray,
-                  run_id: str, started: dt.datetime) -> ScanOutputs:
+                  run_id: str, started: dt.datetime, verdict: Verdict | None = None) -> ScanOutputs:
     table = decisions.table
     held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
     held = held.reset_index(drop=True)
     counts_by_check = {**{k: 0 for k in outcome.checks}, **decisions.counts_by_check()}
+    calibration = holdout_calibration(holdout_suspicion, settings.policy.false_quarantine_target)
     summary = {
         "poisonguard_version": __version__,
+        "verdict": verdict.as_dict() if verdict is not None else None,
         "dataset": request.dataset_name,
         "scanned_at": started.isoformat(timespec="seconds"),
         "batch": {"file": request.batch.name, "path": str(request.batch.resolve()), "sha256": batch.sha256,
@@ -325,8 +384,10 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
             "threshold": decisions.threshold,
             # the share of clean trusted rows the same threshold would hold: the realised rate
             "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
-            if len(holdout_suspicion) else None},
-        "alarms": [c.alarm.as_dict() for c in checks if c.alarm is not None],
+            if len(holdout_suspicion) else None,
+            "holdout_held_share_at_target": calibration.share if calibration else None},
+        "alarms": [c.alarm.as_dict() for c in [*checks, *([calibration] if calibration else [])]
+                   if c.alarm is not None],
         "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
@@ -336,6 +397,30 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
     return ScanOutputs(rows=conformed, held=held, scores=table.drop(columns=["reasons"]),
                        findings=decisions.findings, summary=summary, report_html=report,
                        chunk_rows=settings.chunk_rows)
+
+
+def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> "HoldoutCalibration | None":
+    """Does the per-row policy keep its promise on clean data? The share of the trusted holdout
+    it would hold at the false-quarantine target, and an alarm when that share is beyond the
+    binomial noise of the target (P < 0.001): then the detectors' calibration does not hold on
+    this data, and clean rows are held at more than the steward's rate."""
+    if not len(holdout_suspicion):
+        return None
+    held = int((holdout_suspicion >= 1.0 - target - 1e-12).sum())
+    rows = len(holdout_suspicion)
+    pvalue = float(stats.binom.sf(held - 1, rows, target)) if held else 1.0
+    alarm = Alarm("calibration", f"the per-row policy holds {held} of {rows} clean trusted holdout rows "
+                  f"({100 * held / rows:.1f} %) against a {100 * target:g} % target (binomial p = {pvalue:.2g}): the "
+                  "detectors' calibration does not hold on this data, so clean rows are held at more than the target",
+                  pvalue) if pvalue < 0.001 else None
+    return HoldoutCalibration(held / rows, alarm)
+
+
+@dataclass(frozen=True)
+class HoldoutCalibration:
+    share: float
+    alarm: Alarm | None
+    check: str = "calibration"
 
 
 def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData) -> dict[str, str]:
@@ -355,6 +440,18 @@ def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trust
     }
 
 
+def result_tags(summary: dict[str, Any]) -> dict[str, str]:
+    """Tags a scan's run gets once it is decided: the verdict, searchable in MLflow
+    (``tags.verdict = 'poisoned'``)."""
+    verdict = summary.get("verdict")
+    if not verdict:
+        return {}
+    return {"verdict": "poisoned" if verdict["poisoned"] else "clean",
+            "verdict_estimated_poisoned_rows": str(verdict["estimated_poisoned_rows"]),
+            "verdict_interval": "{}-{}".format(*verdict["interval"]),
+            "verdict_headline": verdict["headline"][:5000]}
+
+
 def run_params(request: ScanRequest, settings: Settings) -> dict[str, Any]:
     params: dict[str, Any] = {"label": request.label, "holdout_fraction": settings.holdout_fraction,
                               "random_state": settings.random_state}
@@ -368,12 +465,22 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics = {f"rows_{k}": float(v) for k, v in summary["counts"].items()}
     metrics.update({f"quarantined.{check}": float(n) for check, n in summary["checks"].items()})
     metrics["batch_level_failures"] = float(len(summary["batch_findings"]))
+    verdict = summary.get("verdict")
+    if verdict:
+        metrics["verdict.poisoned"] = float(verdict["poisoned"])
+        metrics["verdict.p_value"] = float(verdict["p_value"])
+        metrics["verdict.estimated_poisoned_rows"] = float(verdict["estimated_poisoned_rows"])
+        metrics["verdict.interval_low"], metrics["verdict.interval_high"] = map(float, verdict["interval"])
+        for kind, found in verdict["by_kind"].items():
+            metrics[f"verdict.{kind}.p_value"] = float(found["p_value"])
+            metrics[f"verdict.{kind}.estimated_rows"] = float(found["estimated_rows"])
     metrics["alarms"] = float(len(summary.get("alarms", [])))
     for alarm in summary.get("alarms", []):
         metrics[f"alarm.{alarm['check']}"] = 1.0
     metrics["policy.threshold"] = float(summary.get("policy", {}).get("threshold", 0.0))
-    if summary.get("policy", {}).get("holdout_held_share") is not None:
-        metrics["policy.holdout_held_share"] = float(summary["policy"]["holdout_held_share"])
+    for share in ("holdout_held_share", "holdout_held_share_at_target"):
+        if summary.get("policy", {}).get(share) is not None:
+            metrics[f"policy.{share}"] = float(summary["policy"][share])
     rows = summary["counts"]["rows"]
     metrics["source.quarantine_rate"] = summary["counts"]["quarantined"] / rows if rows else 0.0
     for impact in summary.get("roni", []):
@@ -396,4 +503,4 @@ def now() -> dt.datetime:
 
 __all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",
            "fit_detectors", "fit_checks", "check_batch", "check_source", "trusted_suspicion", "score_batch", "decide_batch",
-           "build_outputs", "run_tags", "run_params", "run_metrics", "now"]
+           "build_outputs", "run_tags", "result_tags", "run_params", "run_metrics", "now", "assess"]

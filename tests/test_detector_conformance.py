@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from pipeline.detectors import DETECTORS, SCORE_COLUMNS, FeatureSpec
-from pipeline.detectors.base import InvalidParameter, concat_summaries
+from pipeline.detectors.base import CELL_COLUMN, GROUP_COLUMNS, InvalidParameter, concat_summaries
 from pipeline.io import ROW_NUMBER
 from pipeline.validation import column_kinds
 from tests.conftest import SAMPLES
@@ -94,7 +94,10 @@ def test_detector_contract(name, check, planted):
     detector.fit(reference, spec, holdout)
     result = detector.score(batch)
     if check == "one_result_per_row":
-        assert list(result.columns) == SCORE_COLUMNS
+        # a group detector also says each row's group and how many of its rows the trusted rate
+        # explains; a row-scoped one, the calibration cell behind each p-value (-1: not tested)
+        extra = GROUP_COLUMNS if cls.pvalue_scope == "batch" else [CELL_COLUMN]
+        assert list(result.columns) == SCORE_COLUMNS + extra
         assert list(result[ROW_NUMBER]) == list(batch[ROW_NUMBER])
     elif check == "calibrated_in_unit_interval":
         assert result["calibrated"].between(0.0, 1.0).all()

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logsumexp
-from scipy.stats import betabinom
+from scipy.stats import betabinom, hypergeom
 
 from pipeline.detectors.base import FeatureSpec
-from pipeline.detectors.duplicates import CloseCounter, DuplicateFlood, _holm, _principal_axes, _row_keys, _Rows
+from pipeline.detectors.duplicates import CloseCounter, DuplicateFlood, _principal_axes, _row_keys, _Rows, tarone_count
 from pipeline.detectors.triggers import Binning, TriggerPattern, upper_tail_pvalue
 from pipeline.io import ROW_NUMBER
 from pipeline.validation import column_kinds
@@ -200,11 +200,19 @@ def test_an_exact_flood_with_a_flipped_label_is_flagged_and_the_original_is_not(
     reference, batch, copies = _flood_case(20)
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     assert result["flagged"].to_numpy().tolist() == copies.tolist()
-    assert result["reason"].iloc[-1] == ("one of 20 identical rows with this label in this batch; the reference "
-                                         "has 0 rows identical to it; labelled 'B' while 10/10 nearest trusted "
-                                         "rows say 'A'")
-    expected = upper_tail_pvalue(np.array([19]), np.array([0]), len(batch) - 1, len(reference))[0]
+    # pooled with the reference's 'B' rows, all 20 of the group landed in the batch: the chance a
+    # clean batch brings them all is the hypergeometric tail, one testable group, two families
+    n_batch = int((batch["label"] == "B").sum())
+    pooled = n_batch + int((reference["label"] == "B").sum())
+    expected = hypergeom.sf(19, pooled, n_batch, 20)
     np.testing.assert_allclose(result["score"].to_numpy()[copies], -np.log10(expected))
+    np.testing.assert_allclose(1 - result["calibrated"].to_numpy()[copies], 2 * expected, rtol=1e-3)  # 1 - (1 - p)
+    assert result["reason"].iloc[-1] == (
+        "one of 20 identical rows with this label in this batch; the reference has 0 rows identical to it; a clean "
+        f"batch brings this many with probability {expected:.2g} ({2 * expected:.2g} corrected over 1 testable "
+        "group); labelled 'B' while 10/10 nearest trusted rows say 'A'")
+    assert (result["group"].to_numpy()[copies] == result["group"].iloc[-1]).all()
+    assert (result["group_expected"].to_numpy()[copies] == 0).all()
 
 
 def test_a_jittered_cluster_is_caught_within_the_radius():
@@ -212,7 +220,7 @@ def test_a_jittered_cluster_is_caught_within_the_radius():
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     assert result["flagged"].to_numpy().tolist() == copies.tolist()
     reason = result["reason"].iloc[-1]
-    assert reason.startswith("one of 20 near-identical rows with this label in this batch (19 within ")
+    assert reason.startswith("one of 20 near-identical rows with this label in this batch (within ")
     assert reason.endswith("labelled 'B' while 10/10 nearest trusted rows say 'A'")
 
 
@@ -221,8 +229,23 @@ def test_copies_whose_label_agrees_with_their_neighbours_are_not_called_mislabel
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     template = np.flatnonzero(batch["label"] == "A")[0]  # the row they copy, same label: one more copy
     assert np.flatnonzero(result["flagged"]).tolist() == [template, *np.flatnonzero(copies)]
-    assert result["reason"].iloc[-1] == ("one of 21 identical rows with this label in this batch; the reference "
-                                         "has 0 rows identical to it")
+    assert result["reason"].iloc[-1].startswith("one of 21 identical rows with this label in this batch; the "
+                                                "reference has 0 rows identical to it; a clean batch brings")
+    assert "labelled" not in result["reason"].iloc[-1]
+
+
+def test_small_floods_are_held_whole_at_the_detectors_own_alpha():
+    """The unseen credit dataset's flood: 5 rows, each copied 9-10 times with the label flipped.
+    Each group is one test among the few that could ever be significant, so every copy is held."""
+    rng = np.random.default_rng(8)
+    reference, batch = _blobs(1000, rng), _blobs(300, rng)
+    templates = np.flatnonzero(batch["label"] == "A")[:5]
+    copies = pd.concat([batch.loc[[t] * (9 + i % 2)] for i, t in enumerate(templates)]).assign(label="B")
+    batch = _numbered(pd.concat([batch, copies]))
+    result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
+    planted = np.arange(len(batch)) >= 300
+    assert result["flagged"].to_numpy().tolist() == planted.tolist()
+    assert result.loc[planted, "group"].nunique() == 5
 
 
 def test_duplicate_pvalues_shrink_as_the_flood_grows():
@@ -267,8 +290,8 @@ def test_rows_without_a_label_are_compared_with_every_row():
     batch.loc[copies, "label"] = None
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     assert result["flagged"].to_numpy().tolist() == copies.tolist()
-    assert result["reason"].iloc[-1] == ("one of 20 identical rows in this batch; the reference has 0 rows "
-                                         "identical to it")
+    assert result["reason"].iloc[-1].startswith("one of 20 identical rows in this batch; the reference has 0 rows "
+                                                "identical to it; a clean batch brings")
 
 
 def _described(points: np.ndarray, axes: np.ndarray, loaded: list[int]) -> _Rows:
@@ -298,8 +321,13 @@ def test_close_counts_screened_by_projection_equal_brute_force():
         np.testing.assert_array_equal(counter.count(_described(queries, axes, []), radius), expected)
 
 
-def test_holm_adjustment_on_a_worked_example():
-    np.testing.assert_allclose(_holm(np.array([0.01, 0.04, 0.03, 0.005])), [0.03, 0.06, 0.06, 0.02])
+def test_tarone_counts_only_the_groups_that_could_be_significant():
+    # alpha 0.01: K = 1 allows 1 group with least p <= 0.01 (there are 2: 1e-9, 0.004); K = 2 allows
+    # 2 with least p <= 0.005 (1e-9, 0.004): K = 2. The pairs (least p 0.3) never count.
+    assert tarone_count(np.array([1e-9, 0.004, 0.3, 0.3, 0.3, 0.3]), 0.01) == 2
+    assert tarone_count(np.array([0.3, 0.3]), 0.01) == 1
+    assert tarone_count(np.array([]), 0.01) == 1
+    assert tarone_count(np.full(5, 1e-9), 0.01) == 5
 
 
 # --- false alarms on clean batches ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from pipeline.decide import content_keys, decide
 from pipeline.detectors.base import REASON_PVALUE, SCORE_COLUMNS, InvalidParameter
 from pipeline.errors import PoisonguardError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
-from pipeline.policy import QuarantinePolicy, benjamini_hochberg_threshold, bonferroni_factors, fired, fuse
+from pipeline.policy import QuarantinePolicy, benjamini_hochberg_threshold, fired, fuse
 
 # --- Benjamini–Hochberg ---------------------------------------------------------------------------
 
@@ -120,7 +120,8 @@ def test_policy_rejects_out_of_range_parameters_naming_them(key, value):
 ])
 def test_policy_accepts_the_ends_of_its_ranges(kwargs):
     policy = QuarantinePolicy(**kwargs)
-    assert policy.as_dict() == {"false_quarantine_target": 0.01, "false_discovery_rate": 0.3} | kwargs
+    assert policy.as_dict() == {"false_quarantine_target": 0.01, "false_discovery_rate": 0.3, "verdict_alpha": 0.01,
+                                "evidence_hold": "estimate"} | kwargs
 
 
 def test_policy_threshold_is_the_larger_of_target_and_bh():
@@ -200,7 +201,7 @@ def _scores(calibrated: dict[int, float], name: str) -> pd.DataFrame:
         "row_number": list(calibrated),
         "score": [10 * c for c in calibrated.values()],
         "calibrated": list(calibrated.values()),
-        "flagged": [1 - c <= 0.05 for c in calibrated.values()],
+        "flagged": [1 - c <= 0.01 for c in calibrated.values()],  # a detector's own alpha
         "reason": [f"{name} suspects row {r}" for r in calibrated],
     })
     return frame[SCORE_COLUMNS]
@@ -394,24 +395,22 @@ def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries()
     assert decide(pd.Series(list(rows)), empty_findings(), [], renamed, QuarantinePolicy()).table["quarantined"].sum() == 20
 
 
-def test_a_significant_group_is_held_at_the_target_with_its_reason():
-    """Weights 1 (outliers) and 0.01 (trigger): the trigger's factor is 1.01 / 0.01 = 101, so
-    p = 1e-5 clears a 1 % target and p = 1e-3 would not."""
+def test_a_group_is_held_at_its_detectors_own_alpha_whatever_the_row_detectors():
+    """A flood or trigger group is one test, already corrected for the batch's groups: it is held
+    when its detector flags it, with no per-row weight in the way (a 0.01 weight made a 47-row
+    flood need p <= 5e-5 and held it 0 of 47). Group p-values do not enter the row fusion."""
     rows = range(50)
-    group = {r: (1 - 1e-5 if r < 8 else 1 - 1e-3 if r < 16 else 0.0) for r in rows}
-    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores({r: 0.5 for r in rows}, "outliers")}
+    group = {r: (1 - 0.004 if r < 8 else 1 - 0.3 if r < 16 else 0.0) for r in rows}
+    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores({r: 0.5 for r in rows}, "outliers"),
+              "label_consistency": _scores({r: 0.5 for r in rows}, "label_consistency")}
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     held = decisions.table.loc[decisions.table["quarantined"], "row_number"].tolist()
     assert held == list(range(8))
     assert set(decisions.findings["check"]) == {"detector:trigger"}
-
-
-def test_weighted_bonferroni_spends_the_budget_by_weight():
-    factors = bonferroni_factors({"outliers": 1.0, "labels": 1.0, "trigger": 0.01, "duplicates": 0.01})
-    assert factors["outliers"] == pytest.approx(2.02) and factors["trigger"] == pytest.approx(202.0)
-    fused = fuse({"outliers": np.array([0.004, 0.5]), "trigger": np.array([1.0, 1e-5])}, 2, factors)
-    np.testing.assert_allclose(fused, [0.00808, 0.00202])
-    assert sum(1 / f for f in factors.values()) == pytest.approx(1.0)
+    # its suspicion is 1 - the group's corrected p-value; the row fusion is over two detectors
+    table = _by_row(decisions)
+    assert table.loc[0, "suspicion"] == pytest.approx(0.996)
+    assert table.loc[20, "suspicion"] == pytest.approx(0.0)
 
 
 def test_bh_counts_exact_copies_of_a_row_as_one_hypothesis():

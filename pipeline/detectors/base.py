@@ -34,6 +34,12 @@ from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
+# A row-scoped detector's scores also say against which trusted rows (its calibration cell: the
+# rows of one class, or of one confidence band) each p-value was computed; -1: row not tested.
+CELL_COLUMN = "cell"
+# A batch-scoped detector's scores also say which of its groups each row is in (-1: none) and how
+# many batch rows of that group the trusted rate explains: the verdict counts held groups' excess.
+GROUP_COLUMNS = ["group", "group_expected"]
 # The policy's threshold on a fused p-value never exceeds this (its parameters are capped there).
 REASON_PVALUE = 0.5
 # A batch-scoped detector's state of each row: arrays whose first axis is the batch's rows, one
@@ -64,6 +70,24 @@ class FeatureSpec:
         numeric = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) == "numeric")
         categorical = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) != "numeric")
         return cls(label=label, numeric=numeric, categorical=categorical)
+
+
+@dataclass(frozen=True)
+class PoisonModel:
+    """What the batch verdict (``pipeline.verdict``) needs of a row-scoped detector: how its
+    p-values of clean rows come about, and what its kind of poison looks like.
+
+    ``calibration_rows``: how many trusted rows stand behind the conformal p-values of each
+    calibration cell (the ``cell`` column of the detector's scores; one cell when it calibrates
+    against all its trusted rows; -1, a row it does not test).
+    ``simulated``: p-values the detector gives trusted rows made into poison (labels flipped),
+    or None when its poison lies beyond the trusted rows (outliers): p-values near 0.
+    """
+
+    kind: str
+    calibration_rows: dict[int, int]
+    simulated: np.ndarray | None = None
+    simulated_cells: np.ndarray | None = None  # the cell of each simulated p-value
 
 
 class InvalidParameter(PoisonguardError):
@@ -105,8 +129,6 @@ class Detector(ABC):
     # a row's score depends on that row alone, so a batch may be scored in chunks (and the
     # conformance suite checks that it may); False for detectors that compare batch rows
     chunkable: ClassVar[bool] = True
-    # the detector's share of the policy's error budget, relative to the others (see policy.py)
-    pvalue_weight: ClassVar[float] = 1.0
     # parameter -> Interval, or a tuple of allowed values
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
@@ -147,7 +169,14 @@ class Detector(ABC):
             return self.score_summary(self.summarise(batch), lambda positions: batch.iloc[positions])
         result = self._score(batch, explain)
         result.insert(0, ROW_NUMBER, batch[ROW_NUMBER].to_numpy())
-        return result[SCORE_COLUMNS].reset_index(drop=True)
+        if CELL_COLUMN not in result:
+            result[CELL_COLUMN] = 0
+        return result[[*SCORE_COLUMNS, CELL_COLUMN]].reset_index(drop=True)
+
+    def poison_model(self) -> PoisonModel | None:
+        """A row-scoped detector's ``PoisonModel`` for the batch verdict; None: not a kind of
+        its own (the verdict leaves the detector out)."""
+        return None
 
     def summarise(self, chunk: pd.DataFrame) -> Summary:
         """A batch-scoped detector's state of each row of ``chunk``: what ``score_summary`` scores
@@ -165,11 +194,16 @@ class Detector(ABC):
         rows = summary[ROW_NUMBER]
         if len(rows) == 0:
             result = pd.DataFrame({"score": np.zeros(0), "calibrated": np.zeros(0), "flagged": np.zeros(0, bool),
-                                   "reason": np.zeros(0, object)})
+                                   "reason": np.zeros(0, object), "group": np.zeros(0, "int64"),
+                                   "group_expected": np.zeros(0)})
         else:
             result = self._score_summary(summary, fetch)
         result.insert(0, ROW_NUMBER, rows)
-        return result[SCORE_COLUMNS].reset_index(drop=True)
+        if self.pvalue_scope == "row":
+            if CELL_COLUMN not in result:
+                result[CELL_COLUMN] = 0
+            return result[[*SCORE_COLUMNS, CELL_COLUMN]].reset_index(drop=True)
+        return result[SCORE_COLUMNS + GROUP_COLUMNS].reset_index(drop=True)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "spec_"):
@@ -208,12 +242,53 @@ def concat_summaries(parts: list[Summary]) -> Summary:
     return {key: np.concatenate([part[key] for part in filled]) for key in filled[0]}
 
 
-def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """p = (1 + #{trusted scores ≥ s}) / (n + 1): the share of trusted rows at least this suspect.
+def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray,
+                      tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """p = (#{trusted > s} + u·(#{trusted = s} + 1)) / (n + 1): the share of trusted rows at least
+    this suspect, ties broken by ``tiebreak`` u in (0, 1] (``row_tiebreaks``).
 
-    Valid when the calibration scores come from trusted rows the model did not fit on.
+    Valid when the calibration scores come from trusted rows the model did not fit on. Without a
+    tiebreak (u = 1) a tie counts against the row: conservative, and on discrete data (many rows
+    with the same score) far from uniform, which a test of the batch as a whole cannot use. With
+    a uniform u the p-values of exchangeable rows are exactly uniform, ties or not.
     """
     calibration = np.sort(np.asarray(calibration_scores, dtype="float64"))
+    scores = np.asarray(scores, dtype="float64")
     n = len(calibration)
-    at_least = n - np.searchsorted(calibration, np.asarray(scores, dtype="float64"), side="left")
-    return (1.0 + at_least) / (n + 1.0)
+    above = n - np.searchsorted(calibration, scores, side="right")
+    if tiebreak is None:
+        return (1.0 + n - np.searchsorted(calibration, scores, side="left")) / (n + 1.0)
+    tied = n - above - np.searchsorted(calibration, scores, side="left")
+    return (above + np.asarray(tiebreak, dtype="float64") * (tied + 1.0)) / (n + 1.0)
+
+
+def cross_conformal_pvalues(fold_calibration: list[np.ndarray], fold_scores: list[np.ndarray],
+                            tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Cross-conformal p-values (Vovk 2015): trusted row i was scored by the model of the fold
+    that left it out, and a batch row is scored by every fold's model and compared, fold by
+    fold, with the rows that fold left out. So batch and trusted rows are judged by models of
+    the same size, where one model refitted on every row would be sharper on the batch than on
+    the calibration rows (its tails differ, and clean rows were held at twice the target)."""
+    n = sum(len(c) for c in fold_calibration)
+    above = np.zeros(len(fold_scores[0]))
+    tied = np.zeros(len(fold_scores[0]))
+    for calibration, scores in zip(fold_calibration, fold_scores):
+        calibration = np.sort(np.asarray(calibration, dtype="float64"))
+        right = np.searchsorted(calibration, scores, side="right")
+        above += len(calibration) - right
+        tied += right - np.searchsorted(calibration, scores, side="left")
+    u = 1.0 if tiebreak is None else np.asarray(tiebreak, dtype="float64")
+    return (above + u * (tied + 1.0)) / (n + 1.0)
+
+
+def row_tiebreaks(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> np.ndarray:
+    """A number in (0, 1] per row that looks uniform and depends only on the row's values in
+    ``columns`` (and the seed): equal rows get equal tiebreaks, so copies share a decision, and
+    a row gets the same one in any chunk of any batch."""
+    present = [c for c in columns if c in frame.columns]
+    if not len(frame):
+        return np.zeros(0)
+    hashed = pd.util.hash_pandas_object(frame[present], index=False, hash_key=f"poisonguard{seed:05d}"[:16]) \
+        if present else pd.Series(np.zeros(len(frame), dtype=np.uint64))
+    bits = hashed.to_numpy(dtype=np.uint64) >> np.uint64(11)  # 53 bits: exact in a float64
+    return (bits.astype("float64") + 1.0) / float(1 << 53)

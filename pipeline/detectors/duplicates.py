@@ -4,12 +4,20 @@ Poisoners repeat a row (often with a flipped label) so that one point weighs lik
 concentrated attack of Koh et al. (2018) uses a few tight clusters of near-copies, which
 defeats kNN label checks because each copy's nearest neighbours are its own clones.
 
-For each batch row, ``c`` = other batch rows with its label within a radius and ``r`` = trusted
-rows with that label within the same radius. If the batch is drawn like the reference, ``c`` is
-about (n_batch − 1)·(r + ½)/n_ref, with the rate itself uncertain (negative binomial, see
-``triggers.upper_tail_pvalue``); ``c`` far above that is a flood. Dense regions (spam7 has exact
-duplicates in 39 % of trusted rows) raise ``r`` and so are not mistaken for floods. The test is
-run twice: for exact copies (radius 0), then, on the rows left, for near-identical ones.
+Groups, not rows, are the hypotheses. Batch and trusted rows of one label are pooled, without
+looking at which side each came from, and cut into groups: exact copies (one encoding), then,
+among the rest, balls of near-identical rows (radius ``radius_/2`` around a dense row, so no two
+rows of a ball are further apart than ``radius_``: clean rows are not chained in). If the batch
+is drawn like the reference, which of a group's s rows landed in the batch is a random draw:
+with b of them in the batch, p = P(Hypergeometric(N, n, s) >= b), N the pooled rows and n the
+batch rows of that label. A label shift (a month with more denials) changes n and N, not the test.
+
+Most groups could never be significant (a pair of rows cannot be unlikely enough), so they are
+not counted as tests: Tarone's correction counts only the groups whose smallest possible p-value
+is at most alpha / K (trusted-only groups, found at fit, included), and a group is held when its
+p-value is at most alpha / K, half of alpha for each of the two kinds of group. A flood is one
+finding with one test, held together at the detector's own alpha: before, each copy was a
+hypothesis among all the batch's rows, and 47 copies of 5 rows (9-10 each) were held 0 of 47.
 """
 
 from __future__ import annotations
@@ -20,32 +28,29 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from scipy.stats import hypergeom, poisson
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
 from pipeline.detectors.features import encode, feature_frame, make_encoder
-from pipeline.detectors.triggers import upper_tail_pvalue
 
 _SMALLEST_P = 1e-300
-# Links per flagged row when grouping copies into clusters: enough to join a blob of
-# near-copies without building the full radius graph (40,000 near-copies would be 1.6e9 pairs).
-_LINKS = 15
+_FAMILIES = 2  # exact copies, then near-identical balls: each tested at alpha / 2
 
 
 class DuplicateFlood(Detector):
-    """Higher score = more batch rows crowd around this row than the reference explains.
+    """Higher score = this row's group of copies is less likely to have come with a clean batch.
 
-    ``score`` is -log10 of the row's p-value, ``calibrated`` 1 - the p-value after Holm's
-    correction over the batch's rows (and Bonferroni over the two tests below), ``flagged`` that
-    corrected p-value <= ``alpha``.
+    ``score`` is -log10 of the row's group's p-value (see the module docstring), ``calibrated``
+    1 - that p-value after Tarone's correction, ``flagged`` that corrected p-value <= ``alpha``.
+    ``group`` numbers the row's group (-1: none) and ``group_expected`` is how many batch rows of
+    that group the trusted rate explains.
 
-    A copy repeats the label too, so a labelled row is compared with batch and trusted rows of
-    its own label: copies with a flipped label stand out against a neighbourhood with few
-    trusted rows of that label, and the clean rows they were copied from (other label) are not
-    swept in with them. Rows whose label is missing or untrusted are compared with every row.
+    A copy repeats the label too, so rows are grouped with rows of their own label: copies with a
+    flipped label are a group of their own, and the clean rows they were copied from (other
+    label) are not swept in with them. Rows whose label is missing or untrusted are pooled with
+    every trusted row.
 
     >>> DuplicateFlood(alpha=0.01).fit(reference, spec).score(batch)  # doctest: +SKIP
     """
@@ -53,7 +58,6 @@ class DuplicateFlood(Detector):
     name: ClassVar[str] = "duplicates"
     detects: ClassVar[str] = "duplicate_flood"
     pvalue_scope: ClassVar[str] = "batch"
-    pvalue_weight: ClassVar[float] = 0.01
     chunkable: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
@@ -79,6 +83,9 @@ class DuplicateFlood(Detector):
         self.labels_ = np.array([None if pd.isna(v) else str(v) for v in labels.astype(object)], dtype=object)
         self.trusted_ = {label: CloseCounter(encoded if label is None else encoded[self.labels_ == label], self.axes_)
                          for label in [None, *sorted({v for v in self.labels_ if v is not None})]}
+        # The trusted-only groups of each label (sizes >= 2): hypotheses too, for Tarone's count.
+        self.trusted_groups_ = {label: _trusted_groups(counter.points, self.axes_, self.radius_ / 2)
+                                for label, counter in self.trusted_.items()}
         self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(encoded))).fit(encoded)
 
     def _radius(self, encoded: np.ndarray, n_numeric: int) -> float:
@@ -120,80 +127,190 @@ class DuplicateFlood(Detector):
 
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         n = len(summary["key"])
-        # a copy repeats the label too: rows are compared with rows of their own label, and rows
-        # whose label is missing or untrusted with every row
-        groups: dict[str | None, np.ndarray] = {label: summary["group"] == code
-                                                for code, label in enumerate(self._classes())}
-        groups[None] = summary["group"] < 0
         rows = _Rows(summary["key"], summary["projected"], np.arange(n),
                      lambda positions: encode(self.encoder_, fetch(positions), self.spec_))
-        # Exact copies first: rows merely near a flood of exact copies would otherwise count the
-        # copies and be flagged with them (spam7: 10 clean rows beside a 73-copy flood). Rows
-        # flagged as copies are set aside before the near-identical test. Each test gets half of
-        # alpha, so together they keep the chance of any false flag in a clean batch at alpha.
-        everyone = np.ones(n, dtype=bool)
-        same, same_trusted = self._close(rows, groups, everyone, 0.0)
-        exact = upper_tail_pvalue(same, same_trusted, max(n - 1, 1), len(self.labels_))
-        exact_adjusted = np.minimum(1.0, 2.0 * _holm(exact))
-        copies = exact_adjusted <= self.alpha
-        rest = ~copies
-        close, close_trusted = self._close(rows, groups, rest, self.radius_)
-        near = np.ones(n)
-        near[rest] = upper_tail_pvalue(close[rest], close_trusted[rest], max(n - 1, 1), len(self.labels_))
-        near_adjusted = np.ones(n)
-        near_adjusted[rest] = np.minimum(1.0, 2.0 * _holm(near[rest]))
-        adjusted = np.where(copies, exact_adjusted, near_adjusted)
-        pvalue = np.where(copies, exact, np.minimum(exact, near))
-        flagged = adjusted <= self.alpha
+        labels = {label: np.flatnonzero(summary["group"] == code) for code, label in enumerate(self._classes())}
+        labels[None] = np.flatnonzero(summary["group"] < 0)
+        labels = {label: selected for label, selected in labels.items() if len(selected)}
+        # Exact copies first: rows merely near a flood of exact copies would otherwise join its
+        # ball and be held with it (spam7: 10 clean rows beside a 73-copy flood).
+        exact = self._tested(0, {label: _exact_groups(rows.subset(sel), self.trusted_[label], sel)
+                                 for label, sel in labels.items()}, labels)
+        copied = np.zeros(n, dtype=bool)
+        for g in np.flatnonzero(exact.adjusted() <= self.alpha):
+            copied[exact.members[g]] = True
+        rest = {label: sel[~copied[sel]] for label, sel in labels.items()}
+        near = self._tested(1, {label: _near_groups(rows.subset(sel), self.trusted_[label], sel, self.radius_)
+                                for label, sel in rest.items()}, labels)
+        groups = _Groups.concat([exact, near])
+        adjusted = groups.adjusted()
+        # each row's group: a significant one first, else the one with the smallest p-value
+        group_of = np.full(n, -1)
+        for g in np.lexsort((-groups.pvalue, adjusted <= self.alpha)):
+            group_of[groups.members[g]] = g
+        member = group_of >= 0
+        pvalue, corrected, expected = np.ones(n), np.ones(n), np.zeros(n)
+        pvalue[member], corrected[member] = groups.pvalue[group_of[member]], adjusted[group_of[member]]
+        expected[member] = groups.expected[group_of[member]]
+        flagged = corrected <= self.alpha
         reasons = np.full(n, "", dtype=object)
-        steps = ((copies, 0.0, same, same_trusted), (rest & flagged, self.radius_, close, close_trusted))
-        for label, members in groups.items():
-            for found, radius, batch_count, trusted_count in steps:
-                chosen = np.flatnonzero(members & found)
-                if len(chosen):
-                    reasons[chosen] = self._reasons(rows.points(chosen), label, radius, batch_count[chosen],
-                                                    trusted_count[chosen])
-        return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
-                             "flagged": flagged, "reason": reasons})
+        for g in np.unique(group_of[flagged]):
+            mine = np.flatnonzero(group_of == g)
+            reasons[mine] = self._reason(rows.points(mine[:1]), groups, g, adjusted[g])
+        return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - corrected,
+                             "flagged": flagged, "reason": reasons, "group": group_of,
+                             "group_expected": expected})
 
-    def _close(self, rows: "_Rows", groups: dict[str | None, np.ndarray], include: np.ndarray,
-               radius: float) -> tuple[np.ndarray, np.ndarray]:
-        """For each included row: other included batch rows of its label group within ``radius``,
-        and trusted rows of that label within ``radius`` (0 for rows not included)."""
-        batch_close, trusted_close = np.zeros(len(include), "int64"), np.zeros(len(include), "int64")
-        for label, members in groups.items():
-            selected = np.flatnonzero(members & include)
-            if len(selected):
-                queries = rows.subset(selected)
-                batch_close[selected] = queries.count_among(radius)
-                trusted_close[selected] = self.trusted_[label].count(queries, radius)
-        return batch_close, trusted_close
+    def _tested(self, family: int, found: dict[str | None, "_Found"], labels: dict[str | None, np.ndarray]) -> "_Groups":
+        """One family's groups over every label, each with its pooled p-value, and Tarone's count
+        over all of them (trusted-only groups included): one correction for the whole batch."""
+        parts, least = [], []
+        for label, groups in found.items():
+            n_batch, n_trusted = len(labels[label]), len(self.trusted_[label].points)
+            pooled = n_batch + n_trusted
+            sizes = groups.batch + groups.trusted
+            trusted_only = self.trusted_groups_[label][family]
+            least += [_least_pvalue(sizes, n_batch, pooled), _least_pvalue(trusted_only, n_batch, pooled)]
+            pvalue = np.clip(hypergeom.sf(groups.batch - 1, pooled, n_batch, sizes), 0.0, 1.0)
+            expected = groups.trusted * n_batch / max(n_trusted, 1)
+            parts.append(_Groups([label] * len(sizes), np.full(len(sizes), family), groups.members, groups.batch,
+                                 groups.trusted, expected, pvalue, np.zeros(len(sizes))))
+        tests = tarone_count(np.concatenate(least) if least else np.zeros(0), self.alpha / _FAMILIES)
+        groups = _Groups.concat(parts)
+        groups.tests[:] = tests
+        return groups
 
-    def _reasons(self, points: np.ndarray, label: str | None, radius: float, batch_close: np.ndarray,
-                 trusted_close: np.ndarray) -> list[str]:
-        """Flagged rows of one label: their cluster, the trusted rows as close, and whether most
-        of the nearest trusted rows carry another label."""
-        sizes = _cluster_sizes(points, radius)
-        _, neighbours = self.neighbors_.kneighbors(points)
-        k = neighbours.shape[1]
-        classes = np.array([c for c in self.trusted_ if c is not None], dtype=object)
-        said = self.labels_[neighbours]
-        votes = np.stack([(said == c).sum(axis=1) for c in classes], axis=1)
-        majority = votes.argmax(axis=1)
+    def _reason(self, point: np.ndarray, groups: "_Groups", g: int, adjusted: float) -> str:
+        label, batch_count, trusted_count = groups.label[g], int(groups.batch[g]), int(groups.trusted[g])
         kind = "rows" if label is None else "rows with this label"
-        texts = []
-        for j in range(len(points)):
-            if radius == 0.0:
-                text = (f"one of {sizes[j]:,} identical {kind} in this batch; the reference has "
-                        f"{_rows(trusted_close[j])} identical to it")
-            else:
-                text = (f"one of {sizes[j]:,} near-identical {kind} in this batch ({batch_close[j]:,} within "
-                        f"{radius:.2g} of this one); the reference has {_rows(trusted_close[j])} this close")
-            other, agree = classes[majority[j]], votes[j, majority[j]]
-            if label is not None and other != label and agree > k / 2:
-                text += f"; labelled {label!r} while {agree}/{k} nearest trusted rows say {other!r}"
-            texts.append(text)
-        return texts
+        if groups.family[g] == 0:
+            text = (f"one of {batch_count:,} identical {kind} in this batch; the reference has "
+                    f"{_rows(trusted_count)} identical to it")
+        else:
+            text = (f"one of {batch_count:,} near-identical {kind} in this batch (within {self.radius_:.2g} of each "
+                    f"other); the reference has {_rows(trusted_count)} that close")
+        tests = int(groups.tests[g])
+        text += (f"; a clean batch brings this many with probability {groups.pvalue[g]:.2g} ({adjusted:.2g} "
+                 f"corrected over {tests} testable group{'s' if tests != 1 else ''})")
+        _, neighbours = self.neighbors_.kneighbors(point)
+        said = self.labels_[neighbours[0]]
+        classes, votes = np.unique(said.astype(str), return_counts=True)
+        other, agree = str(classes[votes.argmax()]), int(votes.max())
+        if label is not None and other != label and agree > len(said) / 2:
+            text += f"; labelled {label!r} while {agree}/{len(said)} nearest trusted rows say {other!r}"
+        return text
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Groups of batch rows (positions in the batch) with their trusted counts, one family."""
+
+    members: list[np.ndarray]
+    batch: np.ndarray
+    trusted: np.ndarray
+
+    @classmethod
+    def none(cls) -> "_Found":
+        return cls([], np.zeros(0, "int64"), np.zeros(0, "int64"))
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Every tested group of a batch: its rows, counts, p-value and Tarone count."""
+
+    label: list[str | None]
+    family: np.ndarray  # 0 exact copies, 1 near-identical
+    members: list[np.ndarray]
+    batch: np.ndarray
+    trusted: np.ndarray
+    expected: np.ndarray  # batch rows the trusted rate explains: trusted * n_batch / n_trusted
+    pvalue: np.ndarray
+    tests: np.ndarray  # Tarone's count of testable groups in the group's family and label
+
+    def adjusted(self) -> np.ndarray:
+        """The p-value after Tarone's correction within the family, and Bonferroni's over the two."""
+        return np.minimum(1.0, self.pvalue * self.tests * _FAMILIES)
+
+    @classmethod
+    def concat(cls, parts: list["_Groups"]) -> "_Groups":
+        if not parts:
+            empty = np.zeros(0)
+            return cls([], empty.astype(int), [], empty.astype(int), empty.astype(int), empty, empty, empty.copy())
+        return cls(sum((p.label for p in parts), []), np.concatenate([p.family for p in parts]),
+                   sum((p.members for p in parts), []), *(np.concatenate([getattr(p, f) for p in parts])
+                                                          for f in ("batch", "trusted", "expected", "pvalue", "tests")))
+
+
+def tarone_count(least_pvalues: np.ndarray, alpha: float) -> int:
+    """Tarone's (1990) number of tests: the smallest K with at most K hypotheses whose smallest
+    achievable p-value is <= alpha / K. A hypothesis that can never reach significance (a pair
+    of rows, however it falls) costs the others nothing."""
+    least = np.sort(np.asarray(least_pvalues, dtype="float64"))
+    k = np.arange(1, len(least) + 2)
+    testable = np.searchsorted(least, alpha / k, side="right")
+    return int(k[np.argmax(testable <= k)])
+
+
+def _least_pvalue(sizes: np.ndarray, n_batch: int, pooled: int) -> np.ndarray:
+    """The smallest p-value a pooled group of ``sizes`` rows can reach: all of it in the batch."""
+    sizes = np.asarray(sizes, dtype="int64")
+    return hypergeom.pmf(np.minimum(sizes, n_batch), pooled, n_batch, sizes)
+
+
+def _exact_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray) -> _Found:
+    """Rows with one encoding, with the trusted rows of that encoding: groups of two rows or more."""
+    if not len(selected):
+        return _Found.none()
+    codes, first, inverse, counts = np.unique(batch.keys, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    in_trusted = trusted.count(batch.subset(first), 0.0)
+    keep = np.flatnonzero(counts + in_trusted >= 2)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], keep)
+    members = [selected[order[start:start + counts[g]]] for g, start in zip(keep, bounds)]
+    return _Found(members, counts[keep].astype("int64"), in_trusted[keep].astype("int64"))
+
+
+def _near_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray, radius: float) -> _Found:
+    """Balls of radius ``radius / 2`` (diameter at most ``radius``) around the densest rows, made
+    greedily from the batch rows with another batch row within ``radius``; each ball's trusted
+    count is of the trusted rows within ``radius / 2`` of its centre."""
+    if len(selected) < 2:
+        return _Found.none()
+    close = batch.count_among(radius)
+    candidates = np.flatnonzero(close > 0)
+    if not len(candidates):
+        return _Found.none()
+    first, inverse = _distinct(batch.keys[candidates])
+    multiplicity = np.bincount(inverse, minlength=len(first))
+    points = batch.points(candidates[first])
+    density = close[candidates[first]] + trusted.count(batch.subset(candidates[first]), radius)
+    tree = cKDTree(points)
+    ball = np.full(len(first), -1)
+    centres = []
+    for centre in np.argsort(-density, kind="stable"):
+        if ball[centre] >= 0:
+            continue
+        inside = [j for j in tree.query_ball_point(points[centre], radius / 2) if ball[j] < 0]
+        ball[inside] = len(centres)
+        centres.append(centre)
+    sizes = np.bincount(ball, weights=multiplicity, minlength=len(centres)).astype("int64")
+    in_trusted = trusted.count(batch.subset(candidates[first][centres]), radius / 2)
+    keep = np.flatnonzero(sizes + in_trusted >= 2)
+    of_row = ball[inverse]
+    members = [selected[candidates[of_row == b]] for b in keep]
+    return _Found(members, sizes[keep], in_trusted[keep].astype("int64"))
+
+
+def _trusted_groups(points: np.ndarray, axes: np.ndarray, half_radius: float) -> dict[int, np.ndarray]:
+    """Sizes (>= 2) of the trusted rows' own exact-copy groups and near-identical balls."""
+    if not len(points):
+        return {0: np.zeros(0, "int64"), 1: np.zeros(0, "int64")}
+    counts = pd.Series(_row_keys(points)).value_counts().to_numpy("int64")
+    rows = _Rows(_row_keys(points), points @ axes, np.arange(len(points)), lambda positions: points[positions])
+    found = _near_groups(rows, CloseCounter(np.zeros((0, points.shape[1])), axes), np.arange(len(points)),
+                         2 * half_radius)
+    return {0: counts[counts >= 2], 1: found.batch}
 
 
 @dataclass(frozen=True)
@@ -222,6 +339,8 @@ class _Rows:
         in projection too), so they are measured against each other alone."""
         if radius == 0.0:
             return pd.Series(self.keys).value_counts().reindex(self.keys).to_numpy("int64") - 1
+        if len(self.keys) < 2:
+            return np.zeros(len(self.keys), dtype="int64")
         counts = cKDTree(self.projected).query_ball_point(self.projected, _screen(radius), return_length=True,
                                                           workers=-1).astype("int64")
         unsure = np.flatnonzero(counts > 1)
@@ -251,6 +370,8 @@ class CloseCounter:
 
     def count(self, queries: _Rows, radius: float) -> np.ndarray:
         """Trusted points within ``radius`` of each query."""
+        if not len(self.points) or not len(queries.keys):
+            return np.zeros(len(queries.keys), dtype="int64")
         if radius == 0.0:
             if self._copies is None:
                 self._copies = pd.Series(_row_keys(self.points)).value_counts()
@@ -305,30 +426,3 @@ def _principal_axes(encoded: np.ndarray, n_axes: int = 8) -> np.ndarray:
 
 def _rows(count: int) -> str:
     return f"{count:,} row" if count == 1 else f"{count:,} rows"
-
-
-def _holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment: controls the chance of any false flag in a clean batch at
-    alpha, like Bonferroni, without its cost when several rows are real copies."""
-    n = len(pvalues)
-    order = np.argsort(pvalues, kind="stable")
-    stepped = np.maximum.accumulate(pvalues[order] * (n - np.arange(n)))
-    adjusted = np.empty(n)
-    adjusted[order] = np.minimum(1.0, stepped)
-    return adjusted
-
-
-def _cluster_sizes(points: np.ndarray, radius: float) -> np.ndarray:
-    """Rows in each point's connected cluster (links shorter than ``radius``). Exact copies are
-    merged first, then each distinct point links to its nearest few within the radius."""
-    distinct, inverse, multiplicity = np.unique(points, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
-    k = min(_LINKS + 1, len(distinct))
-    distances, index = NearestNeighbors(n_neighbors=k).fit(distinct).kneighbors(distinct)
-    close = distances <= radius
-    source = np.repeat(np.arange(len(distinct)), k)[close.ravel()]
-    graph = coo_matrix((np.ones(close.sum()), (source, index.ravel()[close.ravel()])),
-                       shape=(len(distinct), len(distinct)))
-    _, component = connected_components(graph, directed=False)
-    sizes = np.bincount(component, weights=multiplicity).astype("int64")
-    return sizes[component[inverse]]

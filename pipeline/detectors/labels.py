@@ -38,9 +38,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, conformal_pvalues,
+                                     row_tiebreaks)
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
+
+# by_confidence calibration: about this many trusted rows per cell (a p-value's resolution is
+# 1 / (rows + 1)), and at most this many cells.
+CELL_ROWS = 200
+MAX_CELLS = 10
 
 MODELS: dict[str, Any] = {
     "gradient_boosting": lambda seed: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1,
@@ -63,12 +69,12 @@ class LabelConsistency(Detector):
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "n_folds": Interval(Integral, 2, 20),
         "random_state": Interval(Integral, 0, None),
-        "calibration": ("marginal", "per_class"),
+        "calibration": ("by_confidence", "marginal", "per_class"),
         "max_index_rows": Interval(Integral, 100, None),
     }
 
     def __init__(self, *, n_neighbors: int = 10, model: str = "gradient_boosting", alpha: float = 0.01,
-                 n_folds: int = 5, random_state: int = 0, calibration: str = "marginal",
+                 n_folds: int = 5, random_state: int = 0, calibration: str = "by_confidence",
                  max_index_rows: int = 10_000) -> None:
         self.n_neighbors = n_neighbors
         self.model = model
@@ -99,8 +105,65 @@ class LabelConsistency(Detector):
                                         method="predict_proba")
         self.model_ = MODELS[self.model](self.random_state).fit(encoded, labels)
         scores = self._raw(neighbour_votes, out_of_fold, labels)
-        self.calibration_ = {c: scores if self.calibration == "marginal" else scores[labels == c]
-                             for c in self.classes_}
+        self.cell_edges_ = self._cell_edges(out_of_fold)
+        cells = self._cells(out_of_fold, labels)
+        self.calibration_ = {int(cell): np.sort(scores[cells == cell]) for cell in np.unique(cells)}
+        self.simulated_ = self._flipped_pvalues(neighbour_votes, out_of_fold, labels)
+
+    def _cell_edges(self, proba: np.ndarray) -> list[np.ndarray]:
+        """``by_confidence``: per predicted class, quantile edges of the model's confidence that cut
+        the trusted rows it predicts into bins of about ``CELL_ROWS`` (at most ``MAX_CELLS`` in all)."""
+        if self.calibration != "by_confidence":
+            return []
+        predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
+        cells = int(np.clip(len(proba) // CELL_ROWS, 1, MAX_CELLS))
+        edges = []
+        for c in range(len(self.classes_)):
+            mine = confidence[predicted == c]
+            bins = max(1, round(cells * len(mine) / len(proba)))
+            edges.append(np.unique(np.quantile(mine, np.linspace(0, 1, bins + 1)[1:-1])) if len(mine) else np.zeros(0))
+        return edges
+
+    def _cells(self, proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each row's calibration cell: every trusted row (``marginal``), those of its label
+        (``per_class``), or those the model predicts the same class for with about the same
+        confidence (``by_confidence``)."""
+        if self.calibration == "marginal":
+            return np.zeros(len(labels), dtype="int64")
+        if self.calibration == "per_class":
+            return np.searchsorted(self.classes_, labels).astype("int64")
+        predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
+        offsets = np.cumsum([0] + [len(e) + 1 for e in self.cell_edges_])
+        cells = np.empty(len(labels), dtype="int64")
+        for c, edges in enumerate(self.cell_edges_):
+            mine = predicted == c
+            cells[mine] = offsets[c] + np.searchsorted(edges, confidence[mine], side="right")
+        return cells
+
+    def _pvalues(self, scores: np.ndarray, cells: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+        """Conformal p-values of ``scores`` against the trusted rows of their cells (a cell no
+        trusted row fell in, possible only at the extremes of confidence: against every row)."""
+        pvalues = np.ones(len(scores))
+        everyone = np.concatenate(list(self.calibration_.values()))
+        for cell in np.unique(cells):
+            mask = cells == cell
+            pvalues[mask] = conformal_pvalues(self.calibration_.get(int(cell), everyone), scores[mask], tiebreak[mask])
+        return pvalues
+
+    def _flipped_pvalues(self, votes: np.ndarray, proba: np.ndarray,
+                         labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The p-values (and cells) trusted rows get with their label flipped to another class at
+        random: what a randomly flipped batch row looks like to this detector, for the verdict's
+        test and estimate of how many rows of a batch were flipped."""
+        rng = np.random.default_rng(self.random_state)
+        index = np.searchsorted(self.classes_, labels)
+        flipped = self.classes_[(index + rng.integers(1, len(self.classes_), size=len(labels))) % len(self.classes_)]
+        cells = self._cells(proba, flipped)
+        return self._pvalues(self._raw(votes, proba, flipped), cells, 1.0 - rng.random(len(labels))), cells
+
+    def poison_model(self) -> PoisonModel:
+        return PoisonModel("label_flips", {cell: len(scores) for cell, scores in self.calibration_.items()},
+                           *self.simulated_)
 
     def _neighbours_excluding_self(self, encoded: np.ndarray, indexed: np.ndarray, k: int) -> np.ndarray:
         """k nearest indexed rows of every trusted row, never the row itself."""
@@ -126,10 +189,11 @@ class LabelConsistency(Detector):
         n = len(batch)
         raw = np.zeros(n)
         pvalues = np.ones(n)
+        cells = np.full(n, -1, dtype="int64")  # not tested: no trusted label
         reasons = [""] * n
         if spec.label not in batch.columns or n == 0:
             return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": np.zeros(n, bool),
-                                 "reason": reasons})
+                                 "reason": reasons, "cell": cells})
         labels = batch[spec.label].astype(object).where(batch[spec.label].notna(), None)
         labels = np.array([None if v is None else str(v) for v in labels], dtype=object)
         known = np.isin(labels, self.classes_)  # unknown or missing labels are validation's to report
@@ -140,15 +204,15 @@ class LabelConsistency(Detector):
             proba = self.model_.predict_proba(encoded)
             given = labels[known].astype(str)
             raw[known] = self._raw(votes, proba, given)
-            for c in self.classes_:
-                mask = np.zeros(n, bool)
-                mask[known] = given == c
-                pvalues[mask] = conformal_pvalues(self.calibration_[c], raw[mask])
+            cells[known] = self._cells(proba, given)
+            tiebreak = row_tiebreaks(batch, [*spec.features, spec.label], self.random_state)[known]
+            pvalues[known] = self._pvalues(raw[known], cells[known], tiebreak)
             positions = np.flatnonzero(known)
             for j in np.flatnonzero(pvalues[known] <= REASON_PVALUE) if explain else ():
                 reasons[positions[j]] = self._reason(given[j], votes[j], proba[j], pvalues[positions[j]])
         flagged = pvalues <= self.alpha
-        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})
+        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons,
+                             "cell": cells})
 
     def _reason(self, given: str, votes: np.ndarray, proba: np.ndarray, pvalue: float) -> str:
         k = self.neighbors_.n_neighbors
@@ -156,7 +220,8 @@ class LabelConsistency(Detector):
         said = self.classes_[other]
         agree = int(round(votes[other] * k))
         given, said = str(given), str(said)
-        compared = "trusted rows" if self.calibration == "marginal" else f"trusted rows labelled {given!r}"
+        compared = {"marginal": "trusted rows", "per_class": f"trusted rows labelled {given!r}",
+                    "by_confidence": "trusted rows the model is as sure about"}[self.calibration]
         return (f"label {given!r} but {agree}/{k} nearest trusted neighbours and the model "
                 f"(p={proba[other]:.2f}) say {said!r}; more inconsistent than "
                 f"{100 * (1 - pvalue):.1f} % of {compared}")

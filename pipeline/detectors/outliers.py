@@ -1,4 +1,4 @@
-"""Feature-space outliers with PyOD, per class, calibrated on held-out trusted rows."""
+"""Feature-space outliers with PyOD, per class, calibrated cross-conformally on trusted rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import REASON_PVALUE, Detector, FeatureSpec, Interval, conformal_pvalues
+from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, cross_conformal_pvalues,
+                                     row_tiebreaks)
 from pipeline.detectors.features import feature_frame, make_encoder
 
 # ECOD/COPOD keep the reference and re-rank it on every call (ECOSYSTEM.md §4); IForest and HBOS
@@ -78,20 +79,25 @@ class FeatureOutlier(Detector):
                 mask = (labels == value).to_numpy()
                 if mask.sum() >= self.min_class_rows:
                     groups[str(value)] = mask
-        self.models_: dict[str, Any] = {}
-        self.calibration_: dict[str, np.ndarray] = {}
+        # Each group keeps its fold models and the scores each gave the trusted rows it left out:
+        # a batch row is scored by every fold model against those (cross-conformal, see base.py).
+        self.models_: dict[str, list[Any]] = {}
+        self.calibration_: dict[str, list[np.ndarray]] = {}
         for key, mask in groups.items():
-            rows = encoded[mask]
-            self.calibration_[key] = self._out_of_fold_scores(rows)
-            self.models_[key] = PYOD_METHODS[self.method](self.random_state).fit(rows)
+            self.models_[key], self.calibration_[key] = self._fold_models(encoded[mask])
 
-    def _out_of_fold_scores(self, rows: np.ndarray) -> np.ndarray:
-        scores = np.empty(len(rows))
-        folds = KFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
+    def poison_model(self) -> PoisonModel:
+        return PoisonModel("outliers", {cell: sum(len(c) for c in self.calibration_[key])
+                                        for cell, key in enumerate(self.models_)})
+
+    def _fold_models(self, rows: np.ndarray) -> tuple[list[Any], list[np.ndarray]]:
+        models, held_out_scores = [], []
+        folds = KFold(n_splits=min(self.n_folds, len(rows)), shuffle=True, random_state=self.random_state)
         for train, held_out in folds.split(rows):
             model = PYOD_METHODS[self.method](self.random_state).fit(rows[train])
-            scores[held_out] = model.decision_function(rows[held_out])
-        return scores
+            models.append(model)
+            held_out_scores.append(model.decision_function(rows[held_out]))
+        return models, held_out_scores
 
     def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
         spec = self.features_
@@ -103,13 +109,17 @@ class FeatureOutlier(Detector):
                          for v in labels.where(labels.notna(), None)], dtype=object)
         raw = np.empty(len(batch))
         pvalues = np.empty(len(batch))
+        tiebreak = row_tiebreaks(batch, [*spec.features, spec.label], self.random_state)
         for key in np.unique(keys):
             mask = keys == key
-            raw[mask] = self.models_[key].decision_function(encoded[mask])
-            pvalues[mask] = conformal_pvalues(self.calibration_[key], raw[mask])
+            fold_scores = [model.decision_function(encoded[mask]) for model in self.models_[key]]
+            raw[mask] = np.mean(fold_scores, axis=0)
+            pvalues[mask] = cross_conformal_pvalues(self.calibration_[key], fold_scores, tiebreak[mask])
         flagged = pvalues <= self.alpha
         reasons = self._reasons(features, keys, pvalues) if explain else [""] * len(batch)
-        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})
+        cells = pd.Index(list(self.models_)).get_indexer(keys)  # which model's trusted rows judged the row
+        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons,
+                             "cell": cells})
 
     def _reasons(self, features: pd.DataFrame, keys: np.ndarray, pvalues: np.ndarray) -> list[str]:
         """Reasons for rows with p ≤ REASON_PVALUE, naming the two most unusual numerics.

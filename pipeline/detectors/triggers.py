@@ -185,7 +185,6 @@ class TriggerPattern(Detector):
     name: ClassVar[str] = "trigger"
     detects: ClassVar[str] = "backdoor"
     pvalue_scope: ClassVar[str] = "batch"
-    pvalue_weight: ClassVar[float] = 0.01
     chunkable: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
@@ -257,10 +256,13 @@ class TriggerPattern(Detector):
         adjusted = np.minimum(1.0, raw * n_tests)
         flagged = group >= 0
         reasons = np.full(n, "", dtype=object)
+        expected = np.zeros(n)
         for test in np.unique(group[flagged]):
             reasons[group == test] = self._reason(tests, test)
+            # rows of the group the trusted rate of its cells and label explains
+            expected[group == test] = tests.reference[test] * tests.label_batch[test] / max(tests.label_reference[test], 1)
         return pd.DataFrame({"score": -np.log10(np.maximum(raw, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
-                             "flagged": flagged, "reason": reasons})
+                             "flagged": flagged, "reason": reasons, "group": group, "group_expected": expected})
 
     def _tests(self, codes: np.ndarray, labels: np.ndarray) -> _Tests:
         """One test per (pair, cells, label) group of at least ``min_group`` batch rows."""
