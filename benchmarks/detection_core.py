@@ -1,77 +1,67 @@
-"""Detection-core benchmark: poisonguard's detectors side by side with the tools a user would
-otherwise reach for, on the same poisoned batches.
+"""Detection core: what a scan decides about poisoned batches, beside the tools a user would
+otherwise reach for, on the same batches; and the batch verdict's own figures.
 
-    make bench        # or: .venv/bin/python benchmarks/detection_core.py [--quick]
+    make bench        # or: .venv/bin/python benchmarks/detection_core.py [--seeds 20] [--jobs 2]
 
-Datasets: HMDA and spam7 (../shared/datasets), scikit-learn's breast cancer, data_samples/.
-Each is split into a trusted reference (50 %), a trusted holdout (15 %), a clean test split
-(15 %) and an incoming batch (20 %), which each attack poisons with known ground truth.
-Peers see what a user would give them: the reference and the batch together.
-Writes benchmarks/detection_core.json and the table in benchmarks/RESULTS.md.
+Datasets: the six in ../shared/datasets (HMDA, spam7, credit cards, Swiss labour, Bangladesh
+wells, health insurance) and data_samples/. For every seed each is shuffled and split into a
+trusted reference (45 %), a trusted holdout (15 %), a clean test split (15 %) and an incoming
+batch (25 %), which each attack poisons with known ground truth (or, for "covariate_shift",
+keeps clean but cuts to the rows above the median of one feature).
+
+"poisonguard" is what a scan does, through ``pipeline.scan``'s own steps on files: a suite
+inferred from the reference (the protected column kept out of the features), validation, the
+default detectors, the batch checks, the verdict and the decisions. Peers see what a user would
+give them: the reference and the batch together, at their own default thresholds.
+
+Writes benchmarks/detection_core.json (every case) and its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
+import tempfile
 import time
-import tracemalloc
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.neighbors import NearestNeighbors
-from sklearn.pipeline import make_pipeline
 
-from pipeline.decide import content_keys, decide
-from pipeline.detectors import DEFAULT_DETECTORS, FeatureSpec, build_detectors, fit_all, score_all
-from pipeline.findings import empty_findings
-from pipeline.policy import QuarantinePolicy
-from pipeline.detectors.features import feature_frame, make_encoder
-from pipeline.detectors.duplicates import DuplicateFlood
-from pipeline.detectors.influence import RoniInfluence
-from pipeline.detectors.labels import LabelConsistency
-from pipeline.detectors.triggers import TriggerPattern
-from pipeline.io import ROW_NUMBER
-from pipeline.validation import column_kinds
-
-warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
 RESULT_JSON = REPO / "benchmarks" / "detection_core.json"
 SHARED = REPO.parent / "shared" / "datasets"
+# (file, label, columns never used as features)
+DATASETS = {"hmda": ("hmda.parquet", "deny", ("afam",)), "spam7": ("spam7.parquet", "yesno", ()),
+            "creditcard": ("creditcard.parquet", "card", ()), "swisslabor": ("swisslabor.parquet", "participation", ()),
+            "wells": ("wells.parquet", "switch", ()), "healthinsurance": ("healthinsurance.parquet", "health", ()),
+            "data_samples": (None, "deny", ("afam",))}
+FRACTIONS = (0.45, 0.15, 0.15, 0.25)  # reference, holdout, test, batch
+ATTACKS = ["clean", "covariate_shift", "random_flip_5", "random_flip_10", "random_flip_30", "targeted_flip",
+           "boundary_flip", "concentrated", "duplicate_flood", "backdoor", "outliers"]
+LABEL_ATTACKS = {"random_flip_5", "random_flip_10", "random_flip_30", "targeted_flip", "boundary_flip", "concentrated",
+                 "duplicate_flood"}
+ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
+ART_SEEDS = 3
 
 
-# --- datasets ------------------------------------------------------------------------------------
+# --- datasets, splits, attacks -------------------------------------------------------------------
 
-@dataclass
-class Dataset:
-    name: str
-    frame: pd.DataFrame
-    label: str
-    exclude: tuple[str, ...] = ()
-
-
-def load_datasets() -> list[Dataset]:
-    cancer = load_breast_cancer(as_frame=True).frame
-    cancer.columns = [re.sub(r"\W+", "_", c) for c in cancer.columns]
-    cancer["target"] = cancer["target"].map({0: "malignant", 1: "benign"})
-    samples = pd.concat([pd.read_parquet(REPO / "data_samples" / f) for f in
-                         ("reference.parquet", "holdout.parquet", "batch_05_clean.parquet")], ignore_index=True)
-    found = [Dataset("breast_cancer", cancer, "target"), Dataset("data_samples", samples, "deny", ("afam",))]
-    if (SHARED / "hmda.parquet").exists():
-        found.append(Dataset("hmda", pd.read_parquet(SHARED / "hmda.parquet"), "deny", ("afam",)))
-        found.append(Dataset("spam7", pd.read_parquet(SHARED / "spam7.parquet"), "yesno"))
-    return found
+def load(name: str) -> tuple[pd.DataFrame, str, tuple[str, ...]]:
+    file, label, exclude = DATASETS[name]
+    if file is None:
+        frame = pd.concat([pd.read_parquet(REPO / "data_samples" / f) for f in
+                           ("reference.parquet", "holdout.parquet", "batch_05_clean.parquet")], ignore_index=True)
+    else:
+        frame = pd.read_parquet(SHARED / file)
+    return frame, label, exclude
 
 
 @dataclass
@@ -80,42 +70,53 @@ class Split:
     holdout: pd.DataFrame
     test: pd.DataFrame
     batch: pd.DataFrame
-    spec: FeatureSpec
+    spec: object  # pipeline.detectors.FeatureSpec
 
 
-def split(dataset: Dataset, seed: int) -> Split:
-    frame = dataset.frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    n = len(frame)
-    cuts = [int(n * 0.5), int(n * 0.65), int(n * 0.8)]
-    parts = [frame.iloc[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+def split(name: str, seed: int) -> Split:
+    from pipeline.detectors import FeatureSpec
+    from pipeline.io import ROW_NUMBER
+    from pipeline.validation import column_kinds
+
+    frame, label, exclude = load(name)
+    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    cuts = np.cumsum([int(len(frame) * f) for f in FRACTIONS[:-1]])
+    parts = [frame.iloc[a:b] for a, b in zip([0, *cuts], [*cuts, len(frame)])]
     parts = [p.reset_index(drop=True).assign(**{ROW_NUMBER: np.arange(len(p))}) for p in parts]
-    spec = FeatureSpec.from_kinds(column_kinds(frame), dataset.label, dataset.exclude)
-    return Split(*parts, spec=spec)
+    return Split(*parts, spec=FeatureSpec.from_kinds(column_kinds(frame), label, exclude))
 
-
-# --- attacks -------------------------------------------------------------------------------------
 
 def _flip(labels: pd.Series, rows: np.ndarray, classes: np.ndarray, rng) -> pd.Series:
     out = labels.copy()
     for r in rows:
-        others = classes[classes != out.iloc[r]]
-        out.iloc[r] = rng.choice(others)
+        out.iloc[r] = rng.choice(classes[classes != out.iloc[r]])
     return out
 
 
 def _encoded(s: Split) -> tuple[np.ndarray, np.ndarray]:
+    from pipeline.detectors.features import feature_frame, make_encoder
+
     encoder = make_encoder(s.spec).fit(feature_frame(s.reference, s.spec))
     return encoder.transform(feature_frame(s.reference, s.spec)), encoder.transform(feature_frame(s.batch, s.spec))
 
 
 def attack(name: str, s: Split, rng) -> tuple[pd.DataFrame, np.ndarray]:
-    """Return the poisoned batch and a boolean mask of poisoned rows."""
+    """The attacked batch and a boolean mask of its poisoned rows."""
+    from sklearn.linear_model import LogisticRegression
+
     batch, label = s.batch.copy(), s.spec.label
     classes = np.unique(s.reference[label].astype(str))
     n = len(batch)
     poison = np.zeros(n, dtype=bool)
     if name == "clean":
         return batch, poison
+    if name == "covariate_shift":  # clean rows, true labels: only those above one feature's median
+        column = s.spec.numeric[int(rng.integers(len(s.spec.numeric)))]
+        values = pd.to_numeric(batch[column], errors="coerce")
+        keep = (values > values.median()).to_numpy()
+        if keep.mean() < 0.3:  # a tied median: take it too
+            keep = (values >= values.median()).to_numpy()
+        return _renumbered(batch[keep]), np.zeros(int(keep.sum()), dtype=bool)
     if name.startswith("random_flip"):
         rows = rng.choice(n, size=int(n * int(name.rsplit("_", 1)[1]) / 100), replace=False)
         batch[label] = _flip(batch[label].astype(str), rows, classes, rng)
@@ -139,28 +140,26 @@ def attack(name: str, s: Split, rng) -> tuple[pd.DataFrame, np.ndarray]:
         poison[rows] = True
         return batch, poison
     if name in ("concentrated", "duplicate_flood"):
-        # Koh et al. 2018: a few tight clusters of near-identical flipped rows
+        # Koh et al. 2018: a few tight clusters of near-identical flipped rows; a flood: exact copies
         n_clusters, size = (3, max(5, int(0.03 * n))) if name == "concentrated" else (1, max(10, int(0.08 * n)))
-        seeds = rng.choice(n, size=n_clusters, replace=False)
         copies = []
-        for seed_row in seeds:
+        for seed_row in rng.choice(n, size=n_clusters, replace=False):
             block = batch.iloc[[seed_row] * size].copy()
             if name == "concentrated":
                 for col in s.spec.numeric:
-                    spread = float(s.reference[col].std() or 1.0)
+                    spread = float(pd.to_numeric(s.reference[col]).std() or 1.0)
                     block[col] = block[col].astype(float) + rng.normal(0, 0.01 * spread, size=size)
             block[label] = _flip(block[label].astype(str), np.arange(size), classes, rng).iloc[0]
             copies.append(block)
-        return _append(batch, copies, poison)
+        return _appended(batch, copies, poison)
     if name == "backdoor":  # rare combination of two features + the attacker's label
         a, b = s.spec.numeric[:2]
         target = classes[np.argmin([np.mean(s.reference[label].astype(str) == c) for c in classes])]
-        size = max(5, int(0.05 * n))
-        block = batch.sample(n=size, random_state=int(rng.integers(1 << 30))).copy()
+        block = batch.sample(n=max(5, int(0.05 * n)), random_state=int(rng.integers(1 << 30))).copy()
         block[a] = float(s.reference[a].quantile(0.995))
         block[b] = float(s.reference[b].quantile(0.005))
         block[label] = target
-        return _append(batch, [block], poison)
+        return _appended(batch, [block], poison)
     if name == "outliers":
         rows = rng.choice(n, size=max(3, int(0.03 * n)), replace=False)
         for col in s.spec.numeric:
@@ -172,63 +171,87 @@ def attack(name: str, s: Split, rng) -> tuple[pd.DataFrame, np.ndarray]:
     raise ValueError(name)
 
 
-def _append(batch: pd.DataFrame, blocks: list[pd.DataFrame], poison: np.ndarray):
+def _renumbered(frame: pd.DataFrame) -> pd.DataFrame:
+    from pipeline.io import ROW_NUMBER
+
+    return frame.reset_index(drop=True).assign(**{ROW_NUMBER: np.arange(len(frame))})
+
+
+def _appended(batch: pd.DataFrame, blocks: list[pd.DataFrame], poison: np.ndarray):
     extra = pd.concat(blocks, ignore_index=True)
-    out = pd.concat([batch, extra], ignore_index=True)
-    out[ROW_NUMBER] = np.arange(len(out))
-    return out, np.concatenate([poison, np.ones(len(extra), dtype=bool)])
+    return _renumbered(pd.concat([batch, extra], ignore_index=True)), np.concatenate([poison, np.ones(len(extra), bool)])
 
 
-ATTACKS = ["clean", "random_flip_10", "random_flip_30", "targeted_flip", "boundary_flip",
-           "concentrated", "duplicate_flood", "backdoor", "outliers"]
-LABEL_ATTACKS = {"random_flip_10", "random_flip_10_subsample60", "random_flip_30", "targeted_flip", "boundary_flip", "concentrated",
-                 "duplicate_flood"}
-
-
-# --- methods -------------------------------------------------------------------------------------
+# --- poisonguard: the scan's own steps ------------------------------------------------------------
 
 class Poisonguard:
-    """What a scan does: the registry's default detectors, fitted once per reference, fused and
-    thresholded by the default quarantine policy (pipeline.decide)."""
+    """The product: ``pipeline.scan``'s steps on files, from an inferred suite to the decisions."""
 
     name = "poisonguard"
 
-    def __init__(self, s: Split, detectors: dict | None = None, name: str | None = None) -> None:
-        self.name = name or self.name
-        self.detectors = fit_all(build_detectors(detectors or DEFAULT_DETECTORS), s.reference, s.spec, s.holdout)
+    def __init__(self, s: Split, folder: Path) -> None:
+        from pipeline import scan
+        from pipeline.config import Settings
+        from pipeline.io import ROW_NUMBER
+        from pipeline.validation import infer_suite, save_suite
 
-    def __call__(self, s: Split, batch: pd.DataFrame):
-        decisions = decide(batch[ROW_NUMBER], empty_findings(), [], score_all(self.detectors, batch), QuarantinePolicy(),
-                           content_keys(batch))
-        table = decisions.table.set_index(ROW_NUMBER).loc[batch[ROW_NUMBER]]
-        return table["quarantined"].to_numpy(bool), table["suspicion"].to_numpy(float)
+        self.folder = folder
+        for part in ("reference", "holdout"):
+            getattr(s, part).drop(columns=[ROW_NUMBER]).to_parquet(folder / f"{part}.parquet", index=False)
+        suite = infer_suite(s.reference.drop(columns=[ROW_NUMBER]), s.spec.label, "benchmark",
+                            protected=tuple(c for c in s.reference.columns
+                                            if c not in (*s.spec.features, s.spec.label, ROW_NUMBER)))
+        save_suite(suite, folder / "suite.json")
+        self.settings = Settings.from_environment(folder / "workspace", {"POISONGUARD_FIT_CACHE": "off",
+                                                                        "POISONGUARD_USER": "benchmark"})
+        self.request = scan.ScanRequest(batch=folder / "batch.parquet", reference=folder / "reference.parquet",
+                                        label=s.spec.label, out=folder / "out", suite=folder / "suite.json",
+                                        holdout=folder / "holdout.parquet", dataset="benchmark")
+        started = time.perf_counter()
+        self.trusted = scan.load_trusted(self.request, self.settings)
+        self.detectors = scan.fit_detectors(self.trusted, self.settings)
+        self.checks = scan.fit_checks(self.trusted)
+        self.fit_seconds = time.perf_counter() - started
+        holdout = scan.trusted_suspicion(self.detectors, self.trusted, self.settings)
+        target = self.settings.policy.false_quarantine_target
+        self.holdout_held_share = float(np.mean(holdout >= 1.0 - target - 1e-12)) if len(holdout) else None
+
+    def __call__(self, s: Split, batch: pd.DataFrame) -> dict:
+        from pipeline import scan
+        from pipeline.io import ROW_NUMBER
+
+        batch.drop(columns=[ROW_NUMBER]).to_parquet(self.request.batch, index=False)
+        loaded = scan.ingest(self.request, self.settings)
+        conformed, outcome = scan.validate_batch(loaded, self.trusted)
+        scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings, self.settings.chunk_rows)
+        checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
+        verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
+        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict)
+        table = decisions.table.set_index(ROW_NUMBER).loc[np.arange(len(batch))]
+        return {"flagged": table["quarantined"].to_numpy(bool), "score": table["suspicion"].to_numpy(float),
+                "verdict": verdict, "conformed": conformed, "outcome": outcome,
+                "label_pvalue": 1.0 - scores["label_consistency"].set_index(ROW_NUMBER)["calibrated"]
+                .reindex(np.arange(len(batch))).to_numpy() if "label_consistency" in scores else None}
 
 
-class SingleDetector:
-    """One poisonguard detector alone, ranked by its raw score."""
-
-    def __init__(self, name: str, detector, s: Split) -> None:
-        self.name = name
-        self.detector = detector.fit(s.reference, s.spec, s.holdout)
-
-    def __call__(self, s: Split, batch: pd.DataFrame):
-        r = self.detector.score(batch)
-        return r["flagged"].to_numpy(), r["score"].to_numpy()
-
+# --- peers ---------------------------------------------------------------------------------------
 
 def _combined(s: Split, batch: pd.DataFrame):
+    from pipeline.detectors.features import feature_frame, make_encoder
+
     both = pd.concat([s.reference, batch], ignore_index=True)
     encoder = make_encoder(s.spec).fit(feature_frame(both, s.spec))
     return encoder.transform(feature_frame(both, s.spec)), both[s.spec.label].astype(str).to_numpy(), len(s.reference)
 
 
-def cleanlab_peer(model: Callable[[], object], name: str):
+def cleanlab_peer(make: Callable[[], object], name: str):
     def run(s: Split, batch: pd.DataFrame):
         from cleanlab.filter import find_label_issues
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         X, y, n_ref = _combined(s, batch)
         classes, codes = np.unique(y, return_inverse=True)
-        probs = cross_val_predict(model(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        probs = cross_val_predict(make(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0),
                                   method="predict_proba")
         issues = find_label_issues(codes, probs)
         return issues[n_ref:], (1.0 - probs[np.arange(len(codes)), codes])[n_ref:]
@@ -237,7 +260,9 @@ def cleanlab_peer(model: Callable[[], object], name: str):
 
 
 def knn_sanitisation(s: Split, batch: pd.DataFrame, k: int = 10, eta: float = 0.5):
-    """Paudice et al. 2018: relabel/flag a row when fewer than eta of its k neighbours agree."""
+    """Paudice et al. 2018: flag a row when fewer than eta of its k neighbours agree with its label."""
+    from sklearn.neighbors import NearestNeighbors
+
     X, y, n_ref = _combined(s, batch)
     _, index = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[n_ref:])
     agree = (y[index[:, 1:]] == y[n_ref:, None]).mean(axis=1)
@@ -257,18 +282,21 @@ def pyod_peer(make, name: str):
 def art_roni(corrected: bool):
     """ART's RONIDefense. Its default perf_func crashes on probability outputs, so accuracy of the
     arg-max is passed in ("as shipped" otherwise); ART compares performance with the sign
-    inverted, so the corrected variant hands it −accuracy. Quiz and calibration sets are drawn
+    inverted, so the corrected variant hands it -accuracy. Quiz and calibration sets are drawn
     from the suspect data, as ART does."""
     def run(s: Split, batch: pd.DataFrame):
         from art.defences.detector.poison import RONIDefense
         from art.estimators.classification import SklearnClassifier
+        from sklearn.linear_model import LogisticRegression
+
+        from pipeline.detectors.features import feature_frame, make_encoder
 
         encoder = make_encoder(s.spec).fit(feature_frame(s.reference, s.spec))
         classes = np.unique(s.reference[s.spec.label].astype(str))
-        onehot = lambda frame: np.eye(len(classes))[np.searchsorted(classes, frame[s.spec.label].astype(str))]
+        onehot = lambda frame: np.eye(len(classes))[np.searchsorted(classes, frame[s.spec.label].astype(str))]  # noqa: E731
         model = SklearnClassifier(LogisticRegression(max_iter=2000))
         model.fit(encoder.transform(feature_frame(s.reference, s.spec)), onehot(s.reference))
-        accuracy = lambda y, p: float((np.argmax(y, 1) == np.argmax(p, 1)).mean())
+        accuracy = lambda y, p: float((np.argmax(y, 1) == np.argmax(p, 1)).mean())  # noqa: E731
         defence = RONIDefense(model, encoder.transform(feature_frame(batch, s.spec)), onehot(batch),
                               encoder.transform(feature_frame(s.holdout, s.spec)), onehot(s.holdout),
                               perf_func=(lambda y, p: -accuracy(y, p)) if corrected else accuracy)
@@ -279,12 +307,11 @@ def art_roni(corrected: bool):
     return run
 
 
-ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
-
-
 def peers() -> list:
     from pyod.models.ecod import ECOD
     from pyod.models.iforest import IForest
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
 
     return [cleanlab_peer(lambda: LogisticRegression(max_iter=2000), "cleanlab_logistic"),
             cleanlab_peer(lambda: HistGradientBoostingClassifier(max_iter=100, random_state=0), "cleanlab_gbm"),
@@ -295,21 +322,51 @@ def peers() -> list:
 
 # --- metrics -------------------------------------------------------------------------------------
 
+def detection_metrics(flagged: np.ndarray, score: np.ndarray, poison: np.ndarray) -> dict:
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    row = {"flagged": int(flagged.sum()), "false_quarantine": float(flagged[~poison].mean()) if (~poison).any() else None}
+    if poison.any():
+        k = int(poison.sum())
+        row.update(precision=float(precision_score(poison, flagged, zero_division=0)),
+                   recall=float(recall_score(poison, flagged)), f1=float(f1_score(poison, flagged)),
+                   auroc=float(roc_auc_score(poison, np.nan_to_num(score))) if (~poison).any() else None,
+                   precision_at_k=float(poison[np.argsort(-np.nan_to_num(score), kind="stable")[:k]].mean()))
+    return row
+
+
 def accuracy_after(s: Split, train_batch: pd.DataFrame, make) -> float:
+    from sklearn.pipeline import make_pipeline
+
+    from pipeline.detectors.features import feature_frame, make_encoder
+
     train = pd.concat([s.reference, train_batch], ignore_index=True)
     model = make_pipeline(make_encoder(s.spec), make()).fit(feature_frame(train, s.spec), train[s.spec.label].astype(str))
     return float((model.predict(feature_frame(s.test, s.spec)) == s.test[s.spec.label].astype(str)).mean())
 
 
-def recovery(s: Split, batch, poison, flagged, make) -> float | None:
-    poisoned = accuracy_after(s, batch, make)
-    clean = accuracy_after(s, batch[~poison], make)
-    if clean - poisoned < 0.005:  # the attack barely hurt: recovery is not defined
-        return None
-    return (accuracy_after(s, batch[~flagged], make) - poisoned) / (clean - poisoned)
+def recovery(s: Split, batch, poison, flagged) -> dict:
+    """Share of the accuracy the poisoning cost that training on the accepted rows wins back,
+    for a logistic and a gradient-boosted model (None where the attack cost under half a point)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    for model_name, make in (("logistic", lambda: LogisticRegression(max_iter=2000)),
+                             ("gbm", lambda: HistGradientBoostingClassifier(random_state=0))):
+        poisoned, clean = accuracy_after(s, batch, make), accuracy_after(s, batch[~poison], make)
+        out[f"cost_{model_name}"] = clean - poisoned
+        out[f"recovery_{model_name}"] = None if clean - poisoned < 0.005 else \
+            (accuracy_after(s, batch[~flagged], make) - poisoned) / (clean - poisoned)
+    return out
 
 
 def backdoor_success(s: Split, train_batch: pd.DataFrame) -> float:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+
+    from pipeline.detectors.features import feature_frame, make_encoder
+
     a, b = s.spec.numeric[:2]
     label = s.spec.label
     classes = np.unique(s.reference[label].astype(str))
@@ -323,123 +380,152 @@ def backdoor_success(s: Split, train_batch: pd.DataFrame) -> float:
     return float((model.predict(feature_frame(victims, s.spec)) == target).mean())
 
 
-def evaluate(method, s: Split, attack_name: str, batch: pd.DataFrame, poison: np.ndarray) -> dict:
-    tracemalloc.start()
-    started = time.perf_counter()
-    flagged, score = method(s, batch)
-    seconds = time.perf_counter() - started
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    flagged = np.asarray(flagged, dtype=bool)
-    row = {"method": method.name, "attack": attack_name, "rows": len(batch), "poisoned": int(poison.sum()),
-           "flagged": int(flagged.sum()), "false_quarantine": float(flagged[~poison].mean()),
-           "seconds": round(seconds, 3), "peak_mib": round(peak, 1)}
-    if poison.any():
-        k = int(poison.sum())
-        row.update(precision=float(precision_score(poison, flagged, zero_division=0)),
-                   recall=float(recall_score(poison, flagged)), f1=float(f1_score(poison, flagged)),
-                   auroc=float(roc_auc_score(poison, np.nan_to_num(score))),
-                   precision_at_k=float(poison[np.argsort(-np.nan_to_num(score), kind="stable")[:k]].mean()))
-        if attack_name in LABEL_ATTACKS:
-            for model_name, make in (("logistic", lambda: LogisticRegression(max_iter=2000)),
-                                     ("gbm", lambda: HistGradientBoostingClassifier(random_state=0))):
-                row[f"recovery_{model_name}"] = recovery(s, batch, poison, flagged, make)
-        if attack_name == "backdoor":
-            row["backdoor_success_unfiltered"] = backdoor_success(s, batch)
-            row["backdoor_success_filtered"] = backdoor_success(s, batch[~flagged])
-    return row
+def oracle_precision_at_k(s: Split, batch: pd.DataFrame, poison: np.ndarray) -> float:
+    """The flip ceiling (benchmarks/flip_ceiling.py) on this very batch: rank its rows by the
+    out-of-fold probability of their observed label under a gradient-boosted model trained on
+    every clean row of the dataset (the batch's true labels included, never the row itself)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from pipeline.detectors.features import feature_frame, make_encoder
+
+    clean = pd.concat([s.reference, s.holdout, s.test, s.batch], ignore_index=True)
+    X = make_encoder(s.spec).fit_transform(feature_frame(clean, s.spec))
+    y = clean[s.spec.label].astype(str).to_numpy()
+    proba = cross_val_predict(HistGradientBoostingClassifier(max_iter=200, random_state=0), X, y,
+                              cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")[-len(s.batch):]
+    classes = np.unique(y)
+    observed = batch[s.spec.label].astype(str).to_numpy()
+    suspicion = 1.0 - proba[np.arange(len(batch)), np.searchsorted(classes, observed)]
+    k = int(poison.sum())
+    return float(poison[np.argsort(-suspicion, kind="stable")[:k]].mean())
+
+
+def roni_says_it_hurts(s: Split, result: dict, poison: np.ndarray) -> dict:
+    """Exact group RONI (``pipeline.roni``) on the poisoned rows and on the rows held: does
+    removing them improve the trusted holdout?"""
+    from pipeline.roni import group_impact
+
+    out = {}
+    for name, rows in (("poisoned", poison), ("held", result["flagged"])):
+        if rows.any():
+            impact = group_impact(s.reference, s.holdout, result["conformed"], rows, s.spec, name)
+            out[f"roni_{name}_harmful"] = bool(impact.harmful)
+            out[f"roni_{name}_accuracy_gain"] = impact.accuracy_without - impact.accuracy_with
+    return out
+
+
+# --- one dataset and seed ------------------------------------------------------------------------
+
+def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
+    name, seed, ours_only, attacks = task
+    warnings.filterwarnings("ignore")
+    s = split(name, seed)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pg-bench-") as folder:
+        product = Poisonguard(s, Path(folder))
+        base = {"dataset": name, "seed": seed, "holdout_held_share": product.holdout_held_share,
+                "fit_seconds": round(product.fit_seconds, 2)}
+        for attack_name in attacks:
+            rng = np.random.default_rng([seed, ATTACKS.index(attack_name)])
+            batch, poison = attack(attack_name, s, rng)
+            case = base | {"attack": attack_name, "rows": len(batch), "poisoned": int(poison.sum())}
+            started = time.perf_counter()
+            result = product(s, batch)
+            verdict = result["verdict"]
+            low, high = verdict.interval
+            row = case | {"method": "poisonguard", "seconds": round(time.perf_counter() - started, 3),
+                          "verdict_poisoned": verdict.poisoned, "verdict_p": verdict.p_value,
+                          "estimate": verdict.estimated_poisoned_rows, "interval_low": low, "interval_high": high,
+                          "covered": bool(low <= poison.sum() <= high),
+                          "kinds": {k: [e.estimate, *e.interval, e.p_value] for k, e in verdict.by_kind.items()},
+                          "significant": [k for k in verdict.by_kind if verdict.significant(k)]}
+            row |= detection_metrics(result["flagged"], result["score"], poison)
+            if attack_name in LABEL_ATTACKS:
+                row |= recovery(s, batch, poison, result["flagged"])
+            if attack_name == "random_flip_10":
+                row["oracle_precision_at_k"] = oracle_precision_at_k(s, batch, poison)
+                row["label_precision_at_k"] = float(poison[np.argsort(result["label_pvalue"], kind="stable")
+                                                           [:int(poison.sum())]].mean())
+            if attack_name == "boundary_flip":
+                row |= roni_says_it_hurts(s, result, poison)
+            if attack_name == "backdoor":
+                row["backdoor_success_unfiltered"] = backdoor_success(s, batch)
+                row["backdoor_success_filtered"] = backdoor_success(s, batch[~result["flagged"]])
+            rows.append(row)
+            if ours_only:
+                continue
+            methods = list(peers())
+            subsample = None
+            if attack_name == "random_flip_10" and seed < ART_SEEDS:
+                subsample = np.sort(np.random.default_rng(seed).choice(len(batch), ART_SUBSAMPLE, replace=False))
+            for method in methods:
+                started = time.perf_counter()
+                flagged, score = method(s, batch)
+                rows.append(case | {"method": method.name, "seconds": round(time.perf_counter() - started, 3)}
+                            | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison))
+            if subsample is not None:
+                small = _renumbered(batch.iloc[subsample])
+                for method in (art_roni(False), art_roni(True), *methods[:1]):
+                    flagged, score = method(s, small)
+                    rows.append(case | {"attack": f"{attack_name}_subsample{ART_SUBSAMPLE}", "method": method.name,
+                                        "rows": len(small), "poisoned": int(poison[subsample].sum())}
+                                | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison[subsample]))
+                ours = product(s, small)
+                rows.append(case | {"attack": f"{attack_name}_subsample{ART_SUBSAMPLE}", "method": "poisonguard",
+                                    "rows": len(small), "poisoned": int(poison[subsample].sum())}
+                            | detection_metrics(ours["flagged"], ours["score"], poison[subsample]))
+    print(f"{name} seed {seed}: {len(rows)} rows", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="two datasets, fewer attacks")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--ours-only", action="store_true",
-                        help="rerun poisonguard's methods only and keep the peers' rows from the last "
-                             "detection_core.json: the attacks are drawn from the same seeds, so the peers' "
-                             "cases are identical (their code did not change)")
+                        help="rerun poisonguard only and keep the peers' rows of the last detection_core.json: "
+                             "the cases (splits, attack seeds) are the same, and the peers' code did not change")
+    parser.add_argument("--output", type=Path, default=RESULT_JSON)
     args = parser.parse_args()
-    previous = json.loads(RESULT_JSON.read_text())["rows"] if args.ours_only else []
-    rng = np.random.default_rng(2026)
-    rows = []
-    datasets = load_datasets()[:2] if args.quick else load_datasets()
-    attacks = ATTACKS[:4] if args.quick else ATTACKS
-    for dataset in datasets:
-        s = split(dataset, seed=0)
-        ours = [Poisonguard(s),
-                Poisonguard(s, {"outliers": {}, "label_consistency": {}}, "poisonguard_row_detectors"),
-                SingleDetector("poisonguard_labels", LabelConsistency(), s),
-                SingleDetector("poisonguard_trigger", TriggerPattern(), s),
-                SingleDetector("poisonguard_duplicates", DuplicateFlood(), s),
-                SingleDetector("poisonguard_roni", RoniInfluence(), s)]
-        for attack_name in attacks:
-            batch, poison = attack(attack_name, s, rng)
-            theirs = [] if args.ours_only else peers()
-            cases = [(attack_name, batch, poison, ours + theirs)]
-            if attack_name == "random_flip_10":
-                sub = np.sort(np.random.default_rng(1).choice(len(batch), size=min(ART_SUBSAMPLE, len(batch)), replace=False))
-                small = batch.iloc[sub].reset_index(drop=True).assign(**{ROW_NUMBER: np.arange(len(sub))})
-                cases.append((f"{attack_name}_subsample{len(sub)}", small, poison[sub],
-                              ours + (theirs and theirs + [art_roni(False), art_roni(True)])))
-            for case_name, case_batch, case_poison, methods in cases:
-                for method in methods:
-                    row = evaluate(method, s, case_name, case_batch, case_poison) | {"dataset": dataset.name}
-                    rows.append(row)
-                    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    if args.ours_only:
-        ran = {row["method"] for row in rows}
-        rows += [row for row in previous if row["method"] not in ran and not row["method"].startswith("poisonguard")]
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores, Python {platform.python_version()}",
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the jobs share the cores; threads within each fight
+    datasets = [d for d in args.datasets.split(",") if DATASETS[d][0] is None or (SHARED / DATASETS[d][0]).exists()]
+    tasks = [(d, seed, args.ours_only, args.attacks.split(",")) for d in datasets for seed in range(args.seeds)]
+    started = time.time()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = [row for part in pool.map(run_case, tasks) for row in part]
+    if args.ours_only and args.output.exists():
+        ran = {(r["dataset"], r["seed"], r["attack"]) for r in rows}
+        rows += [r for r in json.loads(args.output.read_text())["rows"]
+                 if r["method"] != "poisonguard" and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
+    record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+              f"Python {platform.python_version()}", "seeds": args.seeds, "minutes": round((time.time() - started) / 60, 1),
               "peers_rerun": not args.ours_only, "rows": rows}
-    RESULT_JSON.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    write_results(record)
+    args.output.write_text(json.dumps(record, indent=0, default=_plain) + "\n")
+    if args.output == RESULT_JSON:
+        write_results(record)
 
+
+def _plain(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# --- the results page ----------------------------------------------------------------------------
 
 BEGIN, END = "<!-- detection-core:begin -->", "<!-- detection-core:end -->"
 
 
 def write_results(record: dict) -> None:
     """Replace the detection-core section of RESULTS.md with tables built from ``record``."""
-    table = pd.DataFrame(record["rows"])
-    f1 = table[table["poisoned"] > 0].pivot_table(index=["dataset", "attack"], columns="method", values="f1")
-    clean = table[table["attack"] == "clean"].pivot_table(index="dataset", columns="method", values="false_quarantine")
-    labels = table[table["attack"].isin(LABEL_ATTACKS)]
-    summary = labels.groupby("method").agg(
-        f1=("f1", "mean"), auroc=("auroc", "mean"), precision_at_k=("precision_at_k", "mean"),
-        recovery_logistic=("recovery_logistic", "mean"), recovery_gbm=("recovery_gbm", "mean"),
-        seconds_per_1k_rows=("seconds", lambda x: 1000 * x.sum() / labels.loc[x.index, "rows"].sum()))
-    summary["false_quarantine_clean"] = clean.mean()
-    backdoor = table[table["attack"] == "backdoor"].pivot_table(
-        index="method", columns="dataset", values=["backdoor_success_filtered", "recall"])
-    backdoor.loc["(no filtering)"] = table[table["attack"] == "backdoor"].groupby("dataset")[
-        "backdoor_success_unfiltered"].first().reindex(backdoor["backdoor_success_filtered"].columns).tolist() + \
-        [np.nan] * len(backdoor["recall"].columns)
-    floods = table[table["attack"] == "duplicate_flood"].pivot_table(
-        index="method", columns="dataset", values=["recall", "false_quarantine"])
-    short = {"backdoor_success_filtered": "attack success", "recall": "recall", "false_quarantine": "false quarantine"}
-    for frame in (backdoor, floods):
-        frame.columns = [f"{short[metric]}: {dataset}" for metric, dataset in frame.columns]
-    section = "\n\n".join([
-        BEGIN,
-        f"Machine: {record['machine']}, 24 GiB. Date: {record['date']}. Regenerate: `make bench`. "
-        "`seconds_per_1k_rows` is the time of the method's call on the batch: poisonguard's detectors are "
-        "fitted once per reference beforehand; peers fit on reference + batch inside the call. Recovery is "
-        "noisy where the attack costs under a point of accuracy (cases under 0.5 points are left out)."
-        + ("" if record.get("peers_rerun", True) else " This run used `--ours-only`: poisonguard's rows are new; "
-           "the peers' rows are carried over from the previous full run, whose cases (datasets, splits, attack "
-           "seeds) are identical."),
-        "### Mean over the label-flip attacks (random 10 %/30 %, targeted, boundary, concentrated, "
-        "duplicate flood) and all datasets; false quarantine on the clean batch",
-        summary.round(3).to_markdown(),
-        "### F1 per dataset and attack",
-        f1.round(2).to_markdown(),
-        "### False-quarantine rate on the clean batch",
-        clean.round(3).to_markdown(),
-        "### Backdoor: attack success on the clean test split (gradient-boosted model) after filtering, "
-        "and recall of the trigger rows, per dataset",
-        backdoor.round(3).to_markdown(),
-        "### Duplicate flood: recall of the copies and false quarantine of the other rows, per dataset",
-        floods.round(3).to_markdown(),
-        END])
+    from detection_tables import detection_section  # beside this script
+
+    section = detection_section(record, BEGIN, END)
     path = REPO / "benchmarks" / "RESULTS.md"
     text = path.read_text()
     if BEGIN in text:

@@ -102,9 +102,9 @@ def decide(
     if verdict is not None and policy.evidence_hold != "off":
         # rows a rule holds, or that the detector already holds on its own, keep their own reasons
         settled = set(pd.concat([p[ROW_NUMBER] for p in parts]))
-        parts += [_evidence_findings(verdict, kind, rows[ROW_NUMBER].to_numpy(), pvalues, settled,
-                                     set(validation_findings[ROW_NUMBER]), policy, explain)
-                  for kind in verdict.by_kind if verdict.significant(kind) and verdict.by_kind[kind].detector in row_scoped]
+        parts += [_evidence_findings(verdict, kind, rows[ROW_NUMBER].to_numpy(), pvalues, settled, policy, explain)
+                  for kind, evidence in verdict.by_kind.items()
+                  if evidence.ranked and evidence.detector in row_scoped and verdict.significant(kind)]
     if batch_findings:
         parts.append(findings_frame([
             {"row_number": r, "check": f.check, "reason_code": f.reason_code, "observed": None,
@@ -127,29 +127,27 @@ def decide(
 
 
 def _evidence_findings(verdict: Verdict, kind: str, row_numbers: np.ndarray, pvalues: dict[str, np.ndarray],
-                       settled: set[int], hard_rows: set[int], policy: QuarantinePolicy,
-                       explain: Explain | None) -> pd.DataFrame:
-    """The ``estimate`` (or its lower bound) most suspect rows by the kind's detector, among the
-    rows no rule holds, each with the batch's estimate and the row's rank as reason (and the
-    detector's own reason, where the detector did not hold the row on its own already)."""
+                       settled: set[int], policy: QuarantinePolicy, explain: Explain | None) -> pd.DataFrame:
+    """The kind's ``estimate`` (or its lower bound) most suspect rows, each with the batch's
+    estimate and the row's rank as reason (and the detector's own reason, where the detector did
+    not hold the row on its own already). Rows a rule or another check holds keep their reasons."""
     evidence = verdict.by_kind[kind]
     name = evidence.detector
     count = evidence.interval[0] if policy.evidence_hold == "lower" else evidence.estimate
-    pvalue = np.nan_to_num(pvalues[name], nan=1.0)
-    eligible = np.flatnonzero(~np.isin(row_numbers, list(hard_rows)) & (pvalue < 1.0))
-    ranked = eligible[np.argsort(pvalue[eligible], kind="stable")][:count]
+    ranked = evidence.chosen(count)
     ranks = {position: rank + 1 for rank, position in enumerate(ranked)}
     ranked = np.array([position for position in ranked if row_numbers[position] not in settled], dtype="int64")
     if not len(ranked):
         return findings_frame([])
     own = explain(name, row_numbers[ranked]) if explain is not None else [""] * len(ranked)
+    pvalue = np.nan_to_num(pvalues[name], nan=1.0)
     words = KIND_WORDS.get(kind, kind)
     low, high = evidence.interval
     return findings_frame([
         {"row_number": row_numbers[position], "check": f"verdict:{kind}", "reason_code": ReasonCode.BATCH_EVIDENCE,
          "observed": f"{pvalue[position]:.3g}",
          "message": f"the batch is estimated to hold {evidence.estimate} {words} ({low}-{high}); this row ranks "
-                    f"{ranks[position]} of {len(eligible)} by {name} (p = {pvalue[position]:.2g})"
+                    f"{ranks[position]} of {len(evidence.rows)} by {name} (p = {pvalue[position]:.2g})"
                     + (f": {reason}" if reason else "")}
         for position, reason in zip(ranked, own)
     ])

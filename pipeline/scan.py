@@ -300,24 +300,23 @@ def assess(conformed: ConformedBatch, outcome: ValidationOutcome, detectors, sco
                        settings.policy.verdict_alpha)
     kinds: list[KindEvidence] = []
     aligned = {name: scores[name].set_index(ROW_NUMBER).reindex(np.arange(n)) for name in detectors}
-    # A row another kind explains (it breaks a rule, belongs to a flood or trigger group, or is an
-    # outlier the detector flags) is not also counted as a flipped label: an impossible record or
-    # an outlier is label-inconsistent too, and would be counted twice.
-    invalid = np.isin(np.arange(n), outcome.row_findings[ROW_NUMBER].to_numpy())
-    explained = invalid | np.logical_or.reduce(
+    failing = np.unique(outcome.row_findings[ROW_NUMBER].to_numpy(dtype="int64"))
+    # An impossible record or an outlier is label-inconsistent too: such rows are the evidence of
+    # their own kinds, not of flipped labels (kinds may still overlap: the verdict counts each row once).
+    beyond = np.isin(np.arange(n), failing) | np.logical_or.reduce(
         [aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool) for name, d in detectors.items()
-         if kind_of(d) not in (None, "label_flips")] or [np.zeros(n, dtype=bool)])
+         if kind_of(d) == "outliers"] or [np.zeros(n, dtype=bool)])
     for name, detector in detectors.items():
         rows = aligned[name]
         if detector.pvalue_scope == "row":
             model = detector.poison_model()
             if model is not None:
-                left_out = explained if model.kind == "label_flips" else invalid
-                cells = np.where(left_out, -1, rows["cell"].fillna(-1).to_numpy(dtype="int64"))
+                cells = rows["cell"].fillna(-1).to_numpy(dtype="int64")
+                if model.kind == "label_flips":
+                    cells = np.where(beyond, -1, cells)
                 kinds.append(row_evidence(name, 1.0 - rows["calibrated"].to_numpy(dtype="float64"), cells, model))
         elif kind_of(detector) is not None:
             kinds.append(group_evidence(kind_of(detector), name, scores[name]))
-    failing = int(outcome.row_findings[ROW_NUMBER].nunique()) if len(outcome.row_findings) else 0
     kinds.append(invalid_evidence(failing, n, trusted.holdout_invalid, len(trusted.holdout)))
     return combine(kinds, n, settings.policy.verdict_alpha, drifted_columns(checks))
 

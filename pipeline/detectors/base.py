@@ -77,17 +77,17 @@ class PoisonModel:
     """What the batch verdict (``pipeline.verdict``) needs of a row-scoped detector: how its
     p-values of clean rows come about, and what its kind of poison looks like.
 
-    ``calibration_rows``: how many trusted rows stand behind the conformal p-values of each
-    calibration cell (the ``cell`` column of the detector's scores; one cell when it calibrates
-    against all its trusted rows; -1, a row it does not test).
-    ``simulated``: p-values the detector gives trusted rows made into poison (labels flipped),
-    or None when its poison lies beyond the trusted rows (outliers): p-values near 0.
+    Each batch row's p-value was computed against one calibration cell of trusted rows (the
+    ``cell`` column of the detector's scores; -1: a row it does not test), of
+    ``calibration_rows[cell]`` rows. ``simulated``: p-values the detector gives trusted rows
+    made into poison (labels flipped), with their cells, or None when its poison lies beyond the
+    trusted rows (outliers).
     """
 
     kind: str
     calibration_rows: dict[int, int]
     simulated: np.ndarray | None = None
-    simulated_cells: np.ndarray | None = None  # the cell of each simulated p-value
+    simulated_cells: np.ndarray | None = None
 
 
 class InvalidParameter(PoisonguardError):
@@ -262,23 +262,9 @@ def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray,
     return (above + np.asarray(tiebreak, dtype="float64") * (tied + 1.0)) / (n + 1.0)
 
 
-def cross_conformal_pvalues(fold_calibration: list[np.ndarray], fold_scores: list[np.ndarray],
-                            tiebreak: np.ndarray | None = None) -> np.ndarray:
-    """Cross-conformal p-values (Vovk 2015): trusted row i was scored by the model of the fold
-    that left it out, and a batch row is scored by every fold's model and compared, fold by
-    fold, with the rows that fold left out. So batch and trusted rows are judged by models of
-    the same size, where one model refitted on every row would be sharper on the batch than on
-    the calibration rows (its tails differ, and clean rows were held at twice the target)."""
-    n = sum(len(c) for c in fold_calibration)
-    above = np.zeros(len(fold_scores[0]))
-    tied = np.zeros(len(fold_scores[0]))
-    for calibration, scores in zip(fold_calibration, fold_scores):
-        calibration = np.sort(np.asarray(calibration, dtype="float64"))
-        right = np.searchsorted(calibration, scores, side="right")
-        above += len(calibration) - right
-        tied += right - np.searchsorted(calibration, scores, side="left")
-    u = 1.0 if tiebreak is None else np.asarray(tiebreak, dtype="float64")
-    return (above + u * (tied + 1.0)) / (n + 1.0)
+def fold_of_rows(frame: pd.DataFrame, columns: list[str], folds: int, seed: int = 0) -> np.ndarray:
+    """A fold for each row, drawn from its values in ``columns`` (equal rows, equal folds)."""
+    return np.minimum((row_tiebreaks(frame, columns, seed) * folds).astype("int64"), folds - 1)
 
 
 def row_tiebreaks(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Feature-space outliers with PyOD, per class, calibrated cross-conformally on trusted rows."""
+"""Feature-space outliers with PyOD, per class, calibrated on out-of-fold scores of trusted rows."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, cross_conformal_pvalues,
-                                     row_tiebreaks)
+from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, conformal_pvalues,
+                                     fold_of_rows, row_tiebreaks)
 from pipeline.detectors.features import feature_frame, make_encoder
 
 # ECOD/COPOD keep the reference and re-rank it on every call (ECOSYSTEM.md §4); IForest and HBOS
@@ -79,16 +79,15 @@ class FeatureOutlier(Detector):
                 mask = (labels == value).to_numpy()
                 if mask.sum() >= self.min_class_rows:
                     groups[str(value)] = mask
-        # Each group keeps its fold models and the scores each gave the trusted rows it left out:
-        # a batch row is scored by every fold model against those (cross-conformal, see base.py).
+        # Each group keeps its fold models and the scores each gave the trusted rows it left out.
         self.models_: dict[str, list[Any]] = {}
         self.calibration_: dict[str, list[np.ndarray]] = {}
         for key, mask in groups.items():
             self.models_[key], self.calibration_[key] = self._fold_models(encoded[mask])
 
     def poison_model(self) -> PoisonModel:
-        return PoisonModel("outliers", {cell: sum(len(c) for c in self.calibration_[key])
-                                        for cell, key in enumerate(self.models_)})
+        return PoisonModel("outliers", {group: sum(len(scores) for scores in self.calibration_[key])
+                                        for group, key in enumerate(self.models_)})
 
     def _fold_models(self, rows: np.ndarray) -> tuple[list[Any], list[np.ndarray]]:
         models, held_out_scores = [], []
@@ -110,14 +109,22 @@ class FeatureOutlier(Detector):
         raw = np.empty(len(batch))
         pvalues = np.empty(len(batch))
         tiebreak = row_tiebreaks(batch, [*spec.features, spec.label], self.random_state)
+        # Each row is scored by one fold's model (drawn from its values) against every trusted row
+        # of its group, each scored by the model that left it out: the row is then scored exactly
+        # as those rows were. (A model refitted on all rows scored batch rows with other tails
+        # than its calibration rows, and held clean rows at twice the target.)
+        fold = fold_of_rows(batch, [*spec.features], self.n_folds, self.random_state + 1)
         for key in np.unique(keys):
             mask = keys == key
-            fold_scores = [model.decision_function(encoded[mask]) for model in self.models_[key]]
-            raw[mask] = np.mean(fold_scores, axis=0)
-            pvalues[mask] = cross_conformal_pvalues(self.calibration_[key], fold_scores, tiebreak[mask])
+            models = self.models_[key]
+            for k, model in enumerate(models):
+                mine = mask & (fold % len(models) == k)
+                if mine.any():
+                    raw[mine] = model.decision_function(encoded[mine])
+            pvalues[mask] = conformal_pvalues(np.concatenate(self.calibration_[key]), raw[mask], tiebreak[mask])
         flagged = pvalues <= self.alpha
         reasons = self._reasons(features, keys, pvalues) if explain else [""] * len(batch)
-        cells = pd.Index(list(self.models_)).get_indexer(keys)  # which model's trusted rows judged the row
+        cells = pd.Index(list(self.models_)).get_indexer(keys)  # whose trusted rows judged the row
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons,
                              "cell": cells})
 

@@ -17,10 +17,15 @@ Exact copies of a row count once, in the batch and in the reference: a trigger i
 the duplicates detector judges against the reference's own duplicate rate. Counted apart, the 73
 copies of a spam7 flood crowded an ordinary cell pair and swept 14 clean rows into its group.
 
-Each group is compared with the trusted rows of its own label (the share of 'yes' rows in that
-cell pair), so a batch whose label mix differs from the reference's (a month with more
-denials, or 30 % random flips) does not make every common cell look crowded; a trigger crowds
-one cell within its label, which this still sees.
+Each group is judged given each of its two cells and its label: among the batch rows with cell
+a and label y, are there more with cell b than the trusted rows with cell a and label y
+explain? And the same from cell b. The group's p-value is the larger of the two. A batch drawn
+from one part of the population (only the rows above one feature's median: covariate shift, no
+poison) crowds every cell of that part, but not one cell *given* the other; a trigger, a
+combination no trusted row of that label has, is crowded either way. (Judged against the whole
+reference instead, a clean batch of above-median rows held 69 of 252 HMDA rows and 326 of 887 in
+the health-insurance data.) A cell with few trusted rows of the label borrows the other cell's
+rate among all rows of the label (``conditional_pvalue``).
 """
 
 from __future__ import annotations
@@ -156,7 +161,35 @@ class _Tests:
     reference: np.ndarray  # trusted rows in the group
     label_batch: np.ndarray  # batch rows with the group's label
     label_reference: np.ndarray  # trusted rows with the group's label
+    # per side (a, b): batch and trusted rows with that side's cell and the group's label, and the
+    # share of the trusted rows of the label in the *other* side's cell
+    given_batch: np.ndarray  # (groups, 2)
+    given_reference: np.ndarray  # (groups, 2)
+    other_share: np.ndarray  # (groups, 2)
     pvalue: np.ndarray
+
+    def expected(self, test: int) -> float:
+        """Batch rows of the group that the trusted rate explains (the larger of the two sides')."""
+        rates = (self.reference[test] + PRIOR_ROWS * self.other_share[test]) / (self.given_reference[test] + PRIOR_ROWS)
+        return float(np.max(rates * self.given_batch[test]))
+
+
+# How many trusted rows the prior of a conditional rate is worth (see ``conditional_pvalue``).
+PRIOR_ROWS = 10.0
+
+
+def conditional_pvalue(count: np.ndarray, reference: np.ndarray, given_batch: np.ndarray,
+                       given_reference: np.ndarray, other_share: np.ndarray) -> np.ndarray:
+    """The larger of the two sides' predictive tails: ``upper_tail_pvalue`` of ``count`` among the
+    batch rows sharing the side's cell and label, against the trusted rows that do.
+
+    A cell few trusted rows of the label fall in says little about the other cell's rate within
+    it, so the rate's prior is the other cell's share among all trusted rows of the label
+    (``other_share``, per side), worth ``PRIOR_ROWS`` rows: a well-filled cell speaks for
+    itself, an empty one borrows the label's rate, as if the two cells were independent."""
+    sides = [upper_tail_pvalue(count, reference + PRIOR_ROWS * other_share[:, side], given_batch[:, side],
+                               given_reference[:, side] + PRIOR_ROWS) for side in range(2)]
+    return np.maximum(*sides)
 
 
 @dataclass
@@ -210,6 +243,14 @@ class TriggerPattern(Detector):
         # dense counts per pair: a cell-pair x label table is small (bins are few)
         self.reference_counts_ = [np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
                                   for pair in self.pairs_]
+        self.cell_label_counts_ = self._cell_label_counts(codes, labels)
+
+    def _cell_label_counts(self, codes: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+        """Per feature, rows per (cell, label): what a group is judged given."""
+        n_classes = len(self.classes_)
+        return [np.bincount(codes[:, f].astype("int64") * n_classes + labels,
+                            minlength=b.n_codes * n_classes).reshape(b.n_codes, n_classes)
+                for f, b in enumerate(self.binnings_)]
 
     def _codes(self, frame: pd.DataFrame) -> np.ndarray:
         return np.column_stack([b.codes(frame[b.feature]) for b in self.binnings_]) if self.binnings_ \
@@ -259,8 +300,7 @@ class TriggerPattern(Detector):
         expected = np.zeros(n)
         for test in np.unique(group[flagged]):
             reasons[group == test] = self._reason(tests, test)
-            # rows of the group the trusted rate of its cells and label explains
-            expected[group == test] = tests.reference[test] * tests.label_batch[test] / max(tests.label_reference[test], 1)
+            expected[group == test] = tests.expected(test)
         return pd.DataFrame({"score": -np.log10(np.maximum(raw, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
                              "flagged": flagged, "reason": reasons, "group": group, "group_expected": expected})
 
@@ -268,18 +308,28 @@ class TriggerPattern(Detector):
         """One test per (pair, cells, label) group of at least ``min_group`` batch rows."""
         n_classes = len(self.classes_)
         batch_classes = np.bincount(labels, minlength=n_classes)
+        batch_given = self._cell_label_counts(codes, labels)
         found: list[tuple[np.ndarray, ...]] = []
         for index, pair in enumerate(self.pairs_):
+            a, b = pair
             counts = np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
             tested = np.flatnonzero(counts >= self.min_group)
+            label = tested % n_classes
+            cell_a, cell_b = np.divmod(tested // n_classes, self.binnings_[b].n_codes)
             cell_counts = counts.reshape(-1, n_classes).sum(axis=1)[tested // n_classes]
             reference = self.reference_counts_[index][tested]
-            label_batch, label_reference = batch_classes[tested % n_classes], self.class_counts_[tested % n_classes]
-            pvalue = upper_tail_pvalue(counts[tested], reference, label_batch, label_reference)
+            given_batch = np.column_stack([batch_given[a][cell_a, label], batch_given[b][cell_b, label]])
+            given_reference = np.column_stack([self.cell_label_counts_[a][cell_a, label],
+                                               self.cell_label_counts_[b][cell_b, label]])
+            label_batch, label_reference = batch_classes[label], self.class_counts_[label]
+            other_share = np.column_stack([given_reference[:, 1], given_reference[:, 0]]) / \
+                np.maximum(label_reference, 1)[:, None]
+            pvalue = conditional_pvalue(counts[tested], reference, given_batch, given_reference, other_share)
             found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
-                          label_reference, pvalue))
+                          label_reference, given_batch, given_reference, other_share, pvalue))
         if not found:
-            return _Tests(*([np.empty(0, "int64")] * 7), np.empty(0))
+            return _Tests(*([np.empty(0, "int64")] * 7), *([np.empty((0, 2), "int64")] * 2),
+                          np.empty((0, 2)), np.empty(0))
         return _Tests(*(np.concatenate(parts) for parts in zip(*found)))
 
     def _claims(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> _Claims:
@@ -367,8 +417,8 @@ class TriggerPattern(Detector):
     def _pvalue(self, tests: _Tests, test: int, count: int) -> float:
         """The p-value of ``count`` rows in the cells and label of ``test``."""
         one = slice(test, test + 1)
-        return float(upper_tail_pvalue(np.array([count]), tests.reference[one], tests.label_batch[one],
-                                       tests.label_reference[one])[0])
+        return float(conditional_pvalue(np.array([count]), tests.reference[one], tests.given_batch[one],
+                                        tests.given_reference[one], tests.other_share[one])[0])
 
     def _background(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
         """Each row's smallest p-value over the groups that are not significant: its score when
@@ -390,10 +440,11 @@ class TriggerPattern(Detector):
         key = int(tests.key[test])
         label = str(self.classes_[key % n_classes])
         cell_a, cell_b = divmod(key // n_classes, self.binnings_[b].n_codes)
-        pattern = f"{self.binnings_[a].words[cell_a]} and {self.binnings_[b].words[cell_b]}"
+        words_a, words_b = self.binnings_[a].words[cell_a], self.binnings_[b].words[cell_b]
         count, cells = int(tests.count[test]), int(tests.cell_count[test])
-        who = f"{count:,} rows with {pattern}, all labelled {label!r}" if count == cells else \
-            f"{count:,} of {cells:,} rows with {pattern} labelled {label!r}"
-        reference, trusted = int(tests.reference[test]), int(tests.label_reference[test])
-        return (f"{who}; reference frequency {_percent(reference / trusted)} "
-                f"({reference:,} of {trusted:,} rows labelled {label!r})")
+        who = f"{count:,} rows with {words_a} and {words_b}, all labelled {label!r}" if count == cells else \
+            f"{count:,} of {cells:,} rows with {words_a} and {words_b} labelled {label!r}"
+        reference = int(tests.reference[test])
+        given_a, given_b = (int(x) for x in tests.given_reference[test])
+        return (f"{who}; of the trusted rows labelled {label!r}, {reference:,} of {given_a:,} with {words_a} "
+                f"and {reference:,} of {given_b:,} with {words_b} have the other as well")
