@@ -50,6 +50,7 @@ LABEL_ATTACKS = {"random_flip_5", "random_flip_10", "random_flip_30", "targeted_
                  "duplicate_flood"}
 ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
 ART_SEEDS = 3
+HOLD_VARIANTS = ("estimate", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
 
 
 # --- datasets, splits, attacks -------------------------------------------------------------------
@@ -228,7 +229,14 @@ class Poisonguard:
         verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
         decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict)
         table = decisions.table.set_index(ROW_NUMBER).loc[np.arange(len(batch))]
+        # the same scan under the other ways of holding a significant kind's rows
+        variants = {}
+        for hold in HOLD_VARIANTS:
+            settings = replace(self.settings, policy=replace(self.settings.policy, evidence_hold=hold))
+            other = scan.decide_batch(conformed, outcome, self.detectors, scores, settings, verdict)
+            variants[hold] = other.table.set_index(ROW_NUMBER).loc[np.arange(len(batch)), "quarantined"].to_numpy(bool)
         return {"flagged": table["quarantined"].to_numpy(bool), "score": table["suspicion"].to_numpy(float),
+                "variants": variants,
                 "verdict": verdict, "conformed": conformed, "outcome": outcome,
                 "label_pvalue": 1.0 - scores["label_consistency"].set_index(ROW_NUMBER)["calibrated"]
                 .reindex(np.arange(len(batch))).to_numpy() if "label_consistency" in scores else None}
@@ -441,6 +449,8 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
                           "kinds": {k: [e.estimate, *e.interval, e.p_value] for k, e in verdict.by_kind.items()},
                           "significant": [k for k in verdict.by_kind if verdict.significant(k)]}
             row |= detection_metrics(result["flagged"], result["score"], poison)
+            for hold, flagged in result["variants"].items():
+                rows.append(case | {"method": f"poisonguard[hold={hold}]"} | detection_metrics(flagged, result["score"], poison))
             if attack_name in LABEL_ATTACKS:
                 row |= recovery(s, batch, poison, result["flagged"])
             if attack_name == "random_flip_10":

@@ -10,22 +10,21 @@ Kinds of evidence, each with a test of "this batch is clean" and an estimate of 
   p-values are uniform; poison piles them up near 0. With m trusted calibration rows, the count
   of batch p-values <= t is exactly BetaBinomial(n, j, m + 1 - j), j = floor(t (m + 1)), when the
   batch is exchangeable with the calibration rows: they share one calibration set, so a plain
-  binomial is wrong (it alarms on large clean batches). The test weighs the counts of p-values in
-  bins by how much more often the poison falls there than a clean row does (the locally most
-  powerful test against it), and draws the statistic's null distribution from that exact
-  structure, per calibration cell. The poison's shape comes from the detector: p-values of
-  trusted rows made into poison (flipped labels, ``PoisonModel.simulated``), or all near 0 for
-  rows beyond every trusted row. The estimate fits the share of poisoned rows by maximum
-  likelihood on the binned p-values, poison being shaped like the simulated one or "obvious"
-  (near 0), in fitted proportions; its interval is the profile quasi-likelihood one, widened by
-  the calibration set's share of the variance (about 1 + n / m).
+  binomial is wrong (it alarms on large clean batches). The test counts p-values at thresholds
+  ``THRESHOLDS`` against that exact distribution, summed over the detector's calibration cells,
+  and takes the smallest tail, Bonferroni over the thresholds. The estimate fits the share of
+  poisoned rows by maximum likelihood on binned p-values, poison shaped like the detector's
+  simulated poison (p-values of trusted rows made into poison: flipped labels,
+  ``PoisonModel.simulated``), beyond every trusted row, or below 0.01, in fitted proportions;
+  its interval is the profile quasi-likelihood one, widened by the calibration set's share of
+  the variance (about 1 + n / m).
 - ``copies`` and ``triggers`` (group detectors): their corrected group p-values, and per held
   group its batch rows less those the trusted rate explains.
 - ``invalid_values``: rows failing the suite's row rules against the share of the trusted holdout
   that fails them (a clean batch has its natural data-entry errors too).
+- ``schema``: a batch-level failure holds the whole batch.
 
 Kinds overlap; each names its rows, and the batch's estimate counts the union once.
-- ``schema``: a batch-level failure holds the whole batch.
 
 The verdict is Bonferroni over the kinds tested: poisoned when min_k p_k * K <= ``alpha``, so a
 clean batch is called poisoned with probability at most ``alpha``.
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import signal, stats
 
 from pipeline.detectors.base import PoisonModel
 
@@ -67,6 +66,18 @@ class KindEvidence:
     detector: str | None = None  # whose ranking holds the estimated rows
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="int64"))
     ranked: bool = False
+    chance: np.ndarray | None = None  # a ranked kind's rows' probability of being this poison
+
+    def to_hold(self, how: str, false_discovery_rate: float) -> int:
+        """How many of a ranked kind's rows to hold: its ``estimate``, its interval's ``lower``
+        end, or (``fdr``) the most likely rows up to the estimate while the expected share of
+        clean rows among them stays within ``false_discovery_rate``."""
+        if how == "lower":
+            return self.interval[0]
+        if how == "fdr" and self.chance is not None:
+            clean_share = np.cumsum(1.0 - self.chance[: self.estimate]) / np.arange(1, min(self.estimate, len(self.chance)) + 1)
+            return int(np.flatnonzero(clean_share <= false_discovery_rate).max() + 1) if (clean_share <= false_discovery_rate).any() else 0
+        return self.estimate
 
     def chosen(self, count: int) -> np.ndarray:
         """The rows behind ``count`` of this kind's estimate: the ``count`` most suspect of a ranked
@@ -154,9 +165,7 @@ def kind_of(detector: Any) -> str | None:
 # also gets a first bin of its own, [0, 1 / (m + 1)]: a row beyond every one of its m trusted
 # rows lands there, and a clean row with probability 1 / (m + 1) only.
 EDGES = np.array([0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
-_DRAWS = 20_000  # Monte Carlo draws of the null: p-values down to 5e-5, well below alpha / kinds
 _SHAPE_PRIOR_ROWS = 100.0  # the pooled poison shape is worth this many simulated rows in each cell
-_SEED = 20261203
 
 
 def cell_edges(calibration_rows: int) -> np.ndarray:
@@ -174,9 +183,9 @@ class CellCounts:
 
     counts: np.ndarray  # (cells, bins)
     edges: np.ndarray  # (cells, bins + 1)
-    # (cells, bins): a clean row's chance of each bin is Dirichlet with these weights: the gaps
-    # between the cell's trusted rows that fall in each bin
-    slots: np.ndarray
+    # (cells, bins): the gaps between the cell's trusted rows that fall in each bin (a clean row
+    # falls in each gap with equal chance)
+    gaps: np.ndarray
     poison: np.ndarray  # (cells, bins): the share of a poisoned row's p-value in each bin
 
     @property
@@ -186,7 +195,7 @@ class CellCounts:
     @property
     def clean(self) -> np.ndarray:
         """A clean row's expected chance of each bin."""
-        return self.slots / self.slots.sum(axis=1, keepdims=True)
+        return self.gaps / self.gaps.sum(axis=1, keepdims=True)
 
     @classmethod
     def of(cls, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> "CellCounts":
@@ -197,12 +206,12 @@ class CellCounts:
         edges = np.array([cell_edges(model.calibration_rows[int(c)]) for c in present]).reshape(len(present), -1)
         counts = np.array([_binned(pvalues[tested & (cells == c)], e) for c, e in zip(present, edges)],
                           dtype="int64").reshape(len(present), len(EDGES))
-        slots = np.array([_slot_weights(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)
+        gaps = np.array([_gap_weights(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)
         poison = np.array([_poison_shape(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)
-        return cls(counts, edges, slots, poison)
+        return cls(counts, edges, gaps, poison)
 
 
-def _slot_weights(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarray:
+def _gap_weights(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarray:
     """The Dirichlet weights of a clean row's chance of each bin: with m calibration rows, how
     many of the m + 1 gaps between them (into which an exchangeable row falls with equal chance)
     lie in the bin."""
@@ -217,80 +226,81 @@ def _binned(pvalues: np.ndarray, edges: np.ndarray) -> np.ndarray:
                        minlength=len(edges) - 1)
 
 
+def obvious_shape(edges: np.ndarray) -> np.ndarray:
+    """Poison more suspect than 99 % of trusted rows: its p-values uniform below the first edge
+    of ``EDGES`` (the bins there, "beyond every trusted row" included, share it by width)."""
+    below = np.clip(np.minimum(edges[1:], EDGES[1]) - edges[:-1], 0.0, None)
+    return below / below.sum()
+
+
 def _poison_shape(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarray:
-    """Where a poisoned row's p-value falls, bin by bin: a Beta distribution fitted to the
-    detector's simulated poison of that cell, or, for poison beyond every trusted row (no
-    simulation), all of it in the first bin.
-
-    A smooth fit, not a histogram: the simulated p-values are computed against the very trusted
-    rows the batch's are, and a histogram's ragged bins line up with that calibration set's gaps
-    and with the batch's, which the test would read as poison (clean batches scored z ~ 1 high).
-    A cell's own fit is shrunk toward the pooled one by its number of simulated rows."""
-    obvious = np.zeros(len(edges) - 1)
-    obvious[0] = 1.0
+    """Where a poisoned row's p-value falls, bin by bin: as the detector's simulated poison of
+    that cell falls, its few hundred rows shrunk toward the pooled shape (a cell's own histogram
+    is ragged in the narrow bins near 0), or, for poison beyond every trusted row (no
+    simulation), all of it in the first bin."""
     if model.simulated is None or not len(model.simulated):
-        return obvious
-    pooled = _beta_moments(model.simulated)
-    a, b = pooled
-    if model.simulated_cells is not None:
-        own = model.simulated[model.simulated_cells == cell]
-        if len(own) > 1:
-            weight = len(own) / (len(own) + _SHAPE_PRIOR_ROWS)
-            a, b = weight * np.asarray(_beta_moments(own)) + (1.0 - weight) * np.asarray(pooled)
-    return np.diff(stats.beta.cdf(edges, a, b))
+        return obvious_shape(edges)
+    pooled = _binned(model.simulated, edges) / len(model.simulated)
+    if model.simulated_cells is None:
+        return pooled
+    own = _binned(model.simulated[model.simulated_cells == cell], edges)
+    return (own + _SHAPE_PRIOR_ROWS * pooled) / (own.sum() + _SHAPE_PRIOR_ROWS)
 
 
-def _beta_moments(values: np.ndarray) -> tuple[float, float]:
-    """Method-of-moments Beta parameters of values in (0, 1]."""
-    values = np.clip(np.asarray(values, dtype="float64"), 1e-6, 1.0 - 1e-6)
-    mean, var = float(values.mean()), float(values.var())
-    common = mean * (1.0 - mean) / max(var, 1e-9) - 1.0
-    common = max(common, 1e-3)
-    return max(mean * common, 1e-3), max((1.0 - mean) * common, 1e-3)
+THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def excess_pvalue(counts: CellCounts) -> float:
+def excess_pvalue(pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int]) -> float:
     """P-value of "these conformal p-values come from rows exchangeable with their calibration
-    rows", by the locally most powerful statistic against the poison's shape: each bin's count
-    weighted by how much more often poison falls there than a clean row, ``poison / width - 1``.
+    rows": at each threshold t, the count of p <= t against its exact null distribution, the sum
+    over cells of BetaBinomial(n_c, j_c, m_c + 1 - j_c), j_c = floor(t (m_c + 1)) (a cell's rows
+    share its m_c calibration rows); the smallest tail, Bonferroni over ``THRESHOLDS`` and the
+    "beyond" threshold.
 
-    Its null distribution is drawn, not approximated: a clean row is exchangeable with the trusted
-    rows of its cell, so it falls in each gap between them with equal chance; the chance of each
-    bin is then Dirichlet, weighted by the gaps in it and shared by the cell's rows, and the counts
-    multinomial given it (the exact structure behind BetaBinomial(n, j, m + 1 - j) for one
-    threshold). Measured on 10 clean batches of each of four datasets, its p-values spread like
-    uniform ones (the smallest of each ten: 0.084, 0.011, 0.016, 0.04)."""
-    if counts.rows == 0:
+    The counts at fixed thresholds, not a statistic weighted by the detector's simulated poison:
+    weights fitted to that simulation either follow its ragged histogram (and clean batches
+    scored high) or smooth it away (on HMDA, 10 % random flips were found in 1 of 8 batches
+    where the thresholds find all 8)."""
+    pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
+    tested = (cells >= 0) & ~np.isnan(pvalues) & np.isin(cells, list(calibration_rows))
+    if not tested.any():
         return 1.0
-    # Weights from the bins' nominal chances (a clean p-value is uniform), not from the slots': a
-    # bin that by chance holds few slots would otherwise get a large weight exactly where the
-    # slots understate a clean row's chance, and clean batches scored high (z ~ 3 on average).
-    widths = np.diff(counts.edges, axis=1)
-    weights = np.where(widths > 0, counts.poison / np.where(widths > 0, widths, 1.0) - 1.0, 0.0)
-    observed = float((counts.counts * weights).sum())
-    rng = np.random.default_rng(_SEED)
-    drawn = np.zeros(_DRAWS)
-    for row_counts, slots, weight in zip(counts.counts, counts.slots, weights):
-        n = int(row_counts.sum())
-        if not n:
-            continue
-        chances = rng.dirichlet(np.maximum(slots, 1e-9), size=_DRAWS)
-        drawn += rng.multinomial(n, chances / chances.sum(axis=1, keepdims=True)) @ weight
-    return float((1 + np.sum(drawn >= observed - 1e-9)) / (_DRAWS + 1))
+    groups = [(pvalues[tested & (cells == c)], calibration_rows[int(c)]) for c in np.unique(cells[tested])]
+    tails = []
+    # each threshold, and "beyond every trusted row of the cell" (p <= 1 / (m + 1), j = 1), where
+    # far outliers land: 9 of them in 332 rows are plain there and lost among 3 clean rows at 0.01
+    for t in (*THRESHOLDS, None):
+        pmf = np.ones(1)
+        observed = 0
+        for values, rows in groups:
+            cut = 1.0 / (rows + 1.0) if t is None else t
+            j = max(1, int(np.floor(cut * (rows + 1) + 1e-9)))
+            pmf = _convolve(pmf, stats.betabinom.pmf(np.arange(len(values) + 1), len(values), j, rows + 1 - j))
+            observed += int((values <= cut + 1e-12).sum())
+        tails.append(float(np.clip(pmf[observed:].sum(), 0.0, 1.0)))
+    return min(1.0, min(tails) * len(tails))
+
+
+def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The distribution of a sum of two independent counts (FFT: a 10^6-row cell is one array)."""
+    if len(a) == 1:
+        return b * a[0]
+    return np.clip(signal.fftconvolve(a, b), 0.0, None)
 
 
 @dataclass(frozen=True)
 class Mixture:
-    """Batch p-values as (1 - share) clean (uniform) + share poison; poison is ``obvious`` (in
-    the first bin) or like the simulated poison, in proportions fitted with the share."""
+    """Batch p-values as (1 - share) clean (uniform) + share poison; poison is like the simulated
+    poison, beyond every trusted row, or below 0.01, in proportions fitted with the share."""
 
     share: float
     low: float
     high: float
+    shapes: np.ndarray | None = None  # (cells, bins): the fitted poison's shape in each cell
 
 
 _SHARE_GRID = np.linspace(0.0, 1.0, 1001)
-_OBVIOUS_GRID = np.linspace(0.0, 1.0, 21)
+_MIX_GRID = np.linspace(0.0, 1.0, 11)
 _INTERVAL = 0.95
 
 
@@ -303,18 +313,44 @@ def fit_mixture(counts: CellCounts) -> Mixture:
     if n == 0:
         return Mixture(0.0, 0.0, 0.0)
     uniform = counts.clean  # (cells, bins)
-    obvious = np.zeros(uniform.shape[1])
-    obvious[0] = 1.0
-    # poison's shape per cell: a mix of the simulated shape and the obvious one
-    shapes = _OBVIOUS_GRID[:, None, None] * counts.poison[None] + (1.0 - _OBVIOUS_GRID[:, None, None]) * obvious
-    share = _SHARE_GRID[:, None, None, None]
-    cells = (1.0 - share) * uniform[None, None] + share * shapes[None]  # (shares, mixes, cells, bins)
-    loglik = (counts.counts * np.log(np.maximum(cells, 1e-300))).sum(axis=(2, 3)).max(axis=1)
+    beyond = np.zeros(uniform.shape)
+    beyond[:, 0] = 1.0
+    below = np.array([obvious_shape(edges) for edges in counts.edges])
+    # the poison's shape in each cell: the simulated poison's, "beyond every trusted row" and
+    # "below 0.01", in every proportion on a grid (weights of the first two; the third takes the rest)
+    weights = [(a, b) for a in _MIX_GRID for b in _MIX_GRID if a + b <= 1.0 + 1e-9]
+    by_mix = np.empty((len(_SHARE_GRID), len(weights)))
+    share = _SHARE_GRID[:, None, None]
+    for index, (simulated, extreme) in enumerate(weights):
+        shape = simulated * counts.poison + extreme * beyond + (1.0 - simulated - extreme) * below
+        cells = (1.0 - share) * uniform[None] + share * shape[None]
+        by_mix[:, index] = (counts.counts * np.log(np.maximum(cells, 1e-300))).sum(axis=(1, 2))
+    loglik = by_mix.max(axis=1)
     best = int(np.argmax(loglik))
-    rows_per_set = float(np.average(counts.slots.sum(axis=1), weights=counts.counts.sum(axis=1)))
+    simulated, extreme = weights[int(np.argmax(by_mix[best]))]
+    fitted = simulated * counts.poison + extreme * beyond + (1.0 - simulated - extreme) * below
+    rows_per_set = float(np.average(counts.gaps.sum(axis=1), weights=counts.counts.sum(axis=1)))
     inflation = 1.0 + n / (rows_per_set + 2.0)
     inside = 2.0 * (loglik[best] - loglik) <= stats.chi2.ppf(_INTERVAL, 1) * inflation
-    return Mixture(float(_SHARE_GRID[best]), float(_SHARE_GRID[inside].min()), float(_SHARE_GRID[inside].max()))
+    return Mixture(float(_SHARE_GRID[best]), float(_SHARE_GRID[inside].min()), float(_SHARE_GRID[inside].max()),
+                   fitted)
+
+
+def posterior(pvalues: np.ndarray, cells: np.ndarray, counts: CellCounts, present: np.ndarray,
+              mixture: Mixture) -> np.ndarray:
+    """Each row's probability of being poison under the fitted mixture: share x poison density
+    over the mixture's density, at the row's bin of its cell (0 where nothing is estimated)."""
+    out = np.zeros(len(pvalues))
+    if mixture.shapes is None or mixture.share == 0.0:
+        return out
+    clean = counts.clean
+    for index, cell in enumerate(present):
+        mine = np.flatnonzero(cells == cell)
+        bins = np.clip(np.searchsorted(counts.edges[index], np.clip(pvalues[mine], 0.0, 1.0), side="left") - 1,
+                       0, clean.shape[1] - 1)
+        poison = mixture.share * mixture.shapes[index, bins]
+        out[mine] = poison / np.maximum(poison + (1.0 - mixture.share) * clean[index, bins], 1e-300)
+    return out
 
 
 # --- one kind at a time ----------------------------------------------------------------------
@@ -326,17 +362,22 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
     counts = CellCounts.of(pvalues, cells, model)
     n = counts.rows
-    p_value = excess_pvalue(counts)
+    p_value = excess_pvalue(pvalues, cells, model.calibration_rows)
     mixture = fit_mixture(counts)
     estimate = int(round(mixture.share * n))
     interval = (int(np.floor(mixture.low * n)), int(np.ceil(mixture.high * n)))
-    eligible = np.flatnonzero((cells >= 0) & ~np.isnan(pvalues))
-    ranking = eligible[np.argsort(pvalues[eligible], kind="stable")]
+    eligible = np.flatnonzero((cells >= 0) & ~np.isnan(pvalues) & np.isin(cells, list(model.calibration_rows)))
+    chance = posterior(pvalues, cells, counts, np.unique(cells[eligible]), mixture)
+    # most likely poison first (a p-value says more in a cell where poison is plain than in one
+    # where it hides among clean rows), then the smaller p-value
+    order = np.lexsort((pvalues[eligible], -chance[eligible]))
+    ranking, chance = eligible[order], chance[eligible][order]
     small = int(counts.counts[:, :2].sum()) if n else 0
     evidence = (f"{small} of {n} rows have a {name} p-value <= {EDGES[1]:g} where a clean batch has about "
                 f"{EDGES[1] * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
                 f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
-    return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True)
+    return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True,
+                        chance=chance)
 
 
 def group_evidence(kind: str, name: str, scores: pd.DataFrame) -> KindEvidence:

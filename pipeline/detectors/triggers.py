@@ -24,8 +24,8 @@ from one part of the population (only the rows above one feature's median: covar
 poison) crowds every cell of that part, but not one cell *given* the other; a trigger, a
 combination no trusted row of that label has, is crowded either way. (Judged against the whole
 reference instead, a clean batch of above-median rows held 69 of 252 HMDA rows and 326 of 887 in
-the health-insurance data.) A cell with few trusted rows of the label borrows the other cell's
-rate among all rows of the label (``conditional_pvalue``).
+the health-insurance data.) A side whose cell few trusted rows of the label fall in is judged
+against all trusted rows of the label instead (``conditional_pvalue``).
 """
 
 from __future__ import annotations
@@ -161,34 +161,42 @@ class _Tests:
     reference: np.ndarray  # trusted rows in the group
     label_batch: np.ndarray  # batch rows with the group's label
     label_reference: np.ndarray  # trusted rows with the group's label
-    # per side (a, b): batch and trusted rows with that side's cell and the group's label, and the
-    # share of the trusted rows of the label in the *other* side's cell
+    # per side (a, b): batch and trusted rows with that side's cell and the group's label
     given_batch: np.ndarray  # (groups, 2)
     given_reference: np.ndarray  # (groups, 2)
-    other_share: np.ndarray  # (groups, 2)
     pvalue: np.ndarray
 
     def expected(self, test: int) -> float:
         """Batch rows of the group that the trusted rate explains (the larger of the two sides')."""
-        rates = (self.reference[test] + PRIOR_ROWS * self.other_share[test]) / (self.given_reference[test] + PRIOR_ROWS)
-        return float(np.max(rates * self.given_batch[test]))
+        informed = self.given_reference[test] >= CONDITION_ROWS
+        rates = np.where(informed, self.reference[test] / np.maximum(self.given_reference[test], 1),
+                         self.reference[test] / max(self.label_reference[test], 1))
+        batch = np.where(informed, self.given_batch[test], self.label_batch[test])
+        return float(np.max(rates * batch))
 
 
-# How many trusted rows the prior of a conditional rate is worth (see ``conditional_pvalue``).
-PRIOR_ROWS = 10.0
+# A side's cell needs this many trusted rows of the label before the other cell's rate within it
+# is worth conditioning on (see ``conditional_pvalue``).
+CONDITION_ROWS = 20
 
 
 def conditional_pvalue(count: np.ndarray, reference: np.ndarray, given_batch: np.ndarray,
-                       given_reference: np.ndarray, other_share: np.ndarray) -> np.ndarray:
+                       given_reference: np.ndarray, label_batch: np.ndarray,
+                       label_reference: np.ndarray) -> np.ndarray:
     """The larger of the two sides' predictive tails: ``upper_tail_pvalue`` of ``count`` among the
     batch rows sharing the side's cell and label, against the trusted rows that do.
 
-    A cell few trusted rows of the label fall in says little about the other cell's rate within
-    it, so the rate's prior is the other cell's share among all trusted rows of the label
-    (``other_share``, per side), worth ``PRIOR_ROWS`` rows: a well-filled cell speaks for
-    itself, an empty one borrows the label's rate, as if the two cells were independent."""
-    sides = [upper_tail_pvalue(count, reference + PRIOR_ROWS * other_share[:, side], given_batch[:, side],
-                               given_reference[:, side] + PRIOR_ROWS) for side in range(2)]
+    A side whose cell holds fewer than ``CONDITION_ROWS`` trusted rows of the label says little
+    about the other cell's rate within it (1 row: a rate anywhere from 0 to 1, and a 29-row
+    backdoor went unseen). Such a side is judged as every group once was, against all trusted
+    rows of the label. That is the side covariate shift cannot crowd far: a cell so sparse in the
+    trusted data stays sparse in a clean batch drawn from part of the population."""
+    sides = []
+    for side in range(2):
+        informed = given_reference[:, side] >= CONDITION_ROWS
+        sides.append(np.where(informed,
+                              upper_tail_pvalue(count, reference, given_batch[:, side], given_reference[:, side]),
+                              upper_tail_pvalue(count, reference, label_batch, label_reference)))
     return np.maximum(*sides)
 
 
@@ -322,14 +330,12 @@ class TriggerPattern(Detector):
             given_reference = np.column_stack([self.cell_label_counts_[a][cell_a, label],
                                                self.cell_label_counts_[b][cell_b, label]])
             label_batch, label_reference = batch_classes[label], self.class_counts_[label]
-            other_share = np.column_stack([given_reference[:, 1], given_reference[:, 0]]) / \
-                np.maximum(label_reference, 1)[:, None]
-            pvalue = conditional_pvalue(counts[tested], reference, given_batch, given_reference, other_share)
+            pvalue = conditional_pvalue(counts[tested], reference, given_batch, given_reference, label_batch,
+                                        label_reference)
             found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
-                          label_reference, given_batch, given_reference, other_share, pvalue))
+                          label_reference, given_batch, given_reference, pvalue))
         if not found:
-            return _Tests(*([np.empty(0, "int64")] * 7), *([np.empty((0, 2), "int64")] * 2),
-                          np.empty((0, 2)), np.empty(0))
+            return _Tests(*([np.empty(0, "int64")] * 7), *([np.empty((0, 2), "int64")] * 2), np.empty(0))
         return _Tests(*(np.concatenate(parts) for parts in zip(*found)))
 
     def _claims(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> _Claims:
@@ -418,7 +424,8 @@ class TriggerPattern(Detector):
         """The p-value of ``count`` rows in the cells and label of ``test``."""
         one = slice(test, test + 1)
         return float(conditional_pvalue(np.array([count]), tests.reference[one], tests.given_batch[one],
-                                        tests.given_reference[one], tests.other_share[one])[0])
+                                        tests.given_reference[one], tests.label_batch[one],
+                                        tests.label_reference[one])[0])
 
     def _background(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
         """Each row's smallest p-value over the groups that are not significant: its score when

@@ -1,0 +1,158 @@
+"""The batch verdict (pipeline/verdict.py): its test, its estimate and its union of kinds, on
+simulated p-values whose truth is known, and the holds decide() takes from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.decide import decide
+from pipeline.detectors.base import SCORE_COLUMNS, PoisonModel, conformal_pvalues
+from pipeline.findings import ReasonCode, empty_findings
+from pipeline.policy import QuarantinePolicy
+from pipeline.verdict import (CellCounts, KindEvidence, combine, excess_pvalue, fit_mixture, group_evidence,
+                              invalid_evidence, row_evidence)
+
+
+def _clean_pvalues(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """Conformal p-values of n exchangeable rows against one calibration set of m rows."""
+    return conformal_pvalues(rng.normal(size=m), rng.normal(size=n), rng.random(n))
+
+
+def _flipped_like(rng: np.random.Generator, n: int) -> np.ndarray:
+    """p-values of a poison that piles up near 0 (a Beta(0.3, 1) shape)."""
+    return rng.beta(0.3, 1.0, size=n)
+
+
+def test_the_excess_test_keeps_its_error_rate_on_clean_batches_sharing_a_calibration_set():
+    """A batch of 5,000 rows against 300 calibration rows: a binomial count would alarm on many
+    clean batches (the calibration set's own spread dominates); the beta-binomial does not."""
+    rng = np.random.default_rng(0)
+    pvalues = [excess_pvalue(_clean_pvalues(rng, 5000, 300), np.zeros(5000, int), {0: 300}) for _ in range(200)]
+    assert np.mean(np.array(pvalues) <= 0.05) <= 0.08
+    assert np.mean(np.array(pvalues) <= 0.01) <= 0.02
+
+
+def test_the_excess_test_sees_a_tenth_of_the_batch_poisoned_that_no_row_shows_alone():
+    rng = np.random.default_rng(1)
+    clean = _clean_pvalues(rng, 540, 1000)
+    poisoned = np.concatenate([clean, rng.uniform(0.002, 0.05, size=60)])  # none below 0.002
+    assert excess_pvalue(poisoned, np.zeros(600, int), {0: 1000}) < 1e-6
+    assert excess_pvalue(clean, np.zeros(540, int), {0: 1000}) > 0.01
+
+
+def test_rows_beyond_every_trusted_row_are_their_own_threshold():
+    """Nine far outliers in 332 rows against 300 trusted rows: at p <= 0.01 they hide among the
+    3 clean rows expected there; beyond every trusted row (p <= 1/301) they stand out, as much as
+    300 trusted rows allow (all nine of 632 rows' most extreme in the batch: about 0.003)."""
+    rng = np.random.default_rng(2)
+    calibration = rng.normal(size=300)
+    scores = np.concatenate([rng.normal(size=323), np.full(9, 50.0)])
+    pvalues = conformal_pvalues(calibration, scores, rng.random(332))
+    assert excess_pvalue(pvalues, np.zeros(332, int), {0: 300}) < 0.01
+    assert excess_pvalue(pvalues[:323], np.zeros(323, int), {0: 300}) > 0.1
+
+
+def test_cells_are_tested_each_against_their_own_calibration_rows():
+    rng = np.random.default_rng(3)
+    pvalues = np.concatenate([_clean_pvalues(rng, 400, 200), _clean_pvalues(rng, 400, 50)])
+    cells = np.repeat([0, 1], 400)
+    assert excess_pvalue(pvalues, cells, {0: 200, 1: 50}) > 0.01
+    assert excess_pvalue(pvalues, np.full(800, -1), {0: 200}) == 1.0  # rows not tested
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.3])
+def test_the_mixture_interval_holds_the_true_share_of_poison(share):
+    rng = np.random.default_rng(4)
+    simulated = _flipped_like(rng, 2000)
+    model = PoisonModel("label_flips", {0: 1000}, simulated, np.zeros(2000, int))
+    covered = 0
+    for _ in range(30):
+        n_poison = int(share * 600)
+        pvalues = np.concatenate([_clean_pvalues(rng, 600 - n_poison, 1000), _flipped_like(rng, n_poison)])
+        mixture = fit_mixture(CellCounts.of(pvalues, np.zeros(600, int), model))
+        covered += mixture.low * 600 <= n_poison <= mixture.high * 600
+    assert covered >= 27
+
+
+def test_row_evidence_ranks_rows_most_likely_poison_first_and_estimates_their_number():
+    rng = np.random.default_rng(5)
+    model = PoisonModel("label_flips", {0: 1000}, _flipped_like(rng, 2000), np.zeros(2000, int))
+    pvalues = np.concatenate([_clean_pvalues(rng, 500, 1000), rng.uniform(0, 0.002, size=100)])
+    evidence = row_evidence("label_consistency", pvalues, np.zeros(600, int), model)
+    assert evidence.p_value < 1e-6 and evidence.ranked
+    assert evidence.interval[0] <= 100 <= evidence.interval[1]
+    assert set(evidence.chosen(100)) >= set(range(500, 600)) - set(evidence.rows[100:])
+    assert (evidence.rows[:50] >= 500).mean() > 0.95
+
+
+def _group_scores(groups: dict[int, list[int]], expected: dict[int, float], n: int, pvalue: float) -> pd.DataFrame:
+    group = np.full(n, -1)
+    for g, rows in groups.items():
+        group[rows] = g
+    flagged = group >= 0
+    return pd.DataFrame({"row_number": np.arange(n), "score": 0.0, "calibrated": np.where(flagged, 1 - pvalue, 0.0),
+                         "flagged": flagged, "reason": "", "group": group,
+                         "group_expected": [expected.get(g, 0.0) for g in group]})
+
+
+def test_a_group_kind_counts_its_held_rows_less_what_the_trusted_rate_explains():
+    scores = _group_scores({0: list(range(10)), 1: list(range(20, 30))}, {0: 0.0, 1: 4.0}, 100, 1e-6)
+    evidence = group_evidence("copies", "duplicates", scores)
+    assert evidence.estimate == 16 and evidence.interval[1] == 20
+    assert evidence.p_value == pytest.approx(1e-6)
+    assert sorted(evidence.rows) == [*range(10), *range(20, 30)]
+
+
+def test_invalid_values_are_judged_against_the_holdouts_share():
+    assert invalid_evidence(np.arange(2), 400, 2, 400).p_value > 0.2  # as the holdout
+    assert invalid_evidence(np.arange(12), 400, 0, 400).p_value < 1e-4
+
+
+def test_kinds_overlap_and_the_batch_counts_each_row_once():
+    flips = KindEvidence("label_flips", 1e-9, 20, (15, 30), "", "label_consistency",
+                         np.arange(100), ranked=True)
+    copies = KindEvidence("copies", 1e-9, 10, (10, 10), "", "duplicates", np.arange(10))  # the top 10 again
+    verdict = combine([flips, copies], 100, alpha=0.01)
+    assert verdict.poisoned and verdict.estimated_poisoned_rows == 20
+    assert verdict.interval == (15, 30)
+    assert verdict.significant("label_flips") and verdict.significant("copies")
+
+
+def test_the_verdict_is_bonferroni_over_the_kinds():
+    kinds = [KindEvidence(k, 0.004, 0, (0, 0), "") for k in ("outliers", "copies", "triggers")]
+    assert not combine(kinds, 10, alpha=0.01).poisoned  # 3 x 0.004 > 0.01
+    assert combine(kinds[:2], 10, alpha=0.01).poisoned
+    assert combine([], 10, alpha=0.01).p_value == 1.0
+
+
+def _scores(pvalues: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({"row_number": np.arange(len(pvalues)), "score": -np.log(pvalues),
+                          "calibrated": 1 - pvalues, "flagged": pvalues <= 0.01,
+                          "reason": [f"row {i} looks flipped" for i in range(len(pvalues))]})
+    return frame[SCORE_COLUMNS]
+
+
+def test_a_significant_kind_holds_its_estimate_with_the_batch_as_reason():
+    rng = np.random.default_rng(6)
+    pvalues = np.concatenate([rng.uniform(0.02, 1, 90), np.linspace(0.012, 0.019, 10)])  # no row clears 1 % alone
+    order = np.argsort(pvalues, kind="stable")
+    flips = KindEvidence("label_flips", 1e-8, 10, (6, 14), "", "label_consistency", order, ranked=True,
+                         chance=np.linspace(0.99, 0.0, 100))
+    verdict = combine([flips], 100, alpha=0.01)
+    scores = {"label_consistency": _scores(pvalues)}
+    held = decide(pd.Series(range(100)), empty_findings(), [], scores, QuarantinePolicy(false_discovery_rate=0.0),
+                  verdict=verdict)
+    assert sorted(held.quarantined_rows) == list(range(90, 100))
+    findings = held.findings
+    assert (findings["reason_code"] == ReasonCode.BATCH_EVIDENCE.value).all()
+    assert findings["message"].iloc[0].startswith("the batch is estimated to hold 10 flipped labels (6-14); this row ranks")
+    # suspicion stays the fused p-value's: a held-for-evidence row is not a hard failure
+    assert held.table.set_index("row_number").loc[95, "suspicion"] < 1.0
+    lower = decide(pd.Series(range(100)), empty_findings(), [], scores,
+                   QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="lower"), verdict=verdict)
+    assert len(lower.quarantined_rows) == 6
+    off = decide(pd.Series(range(100)), empty_findings(), [], scores,
+                 QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="off"), verdict=verdict)
+    assert len(off.quarantined_rows) == 0
