@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test audit bench clean
+.PHONY: demo test test-unit audit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast tier alone (library code, no CLI scans, Prefect, MLflow or database).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 # Known vulnerabilities in the resolved dependencies of .venv: exit 1 on any (CI runs this).
 # pip-audit is installed beside the venv, not into it, so that the audit covers exactly what

@@ -52,8 +52,8 @@ N_BATCH_03 = 140
 N_BATCH_04 = 120
 MIN_BATCH_05 = 30
 
-N_FLIP_RANDOM = 7
-N_FLIP_TARGETED = 7
+N_FLIP_RANDOM = 28
+N_FLIP_TARGETED = 12
 TARGETED_MIN_CHIST = 5
 N_PLANTED_IMPOSSIBLE = 6
 N_OUTLIERS = 6
@@ -129,12 +129,12 @@ def flip(label: str) -> str:
 
 
 def poison_label_flips(batch: pd.DataFrame, rng: np.random.Generator) -> dict:
-    """Flip 7 targeted and 7 random `deny` labels.
+    """Flip 12 targeted and 28 random `deny` labels (40 of 140: see README.md for why).
 
     Targeted: an attacker wants bad-credit applicants approved, so pick rows
     labelled deny=yes with chist >= 5 and flip them to "no". If the batch holds
-    fewer than 7 of those, fall back to the deny=yes rows with the highest chist.
-    Random: 7 other rows flipped in whichever direction, the untargeted noise
+    fewer than 12 of those, fall back to the deny=yes rows with the highest chist.
+    Random: 28 other rows flipped in whichever direction, the untargeted noise
     a careless or malicious labeller produces.
     """
     gt = {}

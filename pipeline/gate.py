@@ -125,6 +125,15 @@ class VerifiedBatch:
     record: BatchRecord
     accepted: pd.DataFrame
     released: pd.DataFrame  # from quarantined.parquet, without suspicion and reasons
+    verdict: str | None = None  # the scan's headline when it called the batch poisoned
+
+    @property
+    def unreviewed_poisoned(self) -> bool:
+        """Called poisoned by its scan and no steward has yet acted on any of its held rows: its
+        accepted rows may hold poison the hold missed, so a person looks before --max-pending
+        can let its rows through."""
+        record = self.record
+        return self.verdict is not None and record.pending > 0 and record.released + record.rejected == 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +148,7 @@ class Refusal:
     problems: tuple[Problem, ...]
     pending: int
     max_pending: int
+    poisoned: tuple[VerifiedBatch, ...] = ()  # called poisoned and not yet reviewed
 
     @property
     def tampered(self) -> bool:
@@ -146,7 +156,10 @@ class Refusal:
 
     def as_dict(self, dataset: str) -> dict[str, Any]:
         return {"dataset": dataset, "released": False, "tampered": self.tampered, "pending": self.pending,
-                "max_pending": self.max_pending, "problems": [p.as_dict() for p in self.problems]}
+                "max_pending": self.max_pending, "problems": [p.as_dict() for p in self.problems],
+                "unreviewed_poisoned_batches": [{"batch_id": b.record.id, "file": b.record.file,
+                                                 "pending": b.record.pending, "verdict": b.verdict}
+                                                for b in self.poisoned]}
 
     def message(self, dataset: str, run_id: str | None, listing: Path | None) -> str:
         lines = []
@@ -159,7 +172,14 @@ class Refusal:
         if self.pending > self.max_pending:
             text = (f"{self.pending} row(s) of dataset '{dataset}' await review (allowed: {self.max_pending}). Review "
                     f"them (poisonguard review list --dataset {dataset}) or raise --max-pending.")
-            lines.append(f"  - {text}" if self.problems else
+            lines.append(f"  - {text}" if self.problems or lines else
+                         f"The gate refused dataset '{dataset}'; nothing was released: {text}")
+        for batch in self.poisoned:
+            text = (f"batch {batch.record.id} ({batch.record.file}) was called poisoned by its scan and no "
+                    f"steward has reviewed any of its {batch.record.pending} held row(s); --max-pending does not "
+                    f"cover a poisoned batch nobody has looked at. Review it (poisonguard review show {batch.record.id}). "
+                    f"{batch.verdict}")
+            lines.append(f"  - {text}" if lines else
                          f"The gate refused dataset '{dataset}'; nothing was released: {text}")
         where = []
         if run_id:
@@ -246,8 +266,9 @@ def check_workspace(settings: Settings, state: LedgerState) -> WorkspaceCheck:
 
 def decide(request: GateRequest, state: LedgerState, check: WorkspaceCheck) -> Refusal | None:
     problems = (*state.problems, *check.problems)
-    if problems or state.pending > request.max_pending:
-        return Refusal(problems, state.pending, request.max_pending)
+    poisoned = tuple(b for b in check.batches if b.unreviewed_poisoned)
+    if problems or poisoned or state.pending > request.max_pending:
+        return Refusal(problems, state.pending, request.max_pending, poisoned)
     if not state.batches:
         raise PoisonguardError(f"The ledger has no batches for dataset '{request.dataset}': nothing to release. Scan "
                                f"one with 'poisonguard scan … --dataset {request.dataset}' (is --workspace the one "
@@ -443,7 +464,9 @@ def _check_batch(workspace: Any, state: LedgerState,
         return None, problems, len(batch.files)
     released = quarantined[quarantined[ROW_NUMBER].isin(statuses.get(RowStatus.RELEASED, []))]
     released = released.drop(columns=[c for c in QUARANTINE_COLUMNS if c in released.columns])
-    return VerifiedBatch(batch, accepted, released), [], len(batch.files)
+    verdict = json.loads(intact["summary.json"]).get("verdict") if "summary.json" in intact else None
+    headline = verdict.get("headline") if verdict and verdict.get("poisoned") else None
+    return VerifiedBatch(batch, accepted, released, headline), [], len(batch.files)
 
 
 def _edited_rows(batch_id: str, name: str, data: bytes, digests: pd.DataFrame | None) -> tuple[str, tuple[int, ...]]:
@@ -550,7 +573,8 @@ def _log_refusal(settings: Settings, request: GateRequest, state: LedgerState, r
 
     uri = settings.tracking_uri
     tags = _run_tags(request, state) | {"gate_status": "refused",
-                                        "refusal": "tampered" if refusal.tampered else "pending"}
+                                        "refusal": "tampered" if refusal.tampered else
+                                        "unreviewed_poisoned_batch" if refusal.poisoned else "pending"}
     if refusal.tampered:
         tags |= {"alarm": "tampered", "alarm_message": refusal.problems[0].message[:5000]}
     run_id = provenance.start_gate_run(uri, _experiment(settings, request.dataset), f"gate-{request.dataset}", tags)

@@ -37,7 +37,7 @@ EVIDENCE_HOLDS = ("estimate", "fdr", "lower", "off")
 @dataclass(frozen=True)
 class QuarantinePolicy:
     false_quarantine_target: float = 0.01
-    false_discovery_rate: float = 0.3  # 0 turns BH off
+    false_discovery_rate: float = 0.1  # 0 turns BH off
     verdict_alpha: float = 0.01  # a clean batch is called poisoned with at most this probability
     evidence_hold: str = "estimate"  # how many rows a significant kind of poison holds (see above)
 

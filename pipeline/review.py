@@ -50,6 +50,16 @@ def batch_folder(settings: Settings, record: RowRecord, ledger: Ledger) -> Path:
     return folder
 
 
+def batch_verdict(settings: Settings, batch: Any) -> dict[str, Any] | None:
+    """The scan's verdict on a recorded batch (``summary.json``), None if the folder or the
+    verdict is missing (a batch scanned before verdicts existed)."""
+    path = Workspace(settings.workspace).batch_dir(batch.dataset, batch.sha256) / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("verdict")
+    except (OSError, ValueError):
+        return None
+
+
 def row_detail(settings: Settings, ledger: Ledger, row_id: str) -> RowDetail:
     record = ledger.get_row(row_id)
     folder = batch_folder(settings, record, ledger)

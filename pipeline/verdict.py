@@ -372,12 +372,23 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     # where it hides among clean rows), then the smaller p-value
     order = np.lexsort((pvalues[eligible], -chance[eligible]))
     ranking, chance = eligible[order], chance[eligible][order]
-    small = int(counts.counts[:, :2].sum()) if n else 0
-    evidence = (f"{small} of {n} rows have a {name} p-value <= {EDGES[1]:g} where a clean batch has about "
-                f"{EDGES[1] * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
+    threshold, small = _plainest_excess(pvalues[eligible], n)
+    evidence = (f"{small} of {n} rows have a {name} p-value <= {threshold:g} where a clean batch has about "
+                f"{threshold * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
                 f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
     return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True,
                         chance=chance)
+
+
+def _plainest_excess(pvalues: np.ndarray, n: int) -> tuple[float, int]:
+    """The threshold of ``THRESHOLDS`` whose count of p-values at or below it stands furthest
+    above a clean batch's (in binomial standard deviations), and that count: what the evidence
+    line shows a person (the test itself weighs every threshold)."""
+    counts = np.array([(pvalues <= t).sum() for t in THRESHOLDS])
+    t = np.array(THRESHOLDS)
+    z = (counts - t * n) / np.sqrt(np.maximum(n * t * (1 - t), 1e-12))
+    best = int(np.argmax(z)) if n else 0
+    return THRESHOLDS[best], int(counts[best])
 
 
 def group_evidence(kind: str, name: str, scores: pd.DataFrame) -> KindEvidence:

@@ -106,3 +106,17 @@ def crash_harness():
         sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
         spec.loader.exec_module(module)
     return sys.modules["crash_injection"]
+
+
+# --- test tiers ------------------------------------------------------------------------------------
+# Unit tests exercise library code in process: no scan through the CLI, no Prefect, MLflow server
+# or database. Everything else is integration (a real scan, ledger, MLflow store, Prefect flow or
+# browser). `make test-unit` runs the first tier alone; `make test` (and CI) runs both.
+UNIT_MODULES = {"test_alarms", "test_detector_conformance", "test_detector_maths", "test_group_detectors",
+                "test_policy", "test_validation", "test_verdict", "test_layers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        item.add_marker(pytest.mark.unit if module in UNIT_MODULES else pytest.mark.integration)

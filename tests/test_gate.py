@@ -409,3 +409,34 @@ def test_the_gate_is_a_prefect_flow_and_a_refusal_exits_3():
 
     assert gate_flow.name == "poisonguard-gate"
     assert GateRefused.exit_code == 3
+
+
+# --- a batch called poisoned ----------------------------------------------------------------------
+
+def _poisoned_case(released: int, pending: int):
+    import datetime as dt
+
+    from pipeline.gate import GateRequest, LedgerState, VerifiedBatch, WorkspaceCheck
+    from pipeline.ledger.records import BatchRecord
+
+    record = BatchRecord(id="0123456789ab", sha256="0123456789ab" + "0" * 52, dataset=DATASET, file="flips.csv",
+                         source="partner", submitter="mallory", mlflow_run_id=None,
+                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc), rows=140, accepted=110,
+                         quarantined=30, pending=pending, released=released, rejected=30 - pending - released)
+    headline = "Verdict: POISONED (p = 7.1e-07): an estimated 28 of 140 rows (13-47) are poisoned: 28 flipped labels."
+    batch = VerifiedBatch(record, pd.DataFrame(), pd.DataFrame(), headline)
+    state = LedgerState(DATASET, "sqlite://", (record,), {}, pending, None, None, ())
+    return GateRequest(DATASET, Path("out"), max_pending=30), state, WorkspaceCheck((batch,), (), 0)
+
+
+def test_a_poisoned_batch_nobody_has_reviewed_refuses_whatever_max_pending_allows():
+    from pipeline.gate import decide
+
+    refusal = decide(*_poisoned_case(released=0, pending=30))
+    assert refusal is not None and not refusal.tampered and refusal.pending <= refusal.max_pending
+    message = refusal.message(DATASET, None, None)
+    assert "batch 0123456789ab (flips.csv) was called poisoned by its scan" in message
+    assert "28 flipped labels" in message and "poisonguard review show 0123456789ab" in message
+    assert refusal.as_dict(DATASET)["unreviewed_poisoned_batches"][0]["pending"] == 30
+    # once a steward has acted on its rows, --max-pending governs the rest as for any batch
+    assert decide(*_poisoned_case(released=1, pending=29)) is None

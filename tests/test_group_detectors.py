@@ -118,12 +118,14 @@ def test_copies_of_one_row_are_a_flood_not_a_trigger_and_sweep_no_rows_in():
     trigger is many different rows, so they count once; the duplicates detector holds them."""
     rng = np.random.default_rng(4)
     reference, batch = _mixed(2000, rng), _mixed(500, rng)
-    copies = batch.iloc[[7] * 60].assign(label="bad")
+    # a combination as rare as a trigger's: x2 in its top, x3 in its bottom 0.1 %
+    rare = {"x2": reference["x2"].quantile(0.999), "x3": reference["x3"].quantile(0.001), "label": "bad"}
+    copies = batch.iloc[[7] * 60].assign(**rare)
     flooded = _numbered(pd.concat([batch, copies]))
     result = TriggerPattern().fit(reference, MIXED_SPEC).score(flooded)
     assert not result["flagged"].any()
     # the same 60 rows made distinct (a backdoor's rows differ outside the trigger) are a group
-    planted = batch.sample(n=60, random_state=4).assign(x0=batch.iloc[7]["x0"], x1=batch.iloc[7]["x1"], label="bad")
+    planted = batch.sample(n=60, random_state=4).assign(**rare)
     assert TriggerPattern().fit(reference, MIXED_SPEC).score(_numbered(pd.concat([batch, planted])))["flagged"].sum() >= 60
 
 

@@ -64,6 +64,26 @@ def test_clean_batch_is_mostly_accepted(scan_sample):
     result, out = scan_sample(SAMPLES / "batch_01_clean.csv")
     _, quarantined, _, summary = read_outputs(out)
     assert summary["counts"]["quarantined"] <= 0.03 * summary["counts"]["rows"]
+    assert summary["verdict"]["poisoned"] is False and summary["verdict"]["p_value"] > 0.01
+    assert result.stdout.lstrip().startswith("Verdict: clean")
+
+
+def test_the_label_flip_batch_is_called_poisoned_first_in_the_cli_and_the_report(scan_sample):
+    """40 of 140 labels flipped: too few stand out one by one (HMDA's label is weakly predictable),
+    but the batch as a whole is poisoned, and the estimate's interval holds the true count."""
+    batch = "batch_02_label_flips.csv"
+    result, out = scan_sample(SAMPLES / batch)
+    _, quarantined, _, summary = read_outputs(out)
+    verdict = summary["verdict"]
+    assert verdict["poisoned"] is True and verdict["p_value"] < 0.01
+    flips = truth(batch)
+    assert verdict["interval"][0] <= len(flips) <= verdict["interval"][1]
+    assert verdict["by_kind"]["label_flips"]["estimated_rows"] >= len(flips) / 2
+    assert result.stdout.lstrip().startswith("Verdict: POISONED")
+    held = set(quarantined["row_number"])
+    assert len(held & flips) >= len(flips) / 2 and len(held - flips) <= 0.05 * (140 - len(flips))
+    report = (out / "report.html").read_text()
+    assert report.index(verdict["headline"].split(":")[0] + ": POISONED") < report.index("<h2>Outcome</h2>")
 
 
 def test_rescanning_the_same_bytes_ingests_nothing_twice(scan_sample, tmp_path):

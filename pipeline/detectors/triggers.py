@@ -451,7 +451,13 @@ class TriggerPattern(Detector):
         count, cells = int(tests.count[test]), int(tests.cell_count[test])
         who = f"{count:,} rows with {words_a} and {words_b}, all labelled {label!r}" if count == cells else \
             f"{count:,} of {cells:,} rows with {words_a} and {words_b} labelled {label!r}"
-        reference = int(tests.reference[test])
-        given_a, given_b = (int(x) for x in tests.given_reference[test])
-        return (f"{who}; of the trusted rows labelled {label!r}, {reference:,} of {given_a:,} with {words_a} "
-                f"and {reference:,} of {given_b:,} with {words_b} have the other as well")
+        reference, label_reference = int(tests.reference[test]), int(tests.label_reference[test])
+        # each side is described as it was judged (see ``conditional_pvalue``)
+        given = [(int(rows), words) for rows, words in zip(tests.given_reference[test], (words_a, words_b))]
+        conditioned = [f"{reference:,} of {rows:,} with {words}" for rows, words in given if rows >= CONDITION_ROWS]
+        parts = [f"of the trusted rows labelled {label!r}, {' and '.join(conditioned)} have the other as well"] \
+            if conditioned else []
+        if len(conditioned) < 2:
+            parts.append(f"reference frequency {100 * reference / max(label_reference, 1):.2g} % "
+                         f"({reference:,} of {label_reference:,} rows labelled {label!r})")
+        return f"{who}; " + "; ".join(parts)

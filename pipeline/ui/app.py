@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.ledger import BatchRecord, Ledger, LedgerError, NotInLedger, ReviewAction, RowRecord, RowStatus
-from pipeline.review import RowDetail, act, open_ledger, row_detail
+from pipeline.review import RowDetail, act, batch_verdict, open_ledger, row_detail
 from pipeline.store import Workspace
 from pipeline.ui.security import (
     REPORT_CONTENT_SECURITY_POLICY,
@@ -224,7 +224,8 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
                 for r in ledger.list_rows(batch_id=batch.id, status=status)]
         rows.sort(key=lambda r: (r.status != RowStatus.PENDING, -r.suspicion, r.row_number))
         has_report = _report_path(settings, batch).is_file()
-        return render("batch.html.j2", session, batch=batch, rows=rows, has_report=has_report)
+        return render("batch.html.j2", session, batch=batch, rows=rows, has_report=has_report,
+                      verdict=batch_verdict(settings, batch))
 
     @app.get("/batches/{batch_id}/report")
     def batch_report(batch_id: str, session: Session = Depends(reader)) -> Response:
