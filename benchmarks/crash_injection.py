@@ -386,7 +386,8 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
         if verify.returncode != 0:
             problems.append(f"poisonguard verify exited {verify.returncode}: {verify.stderr.strip()[:300]}")
     try:
-        gate(inputs.dataset, out=gate_out or workspace.parent / "gate", settings=settings, max_pending=n_rows)
+        gate(inputs.dataset, out=gate_out or workspace.parent / "gate", settings=settings, max_pending=n_rows,
+             review_poisoned=False)  # recovery, not review, is under test
     except (GateRefused, PoisonguardError) as exc:
         problems.append(f"the gate refused: {str(exc).splitlines()[0][:300]}")
     return result

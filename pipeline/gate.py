@@ -63,6 +63,8 @@ class GateRequest:
     out: Path
     max_pending: int = 0
     keep_provenance: bool = True  # keep batch_id and row_number in the snapshot
+    # refuse a batch its scan called poisoned until a steward has acted on one of its rows
+    review_poisoned: bool = True
 
     def __post_init__(self) -> None:
         from pipeline.config import safe_name
@@ -266,7 +268,7 @@ def check_workspace(settings: Settings, state: LedgerState) -> WorkspaceCheck:
 
 def decide(request: GateRequest, state: LedgerState, check: WorkspaceCheck) -> Refusal | None:
     problems = (*state.problems, *check.problems)
-    poisoned = tuple(b for b in check.batches if b.unreviewed_poisoned)
+    poisoned = tuple(b for b in check.batches if b.unreviewed_poisoned) if request.review_poisoned else ()
     if problems or poisoned or state.pending > request.max_pending:
         return Refusal(problems, state.pending, request.max_pending, poisoned)
     if not state.batches:
@@ -349,7 +351,7 @@ def release(settings: Settings, request: GateRequest, state: LedgerState, snapsh
 
 
 def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, max_pending: int = 0,
-         keep_provenance: bool = True, settings: Settings | None = None) -> GateResult:
+         keep_provenance: bool = True, review_poisoned: bool = True, settings: Settings | None = None) -> GateResult:
     """Verify, then release the training snapshot of ``dataset`` into ``out``; raises
     ``GateRefused`` (nothing released) otherwise. ``settings`` default to the environment's
     for ``workspace``. Example::
@@ -361,7 +363,7 @@ def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, 
         from pipeline.config import Settings
 
         settings = Settings.from_environment(workspace)
-    return run(GateRequest(dataset, Path(out), max_pending, keep_provenance), settings)
+    return run(GateRequest(dataset, Path(out), max_pending, keep_provenance, review_poisoned), settings)
 
 
 def run(request: GateRequest, settings: Settings, step: Callable[[Callable], Callable] = lambda f: f) -> GateResult:

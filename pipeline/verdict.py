@@ -373,7 +373,7 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     order = np.lexsort((pvalues[eligible], -chance[eligible]))
     ranking, chance = eligible[order], chance[eligible][order]
     threshold, small = _plainest_excess(pvalues[eligible], n)
-    evidence = (f"{small} of {n} rows have a {name} p-value <= {threshold:g} where a clean batch has about "
+    evidence = (f"{small} of {n} rows have p <= {threshold:g} from {name}, where a clean batch has about "
                 f"{threshold * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
                 f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
     return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True,

@@ -117,7 +117,8 @@ def test_scans_of_two_batches_of_one_dataset_at_once_are_both_recorded(scanned, 
     runs = provenance.find_scan_runs(settings.tracking_uri, scanned.sha256["b"], DATASET)
     assert [(r.info.run_id, r.info.status) for r in runs] == [(other["mlflow"]["run_id"], "FINISHED")]
 
-    result = pipeline.gate(DATASET, out=tmp_path / "gate", settings=settings, max_pending=1000)
+    result = pipeline.gate(DATASET, out=tmp_path / "gate", settings=settings, max_pending=1000,
+                           review_poisoned=False)
     accepted = sum(len(pd.read_parquet(scanned.outs[name] / "accepted.parquet")) for name in ("a1", "b"))
     assert result.rows == accepted
 
@@ -170,7 +171,8 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
     def gate_once(k: int) -> None:
         nonlocal retries
         try:
-            result = pipeline.gate(DATASET, out=tmp_path / f"gate-{k}", settings=settings, max_pending=1000)
+            result = pipeline.gate(DATASET, out=tmp_path / f"gate-{k}", settings=settings, max_pending=1000,
+                           review_poisoned=False)
         except PoisonguardError as error:
             assert "changed while the gate read it" in str(error), error
             retries += 1
