@@ -84,7 +84,8 @@ def profile(
     if missing:
         fail(f"Column(s) not in the reference {reference}: {', '.join(map(repr, missing))}.")
     frame = table.frame.drop(columns=[ROW_NUMBER])
-    roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore))
+    roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
+                        exact=table.exact.to_pandas())
     earlier = load_suite(out).roles if out.is_file() else None
     suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
                         source=reference.name, roles=roles)
@@ -206,7 +207,10 @@ def demo(
 def main() -> None:
     """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a typer.Exit's code (``fail``) instead of raising it
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:

@@ -65,9 +65,10 @@ _DATE_LIKE = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,
 
 
 def infer_roles(frame: pd.DataFrame, label: str, protected: Iterable[str] = (),
-                explicit: Mapping[str, Role] | None = None) -> dict[str, Role]:
+                explicit: Mapping[str, Role] | None = None, exact: pd.DataFrame | None = None) -> dict[str, Role]:
     """Each column's role, inferred from trusted ``frame`` (without ``row_number``); ``explicit``
-    roles win. Rules, in order: unique per row and (monotonic integers, or id-like strings, or an
+    roles win. ``exact``: the same rows as they arrived (``LoadedTable.exact``), where a CSV's
+    20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order: unique per row and (monotonic integers, or id-like strings, or an
     id-like name) → id; dates or timestamps (typed, or text that parses) → time; long or spaced
     free strings → text; other strings with too many distinct values to be a category → ignored;
     the rest → feature."""
@@ -84,23 +85,28 @@ def infer_roles(frame: pd.DataFrame, label: str, protected: Iterable[str] = (),
         elif column in protected:
             roles[column] = Role.PROTECTED
         else:
-            roles[column] = _inferred(str(column), frame[column])
+            as_written = exact[column] if exact is not None and column in exact.columns else None
+            roles[column] = _inferred(str(column), frame[column], as_written)
     return roles
 
 
-def _inferred(name: str, values: pd.Series) -> Role:
+def _inferred(name: str, values: pd.Series, as_written: pd.Series | None = None) -> Role:
     if pd.api.types.is_datetime64_any_dtype(values) or _holds(values, (dt.date, dt.datetime, pd.Timestamp)):
         return Role.TIME
     present = values.dropna()
     if len(present) < MIN_ROWS_TO_INFER:
         return Role.FEATURE
+    if not pd.api.types.is_numeric_dtype(values) and _looks_like_times(present.astype(str)):
+        return Role.TIME  # before ids: unique timestamps are no identifiers
     if _is_identifier(name, values, present):
+        return Role.ID
+    written_as_text = as_written is not None and not pd.api.types.is_numeric_dtype(as_written)
+    if written_as_text and pd.api.types.is_numeric_dtype(values) and _is_identifier(name, as_written,
+                                                                                      as_written.dropna()):
         return Role.ID
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return Role.FEATURE
     text = present.astype(str)
-    if text.map(lambda v: bool(_DATE_LIKE.match(v))).mean() >= 0.95 and _parses_as_time(text).mean() >= 0.95:
-        return Role.TIME
     levels = text.nunique()
     if levels > MAX_LEVELS and (text.str.len().mean() >= TEXT_MEAN_CHARS or text.str.contains(r"\s").mean() >= 0.5):
         return Role.TEXT
@@ -140,8 +146,9 @@ def _is_identifier(name: str, values: pd.Series, present: pd.Series) -> bool:
                          and any(c.isalpha() for c in v)).all())
 
 
-def _parses_as_time(text: pd.Series) -> pd.Series:
-    return parse_times(text).notna()
+def _looks_like_times(text: pd.Series) -> bool:
+    return bool(text.map(lambda v: bool(_DATE_LIKE.match(v))).mean() >= 0.95
+                and parse_times(text).notna().mean() >= 0.95)
 
 
 def parse_times(values: pd.Series) -> pd.Series:
@@ -267,7 +274,7 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
             future = pd.Timestamp(arrival) + pd.Timedelta(hours=rules.future_tolerance_hours)
             oldest = (pd.Timestamp(arrival) - pd.Timedelta(days=rules.max_age_days)
                       if rules.max_age_days is not None else None)
-            for position, (value, when) in enumerate(zip(raw, parsed)):
+            for position, (value, when) in enumerate(zip(raw, parsed.array)):
                 if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
                     continue  # a missing time is the suite's to judge, not a wrong one
                 if pd.isna(when):

@@ -154,7 +154,8 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
         suite = load_suite(request.suite)
         roles = resolve_roles(suite.roles, reference.columns, request.label, suite.protected_columns, explicit)
     else:
-        roles = infer_roles(reference.frame.drop(columns=[ROW_NUMBER]), request.label, explicit=explicit)
+        roles = infer_roles(reference.frame.drop(columns=[ROW_NUMBER]), request.label, explicit=explicit,
+                            exact=reference.exact.to_pandas())
         suite = infer_suite(reference.frame.drop(columns=[ROW_NUMBER]), request.label, name=request.dataset_name,
                             source=str(request.reference), roles=roles)
     if suite.label and suite.label != request.label:
@@ -181,7 +182,7 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     ids = [c for c, r in roles.items() if r is Role.ID]
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
                        invalid_rows(holdout, suite), roles,
-                       accepted_ids(Workspace(settings.workspace), request.dataset_name, ids) if ids else {},
+                       _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
                        settings.role_rules, settings.unseen_levels)
 
 
@@ -193,6 +194,17 @@ def resolve_roles(named: dict[str, Role], columns: list[str], label: str, protec
     roles[label] = Role.LABEL
     roles.update(explicit)
     return roles
+
+
+def _known_ids(reference: LoadedTable, columns: list[str], workspace: Workspace, dataset: str) -> dict[str, set[str]]:
+    """Ids a batch row may not reuse: the trusted reference's and those of rows already accepted."""
+    from pipeline.roles import id_text
+
+    known = accepted_ids(workspace, dataset, columns)
+    cells = reference.exact.select(columns).to_pandas()
+    for column in columns:
+        known[column].update(v for v in id_text(cells[column]) if v is not None)
+    return known
 
 
 def accepted_ids(workspace: Workspace, dataset: str, columns: list[str]) -> dict[str, set[str]]:
