@@ -1,0 +1,136 @@
+"""Outputs hold the input exactly: accepted.parquet and quarantined.parquet carry each cell as it
+arrived (a CSV's text, a Parquet file's values and types), whatever the detectors read."""
+
+from __future__ import annotations
+
+import decimal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.findings import empty_findings
+from pipeline.io import ROW_NUMBER, as_common_types, read_table
+from pipeline.store import ScanOutputs, write_outputs
+from pipeline.validation import column_kinds, infer_suite, validate_table
+
+# Hostile cells, one column each kind of trouble. The CSV is written by hand: quoting is the point.
+HOSTILE_CSV = (
+    'zip,app_id,word,note,amount,label\n'
+    '00501,10000000000000000001,NaN,"Zoë, naïve ☃",1.50,yes\n'
+    '02134,10000000000000000002,null,,2.0,no\n'
+    '90210,10000000000000000003,"","line one\nline two",1e308,yes\n'
+    '00007,99999999999999999999,NA,日本語,0.1,no\n'
+    '10001,10000000000000000005,N/A," spaces ",-0,yes\n'
+)
+# The file's cells as they are written: None for an unquoted empty cell, "" for a quoted one.
+EXPECTED_TEXT = {
+    "zip": ["00501", "02134", "90210", "00007", "10001"],
+    "app_id": ["10000000000000000001", "10000000000000000002", "10000000000000000003", "99999999999999999999",
+               "10000000000000000005"],
+    "word": ["NaN", "null", "", "NA", "N/A"],
+    "note": ["Zoë, naïve ☃", None, "line one\nline two", "日本語", " spaces "],
+    "amount": ["1.50", "2.0", "1e308", "0.1", "-0"],
+    "label": ["yes", "no", "yes", "no", "yes"],
+}
+
+
+def _scan_outputs(path, out, held_rows=(1, 3)):
+    """Write a scan's outputs for the file at ``path`` with ``held_rows`` quarantined, through the
+    scan's own validation (``validate_table``) and writer (``write_outputs``)."""
+    batch = read_table(path)
+    kinds = column_kinds(batch.frame)
+    suite = infer_suite(batch.frame.drop(columns=[ROW_NUMBER]), "label", "t")
+    conformed, _ = validate_table(batch, kinds, suite)
+    held = pd.DataFrame({ROW_NUMBER: np.array(held_rows, dtype=np.int64), "suspicion": [1.0] * len(held_rows),
+                         "reasons": [["held for the test"]] * len(held_rows)})
+    outputs = ScanOutputs(rows=conformed, held=held, scores=pd.DataFrame({ROW_NUMBER: np.arange(batch.n_rows)}),
+                          findings=empty_findings(), summary={}, report_html="", chunk_rows=2)
+    write_outputs(outputs, out)
+    return batch, pq.read_table(out / "accepted.parquet"), pq.read_table(out / "quarantined.parquet")
+
+
+def _cells_as_written(table: pa.Table, column: str) -> list:
+    """An output column written back as text: strings as they are, numbers by Arrow or Python's repr."""
+    values = table[column]
+    if pa.types.is_string(values.type):
+        return values.to_pylist()
+    return [None if v is None else repr(v) for v in values.to_pylist()]
+
+
+def test_csv_outputs_carry_every_cell_as_written(tmp_path):
+    path = tmp_path / "hostile.csv"
+    path.write_text(HOSTILE_CSV, encoding="utf-8")
+    _, accepted, quarantined = _scan_outputs(path, tmp_path / "out")
+    assert accepted["row_number"].to_pylist() == [0, 2, 4] and quarantined["row_number"].to_pylist() == [1, 3]
+    for part in (accepted, quarantined):
+        rows = part["row_number"].to_pylist()
+        for column, cells in EXPECTED_TEXT.items():
+            assert _cells_as_written(part, column) == [cells[r] for r in rows], column
+    # leading zeros, ids past int64, "NaN" words: kept as text, not numbers
+    for column in ("zip", "app_id", "word", "amount"):
+        assert pa.types.is_string(accepted.schema.field(column).type), column
+
+
+def test_a_csv_column_whose_numbers_write_back_exactly_stays_numeric(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("x,n,label\n1.5,3,yes\n2.0,4,no\n0.25,5,yes\n", encoding="utf-8")
+    _, accepted, _ = _scan_outputs(path, tmp_path / "out", held_rows=())
+    assert accepted.schema.field("x").type == pa.float64() and accepted.schema.field("n").type == pa.int64()
+    assert accepted["x"].to_pylist() == [1.5, 2.0, 0.25]
+
+
+def test_parquet_outputs_keep_values_and_types(tmp_path):
+    big = [2**64 - 1, 2**63 + 7, None, 1, 2**63]
+    table = pa.table({
+        "big_id": pa.array(big, pa.uint64()),
+        "zip": pa.array(["00501", "", None, "NaN", "☃"]),
+        "price": pa.array([decimal.Decimal("1.10"), decimal.Decimal("0.005"), None, decimal.Decimal("-3"),
+                           decimal.Decimal("12345678901234567.89")], pa.decimal128(20, 3)),
+        "when": pa.array(pd.to_datetime(["2026-01-01T10:00Z"] * 4 + [None], utc=True)),
+        "small": pa.array([1, 2, 3, None, 5], pa.int8()),
+        "label": pa.array(["yes", "no", "yes", "no", "yes"]),
+    })
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(table, path)
+    _, accepted, quarantined = _scan_outputs(path, tmp_path / "out")
+    for part in (accepted, quarantined):
+        rows = part["row_number"].to_pylist()
+        for column in table.schema.names:
+            assert part.schema.field(column).type == table.schema.field(column).type, column
+            assert part[column].to_pylist() == table[column].take(pa.array(rows)).to_pylist(), column
+
+
+def test_a_spooled_csv_keeps_its_text_too(tmp_path):
+    path = tmp_path / "hostile.csv"
+    path.write_text(HOSTILE_CSV, encoding="utf-8")
+    in_memory = read_table(path)
+    spooled = read_table(path, spool_dir=tmp_path / "spool")
+    assert spooled.exact.equals(in_memory.exact)
+    assert spooled.exact["zip"].to_pylist() == EXPECTED_TEXT["zip"]
+
+
+def test_the_detectors_still_read_typed_values(tmp_path):
+    path = tmp_path / "hostile.csv"
+    path.write_text(HOSTILE_CSV, encoding="utf-8")
+    batch = read_table(path)
+    assert batch.frame["zip"].tolist() == [501, 2134, 90210, 7, 10001]
+    assert batch.exact["zip"].to_pylist() == EXPECTED_TEXT["zip"]
+
+
+@pytest.mark.parametrize("numbers", [pd.Series([1.5, 2.0]), pd.Series([1, 2])])
+def test_batches_whose_column_types_differ_stack_as_text(numbers):
+    text = pd.DataFrame({"zip": ["00501", None], ROW_NUMBER: [0, 1]})
+    typed = pd.DataFrame({"zip": numbers, ROW_NUMBER: [0, 1]})
+    stacked = pd.concat(as_common_types([text, typed]), ignore_index=True)
+    written = pc.cast(pa.array(numbers), pa.string()).to_pylist()
+    assert [None if pd.isna(v) else v for v in stacked["zip"]] == ["00501", None, *written]
+    assert pa.Table.from_pandas(stacked).schema.field("zip").type == pa.string()
+
+
+def test_frames_of_one_type_are_left_as_they_are():
+    frames = [pd.DataFrame({"x": [1.0]}), pd.DataFrame({"x": [2.0]})]
+    assert as_common_types(frames) is frames
