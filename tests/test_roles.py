@@ -176,6 +176,7 @@ class Scanned:
         outputs = scan.build_outputs(dataclasses.replace(self.request, batch=path), settings, loaded, trusted,
                                      conformed, outcome, decisions, [], checks, np.array([]), "t", scan.now())
         table = decisions.table.set_index(ROW_NUMBER).sort_index()
+        self.report_html = outputs.report_html
         return table, outputs.summary, outcome
 
 
@@ -215,6 +216,8 @@ def test_a_clean_batch_with_id_and_time_columns_is_not_held_for_them(scanned):
     drift = [a for a in summary["alarms"] if a["check"] == "drift"]
     assert not any(c in a["message"] for a in drift for c in carried)
     assert summary["roles"]["application_id"] == "id"
+    assert "Columns and their roles" in scanned.report_html
+    assert "<td>application_id</td><td>id</td>" in scanned.report_html
 
 
 def test_repeated_ids_future_times_and_unseen_levels_are_held_with_their_reason(scanned):
