@@ -161,6 +161,15 @@ def part_a_b(folder: Path) -> dict:
     a = scanner(clean, folder / "out_clean")
     a["cells"] = cells_equal(folder / "out_clean", clean)
 
+    # the same rows without the added columns: the detectors' own rate on this batch
+    plain = folder / "plain"
+    plain.mkdir()
+    added = ["application_id", "received", "zip", "product", "comment"]
+    write_csv(reference.drop(columns=added), plain / "reference.csv")
+    write_csv(batch.drop(columns=added), plain / "batch.csv")
+    baseline = Scanner(plain, "deny", plain / "reference.csv")(plain / "batch.csv", plain / "out")
+    a["held_without_added_columns"] = baseline["held"]
+
     bad = batch.copy()
     picked = rng.choice(np.arange(20, len(bad)), size=10, replace=False)
     repeated, future, unseen = picked[:3], picked[3:5], picked[5:]
@@ -186,6 +195,8 @@ def part_a_b(folder: Path) -> dict:
     return {
         "a": {"rows": a["rows"], "quarantined": len(a["held"]), "quarantine_rate": len(a["held"]) / a["rows"],
               "held_reasons": a["reasons"], "alarms": [x["message"] for x in a["alarms"]],
+              "held_without_added_columns": a["held_without_added_columns"],
+              "quarantined_without_added_columns": len(a["held_without_added_columns"]),
               "drift_alarm_on_id_or_time": bool({"application_id", "received"} & set(drift_columns(a["alarms"]))),
               "verdict": a["verdict"], "roles": a["roles"], "outputs": a["cells"]},
         "b": {"planted": found, "all_planted_held_with_right_reason": all(v["held"] and v["right_reason"]
@@ -287,7 +298,9 @@ def write_section(record: dict) -> None:
         f"- (a) HMDA-like clean batch of {a['rows']} rows with a 20-digit `application_id`, a `received` "
         "timestamp, a leading-zero `zip`, a `product` category and a free-text `comment`: "
         f"**{a['quarantined']} quarantined ({100 * a['quarantine_rate']:.1f} %)**, drift alarm on id/time: "
-        f"{'yes' if a['drift_alarm_on_id_or_time'] else 'no'}; every output cell equal to its input cell: "
+        f"{'yes' if a['drift_alarm_on_id_or_time'] else 'no'} (the same rows without the added columns: "
+        f"{a['quarantined_without_added_columns']} held, by the detectors' own per-row rate); every output cell "
+        "equal to its input cell: "
         f"**{a['outputs']['every_cell_equal']}** ({a['outputs']['cells_compared']:,} cells). Roles inferred: "
         + ", ".join(f"`{c}` {r}" for c, r in a["roles"].items() if r not in ("feature",)) + ".",
         f"- (b) the same batch with 3 repeated ids, 2 rows dated next year, 5 rows with an unseen product: "

@@ -74,8 +74,8 @@ def profile(
 ) -> None:
     """Infer a Great Expectations suite, with each column's role, from trusted reference data."""
     from pipeline.io import ROW_NUMBER, read_table
-    from pipeline.roles import describe, explicit_roles, infer_roles
-    from pipeline.validation import infer_suite, load_suite, save_suite
+    from pipeline.roles import describe, explicit_roles, infer_roles, leading_zero_codes
+    from pipeline.validation import ColumnKind, infer_suite, load_suite, save_suite
 
     table = read_table(reference, role="reference")
     if label not in table.columns:
@@ -83,12 +83,13 @@ def profile(
     missing = [c for c in [*protected, *id, *time, *text, *ignore] if c not in table.columns]
     if missing:
         fail(f"Column(s) not in the reference {reference}: {', '.join(map(repr, missing))}.")
-    frame = table.frame.drop(columns=[ROW_NUMBER])
+    frame, exact = table.frame.drop(columns=[ROW_NUMBER]), table.exact.to_pandas()
     roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
-                        exact=table.exact.to_pandas())
+                        exact=exact)
     earlier = load_suite(out).roles if out.is_file() else None
     suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
-                        source=reference.name, roles=roles)
+                        source=reference.name, roles=roles,
+                        kinds={c: ColumnKind.CATEGORICAL for c in leading_zero_codes(frame, exact)})
     save_suite(suite, out)
     typer.echo(f"Wrote suite '{suite.name}' ({len(suite.document['expectations'])} expectations) to {out}")
     if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is

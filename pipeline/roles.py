@@ -163,6 +163,21 @@ def parse_times(values: pd.Series) -> pd.Series:
     return parsed.dt.tz_convert("UTC")
 
 
+def leading_zero_codes(typed: pd.DataFrame, exact: pd.DataFrame) -> list[str]:
+    """Columns read as integers whose cells were written with leading zeros ("00501", "007"):
+    codes (a zip, a product code), whose levels are categories, not quantities on a line."""
+    codes = []
+    for column in typed.columns:
+        if column not in exact.columns or not pd.api.types.is_integer_dtype(typed[column].dropna()):
+            continue
+        written = exact[column]
+        if pd.api.types.is_numeric_dtype(written):
+            continue
+        if written.dropna().astype(str).str.match(r"^[+-]?0\d").any():
+            codes.append(column)
+    return codes
+
+
 # --- roles in a suite ------------------------------------------------------------------------------
 
 def parse_roles(raw: Any, where: str) -> dict[str, Role]:

@@ -39,7 +39,7 @@ from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
-from pipeline.roles import CARRIED, Role, RoleRules, check_roles, explicit_roles, infer_roles
+from pipeline.roles import CARRIED, Role, RoleRules, check_roles, explicit_roles, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
 from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
@@ -150,20 +150,23 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     if unknown:
         raise InputError(f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference "
                          f"{request.reference}.")
+    typed, exact = reference.frame.drop(columns=[ROW_NUMBER]), reference.exact.to_pandas()
+    codes = leading_zero_codes(typed, exact)
+    kinds = {**column_kinds(typed), **{c: ColumnKind.CATEGORICAL for c in codes}}
     if request.suite:
         suite = load_suite(request.suite)
         roles = resolve_roles(suite.roles, reference.columns, request.label, suite.protected_columns, explicit)
+        kinds = _kinds_of(suite, kinds, codes)
     else:
-        roles = infer_roles(reference.frame.drop(columns=[ROW_NUMBER]), request.label, explicit=explicit,
-                            exact=reference.exact.to_pandas())
-        suite = infer_suite(reference.frame.drop(columns=[ROW_NUMBER]), request.label, name=request.dataset_name,
-                            source=str(request.reference), roles=roles)
+        roles = infer_roles(typed, request.label, explicit=explicit, exact=exact)
+        suite = infer_suite(typed, request.label, name=request.dataset_name, source=str(request.reference),
+                            roles=roles, kinds=kinds)
     if suite.label and suite.label != request.label:
         raise PoisonguardError(
             f"--label is '{request.label}' but the suite {suite.source} is for label '{suite.label}'."
         )
     suite = with_roles(suite, roles) if any(r in CARRIED for r in roles.values()) else suite
-    kinds = {c: k for c, k in column_kinds(reference.frame).items() if roles.get(c) not in CARRIED}
+    kinds = {c: k for c, k in kinds.items() if roles.get(c) not in CARRIED}
     spec = FeatureSpec.from_kinds(kinds, request.label, exclude=suite.protected_columns)
     if not spec.features:
         raise InputError(f"The reference {request.reference} has no feature columns besides the label.")
@@ -184,6 +187,14 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
                        invalid_rows(holdout, suite), roles,
                        _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
                        settings.role_rules, settings.unseen_levels)
+
+
+def _kinds_of(suite: Suite, kinds: dict[str, ColumnKind], codes: list[str]) -> dict[str, ColumnKind]:
+    """Under a suite, a code column read as integers is categorical only where the suite expects
+    text there (a suite written before codes were told apart expects numbers)."""
+    expects_text = {e["kwargs"].get("column") for e in suite.document["expectations"]
+                    if e["type"] == "expect_column_values_to_be_in_type_list" and e["kwargs"].get("type_list") == ["str"]}
+    return {c: ColumnKind.NUMERIC if c in codes and c not in expects_text else k for c, k in kinds.items()}
 
 
 def resolve_roles(named: dict[str, Role], columns: list[str], label: str, protected: tuple[str, ...],

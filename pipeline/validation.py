@@ -250,17 +250,19 @@ def infer_suite(
     protected: tuple[str, ...] = (),
     source: str = "reference",
     roles: dict[str, Role] | None = None,
+    kinds: dict[str, ColumnKind] | None = None,
 ) -> Suite:
     """Infer a suite from trusted data.
 
-    ``roles`` (``pipeline.roles``) are written into the suite; a column whose role carries it
+    ``kinds`` overrides the column kinds read from dtypes (a code column of integers written
+    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite; a column whose role carries it
     through (id, time, text, ignored) is only expected to exist: no type, null, range or domain rule.
     Ranges get ``range_margin`` × (max − min) of slack on each side (never crossing zero for a
     non-negative column), so fresh clean rows rarely fall just outside the reference's extremes.
     """
     if label not in reference.columns:
         raise SuiteError(f"The label column '{label}' is not in the reference data ({source}).")
-    kinds = column_kinds(reference)
+    kinds = {**column_kinds(reference), **(kinds or {})}
     columns = list(kinds)
     roles = dict(roles or {})
     protected = tuple(dict.fromkeys([*protected, *(c for c, r in roles.items() if r is Role.PROTECTED)]))

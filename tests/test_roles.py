@@ -206,6 +206,7 @@ def test_roles_are_inferred_and_carried_columns_are_never_features(scanned):
     features = set(scanned.trusted.spec.features)
     assert not features & {"application_id", "received", "comment", "afam"}
     assert {"product", "zip", "pirat"} <= features
+    assert "zip" in scanned.trusted.spec.categorical  # "00501": a code, not a quantity
 
 
 def test_a_clean_batch_with_id_and_time_columns_is_not_held_for_them(scanned):
