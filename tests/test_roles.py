@@ -270,3 +270,28 @@ def test_a_role_for_a_column_that_is_not_there_is_one_clear_error(run_cli, tmp_p
     result = run_cli("profile", reference, "--label", "deny", "--out", tmp_path / "s.json", "--id", "nope")
     assert result.exit_code == 2
     assert result.stderr.strip() == f"poisonguard: error: Column(s) not in the reference {reference}: 'nope'."
+
+
+# --- the landing config ----------------------------------------------------------------------------
+
+CONFIG = f"""\
+[datasets.loans]
+reference = "{SAMPLES}/reference.parquet"
+label = "deny"
+landing = "landing"
+out = "out"
+"""
+
+
+def test_the_landing_config_sets_roles_like_the_command_line(tmp_path):
+    from flows.landing import scan_request
+    from pipeline.landing import ConfigError, load_config
+
+    path = tmp_path / "poisonguard.toml"
+    path.write_text(CONFIG + 'id = ["application_id"]\ntime = ["received"]\nignore = ["batch_tag"]\n')
+    dataset = load_config(path).dataset("loans")
+    assert dataset.roles == (("application_id", "id"), ("received", "time"), ("batch_tag", "ignored"))
+    assert scan_request(dataset, tmp_path / "b.csv", tmp_path / "o").roles == dataset.roles
+    path.write_text(CONFIG + 'id = "application_id"\n')
+    with pytest.raises(ConfigError, match=r"datasets.loans.id: must be a list of column names; got 'application_id'"):
+        load_config(path)
