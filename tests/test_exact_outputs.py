@@ -4,6 +4,7 @@ arrived (a CSV's text, a Parquet file's values and types), whatever the detector
 from __future__ import annotations
 
 import decimal
+import json
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,44 @@ def test_batches_whose_column_types_differ_stack_as_text(numbers):
 def test_frames_of_one_type_are_left_as_they_are():
     frames = [pd.DataFrame({"x": [1.0]}), pd.DataFrame({"x": [2.0]})]
     assert as_common_types(frames) is frames
+
+
+# --- through a real scan and the gate ------------------------------------------------------------
+
+def test_the_gates_training_snapshot_carries_the_cells_that_arrived(run_cli, tmp_path):
+    """A CSV batch (zips with leading zeros, 20-digit ids, a quoted "NaN" word) and a Parquet
+    batch of the same dataset (typed zips): the snapshot holds each batch's cells as they came."""
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    rng = np.random.default_rng(5)
+    reference = pd.read_parquet(samples / "reference.parquet").sample(300, random_state=1).reset_index(drop=True)
+    reference.insert(0, "app_id", [str(10**19 + i) for i in range(len(reference))])
+    reference["zip"] = rng.choice(["00501", "02134", "90210"], len(reference))
+    reference.to_csv(tmp_path / "reference.csv", index=False)
+    batch = pd.read_csv(samples / "batch_01_clean.csv").iloc[:40].reset_index(drop=True)
+    batch.insert(0, "app_id", [str(10**19 + 10_000 + i) for i in range(len(batch))])
+    batch["zip"] = rng.choice(["00501", "02134", "90210"], len(batch))
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    typed = pd.read_csv(samples / "batch_01_clean.csv").iloc[40:60].reset_index(drop=True)
+    typed.insert(0, "app_id", [str(10**19 + 20_000 + i) for i in range(len(typed))])
+    typed["zip"] = np.array([501, 2134, 90210] * 7)[:len(typed)]
+    typed.to_parquet(tmp_path / "typed.parquet", index=False)
+    common = ["--reference", tmp_path / "reference.csv", "--label", "deny", "--workspace", tmp_path / "ws",
+              "--dataset", "exact", "--id", "app_id"]
+    for name in ("batch.csv", "typed.parquet"):
+        scanned = run_cli("scan", tmp_path / name, *common, "--out", tmp_path / f"out-{name}")
+        assert scanned.exit_code == 0, scanned.stderr
+    pending = sum(json.loads((tmp_path / f"out-{n}" / "summary.json").read_text())["counts"]["quarantined"]
+                  for n in ("batch.csv", "typed.parquet"))
+    gated = run_cli("gate", "--dataset", "exact", "--workspace", tmp_path / "ws", "--out", tmp_path / "snap",
+                    "--max-pending", str(pending))
+    assert gated.exit_code == 0, gated.stderr
+    snapshot = pq.read_table(tmp_path / "snap" / "snapshot.parquet").to_pandas()
+    assert pa.types.is_string(pq.read_schema(tmp_path / "snap" / "snapshot.parquet").field("zip").type)
+    by_id = snapshot.set_index("app_id")
+    from_csv = batch.set_index("app_id").loc[[i for i in batch["app_id"] if i in by_id.index]]
+    assert len(from_csv) >= 35
+    assert by_id.loc[from_csv.index, "zip"].tolist() == from_csv["zip"].tolist()  # "00501", not 501
+    from_parquet = typed.set_index("app_id").loc[[i for i in typed["app_id"] if i in by_id.index]]
+    assert by_id.loc[from_parquet.index, "zip"].tolist() == [str(z) for z in from_parquet["zip"]]
