@@ -244,9 +244,12 @@ def _writes_back(typed: pa.ChunkedArray, text: pa.ChunkedArray) -> bool:
         return False
     if _same_cells(written, text):
         return True
-    # pandas and Python write floats with repr ("1.0", "1e+308"), Arrow as "1" and "1e+308"
-    return pa.types.is_floating(typed.type) and _same_cells(
-        pa.chunked_array([pa.array([None if v is None else repr(v) for v in typed.to_pylist()], pa.string())]), text)
+    if not pa.types.is_floating(typed.type):
+        return False
+    # pandas and Python write a whole float with ".0" ("1.0"), Arrow without ("1"); otherwise
+    # both write the shortest text that reads back as the same float
+    whole = pc.invert(pc.match_substring_regex(written, r"[.eEna]"))
+    return _same_cells(pc.if_else(whole, pc.binary_join_element_wise(written, ".0", ""), written), text)
 
 
 def _same_cells(written: pa.ChunkedArray, text: pa.ChunkedArray) -> bool:
