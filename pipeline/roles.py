@@ -156,8 +156,13 @@ def parse_times(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
-        text = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-        parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        text = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+        # ISO 8601 parses in C (0.7 s per 10^6 values); other layouts one value at a time (5 s)
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        retry = parsed.isna() & text.notna()
+        if retry.any():
+            parsed = parsed.astype("datetime64[ns, UTC]")
+            parsed[retry] = pd.to_datetime(text[retry], errors="coerce", format="mixed", utc=True)
     if getattr(parsed.dt, "tz", None) is None:
         parsed = parsed.dt.tz_localize("UTC")
     return parsed.dt.tz_convert("UTC")
@@ -248,6 +253,8 @@ def id_text(values: pd.Series) -> pd.Series:
             return str(int(value))
         return str(value)
 
+    if pd.api.types.is_string_dtype(values) or pd.api.types.is_integer_dtype(values):  # the common cases, in C
+        return values.astype(str).astype(object).where(values.notna(), None)
     return pd.Series([text(v) for v in values.to_numpy(dtype=object)], index=values.index, dtype=object)
 
 
@@ -272,37 +279,39 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
         if role is Role.ID:
             ids = id_text(batch[column])
             earlier = (accepted_ids or {}).get(column, set())
-            repeated = ids.duplicated(keep="first") & ids.notna()
-            for position, value in enumerate(ids.to_numpy(dtype=object)):
-                if value is None:
-                    add(position, column, ReasonCode.MISSING_ID, None, f"{column} is missing (an id column)",
-                        f"id:{column}")
-                elif repeated.iloc[position]:
-                    add(position, column, ReasonCode.DUPLICATE_ID, value,
-                        f"{column}={_short(value)} repeats an id earlier in this batch", f"id:{column}")
-                elif value in earlier:
-                    add(position, column, ReasonCode.DUPLICATE_ID, value,
-                        f"{column}={_short(value)} is the id of a row already accepted", f"id:{column}")
+            missing = ids.isna().to_numpy()
+            repeated = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
+            known = ids.isin(earlier).to_numpy() & ~missing & ~repeated if earlier else np.zeros(len(ids), bool)
+            values = ids.to_numpy(dtype=object)
+            for position in np.flatnonzero(missing):
+                add(position, column, ReasonCode.MISSING_ID, None, f"{column} is missing (an id column)", f"id:{column}")
+            for position in np.flatnonzero(repeated):
+                add(position, column, ReasonCode.DUPLICATE_ID, values[position],
+                    f"{column}={_short(values[position])} repeats an id earlier in this batch", f"id:{column}")
+            for position in np.flatnonzero(known):
+                add(position, column, ReasonCode.DUPLICATE_ID, values[position],
+                    f"{column}={_short(values[position])} is the id of a row already accepted", f"id:{column}")
         elif role is Role.TIME:
             parsed = parse_times(batch[column])
             raw = batch[column].to_numpy(dtype=object)
+            present = batch[column].notna().to_numpy()
             future = pd.Timestamp(arrival) + pd.Timedelta(hours=rules.future_tolerance_hours)
-            oldest = (pd.Timestamp(arrival) - pd.Timedelta(days=rules.max_age_days)
-                      if rules.max_age_days is not None else None)
-            for position, (value, when) in enumerate(zip(raw, parsed.array)):
-                if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-                    continue  # a missing time is the suite's to judge, not a wrong one
-                if pd.isna(when):
-                    add(position, column, ReasonCode.BAD_TIME, value,
-                        f"{column}={_short(value)} is not a date or time", f"time:{column}")
-                elif when > future:
-                    add(position, column, ReasonCode.FUTURE_TIME, value,
-                        f"{column}={_short(value)} is in the future (the batch arrived {arrival:%Y-%m-%d %H:%M} UTC)",
-                        f"time:{column}")
-                elif oldest is not None and when < oldest:
-                    add(position, column, ReasonCode.OUTSIDE_WINDOW, value,
-                        f"{column}={_short(value)} is more than {rules.max_age_days:g} days before the batch "
-                        "arrived", f"time:{column}")
+            unparsed = present & parsed.isna().to_numpy()
+            later = (parsed > future).fillna(False).to_numpy(dtype=bool)
+            older = ((parsed < pd.Timestamp(arrival) - pd.Timedelta(days=rules.max_age_days)).fillna(False)
+                     .to_numpy(dtype=bool) if rules.max_age_days is not None else np.zeros(len(raw), bool))
+            for position in np.flatnonzero(unparsed):
+                add(position, column, ReasonCode.BAD_TIME, raw[position],
+                    f"{column}={_short(raw[position])} is not a date or time", f"time:{column}")
+            for position in np.flatnonzero(later):
+                add(position, column, ReasonCode.FUTURE_TIME, raw[position],
+                    f"{column}={_short(raw[position])} is in the future (the batch arrived "
+                    f"{arrival:%Y-%m-%d %H:%M} UTC)", f"time:{column}")
+            for position in np.flatnonzero(older):
+                add(position, column, ReasonCode.OUTSIDE_WINDOW, raw[position],
+                    f"{column}={_short(raw[position])} is more than {rules.max_age_days:g} days before the batch "
+                    "arrived", f"time:{column}")
+    records.sort(key=lambda r: r["row_number"])
     return records
 
 
