@@ -295,3 +295,12 @@ def test_the_landing_config_sets_roles_like_the_command_line(tmp_path):
     path.write_text(CONFIG + 'id = "application_id"\n')
     with pytest.raises(ConfigError, match=r"datasets.loans.id: must be a list of column names; got 'application_id'"):
         load_config(path)
+
+
+def test_scan_refuses_a_role_for_a_column_the_reference_lacks_before_starting_anything(run_cli, tmp_path):
+    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
+                     "--label", "deny", "--out", tmp_path / "out", "--workspace", tmp_path / "ws", "--time", "nope")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"poisonguard: error: Column(s) 'nope' given a role are not in the reference "
+                                     f"{SAMPLES / 'reference.parquet'}.")
+    assert not (tmp_path / "ws").exists()
