@@ -39,7 +39,7 @@ from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
-from pipeline.roles import CARRIED, Role, RoleRules, check_roles, explicit_roles, infer_roles, leading_zero_codes
+from pipeline.roles import CARRIED, Role, RoleRules, check_roles, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
 from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,

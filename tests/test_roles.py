@@ -15,7 +15,7 @@ import pytest
 from pipeline import scan
 from pipeline.config import Settings
 from pipeline.errors import InputError, PoisonguardError, SuiteError
-from pipeline.findings import ReasonCode, findings_frame
+from pipeline.findings import findings_frame
 from pipeline.io import ROW_NUMBER, read_table
 from pipeline.roles import Role, RoleRules, check_roles, explicit_roles, infer_roles
 from pipeline.validation import infer_suite, suite_from_document, with_roles
