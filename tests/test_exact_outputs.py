@@ -176,3 +176,17 @@ def test_the_gates_training_snapshot_carries_the_cells_that_arrived(run_cli, tmp
     assert by_id.loc[from_csv.index, "zip"].tolist() == from_csv["zip"].tolist()  # "00501", not 501
     from_parquet = typed.set_index("app_id").loc[[i for i in typed["app_id"] if i in by_id.index]]
     assert by_id.loc[from_parquet.index, "zip"].tolist() == [str(z) for z in from_parquet["zip"]]
+
+
+def test_the_review_pages_neighbours_read_a_row_whose_cells_were_kept_as_text(tmp_path):
+    from pipeline.review import trusted_neighbours
+
+    path = tmp_path / "reference.csv"
+    pd.DataFrame({"x": [1.0, 2.0, 3.0, 10.0, 2.25, 1.5], "zip": ["00501", "02134", "00501", "02134", "90210", "00501"],
+                  "y": ["a", "b", "a", "b", "a", "b"]}).to_csv(path, index=False)
+    summary = {"reference": {"path": str(path), "sha256": read_table(path).sha256}, "label": "y",
+               "features": {"numeric": ["x"], "categorical": ["zip"]}}
+    # as quarantined.parquet holds it: the zip's text, a number written "2.10"
+    row = pd.DataFrame({"x": ["2.10"], "zip": ["90210"], "y": ["b"], ROW_NUMBER: [0]})
+    nearest = trusted_neighbours(summary, row, k=1)
+    assert nearest[["x", "zip"]].to_dict("records") == [{"x": 2.25, "zip": 90210}]  # same zip, not x=2.0
