@@ -177,6 +177,18 @@ def test_the_gates_training_snapshot_carries_the_cells_that_arrived(run_cli, tmp
     from_parquet = typed.set_index("app_id").loc[[i for i in typed["app_id"] if i in by_id.index]]
     assert by_id.loc[from_parquet.index, "zip"].tolist() == [str(z) for z in from_parquet["zip"]]
 
+    # a later batch that reuses an accepted id: that row is held as an integrity finding
+    later = pd.read_csv(samples / "batch_01_clean.csv").iloc[60:80].reset_index(drop=True)
+    later.insert(0, "app_id", [str(10**19 + 30_000 + i) for i in range(len(later))])
+    later["zip"] = "02134"
+    reused = from_csv.index[0]
+    later.loc[4, "app_id"] = reused
+    later.to_csv(tmp_path / "later.csv", index=False)
+    scanned = run_cli("scan", tmp_path / "later.csv", *common, "--out", tmp_path / "out-later")
+    assert scanned.exit_code == 0, scanned.stderr
+    held = pq.read_table(tmp_path / "out-later" / "quarantined.parquet").to_pandas().set_index("row_number")
+    assert any(f"app_id='{reused}' is the id of a row already accepted" in r for r in held.at[4, "reasons"])
+
 
 def test_the_review_pages_neighbours_read_a_row_whose_cells_were_kept_as_text(tmp_path):
     from pipeline.review import trusted_neighbours
