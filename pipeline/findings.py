@@ -27,6 +27,7 @@ class ReasonCode(str, Enum):
     # id and time columns (pipeline.roles)
     MISSING_ID = "missing_id"
     DUPLICATE_ID = "duplicate_id"
+    BAD_ID_FORMAT = "bad_id_format"
     BAD_TIME = "bad_time"
     FUTURE_TIME = "future_time"
     OUTSIDE_WINDOW = "outside_window"

@@ -258,12 +258,27 @@ def id_text(values: pd.Series) -> pd.Series:
     return pd.Series([text(v) for v in values.to_numpy(dtype=object)], index=values.index, dtype=object)
 
 
+def id_shape(ids: pd.Series) -> str | None:
+    """The one shape every trusted id has, as a regular expression (runs of digits, of letters,
+    and the other characters as they are: "APP-000123" → ``[A-Za-z]+-[0-9]+``), or None when the
+    ids have more than one shape (hex UUIDs, mixed formats): then no format is checked."""
+    text = id_text(ids).dropna()
+    if text.empty:
+        return None
+    shapes = text.str.replace(r"[0-9]+", "\x00", regex=True).str.replace(r"[A-Za-z]+", "\x01", regex=True).unique()
+    if len(shapes) != 1:
+        return None
+    return "".join({"\x00": "[0-9]+", "\x01": "[A-Za-z]+"}.get(ch, re.escape(ch)) for ch in shapes[0])
+
+
 def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.datetime,
-                rules: RoleRules = RoleRules(), accepted_ids: Mapping[str, set[str]] | None = None) -> list[dict[str, Any]]:
+                rules: RoleRules = RoleRules(), accepted_ids: Mapping[str, set[str]] | None = None,
+                id_shapes: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Row findings (records for ``findings.findings_frame``) for the id and time columns of
-    ``batch`` (original cells, with ``row_number``): a missing id, an id repeated within the batch
-    (every row after its first) or already in accepted data, a time that does not parse, lies
-    in the future, or falls outside the window before ``arrival``."""
+    ``batch`` (original cells, with ``row_number``): a missing id, an id of another shape than
+    every trusted one (``id_shapes``), an id repeated within the batch (every row after its
+    first) or already in accepted data, a time that does not parse, lies in the future, or falls
+    outside the window before ``arrival``."""
     from pipeline.findings import ReasonCode
 
     records: list[dict[str, Any]] = []
@@ -282,7 +297,14 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
             missing = ids.isna().to_numpy()
             repeated = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
             known = ids.isin(earlier).to_numpy() & ~missing & ~repeated if earlier else np.zeros(len(ids), bool)
+            shape = (id_shapes or {}).get(column)
+            misshapen = (~ids.fillna("").str.fullmatch(shape).to_numpy(dtype=bool) & ~missing & ~repeated & ~known
+                         if shape else np.zeros(len(ids), bool))
             values = ids.to_numpy(dtype=object)
+            for position in np.flatnonzero(misshapen):
+                add(position, column, ReasonCode.BAD_ID_FORMAT, values[position],
+                    f"{column}={_short(values[position])} does not have the form of the trusted ids ({shape})",
+                    f"id:{column}")
             for position in np.flatnonzero(missing):
                 add(position, column, ReasonCode.MISSING_ID, None, f"{column} is missing (an id column)", f"id:{column}")
             for position in np.flatnonzero(repeated):

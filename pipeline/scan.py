@@ -39,7 +39,7 @@ from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
-from pipeline.roles import CARRIED, Role, RoleRules, check_roles, infer_roles, leading_zero_codes
+from pipeline.roles import CARRIED, Role, RoleRules, check_roles, id_shape, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
 from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
@@ -98,6 +98,7 @@ class TrustedData:
     accepted_ids: dict[str, set[str]] = field(default_factory=dict)  # id column -> ids already accepted
     role_rules: RoleRules = field(default_factory=RoleRules)
     unseen_levels: str = "hold"  # a category level the trusted data never had: "hold" its rows, or "alarm"
+    id_shapes: dict[str, str | None] = field(default_factory=dict)  # id column -> the form of every trusted id
 
     @property
     def carried(self) -> tuple[str, ...]:
@@ -186,7 +187,8 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
                        invalid_rows(holdout, suite), roles,
                        _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
-                       settings.role_rules, settings.unseen_levels)
+                       settings.role_rules, settings.unseen_levels,
+                       {c: id_shape(exact[c]) for c in ids})
 
 
 def _kinds_of(suite: Suite, kinds: dict[str, ColumnKind], codes: list[str]) -> dict[str, ColumnKind]:
@@ -271,7 +273,8 @@ def validate_batch(batch: LoadedTable, trusted: TrustedData,
         return conformed, outcome
     cells = batch.exact.select(list(judged)).to_pandas()
     cells[ROW_NUMBER] = np.arange(batch.n_rows, dtype=np.int64)
-    records = check_roles(cells, judged, arrival=now(), rules=trusted.role_rules, accepted_ids=trusted.accepted_ids)
+    records = check_roles(cells, judged, arrival=now(), rules=trusted.role_rules, accepted_ids=trusted.accepted_ids,
+                          id_shapes=trusted.id_shapes)
     if not records:
         return conformed, outcome
     found = findings_frame(records)

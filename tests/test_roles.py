@@ -117,6 +117,16 @@ def test_id_checks_find_missing_repeated_and_already_accepted_ids():
     assert found == {1: "missing_id", 3: "duplicate_id", 4: "duplicate_id"}
 
 
+def test_an_id_of_another_form_than_every_trusted_id_is_a_finding():
+    from pipeline.roles import id_shape
+
+    shape = id_shape(pd.Series(["APP-000123", "APP-9", "APP-0042"]))
+    batch = pd.DataFrame({"app": ["APP-77", "APP-x1", "77", "APP-100000"], ROW_NUMBER: range(4)})
+    assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, id_shapes={"app": shape})) == \
+        {1: "bad_id_format", 2: "bad_id_format"}
+    assert id_shape(pd.Series(["3f2a-11", "a9-b2c"])) is None  # no single form: nothing to check
+
+
 def test_ids_compare_as_text_across_types():
     batch = pd.DataFrame({"app": [5.0, 6.0], ROW_NUMBER: range(2)})  # integers read as floats
     assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, accepted_ids={"app": {"5"}})) == \
