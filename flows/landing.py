@@ -52,7 +52,7 @@ def scan_landed_file(request: ScanRequest, settings: Settings) -> dict[str, Any]
 
 def scan_request(dataset: landing.DatasetConfig, batch: Path, out: Path) -> ScanRequest:
     return ScanRequest(batch=batch, reference=dataset.reference, label=dataset.label, out=out, suite=dataset.suite,
-                       holdout=dataset.holdout, source=dataset.source, dataset=dataset.name)
+                       holdout=dataset.holdout, source=dataset.source, dataset=dataset.name, roles=dataset.roles)
 
 
 @flow(name="poisonguard-landing", log_prints=False, validate_parameters=False)

@@ -67,21 +67,36 @@ def profile(
     name: Optional[str] = typer.Option(None, "--name", help="Suite name (default: the reference's stem)."),
     protected: list[str] = typer.Option([], "--protected", help="Columns never used as model features (repeatable)."),
     margin: float = typer.Option(0.1, "--margin", help="Range slack as a fraction of (max - min)."),
+    id: list[str] = typer.Option([], "--id", help="An id column: checked for nulls and repeats, never a feature (repeatable)."),
+    time: list[str] = typer.Option([], "--time", help="A date/time column: checked to parse and to be recent, never a feature (repeatable)."),
+    text: list[str] = typer.Option([], "--text", help="A free-text column, carried through unchecked (repeatable)."),
+    ignore: list[str] = typer.Option([], "--ignore", help="A column carried through unchecked (repeatable)."),
 ) -> None:
-    """Infer a Great Expectations suite from trusted reference data."""
+    """Infer a Great Expectations suite, with each column's role, from trusted reference data."""
     from pipeline.io import ROW_NUMBER, read_table
-    from pipeline.validation import infer_suite, save_suite
+    from pipeline.roles import describe, explicit_roles, infer_roles, leading_zero_codes
+    from pipeline.validation import ColumnKind, infer_suite, load_suite, save_suite
 
     table = read_table(reference, role="reference")
     if label not in table.columns:
         fail(f"The label column '{label}' is not in the reference {reference}.")
-    missing = [c for c in protected if c not in table.columns]
+    missing = [c for c in [*protected, *id, *time, *text, *ignore] if c not in table.columns]
     if missing:
-        fail(f"--protected names column(s) not in the reference: {', '.join(missing)}.")
-    suite = infer_suite(table.frame.drop(columns=[ROW_NUMBER]), label, name or reference.stem,
-                        range_margin=margin, protected=tuple(protected), source=reference.name)
+        fail(f"Column(s) not in the reference {reference}: {', '.join(map(repr, missing))}.")
+    frame, exact = table.frame.drop(columns=[ROW_NUMBER]), table.exact.to_pandas()
+    roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
+                        exact=exact)
+    earlier = load_suite(out).roles if out.is_file() else None
+    suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
+                        source=reference.name, roles=roles,
+                        kinds={c: ColumnKind.CATEGORICAL for c in leading_zero_codes(frame, exact)})
     save_suite(suite, out)
     typer.echo(f"Wrote suite '{suite.name}' ({len(suite.document['expectations'])} expectations) to {out}")
+    if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is
+        typer.echo("Column roles (review them in meta.poisonguard.roles of the suite; set them with "
+                   "--id/--time/--text/--ignore/--protected):")
+        for line in describe(roles):
+            typer.echo(f"  {line}")
 
 
 @app.command()
@@ -97,22 +112,30 @@ def scan(
     workspace: Optional[Path] = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="One line per stage with rows/s on stderr (default: when stderr is a terminal)."),
+    id: list[str] = typer.Option([], "--id", help="An id column (repeatable); overrides the suite's roles."),
+    time: list[str] = typer.Option([], "--time", help="A date/time column (repeatable)."),
+    text: list[str] = typer.Option([], "--text", help="A free-text column (repeatable)."),
+    ignore: list[str] = typer.Option([], "--ignore", help="A column carried through unchecked (repeatable)."),
 ) -> None:
     """Scan a batch: validate, score, quarantine, record provenance."""
+    from pipeline.roles import explicit_roles
+
+    roles = tuple((c, r.value) for c, r in explicit_roles(id=id, time=time, text=text, ignore=ignore).items())
     summary = run_scan(batch=batch, reference=reference, label=label, out=out, suite=suite, holdout=holdout,
                        source=source, dataset=dataset, workspace=workspace,
-                       progress=sys.stderr.isatty() if progress is None else progress)
+                       progress=sys.stderr.isatty() if progress is None else progress, roles=roles)
     print_summary(summary, out)
 
 
 def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
-             workspace: Path | None = None, progress: bool = False) -> dict[str, Any]:
+             workspace: Path | None = None, progress: bool = False,
+             roles: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     from pipeline.scan import ScanRequest, preflight
 
     settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
-                          suite=suite, holdout=holdout, source=source, dataset=dataset)
+                          suite=suite, holdout=holdout, source=source, dataset=dataset, roles=roles)
     preflight(request)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -144,6 +167,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                    f"scanned for dataset '{summary['dataset']}' on {summary['scanned_at']}; nothing ingested "
                    "again. The recorded decision was written to the output folder.")
     typer.echo(f"{counts['rows']} rows: {counts['accepted']} accepted, {counts['quarantined']} quarantined.")
+    carried = {c: r for c, r in summary.get("roles", {}).items() if r not in ("feature", "label", "protected")}
+    if carried:
+        typer.echo("  not features: " + ", ".join(f"{c} ({r})" for c, r in carried.items()))
     for finding in summary["batch_findings"]:
         typer.echo(f"  batch held: {finding['message']}")
     for alarm in summary.get("alarms", []):
@@ -182,7 +208,10 @@ def demo(
 def main() -> None:
     """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a typer.Exit's code (``fail``) instead of raising it
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:

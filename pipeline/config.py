@@ -15,6 +15,9 @@ from pipeline.detectors import DEFAULT_DETECTORS
 from pipeline.errors import PoisonguardError
 from pipeline.ledger.database import ledger_url
 from pipeline.policy import QuarantinePolicy
+from pipeline.roles import RoleRules
+
+UNSEEN_LEVEL_POLICIES = ("hold", "alarm")
 
 DEFAULT_WORKSPACE = Path(".poisonguard")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -41,6 +44,10 @@ class Settings:
     # started for the scan. None: Prefect's default thread pool.
     dask: str | None = None
     policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    # id and time columns (pipeline.roles): the window a time must fall in around the batch's arrival
+    role_rules: RoleRules = field(default_factory=RoleRules)
+    # a category level the trusted data never had: "hold" its rows, or accept them and "alarm"
+    unseen_levels: str = "hold"
     show_progress: bool = False  # one line per scan stage on stderr (the CLI's --progress)
     # The ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL. A SecretStr because
     # Settings is a flow parameter and Prefect stores parameters (locally, or on its server):
@@ -69,7 +76,16 @@ class Settings:
         spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
         if spool_mib < 0:
             raise PoisonguardError(f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
-        return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
+        unseen = (env.get("POISONGUARD_UNSEEN_LEVELS") or "hold").strip().lower()
+        if unseen not in UNSEEN_LEVEL_POLICIES:
+            raise PoisonguardError(f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
+        max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
+        tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)
+        if max_age < 0 or tolerance < 0:
+            raise PoisonguardError("POISONGUARD_TIME_WINDOW_DAYS and POISONGUARD_FUTURE_TOLERANCE_HOURS must be 0 or "
+                                   "more (a window of 0 days: no lower bound).")
+        return cls(workspace=root, tracking_uri=tracking, unseen_levels=unseen,
+                   role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance), max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
                    chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
                    database_url=SecretStr(ledger_url(root, env)))

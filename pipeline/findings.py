@@ -24,6 +24,13 @@ class ReasonCode(str, Enum):
     UNEXPECTED_COLUMN = "unexpected_column"
     WRONG_TYPE = "wrong_type"
     BATCH_EXPECTATION = "batch_expectation"
+    # id and time columns (pipeline.roles)
+    MISSING_ID = "missing_id"
+    DUPLICATE_ID = "duplicate_id"
+    BAD_ID_FORMAT = "bad_id_format"
+    BAD_TIME = "bad_time"
+    FUTURE_TIME = "future_time"
+    OUTSIDE_WINDOW = "outside_window"
     DETECTOR = "detector"
     # held because the batch verdict estimates this many poisoned rows and the row ranks among them
     BATCH_EVIDENCE = "batch_evidence"

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import GateRefused, PoisonguardError
-from pipeline.io import ROW_NUMBER, atomic_path, sha256_file, write_text_atomic
+from pipeline.io import ROW_NUMBER, as_common_types, atomic_path, sha256_file, write_text_atomic
 from pipeline.ledger import BatchRecord, ChainHead, Ledger, RowStatus
 
 # pipeline/__init__.py imports this module to re-export ``gate``: the heavy modules (config pulls
@@ -306,7 +306,7 @@ def build_snapshot(request: GateRequest, state: LedgerState, check: WorkspaceChe
         rows = _concat([batch.accepted, batch.released]).sort_values(ROW_NUMBER, kind="stable")
         parts.append(rows.assign(batch_id=batch.record.id))
         per_batch.append(_batch_entry(batch, state, len(rows)))
-    frame = _concat(parts).reset_index(drop=True)
+    frame = _concat(as_common_types(parts)).reset_index(drop=True)
     if not request.keep_provenance:
         frame = frame.drop(columns=[c for c in PROVENANCE_COLUMNS if c in frame.columns])
     data = parquet_bytes(frame)

@@ -61,6 +61,13 @@ def _csv_convert(column_types: dict[str, pa.DataType] | None = None) -> pacsv.Co
     return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {})
 
 
+def _csv_text(names: list[str]) -> pacsv.ConvertOptions:
+    """Every column as the text written in the file: an unquoted empty cell is missing, a quoted
+    one ("") the empty string, and "NaN", "null" or "NA" stay the strings they are."""
+    return pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, null_values=[""],
+                                strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
 # pandas' to_parquet stores an unnamed row index as a column of this name: a row label, not data.
 _PANDAS_INDEX_COLUMN = re.compile(r"^__index_level_\d+__$")
 # Characters that are invisible or reorder text (a newline, a NUL, a zero-width space, a
@@ -90,6 +97,16 @@ class LoadedTable:
     sha256: str  # of the file bytes: the batch's identity
     schema_fingerprint: str  # sha256 of the ordered (column, arrow type) list
     dtypes: dict[str, Any]  # each column's dtype in the whole frame
+    # A CSV's columns as outputs carry them (``_exact_csv``): typed where the type writes every
+    # cell back as it was written, else the cells' text, so that "00501" stays "00501" and a
+    # 20-digit id is not rounded to a float. None for Parquet, whose own values are exact.
+    exact_cells: pa.Table | None = None
+
+    @property
+    def exact(self) -> pa.Table:
+        """Every cell as it arrived: a CSV's text (or a type that writes it back unchanged), a
+        Parquet file's own values and types."""
+        return self.table if self.exact_cells is None else self.exact_cells
 
     @property
     def n_rows(self) -> int:
@@ -160,17 +177,21 @@ def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | N
     """
     limits = InputLimits.from_environment() if limits is None else limits
     path = _check_path(path, role, limits)
+    data, text = b"", None
     if spool_dir is None:
         data = _read_bytes(path, role, limits)
         sha256 = hashlib.sha256(data).hexdigest()
         table = _parse_csv_bytes(data, path, role, limits) if _is_csv(path) else _read_parquet(data, path, role, limits)
-        del data
     else:
-        table, sha256 = _read_spooled(path, role, limits, spool_dir)
+        table, sha256, text = _read_spooled(path, role, limits, spool_dir)
     _check_header(table.schema.names, table.num_rows > 0, path, role, limits)
     _check_cells(table, path, role, limits)
     kept, dtypes = _for_pandas(table, path, role)
-    loaded = LoadedTable(path, kept, sha256, schema_fingerprint(table.schema), dtypes)
+    if _is_csv(path) and text is None:
+        text = _read_csv(data, path, role, _csv_text(table.schema.names))
+    del data
+    exact = _exact_csv(kept, text) if text is not None else None
+    loaded = LoadedTable(path, kept, sha256, schema_fingerprint(table.schema), dtypes, exact)
     del table
     # Arrow's allocator keeps the pages that decoding used and freed, for Arrow to reuse; little
     # after reading allocates through it, so they would stay resident (0.24 GB after a 10^6-row batch).
@@ -200,21 +221,63 @@ _COPY_BYTES = 1 << 20
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error to ")
 
 
-def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -> tuple[pa.Table, str]:
+def _exact_csv(typed: pa.Table, text: pa.Table) -> pa.Table:
+    """Each CSV column as parsed when its values, written as text, are exactly the file's cells
+    (missing where the cell was empty), else as the file's text: integers with leading zeros,
+    numbers too long for their type, "NaN" or "null" written as words, "" quoted apart from an
+    empty cell, times written with a "T" keep what was written."""
+    columns = []
+    for typed_column, text_column in zip(typed.columns, text.columns):
+        columns.append(typed_column if _writes_back(typed_column, text_column) else text_column)
+    return pa.table(columns, names=typed.schema.names)
+
+
+def _writes_back(typed: pa.ChunkedArray, text: pa.ChunkedArray) -> bool:
+    if pa.types.is_string(typed.type) or pa.types.is_large_string(typed.type):
+        written = typed
+    elif pa.types.is_integer(typed.type) or pa.types.is_floating(typed.type) or pa.types.is_null(typed.type):
+        try:
+            written = pc.cast(typed, pa.string())
+        except pa.ArrowException:
+            return False
+    else:  # booleans ("True" and "1" both parse), times (a "T" or a space): the text says which
+        return False
+    if _same_cells(written, text):
+        return True
+    if not pa.types.is_floating(typed.type):
+        return False
+    # pandas and Python write a whole float with ".0" ("1.0"), Arrow without ("1"); otherwise
+    # both write the shortest text that reads back as the same float
+    whole = pc.invert(pc.match_substring_regex(written, r"[.eEna]"))
+    return _same_cells(pc.if_else(whole, pc.binary_join_element_wise(written, ".0", ""), written), text)
+
+
+def _same_cells(written: pa.ChunkedArray, text: pa.ChunkedArray) -> bool:
+    same = pc.fill_null(pc.equal(written, text), False)
+    both_missing = pc.and_(pc.is_null(written), pc.is_null(text))
+    return len(text) == 0 or bool(pc.all(pc.or_(same, both_missing)).as_py())
+
+
+def _read_spooled(path: Path, role: str, limits: InputLimits,
+                  spool_dir: Path) -> tuple[pa.Table, str, pa.Table | None]:
     spool_dir.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_spools(spool_dir)
     with tempfile.TemporaryDirectory(prefix="spool-", dir=spool_dir) as folder, _held(Path(folder) / ".lock"):
         copy, spooled = Path(folder) / f"copy{path.suffix.lower()}", Path(folder) / "table.arrow"
         sha256, size = _copy_hashing(path, copy, role, limits)
+        text = None
         if _is_csv(path):
             _check_csv_start(_read_head(copy, role, 1 << 20), size, path, role, limits)
-            _spool_csv(copy, size, spooled, path, role)
+            names = _spool_csv(copy, size, spooled, path, role)
+            _spool_csv(copy, size, Path(folder) / "text.arrow", path, role, text_of=names)
         else:
             _spool_parquet(copy, spooled, path, role, limits)
         copy.unlink()
         # The folder goes when this block ends; the mapping keeps the file's pages until the table goes.
         table = pa.ipc.open_file(pa.memory_map(str(spooled))).read_all()
-    return table, sha256
+        if _is_csv(path):
+            text = pa.ipc.open_file(pa.memory_map(str(Path(folder) / "text.arrow"))).read_all()
+    return table, sha256, text
 
 
 @contextmanager
@@ -257,21 +320,24 @@ def _copy_hashing(path: Path, copy: Path, role: str, limits: InputLimits) -> tup
     return digest.hexdigest(), size
 
 
-def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str) -> None:
-    """Parse the CSV a block at a time into ``spooled``. The streaming reader fixes each column's
-    type from the first block; when a later block does not convert (text in a column of numbers)
-    the column is widened (null → int64 → float64 → string) and the parse starts over, which is
-    the type a whole read settles on."""
+def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str,
+               text_of: list[str] | None = None) -> list[str]:
+    """Parse the CSV a block at a time into ``spooled``; returns its column names. The streaming
+    reader fixes each column's type from the first block; when a later block does not convert
+    (text in a column of numbers) the column is widened (null → int64 → float64 → string) and the
+    parse starts over, which is the type a whole read settles on. With ``text_of`` (the column
+    names) every cell is spooled as its text instead (``_csv_text``)."""
     column_types: dict[str, pa.DataType] = {}
     block = _SPOOL_CSV_BLOCK
     while True:
         reader = None
         try:
+            convert = _csv_text(text_of) if text_of is not None else _csv_convert(column_types)
             reader = pacsv.open_csv(copy, read_options=pacsv.ReadOptions(block_size=block),
-                                    parse_options=_CSV_PARSE, convert_options=_csv_convert(column_types))
-            _checked_names(reader.schema, path, role)
+                                    parse_options=_CSV_PARSE, convert_options=convert)
+            names = _checked_names(reader.schema, path, role)
             _write_spool(reader, reader.schema, spooled)
-            return
+            return names
         except pa.ArrowInvalid as exc:
             if _straddles(exc) and block < min(size + 1, _LARGEST_CSV_BLOCK):
                 block = min(size + 1, _LARGEST_CSV_BLOCK)  # see _read_csv
@@ -483,16 +549,16 @@ def _csv_header_width(data: bytes, stop_after: int) -> int:
     return fields
 
 
-def _read_csv(data: bytes, path: Path, role: str) -> pa.Table:
+def _read_csv(data: bytes, path: Path, role: str, convert: pacsv.ConvertOptions | None = None) -> pa.Table:
     try:
         try:
-            table = _parse_csv(data)
+            table = _parse_csv(data, convert=convert)
         except pa.ArrowInvalid as exc:
             if not _straddles(exc):
                 raise
             # A row (or the header) longer than the reader's 1 MiB block cannot be split across
             # blocks; one block as large as the file parses it, and the limits then judge it.
-            table = _parse_csv(data, block_size=min(len(data) + 1, _LARGEST_CSV_BLOCK))
+            table = _parse_csv(data, block_size=min(len(data) + 1, _LARGEST_CSV_BLOCK), convert=convert)
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise _unparsable_csv(path, role, exc) from None
     _checked_names(table.schema, path, role)
@@ -515,7 +581,7 @@ def _checked_names(schema: pa.Schema, path: Path, role: str) -> list[str]:
                          "a column name): re-save it as UTF-8 CSV.") from None
 
 
-def _parse_csv(data: bytes, block_size: int | None = None) -> pa.Table:
+def _parse_csv(data: bytes, block_size: int | None = None, convert: pacsv.ConvertOptions | None = None) -> pa.Table:
     read_options = pacsv.ReadOptions(use_threads=True)
     if block_size is not None:
         read_options.block_size = block_size
@@ -523,7 +589,7 @@ def _parse_csv(data: bytes, block_size: int | None = None) -> pa.Table:
         pa.BufferReader(data),
         read_options=read_options,
         parse_options=_CSV_PARSE,
-        convert_options=_csv_convert(),
+        convert_options=convert or _csv_convert(),
     )
 
 
@@ -749,3 +815,27 @@ def write_text_atomic(text: str, target: Path) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def as_common_types(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """Frames of one dataset's batches, made to stack: a column that is text in one batch (a
+    CSV's cells kept as written, see ``LoadedTable.exact``) and numbers in another becomes text
+    in all, each number written as Arrow writes it, so that no value is lost or coerced."""
+    present = [f for f in frames if len(f)]
+    mixed = {column for column in set().union(*(f.columns for f in present))
+             if len({_is_text(f[column]) for f in present if column in f.columns}) > 1}
+    if not mixed:
+        return frames
+    out = []
+    for frame in frames:
+        frame = frame.copy(deep=False)
+        for column in mixed & set(frame.columns):
+            if not _is_text(frame[column]):
+                written = pc.cast(pa.array(frame[column], from_pandas=True), pa.string())
+                frame[column] = pd.Series(written.to_pylist(), index=frame.index, dtype=object)
+        out.append(frame)
+    return out
+
+
+def _is_text(column: pd.Series) -> bool:
+    return pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column)

@@ -114,6 +114,8 @@ class DatasetConfig:
     retries: int = 3  # of a scan that failed for a reason other than its input, within a pass
     retry_delay_seconds: float = 10.0  # before the first retry; doubled for each further one
     rules: PassRules = field(default_factory=PassRules)
+    # column roles set in the config (keys id, time, text, ignore): (column, role) pairs, as --id etc.
+    roles: tuple[tuple[str, str], ...] = ()
 
     def setting(self, key: str) -> str:
         return f"datasets.{self.name}.{key}"
@@ -143,8 +145,9 @@ class LandingConfig:
 
 _TOP_LEVEL = ("workspace", "datasets")
 _REQUIRED = ("reference", "label", "landing", "out")
+_ROLE_KEYS = ("id", "time", "text", "ignore")  # lists of column names (pipeline.roles)
 _OPTIONAL = ("suite", "holdout", "source", "cron", "interval_seconds", "timezone", "settle_seconds",
-             "claim_timeout_seconds", "max_attempts", "retries", "retry_delay_seconds")
+             "claim_timeout_seconds", "max_attempts", "retries", "retry_delay_seconds", *_ROLE_KEYS)
 
 
 def load_config(path: str | Path) -> LandingConfig:
@@ -228,7 +231,23 @@ def _dataset(fields: "_Fields", name: str, table: Any, workspace: Path | None) -
         retries=int(fields.number(table, where, "retries", 3, minimum=0, integer=True)),
         retry_delay_seconds=fields.number(table, where, "retry_delay_seconds", 10.0, minimum=0),
         rules=rules,
+        roles=_roles(fields, table, where),
     )
+
+
+def _roles(fields: "_Fields", table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    from pipeline.roles import explicit_roles
+
+    named = {}
+    for key in _ROLE_KEYS:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+            raise ConfigError.at(fields.file, f"{where}.{key}", f"must be a list of column names; got {value!r}")
+        named[key] = value
+    try:
+        return tuple((c, r.value) for c, r in explicit_roles(**named).items())
+    except PoisonguardError as exc:
+        raise ConfigError.at(fields.file, where, str(exc)) from None
 
 
 class _Fields:

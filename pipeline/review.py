@@ -22,6 +22,7 @@ from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER, read_table
 from pipeline.ledger import Ledger, ReviewAction, ReviewRecord, RowRecord, RowStatus
 from pipeline.store import Workspace
+from pipeline.validation import ColumnKind, conform
 
 NEIGHBOURS = 5
 
@@ -85,13 +86,25 @@ def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIG
                                f"≠ {summary['reference']['sha256'][:12]}…); its neighbours would not be the ones "
                                "the detectors saw.")
     spec = FeatureSpec(summary["label"], tuple(summary["features"]["numeric"]), tuple(summary["features"]["categorical"]))
-    encoder = make_encoder(spec).fit(feature_frame(reference.frame, spec))
-    trusted = encoder.transform(feature_frame(reference.frame, spec))
-    point = encoder.transform(feature_frame(row, spec))
+    # The row is read from the scan's outputs, which hold its cells as they arrived (a CSV's text
+    # where its numbers would not write back exactly): typed again as the reference is, before encoding.
+    kinds = {**{c: ColumnKind.NUMERIC for c in spec.numeric}, **{c: ColumnKind.CATEGORICAL for c in spec.categorical}}
+    row = row.copy()
+    for column in spec.features:
+        if column in row.columns and _is_number(reference.frame[column]) and not _is_number(row[column]):
+            row[column] = pd.to_numeric(row[column], errors="coerce")
+    reference_frame, _ = conform(reference.frame, kinds)
+    encoder = make_encoder(spec).fit(feature_frame(reference_frame, spec))
+    trusted = encoder.transform(feature_frame(reference_frame, spec))
+    point = encoder.transform(feature_frame(conform(row, kinds)[0], spec))
     distance = np.linalg.norm(trusted - point, axis=1)
     nearest = np.argsort(distance, kind="stable")[:k]
     columns = [*spec.features, spec.label]
     return reference.frame.iloc[nearest][columns].assign(distance=distance[nearest]).reset_index(drop=True)
+
+
+def _is_number(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def act(settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids: Iterable[str], by: str,

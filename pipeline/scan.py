@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,12 @@ from pipeline.detectors import (
 )
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.fit_cache import FitCache
-from pipeline.findings import BatchFinding, ReasonCode, empty_findings
+from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
+from pipeline.roles import CARRIED, Role, RoleRules, check_roles, id_shape, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
 from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
@@ -51,6 +52,7 @@ from pipeline.validation import (
     Suite,
     ValidationOutcome,
     column_kinds,
+    with_roles,
     conform,
     infer_suite,
     load_suite,
@@ -70,6 +72,8 @@ class ScanRequest:
     holdout: Path | None = None
     source: str = "unknown"
     dataset: str | None = None
+    # roles the user set (--id, --time, --text, --ignore): (column, role) pairs; see pipeline.roles
+    roles: tuple[tuple[str, str], ...] = ()
 
     @property
     def dataset_name(self) -> str:
@@ -90,13 +94,27 @@ class TrustedData:
     spec: FeatureSpec
     # holdout rows that break the suite's row rules: a clean batch's natural share of invalid rows
     holdout_invalid: int = 0
+    roles: dict[str, Role] = field(default_factory=dict)  # every reference column's role
+    accepted_ids: dict[str, set[str]] = field(default_factory=dict)  # id column -> ids already accepted
+    role_rules: RoleRules = field(default_factory=RoleRules)
+    unseen_levels: str = "hold"  # a category level the trusted data never had: "hold" its rows, or "alarm"
+    id_shapes: dict[str, str | None] = field(default_factory=dict)  # id column -> the form of every trusted id
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        return tuple(c for c, r in self.roles.items() if r in CARRIED)
 
 
 def preflight(request: ScanRequest) -> None:
     """Checks that cost milliseconds, so that a bad file fails before any service starts."""
     request.dataset_name  # noqa: B018 - validates the name
     probe_table(request.batch, "batch")
-    _require_label(probe_table(request.reference, "reference"), request)
+    reference_columns = probe_table(request.reference, "reference")
+    _require_label(reference_columns, request)
+    unknown = [c for c, _ in request.roles if c not in reference_columns]
+    if unknown:
+        raise InputError(f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference "
+                         f"{request.reference}.")
     if request.holdout:
         probe_table(request.holdout, "holdout")
     if request.suite:
@@ -128,14 +146,28 @@ def _file_size(path: Path) -> int:
 def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     reference = read_table(request.reference, role="reference")
     _require_label(reference.columns, request)
-    kinds = column_kinds(reference.frame)
-    suite = load_suite(request.suite) if request.suite else infer_suite(
-        reference.frame.drop(columns=[ROW_NUMBER]), request.label, name=request.dataset_name,
-        source=str(request.reference))
+    explicit = {column: Role(role) for column, role in request.roles}
+    unknown = [c for c in explicit if c not in reference.columns]
+    if unknown:
+        raise InputError(f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference "
+                         f"{request.reference}.")
+    typed, exact = reference.frame.drop(columns=[ROW_NUMBER]), reference.exact.to_pandas()
+    codes = leading_zero_codes(typed, exact)
+    kinds = {**column_kinds(typed), **{c: ColumnKind.CATEGORICAL for c in codes}}
+    if request.suite:
+        suite = load_suite(request.suite)
+        roles = resolve_roles(suite.roles, reference.columns, request.label, suite.protected_columns, explicit)
+        kinds = _kinds_of(suite, kinds, codes)
+    else:
+        roles = infer_roles(typed, request.label, explicit=explicit, exact=exact)
+        suite = infer_suite(typed, request.label, name=request.dataset_name, source=str(request.reference),
+                            roles=roles, kinds=kinds)
     if suite.label and suite.label != request.label:
         raise PoisonguardError(
             f"--label is '{request.label}' but the suite {suite.source} is for label '{suite.label}'."
         )
+    suite = with_roles(suite, roles) if any(r in CARRIED for r in roles.values()) else suite
+    kinds = {c: k for c, k in kinds.items() if roles.get(c) not in CARRIED}
     spec = FeatureSpec.from_kinds(kinds, request.label, exclude=suite.protected_columns)
     if not spec.features:
         raise InputError(f"The reference {request.reference} has no feature columns besides the label.")
@@ -151,8 +183,63 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
         train, holdout = split_holdout(reference_frame, request.label, settings.holdout_fraction,
                                        settings.random_state)
         origin, holdout_sha = "split from the reference", None
+    ids = [c for c, r in roles.items() if r is Role.ID]
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
-                       invalid_rows(holdout, suite))
+                       invalid_rows(holdout, suite), roles,
+                       _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
+                       settings.role_rules, settings.unseen_levels,
+                       {c: id_shape(exact[c]) for c in ids})
+
+
+def _kinds_of(suite: Suite, kinds: dict[str, ColumnKind], codes: list[str]) -> dict[str, ColumnKind]:
+    """Under a suite, a code column read as integers is categorical only where the suite expects
+    text there (a suite written before codes were told apart expects numbers)."""
+    expects_text = {e["kwargs"].get("column") for e in suite.document["expectations"]
+                    if e["type"] == "expect_column_values_to_be_in_type_list" and e["kwargs"].get("type_list") == ["str"]}
+    return {c: ColumnKind.NUMERIC if c in codes and c not in expects_text else k for c, k in kinds.items()}
+
+
+def resolve_roles(named: dict[str, Role], columns: list[str], label: str, protected: tuple[str, ...],
+                  explicit: dict[str, Role]) -> dict[str, Role]:
+    """Every column's role under a suite: the suite's ``roles`` (a suite written before roles:
+    label, protected, features), then what the user set explicitly."""
+    roles = {c: named.get(c, Role.PROTECTED if c in protected else Role.FEATURE) for c in columns}
+    roles[label] = Role.LABEL
+    roles.update(explicit)
+    return roles
+
+
+def _known_ids(reference: LoadedTable, columns: list[str], workspace: Workspace, dataset: str) -> dict[str, set[str]]:
+    """Ids a batch row may not reuse: the trusted reference's and those of rows already accepted."""
+    from pipeline.roles import id_text
+
+    known = accepted_ids(workspace, dataset, columns)
+    cells = reference.exact.select(columns).to_pandas()
+    for column in columns:
+        known[column].update(v for v in id_text(cells[column]) if v is not None)
+    return known
+
+
+def accepted_ids(workspace: Workspace, dataset: str, columns: list[str]) -> dict[str, set[str]]:
+    """The ids (as text) of the rows already accepted into ``dataset``: its committed batches'
+    accepted.parquet. A repeated id is an integrity finding, whichever batch brought it first."""
+    from pipeline.roles import id_text
+
+    found: dict[str, set[str]] = {c: set() for c in columns}
+    batches = workspace.root / "datasets" / dataset / "batches"
+    for folder in sorted(batches.iterdir()) if batches.is_dir() else ():
+        path = folder / "accepted.parquet"
+        if not (folder / "summary.json").is_file() or not path.is_file():
+            continue
+        import pyarrow.parquet as pq
+
+        present = [c for c in columns if c in pq.ParquetFile(path).schema_arrow.names]
+        if not present:
+            continue
+        table = pq.read_table(path, columns=present).to_pandas()
+        for column in present:
+            found[column].update(v for v in id_text(table[column]) if v is not None)
+    return found
 
 
 def invalid_rows(frame: pd.DataFrame, suite: Suite) -> int:
@@ -174,7 +261,47 @@ def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -
 
 def validate_batch(batch: LoadedTable, trusted: TrustedData,
                    max_cells: int = VALIDATION_CELLS) -> tuple[ConformedBatch, ValidationOutcome]:
-    return validate_table(batch, trusted.kinds, trusted.suite, max_cells)
+    """The suite's rules, then the checks of id and time columns (``pipeline.roles``) and the
+    policy for category levels the trusted data never had."""
+    conformed, outcome = validate_table(batch, trusted.kinds, trusted.suite, max_cells)
+    conformed = replace(conformed, carried=trusted.carried)
+    if outcome.batch_findings:
+        return conformed, outcome
+    outcome = _unseen_levels(outcome, trusted)
+    judged = {c: r for c, r in trusted.roles.items() if r in (Role.ID, Role.TIME) and c in batch.columns}
+    if not judged:
+        return conformed, outcome
+    cells = batch.exact.select(list(judged)).to_pandas()
+    cells[ROW_NUMBER] = np.arange(batch.n_rows, dtype=np.int64)
+    records = check_roles(cells, judged, arrival=now(), rules=trusted.role_rules, accepted_ids=trusted.accepted_ids,
+                          id_shapes=trusted.id_shapes)
+    if not records:
+        return conformed, outcome
+    found = findings_frame(records)
+    checks = {**outcome.checks, **found.groupby("check")[ROW_NUMBER].nunique().astype(int).to_dict()}
+    parts = [f for f in (outcome.row_findings, found) if len(f)]
+    return conformed, replace(outcome, row_findings=pd.concat(parts, ignore_index=True), checks=checks)
+
+
+def _unseen_levels(outcome: ValidationOutcome, trusted: TrustedData) -> ValidationOutcome:
+    """Under the "alarm" policy a feature's level the trusted data never had is an alarm, not a
+    reason to hold its rows (the label's levels are always held: an unknown class is no label)."""
+    findings = outcome.row_findings
+    if trusted.unseen_levels != "alarm" or findings.empty:
+        return outcome
+    unseen = (findings["reason_code"] == ReasonCode.NOT_IN_DOMAIN.value) & (findings["column"] != trusted.spec.label)
+    if not unseen.any():
+        return outcome
+    table = (findings[unseen].groupby("column").agg(rows=(ROW_NUMBER, "nunique"), levels=("observed", "unique"))
+             .reset_index())
+    table["levels"] = table["levels"].map(lambda v: sorted(map(str, v))[:20])
+    described = "; ".join(f"{r.column}: {r.rows} row(s) with {', '.join(map(repr, r.levels[:5]))}"
+                          for r in table.itertuples())
+    alarm = Alarm("unseen_levels", f"category levels never seen in the trusted data (rows accepted): {described}",
+                  0.0, _jsonable(table))
+    checks = {k: v for k, v in outcome.checks.items() if k not in set(findings.loc[unseen, "check"])}
+    return replace(outcome, row_findings=findings[~unseen].reset_index(drop=True), checks=checks,
+                   alarms=(*outcome.alarms, CheckResult("unseen_levels", table, alarm)))
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
@@ -334,7 +461,9 @@ def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, detector
                  verdict: Verdict | None = None) -> Decisions:
     """``decide`` over the batch: content keys a chunk at a time, and the reasons of the rows the
     detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out)."""
-    keys = np.concatenate([content_keys(chunk) for chunk in conformed.chunks(settings.chunk_rows)])
+    # Exact copies are copies of what a model learns from: an id or a timestamp makes none unique.
+    keys = np.concatenate([content_keys(chunk.drop(columns=list(conformed.carried)))
+                           for chunk in conformed.chunks(settings.chunk_rows)])
     decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
                        keys, explain_rows(detectors, scores, conformed.take), verdict)
     check_conservation(conformed.n_rows, decisions)
@@ -353,6 +482,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
                   conformed: ConformedBatch, outcome: ValidationOutcome, decisions: Decisions,
                   impacts: list[GroupImpact], checks: list[CheckResult], holdout_suspicion: np.ndarray,
                   run_id: str, started: dt.datetime, verdict: Verdict | None = None) -> ScanOutputs:
+    checks = [*checks, *outcome.alarms]
     table = decisions.table
     held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
     held = held.reset_index(drop=True)
@@ -373,6 +503,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "suite": {"name": trusted.suite.name, "sha256": trusted.suite.sha256, "source": trusted.suite.source},
         "label": request.label,
         "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
+        "roles": {column: role.value for column, role in trusted.roles.items()},
         "detectors": {name: params for name, params in settings.detectors.items()},
         "counts": {"rows": batch.n_rows, "accepted": batch.n_rows - len(held), "quarantined": len(held)},
         "checks": counts_by_check,

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import safe_name
 from pipeline.faults import checkpoint
-from pipeline.io import PARQUET_SLICE_ROWS, ROW_NUMBER, write_parquet_atomic, write_parquet_parts, write_text_atomic
+from pipeline.io import PARQUET_SLICE_ROWS, ROW_NUMBER, atomic_path, write_parquet_atomic, write_text_atomic
 from pipeline.ledger.intake import folder_files
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # a batch folder's (and lock's) name
@@ -63,6 +63,7 @@ class BatchRows(Protocol):
     def chunks(self, rows: int) -> Iterator[pd.DataFrame]: ...
     def take(self, positions: np.ndarray) -> pd.DataFrame: ...
     def arrow_schema(self, part: pd.DataFrame) -> pa.Schema: ...
+    def exact(self) -> pa.Table: ...
 
 
 @dataclass(frozen=True)
@@ -177,23 +178,48 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
 
 def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> None:
     """The batch's rows less the held ones, in a pass over the batch; the held rows (about 1 %)
-    fetched by position, with their suspicion and reasons."""
+    fetched by position, with their suspicion and reasons. Both carry every cell as it arrived
+    (``rows.exact()``: a CSV's text, a Parquet file's values and types), not the typed frame the
+    detectors read: "00501" stays "00501", a 20-digit id is not rounded, "NaN" stays a string."""
     held = outputs.held
-    positions = held[ROW_NUMBER].to_numpy()
-    is_held = np.zeros(outputs.rows.n_rows, dtype=bool)
+    positions = held[ROW_NUMBER].to_numpy(dtype=np.int64)
+    exact = outputs.rows.exact()
+    n_rows = exact.num_rows
+    is_held = np.zeros(n_rows, dtype=bool)
     is_held[positions] = True
-    schema = outputs.rows.arrow_schema(outputs.rows.rows(0, 0))
-    write_parquet_parts((chunk[~is_held[chunk[ROW_NUMBER].to_numpy()]].reset_index(drop=True)
-                         for chunk in outputs.rows.chunks(outputs.chunk_rows)),
-                        accepted, schema)
+    schema = exact.schema.append(pa.field(ROW_NUMBER, pa.int64()))
+
+    def accepted_parts() -> Iterator[pa.Table]:
+        for start in range(0, max(n_rows, 1), outputs.chunk_rows):
+            keep = ~is_held[start:start + outputs.chunk_rows]
+            part = exact.slice(start, len(keep)).filter(pa.array(keep))
+            numbers = np.arange(start, start + len(keep), dtype=np.int64)[keep]
+            yield part.append_column(schema.field(ROW_NUMBER), pa.array(numbers, pa.int64()))
+
+    _write_arrow_parts(accepted_parts(), accepted, schema)
     extra = held.drop(columns=[ROW_NUMBER])
+    held_schema = schema
     for field in pa.Schema.from_pandas(extra, preserve_index=False):
-        schema = schema.append(field)
-    starts = range(0, len(positions), outputs.chunk_rows)
-    write_parquet_parts((outputs.rows.take(positions[start:start + outputs.chunk_rows]).reset_index(drop=True)
-                         .assign(**{name: extra[name].iloc[start:start + outputs.chunk_rows].to_list()
-                                    for name in extra.columns}) for start in starts),
-                        quarantined, schema)
+        held_schema = held_schema.append(field)
+
+    def held_parts() -> Iterator[pa.Table]:
+        for start in range(0, len(positions), outputs.chunk_rows):
+            chosen = positions[start:start + outputs.chunk_rows]
+            part = exact.take(pa.array(chosen)).append_column(schema.field(ROW_NUMBER), pa.array(chosen, pa.int64()))
+            columns = pa.Table.from_pandas(extra.iloc[start:start + outputs.chunk_rows].reset_index(drop=True),
+                                           schema=pa.schema(list(held_schema)[len(schema):]), preserve_index=False)
+            for name, column in zip(columns.schema.names, columns.columns):
+                part = part.append_column(held_schema.field(name), column)
+            yield part
+
+    _write_arrow_parts(held_parts(), quarantined, held_schema)
+
+
+def _write_arrow_parts(parts: Iterator[pa.Table], target: Path, schema: pa.Schema) -> None:
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:
+                writer.write_table(part.cast(schema) if part.schema != schema else part)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

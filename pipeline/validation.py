@@ -31,6 +31,7 @@ from pipeline.errors import SuiteError
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
 from pipeline.io import ROW_NUMBER, LoadedTable
 from pipeline.memory import release_freed_memory
+from pipeline.roles import CARRIED, Role, parse_roles
 
 NUMERIC_TYPES = ["int", "float", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "uint64", "float32", "float64", "Int64", "Float64"]
@@ -77,6 +78,11 @@ class Suite:
         return tuple(self.settings.get("protected", ()))
 
     @property
+    def roles(self) -> dict[str, Role]:
+        """``meta.poisonguard.roles`` (``pipeline.roles``); empty for a suite written before roles."""
+        return parse_roles(self.settings.get("roles", {}), f"The suite {self.source}")
+
+    @property
     def segment_columns(self) -> tuple[str, ...]:
         """Columns whose label rates are compared with the reference (disparate impact); the
         protected columns unless the suite names others under ``segments``."""
@@ -95,6 +101,9 @@ class ValidationOutcome:
     row_findings: pd.DataFrame
     batch_findings: list[BatchFinding] = field(default_factory=list)
     checks: dict[str, int] = field(default_factory=dict)  # check name -> rows it held
+    # batch-level alarms validation raised instead of holding rows (alarms.CheckResult), such as
+    # unseen category levels under the "alarm" policy
+    alarms: tuple[Any, ...] = ()
 
 
 def suite_from_document(document: dict[str, Any], source: str) -> Suite:
@@ -170,6 +179,7 @@ def _check_poisonguard_meta(document: dict[str, Any], source: str) -> None:
         value = settings.get(key, [])
         if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
             raise SuiteError(f"The suite {source}: meta.poisonguard.{key} must be a list of column names.")
+    parse_roles(settings.get("roles", {}), f"The suite {source}")
 
 
 def _first_problem(document: dict[str, Any], exc: Exception) -> str:
@@ -239,20 +249,29 @@ def infer_suite(
     range_margin: float = 0.1,
     protected: tuple[str, ...] = (),
     source: str = "reference",
+    roles: dict[str, Role] | None = None,
+    kinds: dict[str, ColumnKind] | None = None,
 ) -> Suite:
     """Infer a suite from trusted data.
 
+    ``kinds`` overrides the column kinds read from dtypes (a code column of integers written
+    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite; a column whose role carries it
+    through (id, time, text, ignored) is only expected to exist: no type, null, range or domain rule.
     Ranges get ``range_margin`` × (max − min) of slack on each side (never crossing zero for a
     non-negative column), so fresh clean rows rarely fall just outside the reference's extremes.
     """
     if label not in reference.columns:
         raise SuiteError(f"The label column '{label}' is not in the reference data ({source}).")
-    kinds = column_kinds(reference)
+    kinds = {**column_kinds(reference), **(kinds or {})}
     columns = list(kinds)
+    roles = dict(roles or {})
+    protected = tuple(dict.fromkeys([*protected, *(c for c, r in roles.items() if r is Role.PROTECTED)]))
     expectations: list[dict[str, Any]] = [
         _exp("expect_table_columns_to_match_set", column_set=columns, exact_match=True),
     ]
     for col, kind in kinds.items():
+        if roles.get(col) in CARRIED:
+            continue
         values = reference[col]
         type_list = NUMERIC_TYPES if kind is ColumnKind.NUMERIC else CATEGORICAL_TYPES
         expectations.append(_exp("expect_column_values_to_be_in_type_list", column=col, type_list=type_list))
@@ -283,7 +302,41 @@ def infer_suite(
         "meta": {"poisonguard": {"label": label, "protected": list(protected),
                                  "inferred_from": source, "range_margin": range_margin}},
     }
+    if roles:
+        document["meta"]["poisonguard"]["roles"] = {c: roles[c].value for c in columns if c in roles}
     return suite_from_document(document, f"inferred from {source}")
+
+
+def with_roles(suite: Suite, roles: dict[str, Role]) -> Suite:
+    """``suite`` with ``roles`` in force: the carried columns (id, time, text, ignored) lose any
+    rule about their values (a range over ids holds every new id) and join the expected columns;
+    the roles are recorded in ``meta.poisonguard.roles``. Unchanged when nothing is carried and
+    the suite names no roles."""
+    if not roles or (roles == suite.roles and not any(_names_carried(e, roles) for e in suite.document["expectations"])):
+        return suite
+    carried = [c for c, r in roles.items() if r in CARRIED]
+    expectations = []
+    for expectation in suite.document["expectations"]:
+        if _names_carried(expectation, roles):
+            continue
+        kwargs = dict(expectation.get("kwargs", {}))
+        for key in ("column_set", "column_list"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = [*kwargs[key], *(c for c in carried if c not in kwargs[key])]
+        expectations.append({**expectation, "kwargs": kwargs})
+    meta = dict(suite.document.get("meta", {}))
+    settings = dict(meta.get("poisonguard", {}))
+    settings["roles"] = {**settings.get("roles", {}), **{c: r.value for c, r in roles.items()}}
+    settings["protected"] = list(dict.fromkeys([*settings.get("protected", []),
+                                                *(c for c, r in roles.items() if r is Role.PROTECTED)]))
+    meta["poisonguard"] = settings
+    return suite_from_document({**suite.document, "expectations": expectations, "meta": meta}, suite.source)
+
+
+def _names_carried(expectation: dict[str, Any], roles: dict[str, Role]) -> bool:
+    if expectation["type"].startswith("expect_table_"):
+        return False
+    return any(roles.get(c) in CARRIED for c in _named_columns(expectation))
 
 
 def _exp(type_: str, **kwargs: Any) -> dict[str, Any]:
@@ -402,6 +455,11 @@ class ConformedBatch:
     kinds: dict[str, ColumnKind]
     dtypes: dict[str, Any]
     arrow_types: dict[str, pa.DataType]
+    carried: tuple[str, ...] = ()  # id, time, text and ignored columns (pipeline.roles): never features
+
+    def exact(self) -> pa.Table:
+        """The batch's columns with every cell as it arrived (``LoadedTable.exact``), for outputs."""
+        return self.source.exact
 
     @property
     def n_rows(self) -> int:

@@ -165,6 +165,11 @@ def test_batches_page_shows_each_batch_with_its_counts(state):
     assert batch.quarantined >= 15
 
 
+def test_batch_page_shows_each_columns_role(state):
+    html = state.client().get(f"/batches/{state.batch_id}").text
+    assert "<dt>column roles</dt>" in html and "label: deny" in html and "protected: afam" in html
+
+
 def test_batch_page_lists_quarantined_rows_pending_first_most_suspect_first(state):
     client = state.client()
     (decided,) = state.pending(1)

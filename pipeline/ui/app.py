@@ -11,6 +11,7 @@ batch and a message shown there once, so a reload never repeats an action.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import re
@@ -225,7 +226,7 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
         rows.sort(key=lambda r: (r.status != RowStatus.PENDING, -r.suspicion, r.row_number))
         has_report = _report_path(settings, batch).is_file()
         return render("batch.html.j2", session, batch=batch, rows=rows, has_report=has_report,
-                      verdict=batch_verdict(settings, batch))
+                      verdict=batch_verdict(settings, batch), roles=_roles(settings, batch))
 
     @app.get("/batches/{batch_id}/report")
     def batch_report(batch_id: str, session: Session = Depends(reader)) -> Response:
@@ -417,6 +418,20 @@ def _row(ledger: Ledger, row_id: str) -> RowRecord:
 
 def _report_path(settings: Settings, batch: BatchRecord) -> Path:
     return Workspace(settings.workspace).batch_dir(batch.dataset, batch.sha256) / "report.html"
+
+
+def _roles(settings: Settings, batch: BatchRecord) -> dict[str, list[str]]:
+    """The batch's columns by role, from its scan's summary.json (pipeline.roles); empty for a
+    scan recorded before roles, or a summary that cannot be read."""
+    path = _report_path(settings, batch).with_name("summary.json")
+    try:
+        roles = json.loads(path.read_text(encoding="utf-8")).get("roles") or {}
+    except (OSError, ValueError):
+        return {}
+    grouped: dict[str, list[str]] = {}
+    for column, role in roles.items():
+        grouped.setdefault(str(role), []).append(str(column))
+    return grouped
 
 
 def _comparison(detail: RowDetail | None) -> list[dict[str, Any]]:
