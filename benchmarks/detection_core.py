@@ -50,7 +50,7 @@ LABEL_ATTACKS = {"random_flip_5", "random_flip_10", "random_flip_30", "targeted_
                  "duplicate_flood"}
 ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
 ART_SEEDS = 3
-HOLD_VARIANTS = ("estimate", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
+HOLD_VARIANTS = ("estimate", "likely", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
 
 
 # --- datasets, splits, attacks -------------------------------------------------------------------

@@ -31,7 +31,7 @@ import pandas as pd
 from pipeline.detectors.base import REASON_PVALUE, Interval, InvalidParameter
 
 
-EVIDENCE_HOLDS = ("estimate", "fdr", "lower", "off")
+EVIDENCE_HOLDS = ("estimate", "likely", "fdr", "lower", "off")
 
 
 @dataclass(frozen=True)

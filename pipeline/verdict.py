@@ -70,10 +70,13 @@ class KindEvidence:
 
     def to_hold(self, how: str, false_discovery_rate: float) -> int:
         """How many of a ranked kind's rows to hold: its ``estimate``, its interval's ``lower``
-        end, or (``fdr``) the most likely rows up to the estimate while the expected share of
-        clean rows among them stays within ``false_discovery_rate``."""
+        end, (``likely``) the rows up to the estimate that are more likely poison than clean, or
+        (``fdr``) the most likely rows up to the estimate while the expected share of clean rows
+        among them stays within ``false_discovery_rate``."""
         if how == "lower":
             return self.interval[0]
+        if how == "likely" and self.chance is not None:
+            return int((self.chance[: self.estimate] >= 0.5).sum())
         if how == "fdr" and self.chance is not None:
             clean_share = np.cumsum(1.0 - self.chance[: self.estimate]) / np.arange(1, min(self.estimate, len(self.chance)) + 1)
             return int(np.flatnonzero(clean_share <= false_discovery_rate).max() + 1) if (clean_share <= false_discovery_rate).any() else 0
@@ -250,11 +253,12 @@ def _poison_shape(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarra
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def excess_pvalue(pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int]) -> float:
+def excess_pvalue(pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int],
+                  thresholds: tuple[float, ...] = THRESHOLDS) -> float:
     """P-value of "these conformal p-values come from rows exchangeable with their calibration
     rows": at each threshold t, the count of p <= t against its exact null distribution, the sum
     over cells of BetaBinomial(n_c, j_c, m_c + 1 - j_c), j_c = floor(t (m_c + 1)) (a cell's rows
-    share its m_c calibration rows); the smallest tail, Bonferroni over ``THRESHOLDS`` and the
+    share its m_c calibration rows); the smallest tail, Bonferroni over ``thresholds`` and the
     "beyond" threshold.
 
     The counts at fixed thresholds, not a statistic weighted by the detector's simulated poison:
@@ -269,7 +273,7 @@ def excess_pvalue(pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict
     tails = []
     # each threshold, and "beyond every trusted row of the cell" (p <= 1 / (m + 1), j = 1), where
     # far outliers land: 9 of them in 332 rows are plain there and lost among 3 clean rows at 0.01
-    for t in (*THRESHOLDS, None):
+    for t in (*thresholds, None):
         pmf = np.ones(1)
         observed = 0
         for values, rows in groups:
@@ -362,7 +366,8 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
     counts = CellCounts.of(pvalues, cells, model)
     n = counts.rows
-    p_value = excess_pvalue(pvalues, cells, model.calibration_rows)
+    thresholds = model.thresholds or THRESHOLDS
+    p_value = excess_pvalue(pvalues, cells, model.calibration_rows, thresholds)
     mixture = fit_mixture(counts)
     estimate = int(round(mixture.share * n))
     interval = (int(np.floor(mixture.low * n)), int(np.ceil(mixture.high * n)))
@@ -372,7 +377,7 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     # where it hides among clean rows), then the smaller p-value
     order = np.lexsort((pvalues[eligible], -chance[eligible]))
     ranking, chance = eligible[order], chance[eligible][order]
-    threshold, small = _plainest_excess(pvalues[eligible], n)
+    threshold, small = _plainest_excess(pvalues[eligible], n, thresholds)
     evidence = (f"{small} of {n} rows have p <= {threshold:g} from {name}, where a clean batch has about "
                 f"{threshold * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
                 f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
@@ -380,15 +385,15 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
                         chance=chance)
 
 
-def _plainest_excess(pvalues: np.ndarray, n: int) -> tuple[float, int]:
-    """The threshold of ``THRESHOLDS`` whose count of p-values at or below it stands furthest
+def _plainest_excess(pvalues: np.ndarray, n: int, thresholds: tuple[float, ...]) -> tuple[float, int]:
+    """The threshold of ``thresholds`` whose count of p-values at or below it stands furthest
     above a clean batch's (in binomial standard deviations), and that count: what the evidence
     line shows a person (the test itself weighs every threshold)."""
-    counts = np.array([(pvalues <= t).sum() for t in THRESHOLDS])
-    t = np.array(THRESHOLDS)
+    counts = np.array([(pvalues <= t).sum() for t in thresholds])
+    t = np.array(thresholds)
     z = (counts - t * n) / np.sqrt(np.maximum(n * t * (1 - t), 1e-12))
     best = int(np.argmax(z)) if n else 0
-    return THRESHOLDS[best], int(counts[best])
+    return thresholds[best], int(counts[best])
 
 
 def group_evidence(kind: str, name: str, scores: pd.DataFrame) -> KindEvidence:

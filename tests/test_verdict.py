@@ -156,3 +156,27 @@ def test_a_significant_kind_holds_its_estimate_with_the_batch_as_reason():
     off = decide(pd.Series(range(100)), empty_findings(), [], scores,
                  QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="off"), verdict=verdict)
     assert len(off.quarantined_rows) == 0
+
+
+def test_an_extreme_only_kind_ignores_a_moderate_excess_that_covariate_shift_brings():
+    """Outliers are counted at p <= 0.01 and beyond every trusted row: a batch drawn from part of
+    the population crowds p 0.02-0.2 (HMDA above one median: 30 rows at 0.05 of 252), which the
+    default ladder calls poisoned and the extreme bins do not; planted outliers beyond every
+    trusted row are seen either way."""
+    rng = np.random.default_rng(5)
+    shifted = np.concatenate([_clean_pvalues(rng, 200, 1000), rng.uniform(0.011, 0.2, size=60)])
+    cells = np.zeros(len(shifted), int)
+    assert excess_pvalue(shifted, cells, {0: 1000}) < 1e-3
+    assert excess_pvalue(shifted, cells, {0: 1000}, thresholds=(0.01,)) > 0.05
+    planted = np.concatenate([_clean_pvalues(rng, 250, 1000), np.full(10, 1 / 1001)])
+    assert excess_pvalue(planted, np.zeros(260, int), {0: 1000}, thresholds=(0.01,)) < 1e-4
+
+
+def test_the_likely_hold_stops_where_a_row_is_no_longer_more_likely_poison_than_clean():
+    chance = np.array([0.99, 0.9, 0.7, 0.55, 0.5, 0.3, 0.2, 0.1])
+    evidence = KindEvidence("label_flips", 1e-6, 7, (3, 12), "", "label_consistency", np.arange(8),
+                            ranked=True, chance=chance)
+    assert evidence.to_hold("estimate", 0.1) == 7
+    assert evidence.to_hold("likely", 0.1) == 5  # 0.99 ... 0.5
+    assert evidence.to_hold("fdr", 0.1) == 2  # clean share (0.01 + 0.1) / 2 = 0.055; with 0.3 it is 0.137
+    assert evidence.to_hold("lower", 0.1) == 3

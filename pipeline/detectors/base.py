@@ -81,13 +81,18 @@ class PoisonModel:
     ``cell`` column of the detector's scores; -1: a row it does not test), of
     ``calibration_rows[cell]`` rows. ``simulated``: p-values the detector gives trusted rows
     made into poison (labels flipped), with their cells, or None when its poison lies beyond the
-    trusted rows (outliers).
+    trusted rows (outliers). ``thresholds``: the p-values at which the verdict counts an excess
+    (and always "beyond every calibration row"); None for the verdict's default ladder. A
+    detector whose poison is extreme by definition counts only there: an outlier sits beyond
+    (or at the edge of) the trusted rows, while a clean batch drawn from part of the population
+    (covariate shift) crowds the moderate p-values, not the extreme ones.
     """
 
     kind: str
     calibration_rows: dict[int, int]
     simulated: np.ndarray | None = None
     simulated_cells: np.ndarray | None = None
+    thresholds: tuple[float, ...] | None = None
 
 
 class InvalidParameter(PoisonguardError):

@@ -86,8 +86,10 @@ class FeatureOutlier(Detector):
             self.models_[key], self.calibration_[key] = self._fold_models(encoded[mask])
 
     def poison_model(self) -> PoisonModel:
+        # counted at p <= 0.01 and beyond: at 0.05-0.2 covariate shift called 2 of 7 clean HMDA-like
+        # batches poisoned (p 1.5e-05 on one), where the extreme bins alone said 0.21
         return PoisonModel("outliers", {group: sum(len(scores) for scores in self.calibration_[key])
-                                        for group, key in enumerate(self.models_)})
+                                        for group, key in enumerate(self.models_)}, thresholds=(0.01,))
 
     def _fold_models(self, rows: np.ndarray) -> tuple[list[Any], list[np.ndarray]]:
         models, held_out_scores = [], []
