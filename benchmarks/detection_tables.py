@@ -77,17 +77,25 @@ def peer_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _peers_note(record: dict) -> str:
+    if not any(not r["method"].startswith(OURS) for r in record["rows"]):
+        return "not in this run"
+    return "rerun" if record.get("peers_rerun") else "kept from the previous run"
+
+
 def detection_section(record: dict, begin: str, end: str) -> str:
     rows = record["rows"]
     ours = [r for r in rows if r["method"] == OURS]
     holdout = _mean(r.get("holdout_held_share") for r in ours)
     head = [begin, "",
             f"Run {record['date']} on {record['machine']}: {record['seeds']} seed(s) per dataset and attack, "
-            f"{record['minutes']} min; peers {'rerun' if record.get('peers_rerun') else 'kept from the previous run'}. "
+            f"{record['minutes']} min; peers {_peers_note(record)}. "
             f"Trusted holdout rows held at the product's threshold: {_pct(holdout)} (target 1 %).", "",
             "### The batch verdict and the rows held (poisonguard, default policy)", ""]
-    return "\n".join([*head, *verdict_table(rows), "", "### Against the peers, at the hold each applies", "",
-                      *peer_table(rows), "", end])
+    peers = any(not r["method"].startswith(OURS) for r in rows)
+    title = ("### Against the peers, at the hold each applies" if peers else
+             "### The ways of holding a significant kind's rows, side by side (peers not in this run)")
+    return "\n".join([*head, *verdict_table(rows), "", title, "", *peer_table(rows), "", end])
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class Settings:
                 false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
                 false_discovery_rate=_number(env, "POISONGUARD_FALSE_DISCOVERY_RATE", 0.1),
                 verdict_alpha=_number(env, "POISONGUARD_VERDICT_ALPHA", 0.01),
-                evidence_hold=env.get("POISONGUARD_EVIDENCE_HOLD", "estimate").strip() or "estimate")
+                evidence_hold=env.get("POISONGUARD_EVIDENCE_HOLD", "likely").strip() or "likely")
         except PoisonguardError as error:
             raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
                                    "POISONGUARD_FALSE_DISCOVERY_RATE / POISONGUARD_VERDICT_ALPHA / "

@@ -14,10 +14,14 @@ of trusted rows at least as suspect. The policy
    copies of one row counting as one hypothesis. On a clean batch BH rejects nothing with
    probability ≥ 1 − q, so it adds almost no false quarantines there;
 4. and when the batch verdict (``pipeline.verdict``) finds a kind of poison in excess, holds the
-   kind's most suspect rows up to the verdict's estimate (``evidence_hold``): "estimate", its
-   interval's "lower" end, or "off". One flipped label cannot clear a 1 % budget against a few
-   hundred noisy trusted rows; a hundred of them in one batch are plain to see, and the estimate
-   says how many of the most suspect rows to hold.
+   kind's most suspect rows up to the verdict's estimate (``evidence_hold``): by default
+   ("likely") those of them more likely poison than clean; or all of the "estimate", its
+   interval's "lower" end, the rows that keep the false-discovery rate ("fdr"), or "off". One
+   flipped label cannot clear a 1 % budget against a few hundred noisy trusted rows; a hundred
+   of them in one batch are plain to see, and the estimate says how many of the most suspect
+   rows to hold. ("likely" against "estimate", 7 datasets x 2 seeds: the same F1 within 0.03 on
+   every attack, and on targeted flips 8.0 % of clean rows held instead of 10.3 %: on one
+   dataset the estimate was 353 rows for 60 flips.)
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class QuarantinePolicy:
     false_quarantine_target: float = 0.01
     false_discovery_rate: float = 0.1  # 0 turns BH off
     verdict_alpha: float = 0.01  # a clean batch is called poisoned with at most this probability
-    evidence_hold: str = "estimate"  # how many rows a significant kind of poison holds (see above)
+    evidence_hold: str = "likely"  # how many rows a significant kind of poison holds (see above)
 
     _limits = {"false_quarantine_target": Interval(Real, 0.0, REASON_PVALUE, closed="right"),
                "false_discovery_rate": Interval(Real, 0.0, REASON_PVALUE),

@@ -121,7 +121,7 @@ def test_policy_rejects_out_of_range_parameters_naming_them(key, value):
 def test_policy_accepts_the_ends_of_its_ranges(kwargs):
     policy = QuarantinePolicy(**kwargs)
     assert policy.as_dict() == {"false_quarantine_target": 0.01, "false_discovery_rate": 0.1, "verdict_alpha": 0.01,
-                                "evidence_hold": "estimate"} | kwargs
+                                "evidence_hold": "likely"} | kwargs
 
 
 def test_policy_threshold_is_the_larger_of_target_and_bh():
