@@ -19,7 +19,7 @@ def gate(
     max_pending: int = typer.Option(0, "--max-pending", min=0,
                                     help="Refuse while more than this many rows await review."),
     keep_provenance: bool = typer.Option(True, "--keep-provenance/--drop-provenance",
-                                         help="Keep the batch_id and row_number columns in the snapshot."),
+                                         help="Keep the poisonguard_batch_id and row_number columns in the snapshot."),
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """Before retraining: verify every accepted batch and review against the ledger, then write
@@ -45,8 +45,12 @@ def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: 
     from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
     from pipeline.gate import GateRequest
 
+    from pipeline.paths import check_output_folder, check_workspace
+
     settings = Settings.from_environment(workspace)
     request = GateRequest(dataset, Path(out), max_pending, keep_provenance)
+    check_workspace(settings.workspace)
+    check_output_folder(request.out, workspace=settings.workspace)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
