@@ -58,6 +58,35 @@ def _prepare_prefect(settings: Settings) -> None:
         from pipeline.orphans import stop_orphaned_servers
 
         stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
+        _start_temporary_server(Path(os.environ["PREFECT_HOME"]) / "server.log")
+
+
+def _start_temporary_server(log: Path) -> None:
+    """Start Prefect's temporary server now, its output going to ``log``. Prefect starts it on
+    first use with this process's stdout and stderr; a command killed by SIGKILL then left a
+    server holding them open, and whoever read the command's output through a pipe (``| tee``,
+    a scheduler, ``subprocess.run``) saw no end of it until the next command stopped the orphan."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    server = SubprocessASGIServer()
+    if server.running or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                server.start()  # the child inherits fds 1 and 2 as they are now
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 @app.command()
