@@ -24,23 +24,24 @@ def check_workspace(workspace: Path) -> Path:
     return workspace
 
 
-def check_output_folder(out: Path, *, workspace: Path | None, inputs: Iterable[Path | None] = ()) -> Path:
+def check_output_folder(out: Path, *, workspace: Path | None, inputs: Iterable[Path | None] = (),
+                        option: str = "--out") -> Path:
     """``out`` as a folder the command may fill: not a file, writable, not the folder of an input,
-    not inside (or equal to) the workspace."""
-    _check_writable_folder(out, "--out")
+    not inside (or equal to) the workspace. ``option`` names it in messages."""
+    _check_writable_folder(out, option)
     resolved = _resolved(out)
     if workspace is not None:
         home = _resolved(workspace)
         if resolved == home or home in resolved.parents:
             raise PoisonguardError(
-                f"--out {_shown(out)} is inside the workspace {_shown(workspace)}: the workspace holds the "
+                f"{option} {_shown(out)} is inside the workspace {_shown(workspace)}: the workspace holds the "
                 "committed files the gate verifies. Choose a folder outside it.")
     for path in inputs:
         if path is None:
             continue
         if _resolved(path).parent == resolved:
             raise PoisonguardError(
-                f"--out {_shown(out)} is the folder of the input {_shown(path)}: its results would replace files "
+                f"{option} {_shown(out)} is the folder of the input {_shown(path)}: its results would replace files "
                 "next to the inputs. Choose another folder.")
     return out
 

@@ -15,6 +15,7 @@ from pipeline.io import read_table
 from pipeline.paths import check_output_file, check_output_folder, check_workspace
 from pipeline.terminal import terminal_safe
 from pipeline.validation import infer_suite
+from tests.conftest import SAMPLES
 
 # --- terminal_safe ---------------------------------------------------------------------------
 
@@ -166,3 +167,14 @@ def test_the_throttle_forgets_old_failures_and_bounds_its_memory():
     for i in range(security.MAX_THROTTLED_CLIENTS + 5):
         guard.failed_attempt(f"client-{i}")
     assert len(guard._failures) == security.MAX_THROTTLED_CLIENTS
+
+
+def test_a_landing_datasets_out_inside_its_workspace_is_a_config_error(tmp_path):
+    from pipeline.landing import ConfigError, DatasetConfig, prepare_landing
+
+    (tmp_path / "landing").mkdir()
+    dataset = DatasetConfig(name="d", config_file="poisonguard.toml", reference=SAMPLES / "reference.parquet",
+                            label="deny", landing=str(tmp_path / "landing"), out=tmp_path / "ws" / "results",
+                            workspace=tmp_path / "ws")
+    with pytest.raises(ConfigError, match=r"poisonguard.toml: datasets.d.out: the folder .* is inside the workspace"):
+        prepare_landing(dataset)
