@@ -11,6 +11,7 @@ import typer
 
 from pipeline.cli_review import WORKSPACE
 from pipeline.config import Settings
+from pipeline.terminal import terminal_safe as safe
 
 
 def gate(
@@ -31,11 +32,11 @@ def gate(
     typer.echo(f"Gate passed for dataset '{dataset}': {len(manifest['batches'])} batch(es) and "
                f"{manifest['gate']['files_checked']} files match the ledger; ledger intact "
                f"({ledger['head_sequence']} entries, head {str(ledger['head_hash'])[:16]}).")
-    typer.echo(f"Snapshot: {result.path.resolve()}  {result.rows} rows "
+    typer.echo(f"Snapshot: {safe(result.path.resolve())}  {result.rows} rows "
                f"({reviews['released']} released by stewards; {reviews['rejected']} rejected and "
                f"{reviews['pending']} pending rows left out)")
     typer.echo(f"sha256 {result.sha256}")
-    typer.echo(f"Manifest: {result.manifest_path.resolve()}")
+    typer.echo(f"Manifest: {safe(result.manifest_path.resolve())}")
     typer.echo(f"MLflow gate run {result.run_id} (log the snapshot as your training input; see README)")
 
 
