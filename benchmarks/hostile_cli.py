@@ -11,6 +11,8 @@ no raw control character reaches the terminal, that a failure says so in one lin
 input file changed (sha256 before and after).
 
     .venv/bin/python benchmarks/hostile_cli.py          # runs the matrix through the installed CLI
+    PYTHONPATH=/tmp/old .venv/bin/python benchmarks/hostile_cli.py --results /tmp/before.json
+                                                        # the same against another checkout's code
 
 Writes benchmarks/hostile_cli.json (counts, machine, date) and prints the same.
 tests/test_hostile_cli.py runs the same matrix in-process.
@@ -216,6 +218,11 @@ def subprocess_runner(args: tuple) -> tuple[int, str, str]:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Where to write the counts.")
+    results = parser.parse_args().results
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="poisonguard-hostile-") as name:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(name) / 'mlflow.db'}")
@@ -225,6 +232,7 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "code": os.environ.get("PYTHONPATH") or "this checkout",
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs": len(outcomes),
         "exit_codes": {str(code): sum(o.expected == code for o in outcomes) for code in (0, 2, 3)},
@@ -237,7 +245,7 @@ def main() -> None:
         "problems": failed,
         "slowest_run_seconds": round(max(o.seconds for o in outcomes), 1),
     }
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    results.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     sys.exit(1 if failed else 0)
 
