@@ -156,7 +156,6 @@ def hostile_runs(root: Path) -> tuple[list[Run], dict[str, Path]]:
         Run("scan --out a file", scan(batch, inputs["a_file"]), 2),
         Run("scan --workspace a file", ("scan", batch, "--reference", reference, "--label", "deny",
                                         "--out", out / "x", "--workspace", inputs["a_file"]), 2),
-        Run("profile --out its reference", ("profile", reference, "--label", "deny", "--out", reference), 2),
         Run("profile the hostile reference", ("profile", reference, "--label", "deny",
                                               "--out", root / "suites" / "hostile.json"), 0),
         Run("scan the hostile batch", scan(batch, out / "scan", "--source", f"feed{ESCAPES}"), 0),
@@ -180,6 +179,8 @@ def hostile_runs(root: Path) -> tuple[list[Run], dict[str, Path]]:
         Run("verify after an edit by hand", ("verify", *workspace), 3, then=lambda _: edit_ledger(ws, batch_id)),
         Run("gate after an edit by hand", ("gate", "--dataset", DATASET, "--out", out / "gate-refused", *workspace,
                                            "--max-pending", "1000"), 3),
+        # last: where it is not refused, it replaces the reference every run above needs
+        Run("profile --out its reference", ("profile", reference, "--label", "deny", "--out", reference), 2),
     ]
     return runs, inputs
 
