@@ -19,6 +19,7 @@ from pipeline.cli_serve import ingest_landing, serve
 from pipeline.cli_ui import ui
 from pipeline.config import Settings, prefect_environment
 from pipeline.errors import PoisonguardError
+from pipeline.terminal import terminal_safe as safe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Catch poisoned training data before it reaches a model.")
@@ -34,7 +35,7 @@ DEMO_DIR = REPO_ROOT / "data_samples"
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"poisonguard: error: {message}", err=True)
+    typer.echo(f"poisonguard: error: {safe_lines(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -57,6 +58,35 @@ def _prepare_prefect(settings: Settings) -> None:
         from pipeline.orphans import stop_orphaned_servers
 
         stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
+        _start_temporary_server(Path(os.environ["PREFECT_HOME"]) / "server.log")
+
+
+def _start_temporary_server(log: Path) -> None:
+    """Start Prefect's temporary server now, its output going to ``log``. Prefect starts it on
+    first use with this process's stdout and stderr; a command killed by SIGKILL then left a
+    server holding them open, and whoever read the command's output through a pipe (``| tee``,
+    a scheduler, ``subprocess.run``) saw no end of it until the next command stopped the orphan."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    server = SubprocessASGIServer()
+    if server.running or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                server.start()  # the child inherits fds 1 and 2 as they are now
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 @app.command()
@@ -74,15 +104,17 @@ def profile(
 ) -> None:
     """Infer a Great Expectations suite, with each column's role, from trusted reference data."""
     from pipeline.io import ROW_NUMBER, read_table
+    from pipeline.paths import check_output_file
     from pipeline.roles import describe, explicit_roles, infer_roles, leading_zero_codes
     from pipeline.validation import ColumnKind, infer_suite, load_suite, save_suite
 
+    check_output_file(out, inputs=[reference])
     table = read_table(reference, role="reference")
     if label not in table.columns:
-        fail(f"The label column '{label}' is not in the reference {reference}.")
+        fail(f"The label column '{safe(label)}' is not in the reference {safe(reference)}.")
     missing = [c for c in [*protected, *id, *time, *text, *ignore] if c not in table.columns]
     if missing:
-        fail(f"Column(s) not in the reference {reference}: {', '.join(map(repr, missing))}.")
+        fail(f"Column(s) not in the reference {safe(reference)}: {', '.join(map(safe, missing))}.")
     frame, exact = table.frame.drop(columns=[ROW_NUMBER]), table.exact.to_pandas()
     roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
                         exact=exact)
@@ -91,12 +123,12 @@ def profile(
                         source=reference.name, roles=roles,
                         kinds={c: ColumnKind.CATEGORICAL for c in leading_zero_codes(frame, exact)})
     save_suite(suite, out)
-    typer.echo(f"Wrote suite '{suite.name}' ({len(suite.document['expectations'])} expectations) to {out}")
+    typer.echo(f"Wrote suite '{safe(suite.name)}' ({len(suite.document['expectations'])} expectations) to {safe(out)}")
     if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is
         typer.echo("Column roles (review them in meta.poisonguard.roles of the suite; set them with "
                    "--id/--time/--text/--ignore/--protected):")
         for line in describe(roles):
-            typer.echo(f"  {line}")
+            typer.echo(f"  {safe(line)}")
 
 
 @app.command()
@@ -131,11 +163,15 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
              workspace: Path | None = None, progress: bool = False,
              roles: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    from pipeline.paths import check_output_folder, check_workspace
     from pipeline.scan import ScanRequest, preflight
 
     settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
                           suite=suite, holdout=holdout, source=source, dataset=dataset, roles=roles)
+    check_workspace(settings.workspace)
+    check_output_folder(request.out, workspace=settings.workspace,
+                        inputs=[request.batch, request.reference, request.holdout, request.suite])
     preflight(request)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -157,27 +193,27 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     counts = summary["counts"]
     verdict = summary.get("verdict")
     if verdict:
-        typer.echo(verdict["headline"])
+        typer.echo(safe(verdict["headline"]))
         for line in verdict["evidence"]:
-            typer.echo(f"  evidence: {line}")
+            typer.echo(f"  evidence: {safe(line)}")
         if verdict.get("drift_note"):
-            typer.echo(f"  note: {verdict['drift_note']}")
+            typer.echo(f"  note: {safe(verdict['drift_note'])}")
     if summary.get("duplicate"):
-        typer.echo(f"Batch {summary['batch']['file']} (sha256 {summary['batch']['sha256'][:12]}…) was already "
-                   f"scanned for dataset '{summary['dataset']}' on {summary['scanned_at']}; nothing ingested "
+        typer.echo(f"Batch {safe(summary['batch']['file'])} (sha256 {summary['batch']['sha256'][:12]}…) was already "
+                   f"scanned for dataset '{safe(summary['dataset'])}' on {summary['scanned_at']}; nothing ingested "
                    "again. The recorded decision was written to the output folder.")
     typer.echo(f"{counts['rows']} rows: {counts['accepted']} accepted, {counts['quarantined']} quarantined.")
     carried = {c: r for c, r in summary.get("roles", {}).items() if r not in ("feature", "label", "protected")}
     if carried:
-        typer.echo("  not features: " + ", ".join(f"{c} ({r})" for c, r in carried.items()))
+        typer.echo("  not features: " + ", ".join(f"{safe(c)} ({r})" for c, r in carried.items()))
     for finding in summary["batch_findings"]:
-        typer.echo(f"  batch held: {finding['message']}")
+        typer.echo(f"  batch held: {safe(finding['message'])}")
     for alarm in summary.get("alarms", []):
-        typer.echo(f"  alarm: {alarm['message']}")
+        typer.echo(f"  alarm: {safe(alarm['message'])}")
     held = {k: v for k, v in summary["checks"].items() if v}
     for check, count in sorted(held.items(), key=lambda kv: -kv[1]):
-        typer.echo(f"  {count:6d}  {check}")
-    typer.echo(f"Results: {out.resolve()}  (report.html, accepted/quarantined/scores.parquet, summary.json)")
+        typer.echo(f"  {count:6d}  {safe(check)}")
+    typer.echo(f"Results: {safe(out.resolve())}  (report.html, accepted/quarantined/scores.parquet, summary.json)")
     typer.echo(f"MLflow run {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
 
 
@@ -208,14 +244,13 @@ def demo(
 def main() -> None:
     """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
     try:
-        # without standalone mode click returns a typer.Exit's code (``fail``) instead of raising it
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        # Without standalone mode click *returns* the code of a typer.Exit (verify's 3, a failed
+        # profile's 2) instead of raising it: the returned value is the exit code.
+        returned = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:
-        typer.echo(f"poisonguard: error: {exc}", err=True)
+        typer.echo(f"poisonguard: error: {safe_lines(exc)}", err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("poisonguard: interrupted", err=True)
@@ -226,10 +261,16 @@ def main() -> None:
         import click
 
         if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "format_message"):
-            typer.echo(f"poisonguard: error: {exc.format_message()}", err=True)
+            typer.echo(f"poisonguard: error: {safe_lines(exc.format_message())}", err=True)
             sys.exit(2)
         _report_internal_error(exc)
         sys.exit(1)
+    sys.exit(returned if type(returned) is int else 0)
+
+
+def safe_lines(message: object) -> str:
+    """A message for the terminal: its own line breaks kept, everything else from data escaped."""
+    return "\n".join(safe(line) for line in str(message).split("\n"))
 
 
 def _report_internal_error(exc: BaseException) -> None:
@@ -240,7 +281,7 @@ def _report_internal_error(exc: BaseException) -> None:
         where = f" (details in {log})"
     except OSError:
         where = ""
-    typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {exc}{where}", err=True)
+    typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {safe(exc)}{where}", err=True)
 
 
 def _workspace_in(args: list[str]) -> Path:

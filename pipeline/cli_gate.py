@@ -11,6 +11,7 @@ import typer
 
 from pipeline.cli_review import WORKSPACE
 from pipeline.config import Settings
+from pipeline.terminal import terminal_safe as safe
 
 
 def gate(
@@ -19,7 +20,7 @@ def gate(
     max_pending: int = typer.Option(0, "--max-pending", min=0,
                                     help="Refuse while more than this many rows await review."),
     keep_provenance: bool = typer.Option(True, "--keep-provenance/--drop-provenance",
-                                         help="Keep the batch_id and row_number columns in the snapshot."),
+                                         help="Keep the poisonguard_batch_id and row_number columns in the snapshot."),
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """Before retraining: verify every accepted batch and review against the ledger, then write
@@ -31,11 +32,11 @@ def gate(
     typer.echo(f"Gate passed for dataset '{dataset}': {len(manifest['batches'])} batch(es) and "
                f"{manifest['gate']['files_checked']} files match the ledger; ledger intact "
                f"({ledger['head_sequence']} entries, head {str(ledger['head_hash'])[:16]}).")
-    typer.echo(f"Snapshot: {result.path.resolve()}  {result.rows} rows "
+    typer.echo(f"Snapshot: {safe(result.path.resolve())}  {result.rows} rows "
                f"({reviews['released']} released by stewards; {reviews['rejected']} rejected and "
                f"{reviews['pending']} pending rows left out)")
     typer.echo(f"sha256 {result.sha256}")
-    typer.echo(f"Manifest: {result.manifest_path.resolve()}")
+    typer.echo(f"Manifest: {safe(result.manifest_path.resolve())}")
     typer.echo(f"MLflow gate run {result.run_id} (log the snapshot as your training input; see README)")
 
 
@@ -45,8 +46,12 @@ def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: 
     from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
     from pipeline.gate import GateRequest
 
+    from pipeline.paths import check_output_folder, check_workspace
+
     settings = Settings.from_environment(workspace)
     request = GateRequest(dataset, Path(out), max_pending, keep_provenance)
+    check_workspace(settings.workspace)
+    check_output_folder(request.out, workspace=settings.workspace)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

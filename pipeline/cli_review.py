@@ -11,6 +11,7 @@ import typer
 
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
+from pipeline.terminal import terminal_safe as safe
 
 review_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Work through quarantined rows: list, show, release, reject.")
@@ -43,16 +44,17 @@ def list_rows(
     with open_ledger(Settings.from_environment(workspace)) as ledger:
         rows = sorted(ledger.list_rows(dataset=dataset, status=status.value), key=lambda r: (-r.suspicion, r.id))
     if output == Format.json:
+        # json.dumps escapes control characters itself (and, with ensure_ascii, everything else)
         typer.echo(json.dumps([{"id": r.id, "dataset": r.dataset, "status": r.status.value,
                                 "suspicion": r.suspicion, "reasons": list(r.reasons)} for r in rows], indent=1))
         return
     if not rows:
-        typer.echo(f"No {status.value} rows" + (f" in dataset '{dataset}'." if dataset else "."))
+        typer.echo(f"No {status.value} rows" + (f" in dataset '{safe(dataset)}'." if dataset else "."))
         return
     typer.echo(f"{'id':<20} {'dataset':<14} {'suspicion':>9}  first reason")
     for r in rows:
         reason = r.reasons[0] if r.reasons else ""
-        typer.echo(f"{r.id:<20} {r.dataset:<14} {r.suspicion:9.4f}  {reason[:100]}")
+        typer.echo(f"{safe(r.id):<20} {safe(r.dataset):<14} {r.suspicion:9.4f}  {safe(reason[:100])}")
     typer.echo(f"{len(rows)} {status.value} row(s).")
 
 
@@ -68,8 +70,9 @@ def show(
     with open_ledger(settings) as ledger:
         if ":" not in row_id:
             b = ledger.get_batch(row_id)
-            typer.echo(f"batch {b.id}  {b.file}  dataset {b.dataset}  source {b.source}  submitted by {b.submitter}\n"
-                       f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {b.mlflow_run_id}\n"
+            typer.echo(f"batch {safe(b.id)}  {safe(b.file)}  dataset {safe(b.dataset)}  source {safe(b.source)}  "
+                       f"submitted by {safe(b.submitter)}\n"
+                       f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {safe(b.mlflow_run_id)}\n"
                        f"{b.rows} rows: {b.accepted} accepted, {b.quarantined} quarantined "
                        f"({b.pending} pending, {b.released} released, {b.rejected} rejected)")
             verdict = batch_verdict(settings, b)
@@ -80,22 +83,22 @@ def show(
             return
         detail = row_detail(settings, ledger, row_id)
     r = detail.record
-    typer.echo(f"row {r.id}  dataset {r.dataset}  status {r.status.value}  suspicion {r.suspicion:.4f}")
+    typer.echo(f"row {safe(r.id)}  dataset {safe(r.dataset)}  status {r.status.value}  suspicion {r.suspicion:.4f}")
     for reason in r.reasons:
-        typer.echo(f"  - {reason}")
+        typer.echo(f"  - {safe(reason)}")
     scores = {k: v for k, v in r.scores.items() if not k.endswith("_raw") and isinstance(v, (int, float))}
     if scores:
         typer.echo("  scores (1 − p-value against trusted rows): "
-                   + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+                   + ", ".join(f"{safe(name)} {value:.4f}" for name, value in scores.items()))
     if r.review:
-        typer.echo(f"  {r.review.action.past_tense} by {r.review.by} at {r.review.at.isoformat(timespec='seconds')}: "
-                   f"{r.review.reason}")
+        typer.echo(f"  {r.review.action.past_tense} by {safe(r.review.by)} at "
+                   f"{r.review.at.isoformat(timespec='seconds')}: {safe(r.review.reason)}")
     neighbours = detail.neighbours
     if not neighbours.empty:
         columns = [c for c in neighbours.columns if c != "distance"]
         typer.echo("\nThe row beside its nearest trusted rows:")
         header = ["", "this row", *[f"trusted #{i + 1}" for i in range(len(neighbours))]]
-        table = [[c, _cell(detail.values.get(c)), *[_cell(v) for v in neighbours[c]]] for c in columns]
+        table = [[safe(c), _cell(detail.values.get(c)), *[_cell(v) for v in neighbours[c]]] for c in columns]
         table.append(["distance", "", *[f"{d:.3f}" for d in neighbours["distance"]]])
         widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
         for row in [header, *table]:
@@ -111,7 +114,8 @@ def _act(action: str, row_ids: list[str], by: str, reason: str, workspace: Path 
     settings = Settings.from_environment(workspace)
     with open_ledger(settings) as ledger:
         records = act(settings, ledger, action, row_ids, by, reason)
-    typer.echo(f"{ReviewAction(action).past_tense.capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}")
+    typer.echo(f"{ReviewAction(action).past_tense.capitalize()} {len(records)} row(s): "
+               f"{', '.join(safe(r.row_id) for r in records)}")
 
 
 @review_app.command()
@@ -145,7 +149,7 @@ def verify(workspace: Optional[Path] = WORKSPACE) -> None:
         head = ledger.head()
     if problems:
         for problem in problems:
-            typer.echo(f"poisonguard: tampered: {problem}", err=True)
+            typer.echo(f"poisonguard: tampered: {safe(problem)}", err=True)
         raise typer.Exit(3)
     typer.echo(f"Ledger intact: {head.sequence if head else 0} entries, head {head.entry_hash[:16] if head else '-'}.")
 
@@ -153,4 +157,4 @@ def verify(workspace: Optional[Path] = WORKSPACE) -> None:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "" if value is None else str(value)
+    return "" if value is None else safe(value)

@@ -12,6 +12,7 @@ import typer
 
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
+from pipeline.terminal import terminal_safe as safe
 from pipeline.landing import (DatasetConfig, LandedFile, LandingConfig, LandingIncomplete, Outcome, PassReport,
                               load_config, prepare_landing)
 
@@ -114,12 +115,12 @@ def run_landing(*, config: Path, dataset: str) -> PassReport:
 
 def print_pass(report: PassReport) -> None:
     if not report.files:
-        typer.echo(f"No new files in {report.landing}.")
+        typer.echo(f"No new files in {safe(report.landing)}.")
         return
-    typer.echo(f"{report.landing}: " + ", ".join(f"{report.count(outcome)} {outcome.value}"
+    typer.echo(f"{safe(report.landing)}: " + ", ".join(f"{report.count(outcome)} {outcome.value}"
                                                   for outcome in Outcome if report.count(outcome)))
     for landed in report.files:
-        typer.echo(f"  {describe(landed)}")
+        typer.echo(f"  {safe(describe(landed))}")
 
 
 def describe(landed: LandedFile) -> str:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import GateRefused, PoisonguardError
-from pipeline.io import ROW_NUMBER, as_common_types, atomic_path, sha256_file, write_text_atomic
+from pipeline.io import BATCH_ID_COLUMN, ROW_NUMBER, as_common_types, atomic_path, sha256_file, write_text_atomic
 from pipeline.ledger import BatchRecord, ChainHead, Ledger, RowStatus
 
 # pipeline/__init__.py imports this module to re-export ``gate``: the heavy modules (config pulls
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 SNAPSHOT_FILE = "snapshot.parquet"
 MANIFEST_FILE = "manifest.json"
 REFUSAL_FILE = "refused.json"
-PROVENANCE_COLUMNS = ("batch_id", ROW_NUMBER)
+PROVENANCE_COLUMNS = (BATCH_ID_COLUMN, ROW_NUMBER)
 QUARANTINE_COLUMNS = ("suspicion", "reasons")  # quarantined.parquet's own; not training data
 _ROWS_NAMED = 10  # per problem; the full list is in refused.json
 _PROBLEMS_SHOWN = 20  # in the one error the CLI prints
@@ -62,7 +62,7 @@ class GateRequest:
     dataset: str
     out: Path
     max_pending: int = 0
-    keep_provenance: bool = True  # keep batch_id and row_number in the snapshot
+    keep_provenance: bool = True  # keep poisonguard_batch_id and row_number in the snapshot
     # refuse a batch its scan called poisoned until a steward has acted on one of its rows
     review_poisoned: bool = True
 
@@ -304,7 +304,7 @@ def build_snapshot(request: GateRequest, state: LedgerState, check: WorkspaceChe
     parts, per_batch = [], []
     for batch in check.batches:
         rows = _concat([batch.accepted, batch.released]).sort_values(ROW_NUMBER, kind="stable")
-        parts.append(rows.assign(batch_id=batch.record.id))
+        parts.append(rows.assign(**{BATCH_ID_COLUMN: batch.record.id}))
         per_batch.append(_batch_entry(batch, state, len(rows)))
     frame = _concat(as_common_types(parts)).reset_index(drop=True)
     if not request.keep_provenance:
@@ -368,6 +368,9 @@ def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, 
 
 def run(request: GateRequest, settings: Settings, step: Callable[[Callable], Callable] = lambda f: f) -> GateResult:
     """The gate's steps in order; ``step`` wraps each one (the Prefect flow makes them tasks)."""
+    from pipeline.paths import check_output_folder
+
+    check_output_folder(request.out, workspace=settings.workspace)
     step(settle_scans)(settings, request.dataset)
     state = step(read_ledger)(settings, request.dataset, step(expected_head)(settings))
     check = step(check_workspace)(settings, state)

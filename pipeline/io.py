@@ -41,8 +41,11 @@ from pipeline.limits import InputLimits, environment_variable
 from pipeline.memory import release_freed_memory
 
 ROW_NUMBER = "row_number"
+# The batch a training-snapshot row came from (the gate adds it); namespaced, so a dataset's own
+# ``batch_id`` column is kept as it is.
+BATCH_ID_COLUMN = "poisonguard_batch_id"
 # Columns poisonguard adds to its outputs; an input that already has one would be ambiguous.
-RESERVED_COLUMNS = frozenset({ROW_NUMBER, "suspicion", "reasons", "quarantined"})
+RESERVED_COLUMNS = frozenset({ROW_NUMBER, BATCH_ID_COLUMN, "suspicion", "reasons", "quarantined"})
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 _SNIFF_DELIMITERS = (";", "\t", "|")
 _TEXT_PROBE_BYTES = 64 * 1024
@@ -68,7 +71,9 @@ def _csv_text(names: list[str]) -> pacsv.ConvertOptions:
                                 strings_can_be_null=True, quoted_strings_can_be_null=False)
 
 
-# pandas' to_parquet stores an unnamed row index as a column of this name: a row label, not data.
+# pandas' to_parquet stores an unnamed row index as a column of this name. Dropping it would drop
+# what may be data (the row labels of a filtered frame are ids of a kind); keeping it would let a
+# name pandas gives meaning to through. Refused, with how to write the file instead.
 _PANDAS_INDEX_COLUMN = re.compile(r"^__index_level_\d+__$")
 # Characters that are invisible or reorder text (a newline, a NUL, a zero-width space, a
 # right-to-left override): a column name holding one shows as another name in reports and
@@ -662,6 +667,12 @@ def _check_columns(names: list[str], path: Path, role: str, limits: InputLimits)
     if hidden:
         raise InputError(f"The {role} file {shown} has a column name with an invisible or control character at "
                          f"position {hidden[0]} ({names[hidden[0]]!r}): rename it.")
+    internal = [name for name in names if _PANDAS_INDEX_COLUMN.match(name)]
+    if internal:
+        raise InputError(
+            f"The {role} file {shown} has column {internal[0]!r}, the name pandas gives an unnamed row index: "
+            "write the file with to_parquet(..., index=False), or give the column a name of its own."
+        )
     reserved = sorted(RESERVED_COLUMNS.intersection(names))
     if reserved:
         raise InputError(
@@ -710,8 +721,6 @@ def _cell_lengths(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
 def _for_pandas(table: pa.Table, path: Path, role: str) -> tuple[pa.Table, dict[str, Any]]:
     """The table as ``LoadedTable`` keeps it (what pandas will see, checked to convert) and the
     dtype of each of its columns in pandas."""
-    if not _is_csv(path):
-        table = table.drop_columns([name for name in table.schema.names if _PANDAS_INDEX_COLUMN.match(name)])
     # The pandas metadata a Parquet writer stores is the file's to choose: it could turn columns
     # into an index that is then dropped, give columns non-string names, or fail to parse
     # (pyarrow parses it even with ignore_metadata). The Arrow schema alone says what the columns are.

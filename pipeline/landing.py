@@ -314,9 +314,17 @@ def prepare_landing(dataset: DatasetConfig) -> "Landing":
     """Check what a pass needs before it claims anything: the landing folder, the reference with
     its label, the holdout and the suite. A problem here is the configuration's, not a batch's,
     so it must stop the pass rather than send every landed file to failed/."""
+    from pipeline.config import Settings
     from pipeline.io import probe_table
+    from pipeline.paths import check_output_folder
     from pipeline.validation import load_suite
 
+    try:
+        # results go to subfolders of out: only the workspace must stay clear of it
+        check_output_folder(dataset.out, workspace=Settings.from_environment(dataset.workspace).workspace,
+                            option="the folder")
+    except PoisonguardError as exc:
+        raise dataset.error("out", str(exc)) from None
     try:
         columns = probe_table(dataset.reference, "reference")
     except PoisonguardError as exc:

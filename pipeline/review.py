@@ -19,7 +19,7 @@ from pipeline.config import Settings
 from pipeline.detectors import FeatureSpec
 from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
-from pipeline.io import ROW_NUMBER, read_table
+from pipeline.io import BATCH_ID_COLUMN, ROW_NUMBER, read_table
 from pipeline.ledger import Ledger, ReviewAction, ReviewRecord, RowRecord, RowStatus
 from pipeline.store import Workspace
 from pipeline.validation import ColumnKind, conform
@@ -148,7 +148,7 @@ def _mirror_to_mlflow(settings: Settings, ledger: Ledger, records: list[ReviewRe
 
 def accepted_data(settings: Settings, ledger: Ledger, dataset: str) -> pd.DataFrame:
     """Every row of the dataset cleared for training: what the scans accepted plus what stewards
-    released, in batch then row order, with ``batch_id`` and ``row_number`` kept."""
+    released, in batch then row order, with ``poisonguard_batch_id`` and ``row_number`` kept."""
     parts = []
     workspace = Workspace(settings.workspace)
     statuses = ledger.row_numbers(dataset)
@@ -160,7 +160,7 @@ def accepted_data(settings: Settings, ledger: Ledger, dataset: str) -> pd.DataFr
             quarantined = pd.read_parquet(folder / "quarantined.parquet")
             back = quarantined[quarantined[ROW_NUMBER].isin(released)]
             accepted = pd.concat([accepted, back.drop(columns=["suspicion", "reasons"])], ignore_index=True)
-        parts.append(accepted.sort_values(ROW_NUMBER).assign(batch_id=batch.id))
+        parts.append(accepted.sort_values(ROW_NUMBER).assign(**{BATCH_ID_COLUMN: batch.id}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 

@@ -290,8 +290,10 @@ def infer_suite(
             low = lo - slack
             if lo >= 0:
                 low = max(0.0, low)
+            # Full precision: rounded to 6 significant digits, ids 9876543210..9876543999
+            # collapsed to one value and every row fell outside it.
             expectations.append(_exp("expect_column_values_to_be_between", column=col,
-                                     min_value=_round(low), max_value=_round(hi + slack)))
+                                     min_value=float(low), max_value=float(hi + slack)))
         elif kind is ColumnKind.CATEGORICAL or col == label:
             domain = sorted({str(v) for v in present})
             if col == label or len(domain) <= MAX_DOMAIN_SIZE:
@@ -341,10 +343,6 @@ def _names_carried(expectation: dict[str, Any], roles: dict[str, Role]) -> bool:
 
 def _exp(type_: str, **kwargs: Any) -> dict[str, Any]:
     return {"type": type_, "kwargs": kwargs, "meta": {}}
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
 
 
 # --- conforming a batch to the reference's column kinds --------------------------------------

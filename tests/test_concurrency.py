@@ -45,8 +45,8 @@ class Scanned:
 def scanned(tmp_path_factory) -> Scanned:
     root = tmp_path_factory.mktemp("concurrent")
     reference, holdout = root / "reference.parquet", root / "holdout.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference)
-    pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout)
+    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
+    pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout, index=False)
     workspace = root / "ws"
     inputs = {name: harness.ScanInputs(batch=batch, reference=reference, holdout=holdout, dataset=DATASET)
               for name, batch in (("a1", BATCH_A), ("a2", BATCH_A), ("b", BATCH_B))}
@@ -177,9 +177,9 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
             assert "changed while the gate read it" in str(error), error
             retries += 1
             return
-        rows = pd.read_parquet(result.path, columns=["batch_id", "row_number"])
+        rows = pd.read_parquet(result.path, columns=["poisonguard_batch_id", "row_number"])
         released.append({"manifest": result.manifest,
-                         "rows": {f"{b}:{n}" for b, n in zip(rows["batch_id"], rows["row_number"])}})
+                         "rows": {f"{b}:{n}" for b, n in zip(rows["poisonguard_batch_id"], rows["row_number"])}})
 
     reviewer = threading.Thread(target=review)
     reviewer.start()

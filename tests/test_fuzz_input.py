@@ -222,6 +222,7 @@ def _names_are_valid(names: list[str], limits: InputLimits, csv_file: bool) -> b
             and len(set(names)) == len(names)
             and all(name.strip() for name in names)
             and not RESERVED_COLUMNS.intersection(names)
+            and not any(re.fullmatch(r"__index_level_\d+__", name) for name in names)
             and all(len(name) <= limits.max_field_chars for name in names)
             and not any(unicodedata.category(ch) in hidden for name in names for ch in name)
             and not (csv_file and len(names) == 1 and any(d in names[0] for d in ";\t|")))
@@ -368,13 +369,12 @@ def parquet_files(draw) -> GeneratedFile:
     elif damage == "flip":
         for position in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=4)):
             data = data[:position] + bytes([data[position] ^ draw(st.integers(1, 255))]) + data[position + 1:]
-    kept = [name for name in names if not name.startswith("__index_level_")]
     well_formed = (damage == "none" and table.num_rows >= 1 and table.num_rows <= limits.max_rows
                    and len(data) <= limits.max_file_bytes and all(ok for _, ok in columns)
                    and _names_are_valid(names, limits, csv_file=False)
                    and all(_longest_cell(array) <= limits.max_field_chars for array in arrays))
     return GeneratedFile(_file_name(draw, [".parquet", ".pq"]), data, limits,
-                         tuple(kept) if well_formed else None, table.num_rows if well_formed else None)
+                         tuple(names) if well_formed else None, table.num_rows if well_formed else None)
 
 
 # --- ingestion properties --------------------------------------------------------------------------
@@ -760,9 +760,20 @@ def test_an_index_stored_by_pandas_stays_a_column(tmp_path):
     path = tmp_path / "indexed.parquet"
     pd.DataFrame({"a": [1, 2]}, index=pd.Index([7, 9], name="loan_id")).to_parquet(path)
     assert read_table(path).columns == ["a", "loan_id"]
-    unnamed = tmp_path / "unnamed.parquet"
-    pd.DataFrame({"a": [1, 2]}, index=[7, 9]).to_parquet(unnamed)  # pandas' row labels, not data
-    assert read_table(unnamed).columns == ["a"]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_pandas_internal_column_name_is_refused_not_dropped(tmp_path, suffix):
+    """Was silently dropped from a Parquet file (its values, row labels or data, never scanned)."""
+    path = tmp_path / f"unnamed{suffix}"
+    frame = pd.DataFrame({"a": [1, 2]}, index=[7, 9])
+    if suffix == ".csv":
+        frame.rename_axis("__index_level_0__").to_csv(path)
+    else:
+        frame.to_parquet(path)  # pandas stores the unnamed index as a column '__index_level_0__'
+    with pytest.raises(InputError, match="has column '__index_level_0__', the name pandas gives an unnamed row "
+                                         "index: write the file with to_parquet"):
+        read_table(path)
 
 
 def test_column_names_are_strings_whatever_the_metadata_says(tmp_path):

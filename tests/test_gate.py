@@ -158,7 +158,7 @@ def test_released_rows_reach_the_snapshot_rejected_and_pending_ones_do_not(run_c
                      "--max-pending", scanned.pending)
     assert result.exit_code == 0, result.stderr
     snapshot = pd.read_parquet(tmp_path / "snapshot.parquet")
-    ids = {f"{b}:{n}" for b, n in zip(snapshot["batch_id"], snapshot["row_number"])}
+    ids = {f"{b}:{n}" for b, n in zip(snapshot["poisonguard_batch_id"], snapshot["row_number"])}
     assert set(scanned.released) <= ids
     assert not set(scanned.rejected) & ids
     accepted = sum(s["counts"]["accepted"] for s in scanned.summaries.values())
@@ -170,7 +170,7 @@ def test_released_rows_reach_the_snapshot_rejected_and_pending_ones_do_not(run_c
                       "--max-pending", scanned.pending, "--drop-provenance")
     assert dropped.exit_code == 0, dropped.stderr
     bare = pd.read_parquet(tmp_path / "bare" / "snapshot.parquet")
-    assert list(bare.columns) == [c for c in snapshot.columns if c not in ("batch_id", "row_number")]
+    assert list(bare.columns) == [c for c in snapshot.columns if c not in ("poisonguard_batch_id", "row_number")]
     assert len(bare) == len(snapshot)
 
 

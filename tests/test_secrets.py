@@ -49,7 +49,7 @@ def scanned(tmp_path_factory):
     # a 400-row sample of the reference: fitting the detectors is most of a scan's data work,
     # and the secrets take the same paths whatever the data
     reference = root / "reference.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference)
+    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
     secrets = {"review-page token": f"ui-token-{uuid.uuid4().hex}",
                "MLflow password": f"mlflow-password-{uuid.uuid4().hex}",
                "fit-cache signing key": random_secrets.token_hex(32)}

@@ -133,7 +133,7 @@ def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, b
     assert ledger.verify() == []
 
     cleared = accepted_data(app.state.settings, ledger, batch.dataset)
-    mine = set(zip(cleared["batch_id"], cleared["row_number"]))
+    mine = set(zip(cleared["poisonguard_batch_id"], cleared["row_number"]))
     assert (batch.id, ledger.get_row(released).row_number) in mine
     assert (batch.id, ledger.get_row(rejected).row_number) not in mine
     assert len(cleared) == batch.accepted + 1

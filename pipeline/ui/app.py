@@ -187,11 +187,12 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             raise PageError(403, "Request refused", "The sign-in form was not sent from this review page.")
         fields = await read_form(request)
         target = _local_path(_field(fields, "next") or "/")
-        if guard.too_many_attempts():
+        client = request.client.host if request.client else "unknown"
+        if guard.too_many_attempts(client):
             return render("sign_in.html.j2", None, 429, next=target,
                           error="Too many wrong tokens in the last minute; wait a minute and try again.")
         if not guard.token_matches(_field(fields, "token") or ""):
-            guard.failed_attempt()
+            guard.failed_attempt(client)
             return render("sign_in.html.j2", None, 403, next=target,
                           error="That is not the token this review page was started with.")
         _, cookie = guard.start_session()

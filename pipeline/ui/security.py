@@ -25,7 +25,10 @@ SESSION_COOKIE = "poisonguard_session"
 SESSION_HOURS = 12
 MIN_TOKEN_LENGTH = 16
 MAX_SESSIONS = 1000  # oldest dropped first: a bound on memory, far above a team of stewards
-SIGN_IN_ATTEMPTS_PER_MINUTE = 10  # a guessed token needs ~2^128 tries; this stops the noise
+SIGN_IN_ATTEMPTS_PER_MINUTE = 10  # per client: a guessed token needs ~2^128 tries; this stops the noise
+# Clients whose recent failures are remembered, least recently failing dropped first: a bound on
+# memory. Counting per client keeps one noisy address from locking every steward out.
+MAX_THROTTLED_CLIENTS = 10_000
 
 # default-src 'none' also forbids scripts: the page works without JavaScript and runs none.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -78,7 +81,7 @@ class Guard:
         self._secret = secrets.token_bytes(32)
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._failures: deque[float] = deque()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     # --- signing in ------------------------------------------------------------------------
@@ -86,16 +89,27 @@ class Guard:
     def token_matches(self, offered: str) -> bool:
         return secrets.compare_digest(offered.strip().encode(), self._token)
 
-    def too_many_attempts(self) -> bool:
+    def too_many_attempts(self, client: str) -> bool:
+        """Whether ``client`` (the remote address) gave a wrong token too often in the last minute."""
         now = self._clock()
         with self._lock:
-            while self._failures and now - self._failures[0] > 60:
-                self._failures.popleft()
-            return len(self._failures) >= SIGN_IN_ATTEMPTS_PER_MINUTE
+            failures = self._failures.get(client)
+            if failures is None:
+                return False
+            while failures and now - failures[0] > 60:
+                failures.popleft()
+            if not failures:
+                del self._failures[client]
+                return False
+            return len(failures) >= SIGN_IN_ATTEMPTS_PER_MINUTE
 
-    def failed_attempt(self) -> None:
+    def failed_attempt(self, client: str) -> None:
         with self._lock:
-            self._failures.append(self._clock())
+            failures = self._failures.pop(client, None) or deque(maxlen=SIGN_IN_ATTEMPTS_PER_MINUTE)
+            failures.append(self._clock())
+            self._failures[client] = failures  # most recently failing last
+            while len(self._failures) > MAX_THROTTLED_CLIENTS:
+                self._failures.popitem(last=False)
 
     def start_session(self) -> tuple[Session, str]:
         """A new session and the cookie value that names it."""
