@@ -180,13 +180,30 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
+    """Console entry point: user errors become one line and exit 2; nothing prints a traceback.
+    Whatever reaches stdout and stderr through Python passes ``pipeline.redaction`` first."""
+    from pipeline.redaction import RedactingStream, known_secrets
+
+    secrets = known_secrets()  # before Settings moves any of them out of a URL
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout, secrets), RedactingStream(sys.stderr, secrets)
+    try:
+        _main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main() -> None:
     try:
         app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:
-        typer.echo(f"poisonguard: error: {exc}", err=True)
+        from pipeline.redaction import redact
+
+        typer.echo(redact(f"poisonguard: error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("poisonguard: interrupted", err=True)
@@ -204,14 +221,16 @@ def main() -> None:
 
 
 def _report_internal_error(exc: BaseException) -> None:
+    from pipeline.redaction import redact
+
     log = _workspace_in(sys.argv[1:]) / "logs" / "last-error.txt"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("".join(traceback.format_exception(exc)))
+        log.write_text(redact("".join(traceback.format_exception(exc))))
         where = f" (details in {log})"
     except OSError:
         where = ""
-    typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {exc}{where}", err=True)
+    typer.echo(redact(f"poisonguard: internal error: {type(exc).__name__}: {exc}{where}"), err=True)
 
 
 def _workspace_in(args: list[str]) -> Path:

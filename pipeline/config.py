@@ -25,7 +25,9 @@ class Settings:
     """Where state lives and how scans behave."""
 
     workspace: Path
-    tracking_uri: str  # MLflow
+    # MLflow's tracking URI. A SecretStr for the reason database_url is one (below): a database
+    # store's URI may hold a password. Read it as ``tracking_uri``; print ``redact(...)`` of it.
+    tracking: SecretStr
     submitter: str
     detectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_DETECTORS))
     holdout_fraction: float = 0.2  # split off the reference when no --holdout is given
@@ -52,7 +54,7 @@ class Settings:
                          environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
-        tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        tracking = _tracking_uri(env, root, export=environ is None)
         try:
             policy = QuarantinePolicy(
                 false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
@@ -69,10 +71,14 @@ class Settings:
         spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
         if spool_mib < 0:
             raise PoisonguardError(f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
-        return cls(workspace=root, tracking_uri=tracking, max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
+        return cls(workspace=root, tracking=SecretStr(tracking), max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
                    chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
                    database_url=SecretStr(ledger_url(root, env)))
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.get_secret_value()
 
     @property
     def artifact_root(self) -> Path | None:
@@ -89,6 +95,26 @@ class Settings:
         if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
             return Path(rest[1:]).resolve().parent / "mlartifacts"
         return self.workspace / "mlartifacts"
+
+
+def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
+    """MLflow's tracking URI. An http(s) URI's user info is moved to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD (which MLflow reads for basic auth): given in the URI, MLflow
+    repeats it in its own error messages and whatever records the URI keeps the password."""
+    from pipeline.redaction import strip_userinfo
+
+    uri = (env.get("MLFLOW_TRACKING_URI") or "").strip() or f"sqlite:///{root / 'mlflow.db'}"
+    bare, username, password = strip_userinfo(uri)
+    if bare != uri:
+        if not export:  # a given mapping, not the process's environment: nowhere to move them to
+            raise PoisonguardError("MLFLOW_TRACKING_URI holds user info; set MLFLOW_TRACKING_USERNAME and "
+                                   "MLFLOW_TRACKING_PASSWORD instead and leave it out of the URI.")
+        if username:
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        os.environ["MLFLOW_TRACKING_URI"] = bare  # libraries that read it themselves get it bare too
+    return bare
 
 
 def _number(env: Mapping[str, str], key: str, default: float) -> float:

@@ -70,7 +70,10 @@ def parse_url(url: str | URL) -> URL:
 
 
 def display_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL with its password, and any password or token in its query, shown as ***."""
+    from pipeline.redaction import redact
+
+    return redact(url.render_as_string(hide_password=True))
 
 
 def is_memory(url: URL) -> bool:
@@ -152,7 +155,8 @@ def first_line(exc: BaseException, url: URL) -> str:
     """The driver's own explanation, on one line, with the password taken out should a driver
     ever echo it."""
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    from pipeline.redaction import known_secrets, redact
+
     line = message[0] if message else type(exc).__name__
-    if url.password:
-        line = line.replace(str(url.password), "***")
-    return line
+    password = str(url.password) if url.password else None
+    return redact(line, [*known_secrets(), *([password] if password else [])])
