@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import GateRefused, PoisonguardError
 from pipeline.io import ROW_NUMBER, atomic_path, sha256_file, write_text_atomic
 from pipeline.ledger import BatchRecord, ChainHead, Ledger, RowStatus
+from pipeline.redaction import redact_data
 
 # pipeline/__init__.py imports this module to re-export ``gate``: the heavy modules (config pulls
 # in the detectors, provenance MLflow) are imported where they are used, so ``import pipeline``
@@ -262,7 +263,7 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     notes = []
     try:
         _remove_outputs(request.out, (SNAPSHOT_FILE, MANIFEST_FILE))
-        write_text_atomic(json.dumps(refusal.as_dict(request.dataset), indent=2) + "\n", listing)
+        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n", listing)
     except OSError as exc:
         listing = None
         notes.append(f"(could not write to {request.out}: {exc})")
@@ -317,7 +318,7 @@ def release(settings: Settings, request: GateRequest, state: LedgerState, snapsh
     if sha256_file(path) != snapshot.sha256:  # the bytes on disk are the bytes hashed
         path.unlink(missing_ok=True)
         raise PoisonguardError(f"The snapshot written to {path} does not read back as written; nothing was released.")
-    write_text_atomic(json.dumps(snapshot.manifest, indent=2, sort_keys=True) + "\n", manifest_path)
+    write_text_atomic(json.dumps(redact_data(snapshot.manifest), indent=2, sort_keys=True) + "\n", manifest_path)
     _remove_outputs(out, (REFUSAL_FILE,))
     try:
         run_id, dataset = _log_release(settings, request, state, snapshot, path, manifest_path)

@@ -50,6 +50,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import PoisonguardError
 from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
+from pipeline.redaction import redact
 
 STATE_FOLDER = ".poisonguard"
 INFLIGHT, PROCESSED, FAILED = "inflight", "processed", "failed"
@@ -559,7 +560,7 @@ class Landing:
         self.fs.create_dir(parent, recursive=True)
         temporary = f"{parent}/.{name}.{secrets.token_hex(4)}.tmp"
         with self.fs.open_output_stream(temporary) as stream:
-            stream.write(text.encode("utf-8"))
+            stream.write(redact(text).encode("utf-8"))  # errors and results: no password in them
         self.fs.move(temporary, path)  # readers see the whole text or none
 
 
