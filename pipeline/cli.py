@@ -108,11 +108,13 @@ def scan(
 def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
              workspace: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    from pipeline.input_paths import check_batch_path, symlinks_allowed
     from pipeline.scan import ScanRequest, preflight
 
     settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
                           suite=suite, holdout=holdout, source=source, dataset=dataset)
+    check_batch_path(request.batch, allow_symlinks=symlinks_allowed(os.environ))
     preflight(request)
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -197,7 +199,11 @@ def main() -> None:
 
 def _main() -> None:
     try:
-        app(standalone_mode=False)
+        # without standalone mode, click returns a typer.Exit's code instead of exiting with it
+        # ('verify' exited 0 on a tampered ledger)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import SecretStr
 
@@ -15,6 +15,9 @@ from pipeline.detectors import DEFAULT_DETECTORS
 from pipeline.errors import PoisonguardError
 from pipeline.ledger.database import ledger_url
 from pipeline.policy import QuarantinePolicy
+
+if TYPE_CHECKING:
+    from pipeline.anchor import Anchor
 
 DEFAULT_WORKSPACE = Path(".poisonguard")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,6 +51,10 @@ class Settings:
     # Settings is a flow parameter and Prefect stores parameters (locally, or on its server):
     # pydantic writes a SecretStr there as '**********'.
     database_url: SecretStr = field(default_factory=lambda: SecretStr(""))
+    # Where every ledger write appends its new head, outside the workspace (POISONGUARD_LEDGER_ANCHOR),
+    # and the key that signs it (POISONGUARD_ANCHOR_KEY): see pipeline/anchor.py, docs/security.md.
+    anchor_path: Path | None = None
+    anchor_key: SecretStr = field(default_factory=lambda: SecretStr(""))
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
@@ -74,7 +81,16 @@ class Settings:
         return cls(workspace=root, tracking=SecretStr(tracking), max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
                    chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
-                   database_url=SecretStr(ledger_url(root, env)))
+                   database_url=SecretStr(ledger_url(root, env)), **_anchor_settings(root, env))
+
+    @property
+    def anchor(self) -> "Anchor | None":
+        from pipeline.anchor import Anchor
+
+        if self.anchor_path is None:
+            return None
+        key = self.anchor_key.get_secret_value()
+        return Anchor(self.anchor_path, bytes.fromhex(key) if key else None)
 
     @property
     def tracking_uri(self) -> str:
@@ -95,6 +111,15 @@ class Settings:
         if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
             return Path(rest[1:]).resolve().parent / "mlartifacts"
         return self.workspace / "mlartifacts"
+
+
+def _anchor_settings(root: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    from pipeline.anchor import anchor_from
+
+    anchor = anchor_from(root, env)
+    if anchor is None:
+        return {}
+    return {"anchor_path": anchor.path, "anchor_key": SecretStr(anchor.key.hex() if anchor.key else "")}
 
 
 def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:

@@ -111,6 +111,8 @@ class RedactingStream(io.TextIOBase):
         self._secrets = list(secrets)
 
     def write(self, text: str) -> int:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode(self.encoding, errors="replace")
         self._inner.write(redact(text, self._secrets))
         return len(text)
 
@@ -125,10 +127,11 @@ class RedactingStream(io.TextIOBase):
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self._inner, "encoding", "utf-8")
+        return getattr(self._inner, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return getattr(self._inner, "errors", None) or "strict"
 
     def writable(self) -> bool:
         return True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
