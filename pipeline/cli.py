@@ -57,6 +57,40 @@ def _prepare_prefect(settings: Settings) -> None:
         from pipeline.orphans import stop_orphaned_servers
 
         stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
+        _temporary_server_output_to(Path(os.environ["PREFECT_HOME"]) / "temporary-server.log")
+
+
+def _temporary_server_output_to(log: Path) -> None:
+    """Prefect's temporary server is a child process that writes to our stdout and stderr; shut
+    down at exit, it printed a traceback on a normal run (asyncio's CancelledError in aiosqlite).
+    Its output goes to ``log`` instead: the child is started with that file as its fds 1 and 2,
+    everything else about its start is Prefect's own."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    start = SubprocessASGIServer._run_uvicorn_command
+    if getattr(start, "poisonguard_log", None) == log:
+        return
+    start = getattr(start, "__wrapped__", start)
+
+    def started_with_output_to_log(server: SubprocessASGIServer) -> Any:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(log, "ab") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            try:
+                return start(server)  # the child inherits the log as stdout and stderr
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+
+    started_with_output_to_log.__wrapped__ = start  # type: ignore[attr-defined]
+    started_with_output_to_log.poisonguard_log = log  # type: ignore[attr-defined]
+    SubprocessASGIServer._run_uvicorn_command = started_with_output_to_log  # type: ignore[method-assign]
 
 
 @app.command()
@@ -108,6 +142,7 @@ def scan(
 def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
              workspace: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    from pipeline.fit_cache import FitCache
     from pipeline.input_paths import check_batch_path, symlinks_allowed
     from pipeline.scan import ScanRequest, preflight
 
@@ -116,6 +151,7 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
                           suite=suite, holdout=holdout, source=source, dataset=dataset)
     check_batch_path(request.batch, allow_symlinks=symlinks_allowed(os.environ))
     preflight(request)
+    FitCache.for_workspace(settings.workspace)  # a bad cache key is one line now, not a failed flow run
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
