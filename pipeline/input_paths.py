@@ -28,7 +28,11 @@ def check_batch_path(path: Path, *, allow_symlinks: bool = False, roots: Iterabl
     resolves inside one of ``roots`` (when any are given). A missing file is left to the reader,
     which says so in its own words."""
     path = Path(path)
-    if path.is_symlink():
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except (OSError, ValueError):  # missing, a name too long, a NUL: the reader says so in its own words
+        return
+    if is_link:
         target = os.readlink(path)
         if not allow_symlinks:
             raise InputError(f"The batch {path} is a symbolic link (to {target}); poisonguard scans regular files "
@@ -36,10 +40,8 @@ def check_batch_path(path: Path, *, allow_symlinks: bool = False, roots: Iterabl
                              "batches arrive.")
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (OSError, ValueError):  # a dangling link, a loop: left to the reader too
         return
-    except OSError as exc:
-        raise InputError(f"The batch {path} cannot be read ({exc.strerror}).") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"The batch {path} is not a regular file (a device, pipe or folder); scan a file.")
     bounds = [Path(root).resolve() for root in roots]
