@@ -25,7 +25,6 @@ from pipeline.detectors import ChunkResult, Detector
 from pipeline.errors import PoisonguardError
 from pipeline.faults import checkpoint
 from pipeline.io import LoadedTable
-from pipeline.ledger import Ledger
 from pipeline.progress import StageProgress
 from pipeline.store import Workspace, copy_outputs, file_hashes, write_outputs
 
@@ -99,7 +98,9 @@ def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
 
 
 def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | None = None) -> str:
-    with Ledger.open(settings.database_url.get_secret_value()) as ledger:
+    from pipeline.anchor import open_ledger
+
+    with open_ledger(settings) as ledger:  # with an anchor configured, the new head goes there too
         return ledger.record_scan_folder(folder, files)
 
 

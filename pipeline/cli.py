@@ -58,35 +58,40 @@ def _prepare_prefect(settings: Settings) -> None:
         from pipeline.orphans import stop_orphaned_servers
 
         stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
-        _start_temporary_server(Path(os.environ["PREFECT_HOME"]) / "server.log")
+        _temporary_server_output_to(Path(os.environ["PREFECT_HOME"]) / "temporary-server.log")
 
 
-def _start_temporary_server(log: Path) -> None:
-    """Start Prefect's temporary server now, its output going to ``log``. Prefect starts it on
-    first use with this process's stdout and stderr; a command killed by SIGKILL then left a
-    server holding them open, and whoever read the command's output through a pipe (``| tee``,
-    a scheduler, ``subprocess.run``) saw no end of it until the next command stopped the orphan."""
+def _temporary_server_output_to(log: Path) -> None:
+    """Prefect's temporary server is a child process that writes to our stdout and stderr; shut
+    down at exit, it printed a traceback on a normal run (asyncio's CancelledError in aiosqlite).
+    Its output goes to ``log`` instead: the child is started with that file as its fds 1 and 2,
+    everything else about its start is Prefect's own."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    server = SubprocessASGIServer()
-    if server.running or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    start = SubprocessASGIServer._run_uvicorn_command
+    if getattr(start, "poisonguard_log", None) == log:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    try:
-        with open(log, "ab") as sink:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
+    start = getattr(start, "__wrapped__", start)
+
+    def started_with_output_to_log(server: SubprocessASGIServer) -> Any:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(log, "ab") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
             try:
-                server.start()  # the child inherits fds 1 and 2 as they are now
+                return start(server)  # the child inherits the log as stdout and stderr
             finally:
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
-    finally:
-        os.close(saved[0])
-        os.close(saved[1])
+                os.close(saved[0])
+                os.close(saved[1])
+
+    started_with_output_to_log.__wrapped__ = start  # type: ignore[attr-defined]
+    started_with_output_to_log.poisonguard_log = log  # type: ignore[attr-defined]
+    SubprocessASGIServer._run_uvicorn_command = started_with_output_to_log  # type: ignore[method-assign]
 
 
 @app.command()
@@ -163,16 +168,20 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
              holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
              workspace: Path | None = None, progress: bool = False,
              roles: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    from pipeline.fit_cache import FitCache
+    from pipeline.input_paths import check_batch_path, symlinks_allowed
     from pipeline.paths import check_output_folder, check_workspace
     from pipeline.scan import ScanRequest, preflight
 
     settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
     request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
                           suite=suite, holdout=holdout, source=source, dataset=dataset, roles=roles)
+    check_batch_path(request.batch, allow_symlinks=symlinks_allowed(os.environ))
     check_workspace(settings.workspace)
     check_output_folder(request.out, workspace=settings.workspace,
                         inputs=[request.batch, request.reference, request.holdout, request.suite])
     preflight(request)
+    FitCache.for_workspace(settings.workspace)  # a bad cache key is one line now, not a failed flow run
     _prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
@@ -242,7 +251,22 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line and exit 2; nothing prints a traceback."""
+    """Console entry point: user errors become one line and exit 2; nothing prints a traceback.
+    Whatever reaches stdout and stderr through Python passes ``pipeline.redaction`` first."""
+    from pipeline.redaction import RedactingStream, known_secrets
+
+    secrets = known_secrets()  # before Settings moves any of them out of a URL
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout, secrets), RedactingStream(sys.stderr, secrets)
+    try:
+        _main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main() -> None:
     try:
         # Without standalone mode click *returns* the code of a typer.Exit (verify's 3, a failed
         # profile's 2) instead of raising it: the returned value is the exit code.
@@ -250,7 +274,9 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except PoisonguardError as exc:
-        typer.echo(f"poisonguard: error: {safe_lines(exc)}", err=True)
+        from pipeline.redaction import redact
+
+        typer.echo(redact(f"poisonguard: error: {safe_lines(exc)}"), err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("poisonguard: interrupted", err=True)
@@ -274,14 +300,16 @@ def safe_lines(message: object) -> str:
 
 
 def _report_internal_error(exc: BaseException) -> None:
+    from pipeline.redaction import redact
+
     log = _workspace_in(sys.argv[1:]) / "logs" / "last-error.txt"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("".join(traceback.format_exception(exc)))
+        log.write_text(redact("".join(traceback.format_exception(exc))))
         where = f" (details in {log})"
     except OSError:
         where = ""
-    typer.echo(f"poisonguard: internal error: {type(exc).__name__}: {safe(exc)}{where}", err=True)
+    typer.echo(redact(f"poisonguard: internal error: {type(exc).__name__}: {safe(exc)}{where}"), err=True)
 
 
 def _workspace_in(args: list[str]) -> Path:

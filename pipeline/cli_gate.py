@@ -21,12 +21,15 @@ def gate(
                                     help="Refuse while more than this many rows await review."),
     keep_provenance: bool = typer.Option(True, "--keep-provenance/--drop-provenance",
                                          help="Keep the poisonguard_batch_id and row_number columns in the snapshot."),
+    expect_head: Optional[str] = typer.Option(None, "--expect-head", metavar="SEQUENCE:HASH",
+                                              help="Refuse unless the ledger's head is this one (as the last gate "
+                                                   "or verify printed it): pins history outside the workspace."),
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """Before retraining: verify every accepted batch and review against the ledger, then write
     the training snapshot. Exit 3, releasing nothing, on any mismatch or pending review."""
     result = run_gate(dataset=dataset, out=out, max_pending=max_pending, keep_provenance=keep_provenance,
-                      workspace=workspace)
+                      workspace=workspace, expect_head=expect_head)
     manifest = result.manifest
     reviews, ledger = manifest["reviews"], manifest["ledger"]
     typer.echo(f"Gate passed for dataset '{dataset}': {len(manifest['batches'])} batch(es) and "
@@ -38,10 +41,12 @@ def gate(
     typer.echo(f"sha256 {result.sha256}")
     typer.echo(f"Manifest: {safe(result.manifest_path.resolve())}")
     typer.echo(f"MLflow gate run {result.run_id} (log the snapshot as your training input; see README)")
+    typer.echo(f"Ledger head {ledger['head_sequence']}:{ledger['head_hash']} (pin it for the next gate: "
+               "--expect-head)")
 
 
 def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: bool = True,
-             workspace: Path | None = None) -> Any:
+             workspace: Path | None = None, expect_head: str | None = None) -> Any:
     """Run the gate flow; returns ``pipeline.gate.GateResult`` or raises ``GateRefused`` (exit 3)."""
     from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
     from pipeline.gate import GateRequest
@@ -49,7 +54,7 @@ def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: 
     from pipeline.paths import check_output_folder, check_workspace
 
     settings = Settings.from_environment(workspace)
-    request = GateRequest(dataset, Path(out), max_pending, keep_provenance)
+    request = GateRequest(dataset, Path(out), max_pending, keep_provenance, expect_head=expect_head)
     check_workspace(settings.workspace)
     check_output_folder(request.out, workspace=settings.workspace)
     _prepare_prefect(settings)

@@ -140,18 +140,37 @@ def reject(
     _act("reject", row_ids, by, reason, workspace)
 
 
-def verify(workspace: Optional[Path] = WORKSPACE) -> None:
-    """Check the ledger's hash chain: exit 3 and name every problem if history was edited."""
+def verify(
+    record_anchor: bool = typer.Option(False, "--record-anchor",
+                                       help="Append the verified head to the ledger anchor (after checking the "
+                                            "entries written without it)."),
+    workspace: Optional[Path] = WORKSPACE,
+) -> None:
+    """Check the ledger's hash chain (and its anchor, when configured): exit 3 and name every
+    problem if history was edited. Prints the head to pin with 'gate --expect-head'."""
+    from pipeline.anchor import describe
     from pipeline.review import open_ledger
 
-    with open_ledger(Settings.from_environment(workspace)) as ledger:
-        problems = ledger.verify()
+    settings = Settings.from_environment(workspace)
+    anchor = settings.anchor
+    if record_anchor and anchor is None:
+        raise PoisonguardError("--record-anchor needs an anchor: set POISONGUARD_LEDGER_ANCHOR (a file outside the "
+                               "workspace) and/or POISONGUARD_ANCHOR_KEY.")
+    with open_ledger(settings) as ledger:
         head = ledger.head()
+        anchored = anchor.newest()[0] if anchor is not None else None
+        problems = ledger.verify(expected_head=anchored)
+        if anchor is not None and not record_anchor:
+            problems += anchor.check(head)
     if problems:
         for problem in problems:
             typer.echo(f"poisonguard: tampered: {safe(problem)}", err=True)
         raise typer.Exit(3)
-    typer.echo(f"Ledger intact: {head.sequence if head else 0} entries, head {head.entry_hash[:16] if head else '-'}.")
+    if record_anchor and anchor is not None and head is not None:
+        anchor.record(head, ledger.url)
+        typer.echo(f"Anchored head {describe(head)} in {anchor.path}.")
+    typer.echo(f"Ledger intact: {head.sequence if head else 0} entries, head {describe(head)} "
+               "(pin it: poisonguard gate --expect-head ...).")
 
 
 def _cell(value) -> str:

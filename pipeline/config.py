@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import SecretStr
 
@@ -19,6 +19,9 @@ from pipeline.roles import RoleRules
 
 UNSEEN_LEVEL_POLICIES = ("hold", "alarm")
 
+if TYPE_CHECKING:
+    from pipeline.anchor import Anchor
+
 DEFAULT_WORKSPACE = Path(".poisonguard")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -28,7 +31,9 @@ class Settings:
     """Where state lives and how scans behave."""
 
     workspace: Path
-    tracking_uri: str  # MLflow
+    # MLflow's tracking URI. A SecretStr for the reason database_url is one (below): a database
+    # store's URI may hold a password. Read it as ``tracking_uri``; print ``redact(...)`` of it.
+    tracking: SecretStr
     submitter: str
     detectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_DETECTORS))
     holdout_fraction: float = 0.2  # split off the reference when no --holdout is given
@@ -53,13 +58,17 @@ class Settings:
     # Settings is a flow parameter and Prefect stores parameters (locally, or on its server):
     # pydantic writes a SecretStr there as '**********'.
     database_url: SecretStr = field(default_factory=lambda: SecretStr(""))
+    # Where every ledger write appends its new head, outside the workspace (POISONGUARD_LEDGER_ANCHOR),
+    # and the key that signs it (POISONGUARD_ANCHOR_KEY): see pipeline/anchor.py, docs/security.md.
+    anchor_path: Path | None = None
+    anchor_key: SecretStr = field(default_factory=lambda: SecretStr(""))
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
                          environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
-        tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        tracking = _tracking_uri(env, root, export=environ is None)
         try:
             policy = QuarantinePolicy(
                 false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
@@ -84,11 +93,25 @@ class Settings:
         if max_age < 0 or tolerance < 0:
             raise PoisonguardError("POISONGUARD_TIME_WINDOW_DAYS and POISONGUARD_FUTURE_TOLERANCE_HOURS must be 0 or "
                                    "more (a window of 0 days: no lower bound).")
-        return cls(workspace=root, tracking_uri=tracking, unseen_levels=unseen,
-                   role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance), max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
+        return cls(workspace=root, tracking=SecretStr(tracking), unseen_levels=unseen,
+                   role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance),
+                   max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
                    chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
                    submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
-                   database_url=SecretStr(ledger_url(root, env)))
+                   database_url=SecretStr(ledger_url(root, env)), **_anchor_settings(root, env))
+
+    @property
+    def anchor(self) -> "Anchor | None":
+        from pipeline.anchor import Anchor
+
+        if self.anchor_path is None:
+            return None
+        key = self.anchor_key.get_secret_value()
+        return Anchor(self.anchor_path, bytes.fromhex(key) if key else None)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.get_secret_value()
 
     @property
     def artifact_root(self) -> Path | None:
@@ -105,6 +128,35 @@ class Settings:
         if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
             return Path(rest[1:]).resolve().parent / "mlartifacts"
         return self.workspace / "mlartifacts"
+
+
+def _anchor_settings(root: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    from pipeline.anchor import anchor_from
+
+    anchor = anchor_from(root, env)
+    if anchor is None:
+        return {}
+    return {"anchor_path": anchor.path, "anchor_key": SecretStr(anchor.key.hex() if anchor.key else "")}
+
+
+def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
+    """MLflow's tracking URI. An http(s) URI's user info is moved to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD (which MLflow reads for basic auth): given in the URI, MLflow
+    repeats it in its own error messages and whatever records the URI keeps the password."""
+    from pipeline.redaction import strip_userinfo
+
+    uri = (env.get("MLFLOW_TRACKING_URI") or "").strip() or f"sqlite:///{root / 'mlflow.db'}"
+    bare, username, password = strip_userinfo(uri)
+    if bare != uri:
+        if not export:  # a given mapping, not the process's environment: nowhere to move them to
+            raise PoisonguardError("MLFLOW_TRACKING_URI holds user info; set MLFLOW_TRACKING_USERNAME and "
+                                   "MLFLOW_TRACKING_PASSWORD instead and leave it out of the URI.")
+        if username:
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        os.environ["MLFLOW_TRACKING_URI"] = bare  # libraries that read it themselves get it bare too
+    return bare
 
 
 def _number(env: Mapping[str, str], key: str, default: float) -> float:

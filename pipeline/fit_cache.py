@@ -8,15 +8,18 @@ settings and the library versions, so those are hashed into the cache key.
 
 Fitted scikit-learn and PyOD models only serialise as pickles, and unpickling runs code. So an
 entry is written with an HMAC-SHA256 of its bytes under a secret key, and nothing is unpickled
-unless the tag verifies: someone who can write the cache folder but does not hold the key
-cannot plant a model. The key comes from ``POISONGUARD_CACHE_KEY`` (hex, at least 32 bytes;
-keep it outside the workspace where the cache lives), else from ``<workspace>/keys/fit-cache.key``,
-created on first use, readable by its owner only.
+unless the tag verifies. The key never lives in the workspace: whoever can write the workspace
+(the insider the gate is built for) could otherwise sign a planted pickle with it, or replace it
+with one of their own. It comes from ``POISONGUARD_CACHE_KEY`` (hex, at least 32 bytes), else
+from ``$XDG_CONFIG_HOME/poisonguard/fit-cache.key`` (``~/.config/…``; ``POISONGUARD_CACHE_KEY_FILE``
+names another file), created on first use, readable by its owner only. A key file that resolves
+inside the workspace is never used: no key, no cache (every scan refits). A ``keys/fit-cache.key``
+left in the workspace by an older poisonguard is ignored.
 
 ``POISONGUARD_FIT_CACHE`` says where entries live: ``on`` (the default) for ``<workspace>/cache/fits``,
 ``off`` for no cache, or a folder that several workspaces share (one schedule per dataset, all
-fitting on the same reference). A shared folder needs ``POISONGUARD_CACHE_KEY``: with per-workspace
-keys each workspace would reject, refit and overwrite the others' entries.
+fitting on the same reference). A shared folder needs ``POISONGUARD_CACHE_KEY``: with per-user
+key files each user would reject, refit and overwrite the others' entries.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pipeline.errors import PoisonguardError
 from pipeline.io import atomic_path
 
 KEY_VARIABLE = "POISONGUARD_CACHE_KEY"
+KEY_FILE_VARIABLE = "POISONGUARD_CACHE_KEY_FILE"
 SWITCH_VARIABLE = "POISONGUARD_FIT_CACHE"
 _KEY_BYTES = 32
 
@@ -57,11 +61,13 @@ class FitCache:
         if setting.lower() in ("off", "0", "false", "no"):
             return None
         if setting.lower() in ("on", "1", "true", "yes", ""):
-            return cls(workspace / "cache" / "fits", _signing_key(workspace, env))
+            key = _signing_key(workspace, env)
+            return None if key is None else cls(workspace / "cache" / "fits", key)
         if not env.get(KEY_VARIABLE):
             raise PoisonguardError(f"{SWITCH_VARIABLE}={setting} names a shared cache folder; set {KEY_VARIABLE} "
                                    "as well, so that every workspace using it signs with the same key.")
-        return cls(Path(setting).expanduser(), _signing_key(workspace, env))
+        key = _signing_key(workspace, env)
+        return None if key is None else cls(Path(setting).expanduser(), key)
 
     @staticmethod
     def key(parts: Mapping[str, Any]) -> str:
@@ -108,7 +114,19 @@ class FitCache:
                 temporary.write_bytes(content)
 
 
-def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes:
+def key_file(env: Mapping[str, str]) -> Path:
+    """Where the signing key is kept when the environment does not hold it: the user's config
+    folder, outside any workspace."""
+    configured = env.get(KEY_FILE_VARIABLE, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    config_home = env.get("XDG_CONFIG_HOME", "").strip()
+    base = Path(config_home) if config_home else Path(env.get("HOME") or Path.home()) / ".config"
+    return base.expanduser() / "poisonguard" / "fit-cache.key"
+
+
+def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes | None:
+    """The key, or None when there is none the workspace writer cannot read or replace."""
     configured = env.get(KEY_VARIABLE)
     if configured:
         try:
@@ -120,16 +138,21 @@ def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes:
             raise PoisonguardError(f"{KEY_VARIABLE} must hold at least {_KEY_BYTES} bytes ({2 * _KEY_BYTES} hex digits); "
                                    f"it holds {len(key)}.")
         return key
-    path = workspace / "keys" / "fit-cache.key"
-    if not path.exists():
-        _create_key_file(path)
+    path = key_file(env)
+    if path.resolve().is_relative_to(workspace.expanduser().resolve()):
+        return None  # a key the workspace writer can read signs nothing: refit every time
     try:
-        key = bytes.fromhex(path.read_text().strip())
-    except ValueError:
+        if not path.exists():
+            _create_key_file(path)
+        text = path.read_bytes().decode("ascii").strip()
+        key = bytes.fromhex(text)
+    except OSError:
+        return None  # no writable config folder (a locked-down service account): no cache
+    except ValueError:  # not ASCII, not hex
         key = b""
     if len(key) < _KEY_BYTES:  # an empty or short key would let anyone forge a tag
         raise PoisonguardError(f"The fit-cache key {path} is not {_KEY_BYTES} bytes of hex; delete it to have a "
-                               "new one made.")
+                               f"new one made (or set {KEY_VARIABLE}).")
     return key
 
 

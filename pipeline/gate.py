@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import GateRefused, PoisonguardError
 from pipeline.io import BATCH_ID_COLUMN, ROW_NUMBER, as_common_types, atomic_path, sha256_file, write_text_atomic
 from pipeline.ledger import BatchRecord, ChainHead, Ledger, RowStatus
+from pipeline.redaction import redact_data
 
 # pipeline/__init__.py imports this module to re-export ``gate``: the heavy modules (config pulls
 # in the detectors, provenance MLflow) are imported where they are used, so ``import pipeline``
@@ -65,11 +66,15 @@ class GateRequest:
     keep_provenance: bool = True  # keep poisonguard_batch_id and row_number in the snapshot
     # refuse a batch its scan called poisoned until a steward has acted on one of its rows
     review_poisoned: bool = True
+    expect_head: str | None = None  # SEQUENCE:HASH the retraining job pinned; refuse on any other head
 
     def __post_init__(self) -> None:
+        from pipeline.anchor import parse_head
         from pipeline.config import safe_name
 
         safe_name(self.dataset, "dataset name")
+        if self.expect_head is not None:
+            parse_head(self.expect_head)
         object.__setattr__(self, "out", Path(self.out))
         if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int) or self.max_pending < 0:
             raise PoisonguardError(
@@ -78,6 +83,7 @@ class GateRequest:
 
 class ProblemKind(str, Enum):
     LEDGER_EDITED = "ledger_edited"  # the hash chain does not verify
+    LEDGER_HEAD = "ledger_head_mismatch"  # not the head anchored outside the workspace, or pinned
     FILE_CHANGED = "file_changed"
     FILE_MISSING = "file_missing"
     FILE_UNRECORDED = "file_unrecorded"
@@ -229,13 +235,21 @@ def ledger_identity(settings: Settings) -> str:
 
 
 def expected_head(settings: Settings) -> ChainHead | None:
+    """The newest head anchored outside the workspace when an anchor is configured, else the
+    head the last gate that verified this ledger logged to MLflow."""
     from pipeline import provenance
 
+    if settings.anchor is not None:
+        return settings.anchor.newest()[0]
     found = provenance.last_gate_head(settings.tracking_uri, ledger_identity(settings))
     return ChainHead(*found) if found else None
 
 
-def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None) -> LedgerState:
+def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None,
+                pinned: str | None = None) -> LedgerState:
+    """``pinned``: the ``--expect-head`` the chain's head must equal."""
+    from pipeline.anchor import expected_head_problems
+
     with Ledger.open(settings.database_url.get_secret_value()) as ledger:
         head = ledger.head()
         chain = ledger.verify(expected_head=expected)
@@ -247,6 +261,9 @@ def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None) ->
                                    "nothing was released. Run the gate again.")
         url = ledger.url
     problems = tuple(Problem(ProblemKind.LEDGER_EDITED, f"ledger: {p}") for p in chain)
+    heads = [*(settings.anchor.check(head) if settings.anchor is not None else []),
+             *(expected_head_problems(pinned, head) if pinned else [])]
+    problems += tuple(Problem(ProblemKind.LEDGER_HEAD, f"ledger: {p}") for p in heads)
     return LedgerState(dataset, url, tuple(batches), rows, pending, head, expected, problems)
 
 
@@ -285,7 +302,7 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     notes = []
     try:
         _remove_outputs(request.out, (SNAPSHOT_FILE, MANIFEST_FILE))
-        write_text_atomic(json.dumps(refusal.as_dict(request.dataset), indent=2) + "\n", listing)
+        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n", listing)
     except OSError as exc:
         listing = None
         notes.append(f"(could not write to {request.out}: {exc})")
@@ -340,7 +357,7 @@ def release(settings: Settings, request: GateRequest, state: LedgerState, snapsh
     if sha256_file(path) != snapshot.sha256:  # the bytes on disk are the bytes hashed
         path.unlink(missing_ok=True)
         raise PoisonguardError(f"The snapshot written to {path} does not read back as written; nothing was released.")
-    write_text_atomic(json.dumps(snapshot.manifest, indent=2, sort_keys=True) + "\n", manifest_path)
+    write_text_atomic(json.dumps(redact_data(snapshot.manifest), indent=2, sort_keys=True) + "\n", manifest_path)
     _remove_outputs(out, (REFUSAL_FILE,))
     try:
         run_id, dataset = _log_release(settings, request, state, snapshot, path, manifest_path)
@@ -351,7 +368,8 @@ def release(settings: Settings, request: GateRequest, state: LedgerState, snapsh
 
 
 def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, max_pending: int = 0,
-         keep_provenance: bool = True, review_poisoned: bool = True, settings: Settings | None = None) -> GateResult:
+         keep_provenance: bool = True, review_poisoned: bool = True, settings: Settings | None = None,
+         expect_head: str | None = None) -> GateResult:
     """Verify, then release the training snapshot of ``dataset`` into ``out``; raises
     ``GateRefused`` (nothing released) otherwise. ``settings`` default to the environment's
     for ``workspace``. Example::
@@ -363,7 +381,7 @@ def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, 
         from pipeline.config import Settings
 
         settings = Settings.from_environment(workspace)
-    return run(GateRequest(dataset, Path(out), max_pending, keep_provenance, review_poisoned), settings)
+    return run(GateRequest(dataset, Path(out), max_pending, keep_provenance, review_poisoned, expect_head), settings)
 
 
 def run(request: GateRequest, settings: Settings, step: Callable[[Callable], Callable] = lambda f: f) -> GateResult:
@@ -372,7 +390,7 @@ def run(request: GateRequest, settings: Settings, step: Callable[[Callable], Cal
 
     check_output_folder(request.out, workspace=settings.workspace)
     step(settle_scans)(settings, request.dataset)
-    state = step(read_ledger)(settings, request.dataset, step(expected_head)(settings))
+    state = step(read_ledger)(settings, request.dataset, step(expected_head)(settings), request.expect_head)
     check = step(check_workspace)(settings, state)
     refusal = step(decide)(request, state, check)
     if refusal is not None:

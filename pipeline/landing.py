@@ -50,6 +50,8 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import PoisonguardError
 from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
+from pipeline.input_paths import check_batch_path
+from pipeline.redaction import redact
 
 STATE_FOLDER = ".poisonguard"
 INFLIGHT, PROCESSED, FAILED = "inflight", "processed", "failed"
@@ -92,6 +94,7 @@ class PassRules:
     settle_seconds: float = 10.0  # a file modified more recently may still be being written
     claim_timeout_seconds: float = 3600.0  # longer than the longest scan: an older claim was abandoned
     max_attempts: int = 3  # scans of one file, across passes, before it goes to failed/
+    allow_symlinks: bool = False  # a link in the landing area is scanned only if it points inside it
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ _TOP_LEVEL = ("workspace", "datasets")
 _REQUIRED = ("reference", "label", "landing", "out")
 _ROLE_KEYS = ("id", "time", "text", "ignore")  # lists of column names (pipeline.roles)
 _OPTIONAL = ("suite", "holdout", "source", "cron", "interval_seconds", "timezone", "settle_seconds",
-             "claim_timeout_seconds", "max_attempts", "retries", "retry_delay_seconds", *_ROLE_KEYS)
+             "claim_timeout_seconds", "max_attempts", "retries", "retry_delay_seconds", "allow_symlinks",
+             *_ROLE_KEYS)
 
 
 def load_config(path: str | Path) -> LandingConfig:
@@ -213,6 +217,7 @@ def _dataset(fields: "_Fields", name: str, table: Any, workspace: Path | None) -
                                             minimum=1),
         max_attempts=int(fields.number(table, where, "max_attempts", defaults.max_attempts, minimum=1,
                                        integer=True)),
+        allow_symlinks=_allow_symlinks(fields, table, where),
     )
     return DatasetConfig(
         name=name,
@@ -248,6 +253,15 @@ def _roles(fields: "_Fields", table: Mapping[str, Any], where: str) -> tuple[tup
         return tuple((c, r.value) for c, r in explicit_roles(**named).items())
     except PoisonguardError as exc:
         raise ConfigError.at(fields.file, where, str(exc)) from None
+
+
+def _allow_symlinks(fields: "_Fields", table: Mapping[str, Any], where: str) -> bool:
+    from pipeline.input_paths import symlinks_allowed
+
+    value = table.get("allow_symlinks", symlinks_allowed(os.environ))
+    if not isinstance(value, bool):
+        raise fields._error(where, "allow_symlinks", f"must be true or false; got {value!r}")
+    return value
 
 
 class _Fields:
@@ -586,7 +600,7 @@ class Landing:
         self.fs.create_dir(parent, recursive=True)
         temporary = f"{parent}/.{name}.{secrets.token_hex(4)}.tmp"
         with self.fs.open_output_stream(temporary) as stream:
-            stream.write(text.encode("utf-8"))
+            stream.write(redact(text).encode("utf-8"))  # errors and results: no password in them
         self.fs.move(temporary, path)  # readers see the whole text or none
 
 
@@ -705,6 +719,8 @@ def _process(landing: Landing, claim: Claim, rules: PassRules, scan: ScanFile, r
     sha256 = None
     try:
         batch = landing.local_copy(claim, copy_dir)
+        if landing.is_local:  # a link planted in the landing area must not pull in another file
+            check_batch_path(batch, allow_symlinks=rules.allow_symlinks, roots=[Path(landing.root)])
         sha256 = sha256_file(batch)
         landed = _scan_unless_recorded(claim, batch, sha256, scan, recorded, out)
     except PoisonguardError as exc:

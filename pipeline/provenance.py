@@ -17,7 +17,6 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -36,14 +35,19 @@ def _mlflow():
 
 
 def redact(uri: str) -> str:
-    """Drop credentials from a URI before it is logged or written anywhere."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    """Drop credentials from a URI before it is logged or written anywhere (``pipeline.redaction``)."""
+    from pipeline.redaction import redact as redact_text
+
+    return redact_text(uri)
+
+
+def _redacted(values: dict[str, Any]) -> dict[str, str]:
+    """Params and tags as MLflow stores them, with every secret shown as *** (one redaction for
+    all of them: ``pipeline.redaction``)."""
+    from pipeline.redaction import known_secrets, redact as redact_text
+
+    secrets = known_secrets()
+    return {k: redact_text(str(v), secrets) for k, v in values.items()}
 
 
 def experiment_name(dataset: str) -> str:
@@ -122,7 +126,7 @@ def ensure_experiment(tracking_uri: str, dataset: str, artifact_root: Path | Non
 
 
 def start_scan_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-    run = _client(tracking_uri).create_run(experiment_id, run_name=run_name, tags=tags)
+    run = _client(tracking_uri).create_run(experiment_id, run_name=run_name, tags=_redacted(tags))
     return run.info.run_id
 
 
@@ -171,8 +175,8 @@ def log_results(tracking_uri: str, run_id: str, params: dict[str, Any], metrics:
     client.log_batch(
         run_id,
         metrics=[Metric(metric_key(k), float(v), now, 0) for k, v in metrics.items()],
-        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        params=[Param(k, str(v)[:6000]) for k, v in _redacted(params).items()],
+        tags=[RunTag(k, str(v)) for k, v in _redacted(tags).items()],
     )
     for path in artifacts:
         client.log_artifact(run_id, str(path))
@@ -249,7 +253,7 @@ def source_history(tracking_uri: str, dataset: str, source: str, exclude_run_id:
 def log_review(tracking_uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
     """Mirror steward actions to the batch's run (it is finished; MLflow allows adding to it)."""
     client = _client(tracking_uri)
-    for key, value in tags.items():
+    for key, value in _redacted(tags).items():
         client.set_tag(run_id, key, value)
     now_ms = int(time.time() * 1000)
     for key, value in metrics.items():
@@ -279,7 +283,7 @@ def log_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client = _client(tracking_uri)
-    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    items = [RunTag(k, str(v)) for k, v in _redacted(tags).items()]
     for start in range(0, len(items), _TAGS_PER_CALL):
         client.log_batch(run_id, tags=items[start:start + _TAGS_PER_CALL])
 

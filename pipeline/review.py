@@ -28,7 +28,9 @@ NEIGHBOURS = 5
 
 
 def open_ledger(settings: Settings) -> Ledger:
-    return Ledger.open(settings.database_url.get_secret_value())
+    from pipeline.anchor import open_ledger as open_anchored
+
+    return open_anchored(settings)
 
 
 @dataclass(frozen=True)

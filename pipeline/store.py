@@ -45,6 +45,7 @@ from pipeline.config import safe_name
 from pipeline.faults import checkpoint
 from pipeline.io import PARQUET_SLICE_ROWS, ROW_NUMBER, atomic_path, write_parquet_atomic, write_text_atomic
 from pipeline.ledger.intake import folder_files
+from pipeline.redaction import redact_data
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # a batch folder's (and lock's) name
 
@@ -173,7 +174,7 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     write_text_atomic(outputs.report_html, folder / "report.html")
     checkpoint("store.staging_before_summary")
     # summary.json last: its presence marks a complete folder
-    write_text_atomic(json.dumps(outputs.summary, indent=2, default=str) + "\n", folder / "summary.json")
+    write_text_atomic(json.dumps(redact_data(outputs.summary), indent=2, default=str) + "\n", folder / "summary.json")
 
 
 def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> None:

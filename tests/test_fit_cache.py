@@ -37,8 +37,13 @@ class _Planted:
         return (Path.write_text, (self.marker, "planted code ran"))
 
 
+def _home(tmp_path: Path) -> dict[str, str]:
+    """A home folder beside the workspace, not inside it: where the key file is made."""
+    return {"HOME": str(tmp_path.parent / f"{tmp_path.name}-home")}
+
+
 def _cache(tmp_path: Path, **env: str) -> FitCache:
-    cache = FitCache.for_workspace(tmp_path, env)
+    cache = FitCache.for_workspace(tmp_path, {**_home(tmp_path), **env})
     assert cache is not None
     return cache
 
@@ -73,10 +78,12 @@ def test_an_entry_signed_with_another_key_is_not_loaded(tmp_path):
     assert _cache(tmp_path).get_or_fit(PARTS, fits)["call"] == 1 and fits.calls == 1
 
 
-def test_the_generated_key_is_readable_by_its_owner_only(tmp_path):
+def test_the_generated_key_is_outside_the_workspace_and_readable_by_its_owner_only(tmp_path):
     _cache(tmp_path)
-    key_file = tmp_path / "keys" / "fit-cache.key"
+    key_file = Path(_home(tmp_path)["HOME"]) / ".config" / "poisonguard" / "fit-cache.key"
+    assert not (tmp_path / "keys").exists()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert len(bytes.fromhex(key_file.read_text())) == 32
 
 
@@ -140,9 +147,93 @@ def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):
 
 def test_an_empty_or_short_key_file_is_refused_not_used(tmp_path):
     """An empty key would make every tag forgeable (HMAC under b'')."""
-    key_file = tmp_path / "keys" / "fit-cache.key"
+    key_file = tmp_path / "elsewhere" / "fit-cache.key"
     key_file.parent.mkdir()
-    for content in ("", "abcd"):
-        key_file.write_text(content)
+    for content in (b"", b"abcd", b"\xff\xfe" * 40):
+        key_file.write_bytes(content)
         with pytest.raises(PoisonguardError, match="delete it"):
-            FitCache.for_workspace(tmp_path, {})
+            FitCache.for_workspace(tmp_path / "ws", {"POISONGUARD_CACHE_KEY_FILE": str(key_file)})
+
+
+# --- the workspace writer's three attacks (issue 22): none of them runs the planted code ------
+
+def _plant(workspace: Path, marker: Path, signing_key: bytes | None) -> None:
+    """Write a pickle that runs code when loaded into the entry the scan will look up, signed
+    with ``signing_key`` (None: unsigned)."""
+    attacker = FitCache(workspace / "cache" / "fits", signing_key or b"")
+    payload, tag = attacker._paths(attacker.key(PARTS))
+    payload.parent.mkdir(parents=True, exist_ok=True)
+    payload.write_bytes(pickle.dumps(_Planted(marker)))
+    if signing_key is not None:
+        tag.write_text(attacker._tag(payload.read_bytes()))
+
+
+def _old_workspace_key(workspace: Path) -> bytes:
+    """The key file an older poisonguard kept in the workspace (readable by its writer)."""
+    key_file = workspace / "keys" / "fit-cache.key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        key_file.write_text(os.urandom(32).hex())
+    return bytes.fromhex(key_file.read_text())
+
+
+def test_a_pickle_signed_with_the_old_workspace_key_never_runs(tmp_path):
+    workspace, marker = tmp_path / "ws", tmp_path / "pwned"
+    _plant(workspace, marker, _old_workspace_key(workspace))
+    fits = _Fits()
+    assert _cache(workspace).get_or_fit(PARTS, fits)["call"] == 1 and fits.calls == 1
+    assert not marker.exists()
+
+
+def test_a_replaced_key_file_in_the_workspace_is_never_used(tmp_path):
+    workspace, marker = tmp_path / "ws", tmp_path / "pwned"
+    _cache(workspace).get_or_fit(PARTS, _Fits())  # a genuine entry under the real key
+    attacker_key = os.urandom(32)
+    (workspace / "keys").mkdir()
+    (workspace / "keys" / "fit-cache.key").write_text(attacker_key.hex())  # the attacker's own key
+    _plant(workspace, marker, attacker_key)
+    fits = _Fits()
+    assert _cache(workspace).get_or_fit(PARTS, fits)["call"] == 1 and fits.calls == 1
+    assert not marker.exists()
+
+
+def test_an_unsigned_pickle_never_runs(tmp_path):
+    workspace, marker = tmp_path / "ws", tmp_path / "pwned"
+    _plant(workspace, marker, None)
+    assert _cache(workspace).get_or_fit(PARTS, _Fits())["call"] == 1
+    assert not marker.exists()
+
+
+def test_a_key_file_inside_the_workspace_means_no_cache(tmp_path):
+    """Pointing the key file into the workspace (by HOME or POISONGUARD_CACHE_KEY_FILE) turns the
+    cache off: a key the workspace writer can read would sign their pickles."""
+    workspace = tmp_path / "ws"
+    assert FitCache.for_workspace(workspace, {"HOME": str(workspace)}) is None
+    assert FitCache.for_workspace(workspace, {"HOME": str(tmp_path / "home"),
+                                              "POISONGUARD_CACHE_KEY_FILE": str(workspace / "k")}) is None
+
+
+def test_a_scan_through_the_cli_does_not_run_a_pickle_planted_in_its_workspace(tmp_path, scan_sample, monkeypatch):
+    """End to end: the workspace holds a planted entry under the very key the scan will look up,
+    signed with a key file the attacker put in the workspace; the scan refits and the code never runs."""
+    from pipeline import scan
+    from pipeline.config import Settings
+
+    monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")
+    monkeypatch.delenv("POISONGUARD_CACHE_KEY")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    workspace, marker = tmp_path / "ws", tmp_path / "pwned"
+    request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
+                               label="deny", out=tmp_path / "o", suite=SUITE, holdout=SAMPLES / "holdout.parquet")
+    parts = scan.fit_key(scan.load_trusted(request, Settings.from_environment(workspace)),
+                         Settings.from_environment(workspace))
+    attacker = FitCache(workspace / "cache" / "fits", _old_workspace_key(workspace))
+    payload, tag = attacker._paths(attacker.key(parts))
+    payload.parent.mkdir(parents=True, exist_ok=True)
+    payload.write_bytes(pickle.dumps(_Planted(marker)))
+    tag.write_text(attacker._tag(payload.read_bytes()))
+
+    result, _ = scan_sample(SAMPLES / "batch_02_label_flips.csv")
+    assert result.exit_code == 0, result.stderr
+    assert not marker.exists()

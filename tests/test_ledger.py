@@ -41,7 +41,7 @@ BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SHA_A = "3f2a9c1b0d4e" + "a" * 52
 SHA_B = "77e1d0c4b2a9" + "b" * 52
 START = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
-TABLES = {"batches", "row_decisions", "review_actions", "ledger_entries", "alembic_version"}
+TABLES = {"batches", "row_decisions", "review_actions", "ledger_entries", "poisonguard_ledger_version"}
 
 
 def test_postgresql_is_tested_when_configured():
@@ -143,21 +143,51 @@ def test_migrations_create_the_schema_from_nothing_and_reopening_changes_nothing
     engine = create_engine(database_url)
     assert TABLES <= set(inspect(engine).get_table_names())
     engine.dispose()
-    assert raw_sql("SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw_sql("SELECT version_num FROM poisonguard_ledger_version") == [("0002",)]
 
     with Ledger.open(database_url) as reopened:
         assert reopened.head() == head
         assert reopened.get_batch(batch_id).rows == 6
         assert reopened.verify() == []
-    assert raw_sql("SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw_sql("SELECT version_num FROM poisonguard_ledger_version") == [("0002",)]
 
 
 def test_models_and_migrations_describe_the_same_schema(ledger, database_url):
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(connection, opts={"version_table": "poisonguard_ledger_version"})
+        differences = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_a_ledger_whose_revision_is_in_alembic_version_moves_it_to_its_own_table(database_url, raw_sql):
+    """Ledgers made before issue 22 kept their revision in alembic_version, MLflow's table."""
+    with Ledger.open(database_url) as ledger:
+        ledger.record_scan(*scan_outputs())
+    raw_sql("DROP TABLE poisonguard_ledger_version")  # as Alembic's default made it
+    raw_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+    raw_sql("INSERT INTO alembic_version VALUES ('0002')")
+    with Ledger.open(database_url) as reopened:
+        assert reopened.verify() == []
+    assert raw_sql("SELECT version_num FROM poisonguard_ledger_version") == [("0002",)]
+    engine = create_engine(database_url)
+    assert "alembic_version" not in inspect(engine).get_table_names()  # free for MLflow
+    engine.dispose()
+
+
+def test_the_ledger_and_mlflow_share_one_database(database_url, raw_sql, tmp_path):
+    """Both keep an Alembic revision; with one version table each, either can be made first."""
+    from mlflow.tracking import MlflowClient
+
+    with Ledger.open(database_url) as ledger:
+        batch_id = ledger.record_scan(*scan_outputs())
+    client = MlflowClient(tracking_uri=database_url)
+    client.create_experiment("shared", artifact_location=str(tmp_path / "artifacts"))
+    with Ledger.open(database_url) as reopened:
+        assert reopened.get_batch(batch_id).rows == 6 and reopened.verify() == []
+    MlflowClient(tracking_uri=database_url).get_experiment_by_name("shared")
 
 
 def test_in_memory_sqlite_ledger_works():
@@ -170,7 +200,7 @@ def test_in_memory_sqlite_ledger_works():
 
 def test_a_database_from_a_newer_poisonguard_is_refused(database_url, raw_sql):
     Ledger.open(database_url).close()
-    raw_sql("UPDATE alembic_version SET version_num = '9999'")
+    raw_sql("UPDATE poisonguard_ledger_version SET version_num = '9999'")
     with pytest.raises(LedgerError, match="newer poisonguard"):
         Ledger.open(database_url)
 

@@ -47,7 +47,7 @@ def test_scan_run_is_found_by_sha256_and_holds_artifacts(scan_sample):
 
 
 def test_credentials_are_redacted_from_tracking_uris():
-    assert redact("postgresql://alice:s3cret@db.example:5432/mlflow") == "postgresql://db.example:5432/mlflow"
+    assert redact("postgresql://alice:s3cret@db.example:5432/mlflow") == "postgresql://alice:***@db.example:5432/mlflow"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 

@@ -11,6 +11,7 @@ searched on its own: the ledger's password is known to leak there (see that test
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as random_secrets
 import subprocess
@@ -149,3 +150,114 @@ def test_no_secret_in_the_ledger_tables(scanned):
     finally:
         engine.dispose()
     assert found_in(scanned, repr(dump)) == []
+
+
+# --- every command, with passwords in the ledger's URL and in MLflow's (issue 22) -------------
+
+@dataclass(frozen=True)
+class Session:
+    passwords: dict[str, str]
+    roots: dict[str, Path]  # what → folder searched
+    outputs: dict[str, str]  # command → stdout and stderr
+    codes: dict[str, int]
+    schema: str
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A scan, review list/release, verify, the gate (passing and refused), a failed scan (the
+    ledger's database unreachable, password in the query) and a scan of a bad file, each through
+    the real CLI, with the
+    ledger and MLflow in one PostgreSQL schema whose URLs carry passwords."""
+    if not PG_URL:
+        pytest.skip("passwords in database URLs are tested on PostgreSQL: set POISONGUARD_TEST_DATABASE_URL")
+    root = tmp_path_factory.mktemp("passwords")
+    workspace = root / "ws"
+    reference = root / "reference.parquet"
+    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference)
+    passwords = {"ledger": f"ledger-pw-{uuid.uuid4().hex}", "mlflow": f"mlflow-pw-{uuid.uuid4().hex}",
+                 "unreachable ledger": f"query-pw-{uuid.uuid4().hex}"}
+    schema = f"secrets_shared_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+
+    def url(password: str) -> str:  # the test server trusts local connections: any password is accepted
+        return (make_url(PG_URL).set(password=password).update_query_dict({"options": f"-csearch_path={schema}"})
+                .render_as_string(hide_password=False))
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_HOME", "PREFECT_API_URL", "POISONGUARD_FIT_CACHE", "MLFLOW_TRACKING_PASSWORD")}
+    env.update({"POISONGUARD_DATABASE_URL": url(passwords["ledger"]), "MLFLOW_TRACKING_URI": url(passwords["mlflow"]),
+                "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO", "MLFLOW_LOGGING_LEVEL": "INFO",
+                "POISONGUARD_WORKSPACE": str(workspace)})
+    outputs, codes = {}, {}
+
+    def run(name: str, *args: str | Path, extra: dict[str, str] | None = None) -> None:
+        done = subprocess.run([str(POISONGUARD), *map(str, args)], env={**env, **(extra or {})}, cwd=REPO,
+                              capture_output=True, text=True, timeout=600, check=False)
+        outputs[name], codes[name] = done.stdout + done.stderr, done.returncode
+
+    scan_args = ("--reference", reference, "--holdout", SAMPLES / "holdout.parquet", "--suite", SUITE,
+                 "--label", "deny", "--dataset", DATASET)
+    bad = root / "bad.csv"
+    bad.write_text("not,a\nbatch\x00\n")
+    unreachable = (make_url(PG_URL).set(database=f"missing_{uuid.uuid4().hex[:8]}")
+                   .update_query_dict({"password": passwords["unreachable ledger"]}).render_as_string(hide_password=False))
+    try:
+        run("scan", "scan", SAMPLES / "batch_03_impossible_and_outliers.csv", *scan_args, "--out", root / "out")
+        run("review list", "review", "list", "--format", "json")
+        held = json.loads(outputs["review list"][:outputs["review list"].rindex("]") + 1]) if codes["review list"] == 0 else []
+        run("review release", "review", "release", held[0]["id"] if held else "none:0", "--by", "steward",
+            "--reason", "checked by hand")
+        run("verify", "verify")
+        run("gate", "gate", "--dataset", DATASET, "--out", root / "gate", "--max-pending", "1000")
+        run("gate refused", "gate", "--dataset", DATASET, "--out", root / "gate-refused")
+        # last: a scan that cannot reach its ledger leaves its batch folder for the next scan to record
+        run("failed scan", "scan", SAMPLES / "batch_02_label_flips.csv", *scan_args, "--out", root / "out-failed",
+            extra={"POISONGUARD_DATABASE_URL": unreachable})
+        run("scan of a bad file", "scan", bad, *scan_args, "--out", root / "out-bad")
+        yield Session(passwords, {"workspace": workspace, "outputs": root}, outputs, codes, schema)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+def _found(session: Session, data: bytes) -> list[str]:
+    return [what for what, value in session.passwords.items() if value.encode() in data]
+
+
+def test_every_command_ran_as_intended(session):
+    assert session.codes["scan"] == 0, session.outputs["scan"][-2000:]
+    assert session.codes["failed scan"] != 0 and "Cannot open the ledger database" in session.outputs["failed scan"]
+    assert session.codes["scan of a bad file"] == 2
+    assert session.codes["review release"] == 0, session.outputs["review release"]
+    assert session.codes["verify"] == 0 and "Ledger intact" in session.outputs["verify"]
+    assert session.codes["gate"] == 0, session.outputs["gate"][-2000:]
+    assert session.codes["gate refused"] == 3
+
+
+def test_no_password_on_any_console(session):
+    assert {name: _found(session, text.encode()) for name, text in session.outputs.items()
+            if _found(session, text.encode())} == {}
+    assert "***" in session.outputs["failed scan"]  # the URL was shown, masked
+
+
+def test_no_password_in_any_file_of_the_workspace_or_the_outputs(session):
+    leaks = {str(path): found for folder in session.roots.values() for path in sorted(folder.rglob("*"))
+             if path.is_file() and (found := _found(session, path.read_bytes()))}
+    assert leaks == {}
+
+
+def test_no_password_in_the_mlflow_store_or_the_ledger(session):
+    """MLflow's tables and the ledger's share the schema: every row of every table is searched."""
+    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={session.schema}"})
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+            assert {"runs", "params", "tags", "batches", "ledger_entries"} <= set(tables)
+            dump = [row for table in tables for row in connection.execute(text(f'SELECT * FROM "{table}"'))]
+    finally:
+        engine.dispose()
+    assert _found(session, repr(dump).encode()) == []

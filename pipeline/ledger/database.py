@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import alembic.command
 import alembic.config
 import alembic.util
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ DEFAULT_FILE_NAME = "ledger.sqlite"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
+VERSION_TABLE = "poisonguard_ledger_version"  # the ledger's Alembic revision (MLflow's is in alembic_version)
 _WRITE = "poisonguard_ledger_write"  # execution option marking a write transaction
 # pg_advisory_xact_lock takes a signed 64-bit key; one derived from a name no other program uses
 _ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"poisonguard ledger").digest()[:8], "big", signed=True)
@@ -70,7 +71,10 @@ def parse_url(url: str | URL) -> URL:
 
 
 def display_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL with its password, and any password or token in its query, shown as ***."""
+    from pipeline.redaction import redact
+
+    return redact(url.render_as_string(hide_password=True))
 
 
 def is_memory(url: URL) -> bool:
@@ -138,6 +142,7 @@ def migrate(engine: Engine, url: URL) -> None:
     try:
         with write_session(engine) as session:
             config.attributes["connection"] = session.connection()
+            _adopt_version_table(session.connection(), config)
             alembic.command.upgrade(config, "head")
     except alembic.util.CommandError as exc:
         raise LedgerError(
@@ -148,11 +153,34 @@ def migrate(engine: Engine, url: URL) -> None:
         raise LedgerError(f"Cannot open the ledger database {display_url(url)}: {first_line(exc, url)}") from None
 
 
+def _adopt_version_table(connection: Connection, config: alembic.config.Config) -> None:
+    """A ledger made before the ledger had its own version table kept its revision in
+    ``alembic_version``, where MLflow keeps its own ("Can't locate revision identified by
+    '0002'" when both shared a database). Move ours to ``VERSION_TABLE``; leave MLflow's."""
+    from alembic.script import ScriptDirectory
+
+    tables = set(inspect(connection).get_table_names())
+    if VERSION_TABLE in tables or "alembic_version" not in tables or "ledger_entries" not in tables:
+        return
+    ours = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    found = [r for r in connection.execute(text("SELECT version_num FROM alembic_version")).scalars() if r in ours]
+    if not found:
+        return
+    connection.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+                            f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"))
+    for revision in found:
+        connection.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:r)"), {"r": revision})
+        connection.execute(text("DELETE FROM alembic_version WHERE version_num = :r"), {"r": revision})
+    if connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0:
+        connection.execute(text("DROP TABLE alembic_version"))
+
+
 def first_line(exc: BaseException, url: URL) -> str:
     """The driver's own explanation, on one line, with the password taken out should a driver
     ever echo it."""
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    from pipeline.redaction import known_secrets, redact
+
     line = message[0] if message else type(exc).__name__
-    if url.password:
-        line = line.replace(str(url.password), "***")
-    return line
+    password = str(url.password) if url.password else None
+    return redact(line, [*known_secrets(), *([password] if password else [])])

@@ -94,16 +94,20 @@ class Ledger:
     """A handle on one ledger database. Open it with ``Ledger.open(url)``; safe to share
     between threads (each call uses its own session), except for in-memory SQLite."""
 
-    def __init__(self, engine: Engine, url: URL, clock: Callable[[], dt.datetime] = _utc_now) -> None:
+    def __init__(self, engine: Engine, url: URL, clock: Callable[[], dt.datetime] = _utc_now,
+                 on_write: Callable[[ChainHead], None] | None = None) -> None:
         self._engine = engine
         self._url = url
         self._clock = clock
+        self._on_write = on_write
 
     @classmethod
-    def open(cls, url: str | URL, *, clock: Callable[[], dt.datetime] = _utc_now) -> "Ledger":
+    def open(cls, url: str | URL, *, clock: Callable[[], dt.datetime] = _utc_now,
+             on_write: Callable[[ChainHead], None] | None = None) -> "Ledger":
         """Connect and bring the schema up to date (created on first use). ``url``: a SQLAlchemy
         URL, e.g. ``sqlite:///ws/ledger.sqlite`` or ``postgresql+psycopg://user@host/db``; see
-        ``ledger_url``. ``clock`` stamps review actions (tests pin it)."""
+        ``ledger_url``. ``clock`` stamps review actions (tests pin it). ``on_write`` is called
+        with the new head after each write commits (``pipeline.anchor`` keeps it outside)."""
         parsed = parse_url(url)
         engine = create_ledger_engine(parsed)
         try:
@@ -111,7 +115,7 @@ class Ledger:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, parsed, clock)
+        return cls(engine, parsed, clock, on_write)
 
     @property
     def url(self) -> str:
@@ -343,7 +347,12 @@ class Ledger:
     def _write(self, work: Callable[[Session], T]) -> T:
         with self._database_errors():
             with write_session(self._engine) as session:
-                return work(session)
+                result = work(session)
+                last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
+                                       .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
+        if self._on_write is not None and last is not None:
+            self._on_write(ChainHead(last.sequence, last.entry_hash))  # this write's head, committed
+        return result
 
     def _read(self, work: Callable[[Session], T], consistent: bool = False) -> T:
         engine = self._engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from pipeline.ledger.database import VERSION_TABLE
 from pipeline.ledger.models import Base
 
 connection = context.config.attributes.get("connection")
@@ -22,6 +23,9 @@ if connection is None or context.is_offline_mode():
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
+    # not Alembic's default alembic_version: MLflow keeps its own revision there, and both may
+    # share one database
+    version_table=VERSION_TABLE,
     # SQLite cannot ALTER most constraints; batch mode rebuilds the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
 )
