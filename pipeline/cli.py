@@ -119,7 +119,8 @@ def profile(
         fail(f"The label column '{safe(label)}' is not in the reference {safe(reference)}.")
     missing = [c for c in [*protected, *id, *time, *text, *ignore] if c not in table.columns]
     if missing:
-        fail(f"Column(s) not in the reference {safe(reference)}: {', '.join(map(safe, missing))}.")
+        named = ", ".join(f"'{safe(c)}'" for c in missing)
+        fail(f"Column(s) not in the reference {safe(reference)}: {named}.")
     frame, exact = table.frame.drop(columns=[ROW_NUMBER]), table.exact.to_pandas()
     roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
                         exact=exact)

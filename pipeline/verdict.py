@@ -206,7 +206,9 @@ class CellCounts:
         known = np.isin(cells, list(model.calibration_rows))
         tested = known & (cells >= 0) & ~np.isnan(pvalues)
         present = np.unique(cells[tested])
-        edges = np.array([cell_edges(model.calibration_rows[int(c)]) for c in present]).reshape(len(present), -1)
+        # (a batch whose rows this kind leaves all untested has no cell: empty arrays of the right width)
+        width = len(cell_edges(1))
+        edges = np.array([cell_edges(model.calibration_rows[int(c)]) for c in present]).reshape(len(present), width)
         counts = np.array([_binned(pvalues[tested & (cells == c)], e) for c, e in zip(present, edges)],
                           dtype="int64").reshape(len(present), len(EDGES))
         gaps = np.array([_gap_weights(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)

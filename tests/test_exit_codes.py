@@ -69,7 +69,7 @@ CASES = [
     Case("profile label missing", lambda t: ["profile", REFERENCE, "--label", "nope", "--out", t / "s.json"], 2,
          "The label column 'nope' is not in the reference"),
     Case("profile protected missing", lambda t: ["profile", REFERENCE, "--label", "deny", "--protected", "nope",
-                                                 "--out", t / "s.json"], 2, "--protected names column(s)"),
+                                                 "--out", t / "s.json"], 2, "not in the reference"),
     # on copies in the test's folder: on the old code these overwrote their input
     Case("profile out is its reference", lambda t: ["profile", t / "in" / "ref.parquet", "--label", "deny",
                                                     "--out", t / "in" / "ref.parquet"], 2, "is the input"),

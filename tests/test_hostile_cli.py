@@ -95,15 +95,16 @@ def test_the_snapshot_keeps_the_datasets_own_batch_id(matrix):
     assert not {"poisonguard_batch_id", "row_number"} & set(bare.columns)
 
 
-def test_ten_digit_ids_stay_inside_their_inferred_range(matrix):
-    """Were rounded to 6 significant digits: the range collapsed and every row was held."""
+def test_ten_digit_ids_hold_no_row(matrix):
+    """Were rounded to 6 significant digits: the range collapsed and every row was held. Now the
+    increasing, unique loan_id is profiled as an id (pipeline.roles): no range at all, checked
+    for repeats instead (tests/test_cli_contract.py holds full-precision ranges of features)."""
     harness = hostile_harness()
     _, root = matrix
     suite = json.loads((root / "suites" / "hostile.json").read_text())
-    (bounds,) = [e["kwargs"] for e in suite["expectations"]
-                 if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "loan_id"]
-    reference = pd.read_parquet(root / "in" / "reference.parquet")
-    assert bounds["min_value"] <= reference["loan_id"].min() < reference["loan_id"].max() <= bounds["max_value"]
+    assert suite["meta"]["poisonguard"]["roles"]["loan_id"] == "id"
+    assert not [e for e in suite["expectations"]
+                if e["type"] == "expect_column_values_to_be_between" and e["kwargs"].get("column") == "loan_id"]
     findings = pd.read_parquet(root / "out" / "scan" / "findings.parquet")
     assert not (findings["column"] == "loan_id").any()
     quarantined = pd.read_parquet(root / "out" / "scan" / "quarantined.parquet")

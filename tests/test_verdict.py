@@ -180,3 +180,11 @@ def test_the_likely_hold_stops_where_a_row_is_no_longer_more_likely_poison_than_
     assert evidence.to_hold("likely", 0.1) == 5  # 0.99 ... 0.5
     assert evidence.to_hold("fdr", 0.1) == 2  # clean share (0.01 + 0.1) / 2 = 0.055; with 0.3 it is 0.137
     assert evidence.to_hold("lower", 0.1) == 3
+
+
+def test_a_kind_whose_rows_are_all_left_untested_is_no_evidence():
+    """Every row in cell -1 (the outlier detector held them all, an invalid batch): no cell, no
+    excess, nothing to rank; the verdict is not an internal error."""
+    model = PoisonModel("label_flips", {0: 500}, np.full(100, 0.01), np.zeros(100, int))
+    evidence = row_evidence("label_consistency", np.full(40, 0.001), np.full(40, -1), model)
+    assert evidence.p_value == 1.0 and evidence.estimate == 0 and len(evidence.rows) == 0
