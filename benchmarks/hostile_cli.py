@@ -100,7 +100,7 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     reference = pd.read_parquet(SAMPLES / "reference.parquet")
     reference = reference.assign(batch_id=USER_BATCH_ID, loan_id=FIRST_ID + pd.RangeIndex(len(reference)))
     batch = pd.read_csv(SAMPLES / "batch_01_clean.csv")
-    batch = batch.assign(batch_id=USER_BATCH_ID, loan_id=FIRST_ID + 7 + pd.RangeIndex(len(batch)))
+    batch = batch.assign(batch_id=USER_BATCH_ID, loan_id=FIRST_ID + len(reference) + pd.RangeIndex(len(batch)))
     batch.loc[list(HELD_ROWS), "phist"] = HOSTILE_CELL
     paths = {"reference": folder / "reference.parquet", "batch": folder / HOSTILE_NAME}
     reference.to_parquet(paths["reference"], index=False)

@@ -174,7 +174,7 @@ def session(tmp_path_factory):
     root = tmp_path_factory.mktemp("passwords")
     workspace = root / "ws"
     reference = root / "reference.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference)
+    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
     passwords = {"ledger": f"ledger-pw-{uuid.uuid4().hex}", "mlflow": f"mlflow-pw-{uuid.uuid4().hex}",
                  "unreachable ledger": f"query-pw-{uuid.uuid4().hex}"}
     schema = f"secrets_shared_{uuid.uuid4().hex[:16]}"

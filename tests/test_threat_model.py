@@ -191,7 +191,7 @@ def test_without_an_anchor_a_rewritten_history_passes_the_gate(scanned, tmp_path
     _delete_gate_runs(workspace)
     result = _gate(_settings(workspace, None), tmp_path / "out", scanned.pending)
     assert int(scanned.rejected[0].split(":")[1]) in set(
-        pd.read_parquet(result.path).query(f"batch_id == '{scanned.rejected[0].split(':')[0]}'")["row_number"])
+        pd.read_parquet(result.path).query(f"poisonguard_batch_id == '{scanned.rejected[0].split(':')[0]}'")["row_number"])
 
 
 def test_a_pinned_head_refuses_a_rewritten_history_without_an_anchor(scanned, tmp_path):
