@@ -64,7 +64,7 @@ def show(
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """One row with its reasons, scores and nearest trusted neighbours; or one batch's counts."""
-    from pipeline.review import batch_verdict, open_ledger, row_detail
+    from pipeline.review import batch_summary, open_ledger, row_detail
 
     settings = Settings.from_environment(workspace)
     with open_ledger(settings) as ledger:
@@ -75,7 +75,7 @@ def show(
                        f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {safe(b.mlflow_run_id)}\n"
                        f"{b.rows} rows: {b.accepted} accepted, {b.quarantined} quarantined "
                        f"({b.pending} pending, {b.released} released, {b.rejected} rejected)")
-            verdict = batch_verdict(settings, b)
+            verdict = batch_summary(settings, b).get("verdict")
             if verdict:
                 typer.echo(verdict["headline"])
                 for line in verdict.get("evidence", []):

@@ -53,14 +53,14 @@ def batch_folder(settings: Settings, record: RowRecord, ledger: Ledger) -> Path:
     return folder
 
 
-def batch_verdict(settings: Settings, batch: Any) -> dict[str, Any] | None:
-    """The scan's verdict on a recorded batch (``summary.json``), None if the folder or the
-    verdict is missing (a batch scanned before verdicts existed)."""
+def batch_summary(settings: Settings, batch: Any) -> dict[str, Any]:
+    """A recorded batch's ``summary.json`` (its verdict, its columns' roles …); empty if the
+    folder or the file is missing or unreadable (the page or listing shows the rest)."""
     path = Workspace(settings.workspace).batch_dir(batch.dataset, batch.sha256) / "summary.json"
     try:
-        return json.loads(path.read_text()).get("verdict")
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def row_detail(settings: Settings, ledger: Ledger, row_id: str) -> RowDetail:

@@ -98,14 +98,18 @@ def assert_conserved(out: Path, n_rows: int) -> None:
     assert summary["counts"] == {"rows": n_rows, "accepted": len(accepted), "quarantined": len(quarantined)}
 
 
-def crash_harness():
-    """benchmarks/crash_injection.py as a module (it is a script, not a package), loaded once."""
-    if "crash_injection" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("crash_injection", REPO / "benchmarks" / "crash_injection.py")
+def benchmark_module(name: str):
+    """benchmarks/<name>.py as a module (a script, not a package), loaded once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
         spec.loader.exec_module(module)
-    return sys.modules["crash_injection"]
+    return sys.modules[name]
+
+
+def crash_harness():
+    return benchmark_module("crash_injection")
 
 
 # --- test tiers ------------------------------------------------------------------------------------

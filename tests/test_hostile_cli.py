@@ -11,7 +11,6 @@ inferred range; a Parquet column '__index_level_0__' was dropped silently.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,16 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import benchmark_module
 
 
 def hostile_harness():
-    if "hostile_cli" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_cli", REPO / "benchmarks" / "hostile_cli.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_cli"]
+    return benchmark_module("hostile_cli")
 
 
 @pytest.fixture(scope="module")

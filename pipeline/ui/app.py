@@ -11,7 +11,6 @@ batch and a message shown there once, so a reload never repeats an action.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import re
@@ -31,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.ledger import BatchRecord, Ledger, LedgerError, NotInLedger, ReviewAction, RowRecord, RowStatus
-from pipeline.review import RowDetail, act, batch_verdict, open_ledger, row_detail
+from pipeline.review import RowDetail, act, batch_summary, open_ledger, row_detail
 from pipeline.store import Workspace
 from pipeline.ui.security import (
     REPORT_CONTENT_SECURITY_POLICY,
@@ -226,8 +225,9 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
                 for r in ledger.list_rows(batch_id=batch.id, status=status)]
         rows.sort(key=lambda r: (r.status != RowStatus.PENDING, -r.suspicion, r.row_number))
         has_report = _report_path(settings, batch).is_file()
+        summary = batch_summary(settings, batch)
         return render("batch.html.j2", session, batch=batch, rows=rows, has_report=has_report,
-                      verdict=batch_verdict(settings, batch), roles=_roles(settings, batch))
+                      verdict=summary.get("verdict"), roles=_by_role(summary.get("roles") or {}))
 
     @app.get("/batches/{batch_id}/report")
     def batch_report(batch_id: str, session: Session = Depends(reader)) -> Response:
@@ -421,14 +421,9 @@ def _report_path(settings: Settings, batch: BatchRecord) -> Path:
     return Workspace(settings.workspace).batch_dir(batch.dataset, batch.sha256) / "report.html"
 
 
-def _roles(settings: Settings, batch: BatchRecord) -> dict[str, list[str]]:
-    """The batch's columns by role, from its scan's summary.json (pipeline.roles); empty for a
-    scan recorded before roles, or a summary that cannot be read."""
-    path = _report_path(settings, batch).with_name("summary.json")
-    try:
-        roles = json.loads(path.read_text(encoding="utf-8")).get("roles") or {}
-    except (OSError, ValueError):
-        return {}
+def _by_role(roles: dict[str, str]) -> dict[str, list[str]]:
+    """The columns of a scan's ``roles`` (pipeline.roles) grouped by role; empty for a scan
+    recorded before roles."""
     grouped: dict[str, list[str]] = {}
     for column, role in roles.items():
         grouped.setdefault(str(role), []).append(str(column))
