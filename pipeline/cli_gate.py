@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,23 +47,21 @@ def gate(
 def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: bool = True,
              workspace: Path | None = None, expect_head: str | None = None) -> Any:
     """Run the gate flow; returns ``pipeline.gate.GateResult`` or raises ``GateRefused`` (exit 3)."""
-    from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
-    from pipeline.gate import GateRequest
-
+    from pipeline.cli_prefect import quiet_libraries, run_flow
+    from pipeline.gate import GateRequest, run
     from pipeline.paths import check_output_folder, check_workspace
 
     settings = Settings.from_environment(workspace)
     request = GateRequest(dataset, Path(out), max_pending, keep_provenance, expect_head=expect_head)
     check_workspace(settings.workspace)
     check_output_folder(request.out, workspace=settings.workspace)
-    _prepare_prefect(settings)
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    quiet_libraries()
+    if settings.orchestrator == "plain":
+        return run(request, settings)
 
-    from flows.gate import gate_flow
+    def gate_flow() -> Any:
+        from flows.gate import gate_flow
 
-    # As in run_scan: the CLI reports a refusal itself, one message; Prefect's run loggers would
-    # print it again with a traceback. Run states still reach the Prefect API.
-    for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):
-        logging.getLogger(run_logger).setLevel(logging.CRITICAL)
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return gate_flow(request, settings)
+
+    return run_flow(settings, gate_flow)

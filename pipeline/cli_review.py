@@ -39,10 +39,14 @@ def list_rows(
     workspace: Optional[Path] = WORKSPACE,
 ) -> None:
     """Rows awaiting review (or released/rejected/accepted ones), most suspect first."""
-    from pipeline.review import open_ledger
+    from pipeline.anchor import open_ledger
+    from pipeline.ledger.database import ledger_exists
 
-    with open_ledger(Settings.from_environment(workspace)) as ledger:
-        rows = sorted(ledger.list_rows(dataset=dataset, status=status.value), key=lambda r: (-r.suspicion, r.id))
+    settings = Settings.from_environment(workspace)
+    rows = []
+    if ledger_exists(settings.database_url.get_secret_value()):  # a workspace never scanned has no rows
+        with open_ledger(settings) as ledger:
+            rows = sorted(ledger.list_rows(dataset=dataset, status=status.value), key=lambda r: (-r.suspicion, r.id))
     if output == Format.json:
         # json.dumps escapes control characters itself (and, with ensure_ascii, everything else)
         typer.echo(json.dumps([{"id": r.id, "dataset": r.dataset, "status": r.status.value,
@@ -148,8 +152,7 @@ def verify(
 ) -> None:
     """Check the ledger's hash chain (and its anchor, when configured): exit 3 and name every
     problem if history was edited. Prints the head to pin with 'gate --expect-head'."""
-    from pipeline.anchor import describe
-    from pipeline.review import open_ledger
+    from pipeline.anchor import describe, open_ledger
 
     settings = Settings.from_environment(workspace)
     anchor = settings.anchor

@@ -3,18 +3,17 @@ areas, configured in ``poisonguard.toml`` (see ``pipeline/landing.py`` and docs/
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe as safe
-from pipeline.landing import (DatasetConfig, LandedFile, LandingConfig, LandingIncomplete, Outcome, PassReport,
-                              load_config, prepare_landing)
+
+if TYPE_CHECKING:  # pipeline.landing reads tables (pandas, Arrow): imported where a command runs
+    from pipeline.landing import DatasetConfig, LandedFile, LandingConfig, PassReport
 
 CONFIG = typer.Option(Path("poisonguard.toml"), "--config",
                       help="The datasets and their landing areas (see examples/poisonguard.toml).")
@@ -27,6 +26,9 @@ def serve(
     """Serve each dataset's landing pass on its schedule, and its gate, as Prefect deployments.
 
     Needs a Prefect server (PREFECT_API_URL); runs until interrupted."""
+    from pipeline.config import Settings
+    from pipeline.landing import load_config, prepare_landing
+
     configured = load_config(config)
     for dataset in configured.datasets.values():
         prepare_landing(dataset)
@@ -37,9 +39,9 @@ def serve(
             "PREFECT_API_URL=http://127.0.0.1:4200/api, or run `poisonguard ingest-landing` from cron "
             "(docs/scheduling.md).")
     deployments = build_deployments(configured, config.resolve())
-    from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
+    from pipeline.cli_prefect import prepare_prefect
 
-    _prepare_prefect(Settings.from_environment(configured.workspace))
+    prepare_prefect(Settings.from_environment(configured.workspace))
     from prefect import serve as serve_deployments
 
     serve_deployments(*deployments, limit=limit)
@@ -86,6 +88,8 @@ def ingest_landing(
 
     Claims every new file exactly once and resumes files an interrupted pass left; `serve` runs
     the same pass on a schedule. Exit 1 when files are left for the next pass."""
+    from pipeline.landing import LandingIncomplete
+
     try:
         report = run_landing(config=config, dataset=dataset)
     except LandingIncomplete as incomplete:
@@ -97,23 +101,24 @@ def ingest_landing(
 def run_landing(*, config: Path, dataset: str) -> PassReport:
     """Run the landing flow once, in this process, on Prefect's temporary server unless
     PREFECT_API_URL names one."""
-    from pipeline.cli import _prepare_prefect  # here: pipeline.cli imports this module
+    from pipeline.cli_prefect import run_flow
+    from pipeline.config import Settings
+    from pipeline.landing import load_config, prepare_landing
 
     configured = load_config(config).dataset(dataset)
     prepare_landing(configured)  # a config problem: one line, before any service starts
-    _prepare_prefect(Settings.from_environment(configured.workspace))
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows.landing import landing_flow
+    def landing_pass() -> PassReport:
+        from flows.landing import landing_flow
 
-    # As in run_scan: the CLI reports failures itself, in one line per file.
-    for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):
-        logging.getLogger(run_logger).setLevel(logging.CRITICAL)
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return landing_flow(str(config.resolve()), dataset)
+
+    return run_flow(Settings.from_environment(configured.workspace), landing_pass)
 
 
 def print_pass(report: PassReport) -> None:
+    from pipeline.landing import Outcome
+
     if not report.files:
         typer.echo(f"No new files in {safe(report.landing)}.")
         return
@@ -124,6 +129,8 @@ def print_pass(report: PassReport) -> None:
 
 
 def describe(landed: LandedFile) -> str:
+    from pipeline.landing import Outcome
+
     if landed.outcome is Outcome.SCANNED:
         again = " (decision recorded earlier, delivered again)" if landed.redelivered else ""
         return (f"{landed.name}: scanned{again}, batch {landed.batch_id}: {landed.rows} rows, {landed.accepted} "

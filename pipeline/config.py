@@ -11,19 +11,37 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import SecretStr
 
-from pipeline.detectors import DEFAULT_DETECTORS
 from pipeline.errors import PoisonguardError
-from pipeline.ledger.database import ledger_url
 from pipeline.policy import QuarantinePolicy
-from pipeline.roles import RoleRules
 
 UNSEEN_LEVEL_POLICIES = ("hold", "alarm")
+ORCHESTRATORS = ("auto", "plain", "prefect")
 
 if TYPE_CHECKING:
     from pipeline.anchor import Anchor
 
 DEFAULT_WORKSPACE = Path(".poisonguard")
+# Detectors a scan runs, by registry name (pipeline.detectors) with their parameters. RONI's
+# per-row influence is registered but not on by default: on HMDA's noisy labels its single-row
+# AUROC is ~0.5 (0.94 on breast cancer); groups get exact RONI in every scan instead.
+DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}, "trigger": {},
+                                                "duplicates": {}}
+DATABASE_URL_VARIABLE = "POISONGUARD_DATABASE_URL"
+LEDGER_FILE_NAME = "ledger.sqlite"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RoleRules:
+    """How id and time columns are judged. ``max_age_days``: a time older than this before the
+    batch's arrival is out of the window (None: no lower bound); ``future_tolerance_hours``:
+    clock skew allowed past the arrival."""
+
+    max_age_days: float | None = 3650.0
+    future_tolerance_hours: float = 24.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_age_days": self.max_age_days, "future_tolerance_hours": self.future_tolerance_hours}
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,11 @@ class Settings:
     # a category level the trusted data never had: "hold" its rows, or accept them and "alarm"
     unseen_levels: str = "hold"
     show_progress: bool = False  # one line per scan stage on stderr (the CLI's --progress)
+    # How the CLI runs a scan or the gate: "plain" (steps called in the process) or "prefect" (a
+    # flow run with a task per step). POISONGUARD_ORCHESTRATOR=auto, the default, picks Prefect
+    # when a server is configured (PREFECT_API_URL) or chunks go to Dask, plain otherwise: a
+    # one-off scan does not wait for a temporary Prefect server to start and stop.
+    orchestrator: str = "plain"
     # The ledger: SQLite in the workspace, or $POISONGUARD_DATABASE_URL. A SecretStr because
     # Settings is a flow parameter and Prefect stores parameters (locally, or on its server):
     # pydantic writes a SecretStr there as '**********'.
@@ -88,12 +111,13 @@ class Settings:
         unseen = (env.get("POISONGUARD_UNSEEN_LEVELS") or "hold").strip().lower()
         if unseen not in UNSEEN_LEVEL_POLICIES:
             raise PoisonguardError(f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
+        orchestrator = _orchestrator(env)
         max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
         tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)
         if max_age < 0 or tolerance < 0:
             raise PoisonguardError("POISONGUARD_TIME_WINDOW_DAYS and POISONGUARD_FUTURE_TOLERANCE_HOURS must be 0 or "
                                    "more (a window of 0 days: no lower bound).")
-        return cls(workspace=root, tracking=SecretStr(tracking), unseen_levels=unseen,
+        return cls(workspace=root, tracking=SecretStr(tracking), unseen_levels=unseen, orchestrator=orchestrator,
                    role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance),
                    max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
                    chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
@@ -130,6 +154,15 @@ class Settings:
         return self.workspace / "mlartifacts"
 
 
+def ledger_url(workspace: str | Path, environ: Mapping[str, str]) -> str:
+    """The ledger's database URL: ``$POISONGUARD_DATABASE_URL`` if set, else a SQLite file in
+    the workspace."""
+    configured = environ.get(DATABASE_URL_VARIABLE, "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{Path(workspace).expanduser().resolve() / LEDGER_FILE_NAME}"
+
+
 def _anchor_settings(root: Path, env: Mapping[str, str]) -> dict[str, Any]:
     from pipeline.anchor import anchor_from
 
@@ -157,6 +190,16 @@ def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
             os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
         os.environ["MLFLOW_TRACKING_URI"] = bare  # libraries that read it themselves get it bare too
     return bare
+
+
+def _orchestrator(env: Mapping[str, str]) -> str:
+    chosen = (env.get("POISONGUARD_ORCHESTRATOR") or "auto").strip().lower()
+    if chosen not in ORCHESTRATORS:
+        raise PoisonguardError(f"POISONGUARD_ORCHESTRATOR must be one of {', '.join(ORCHESTRATORS)}; "
+                               f"got {env.get('POISONGUARD_ORCHESTRATOR')!r}.")
+    if chosen == "auto":
+        return "prefect" if (env.get("PREFECT_API_URL") or env.get("POISONGUARD_DASK")) else "plain"
+    return chosen
 
 
 def _number(env: Mapping[str, str], key: str, default: float) -> float:

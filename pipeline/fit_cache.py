@@ -16,10 +16,14 @@ names another file), created on first use, readable by its owner only. A key fil
 inside the workspace is never used: no key, no cache (every scan refits). A ``keys/fit-cache.key``
 left in the workspace by an older poisonguard is ignored.
 
-``POISONGUARD_FIT_CACHE`` says where entries live: ``on`` (the default) for ``<workspace>/cache/fits``,
-``off`` for no cache, or a folder that several workspaces share (one schedule per dataset, all
-fitting on the same reference). A shared folder needs ``POISONGUARD_CACHE_KEY``: with per-user
-key files each user would reject, refit and overwrite the others' entries.
+``POISONGUARD_FIT_CACHE`` says where entries live: ``on`` (the default) for the user's cache
+folder, ``$XDG_CACHE_HOME/poisonguard/fits`` (``~/.cache/…``), shared by all of that user's
+workspaces: the key is the trusted data's content and the detector settings, not the workspace,
+so a second dataset scanned against the same reference never refits. ``off``: no cache. Or a
+folder that several users' workspaces share (one schedule per dataset, all fitting on the same
+reference); that needs ``POISONGUARD_CACHE_KEY``: with per-user key files each user would
+reject, refit and overwrite the others' entries. An entry that cannot be written (a read-only
+home) is skipped: the scan goes on with its fit.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class FitCache:
             return None
         if setting.lower() in ("on", "1", "true", "yes", ""):
             key = _signing_key(workspace, env)
-            return None if key is None else cls(workspace / "cache" / "fits", key)
+            return None if key is None else cls(user_cache_folder(env) / "fits", key)
         if not env.get(KEY_VARIABLE):
             raise PoisonguardError(f"{SWITCH_VARIABLE}={setting} names a shared cache folder; set {KEY_VARIABLE} "
                                    "as well, so that every workspace using it signs with the same key.")
@@ -81,7 +85,10 @@ class FitCache:
             return loaded
         self.misses += 1
         fitted = fit()
-        self._store(key, fitted)
+        try:
+            self._store(key, fitted)
+        except OSError:
+            pass  # no room or no right to write here: the next scan fits again, nothing is lost
         return fitted
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -112,6 +119,13 @@ class FitCache:
         for path, content in ((payload_path, payload), (tag_path, self._tag(payload).encode())):
             with atomic_path(path) as temporary:
                 temporary.write_bytes(content)
+
+
+def user_cache_folder(env: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME/poisonguard``, else ``~/.cache/poisonguard``."""
+    cache_home = env.get("XDG_CACHE_HOME", "").strip()
+    base = Path(cache_home) if cache_home else Path(env.get("HOME") or Path.home()) / ".cache"
+    return base.expanduser() / "poisonguard"
 
 
 def key_file(env: Mapping[str, str]) -> Path:

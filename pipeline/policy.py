@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
-import pandas as pd
 
-from pipeline.detectors.base import REASON_PVALUE, Interval, InvalidParameter
+from pipeline.params import REASON_PVALUE, Interval, InvalidParameter
 
 
 EVIDENCE_HOLDS = ("estimate", "likely", "fdr", "lower", "off")
@@ -61,6 +60,8 @@ class QuarantinePolicy:
     def threshold(self, fused: np.ndarray, content: np.ndarray | None = None) -> float:
         """The p-value at or below which a row is held. ``content`` (one key per row, equal for
         rows with equal contents) makes BH count each distinct row once."""
+        import pandas as pd  # here: the settings (and the light commands) import this module
+
         fused = np.asarray(fused, dtype="float64")
         if content is not None and len(fused):
             fused = pd.Series(fused).groupby(np.asarray(content), sort=False).min().to_numpy()

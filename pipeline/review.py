@@ -16,13 +16,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Settings
-from pipeline.detectors import FeatureSpec
-from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.errors import PoisonguardError
 from pipeline.io import BATCH_ID_COLUMN, ROW_NUMBER, read_table
 from pipeline.ledger import Ledger, ReviewAction, ReviewRecord, RowRecord, RowStatus
 from pipeline.store import Workspace
-from pipeline.validation import ColumnKind, conform
 
 NEIGHBOURS = 5
 
@@ -82,6 +79,12 @@ def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIG
     path = Path(summary["reference"]["path"])
     if not path.exists():
         raise PoisonguardError(f"The reference {path} this batch was scanned against is gone; neighbours need it.")
+    # Only a row's page needs the detectors' encoding and GX's conform: imported here, so the
+    # review page and `review list` start without them.
+    from pipeline.detectors import FeatureSpec
+    from pipeline.detectors.features import feature_frame, make_encoder
+    from pipeline.validation import ColumnKind, conform
+
     reference = read_table(path, role="reference")
     if reference.sha256 != summary["reference"]["sha256"]:
         raise PoisonguardError(f"The reference {path} changed since the scan (sha256 {reference.sha256[:12]}… "

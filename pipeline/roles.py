@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from pipeline.config import RoleRules  # noqa: F401  (re-exported: the rules roles are judged by)
 from pipeline.errors import InputError, SuiteError
 
 
@@ -231,17 +232,7 @@ def describe(roles: Mapping[str, Role]) -> list[str]:
 
 # --- checks of id and time columns -----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RoleRules:
-    """How id and time columns are judged. ``max_age_days``: a time older than this before the
-    batch's arrival is out of the window (None: no lower bound); ``future_tolerance_hours``:
-    clock skew allowed past the arrival."""
-
-    max_age_days: float | None = 3650.0
-    future_tolerance_hours: float = 24.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_age_days": self.max_age_days, "future_tolerance_hours": self.future_tolerance_hours}
+# RoleRules (how id and time columns are judged) is a setting: pipeline.config holds it.
 
 
 def id_text(values: pd.Series) -> pd.Series:

@@ -19,7 +19,7 @@ def test_the_temporary_servers_output_goes_to_its_log_not_the_console(tmp_path, 
     """Stands in for Prefect's server: a child that prints a shutdown traceback to stdout and stderr."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    from pipeline.cli import _temporary_server_output_to
+    from pipeline.cli_prefect import _temporary_server_output_to
 
     def noisy_child(server):
         return subprocess.Popen([sys.executable, "-c", "import sys; print('served');"

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import PoisonguardError
-from pipeline.fit_cache import FitCache
+from pipeline.fit_cache import FitCache, user_cache_folder
 from tests.conftest import SAMPLES, SUITE
 
 PARTS = {"reference": "abc", "detectors": {"outliers": {}}}
@@ -116,7 +116,8 @@ def test_workspaces_share_a_cache_folder_signed_with_one_key(tmp_path):
 def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monkeypatch):
     from pipeline import scan
 
-    monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")  # the workspace's own cache, not the test session's
+    monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")  # the user's cache, not the test session's
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
     from pipeline.config import Settings
 
     request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
@@ -130,9 +131,18 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
         return scan.decide_batch(conformed, outcome, detectors, scan.score_batch(detectors, conformed, []), settings).table
 
     fresh = decisions()
-    assert len(list((tmp_path / "ws" / "cache" / "fits").glob("*.joblib"))) == 1
+    assert len(list((tmp_path / "cache-home" / "poisonguard" / "fits").glob("*.joblib"))) == 1
     pd.testing.assert_frame_equal(decisions(), fresh)
     assert fresh["quarantined"].any()
+    assert not (tmp_path / "ws" / "cache").exists()  # the cache is the user's, not the workspace's
+
+    # Another workspace (another dataset's schedule) against the same reference never refits.
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the detectors were fitted again")
+
+    monkeypatch.setattr(scan, "fit_all", no_refit)
+    other = Settings.from_environment(tmp_path / "another-ws")
+    assert scan.fit_detectors(scan.load_trusted(request, other), other).keys() == scan.fit_detectors(trusted, settings).keys()
 
 
 def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):
@@ -159,8 +169,9 @@ def test_an_empty_or_short_key_file_is_refused_not_used(tmp_path):
 
 def _plant(workspace: Path, marker: Path, signing_key: bytes | None) -> None:
     """Write a pickle that runs code when loaded into the entry the scan will look up, signed
-    with ``signing_key`` (None: unsigned)."""
-    attacker = FitCache(workspace / "cache" / "fits", signing_key or b"")
+    with ``signing_key`` (None: unsigned). The attacker is given the cache folder itself: what
+    stops them is the signature, not where the entries live."""
+    attacker = FitCache(user_cache_folder(_home(workspace)) / "fits", signing_key or b"")
     payload, tag = attacker._paths(attacker.key(PARTS))
     payload.parent.mkdir(parents=True, exist_ok=True)
     payload.write_bytes(pickle.dumps(_Planted(marker)))
@@ -189,7 +200,7 @@ def test_a_replaced_key_file_in_the_workspace_is_never_used(tmp_path):
     workspace, marker = tmp_path / "ws", tmp_path / "pwned"
     _cache(workspace).get_or_fit(PARTS, _Fits())  # a genuine entry under the real key
     attacker_key = os.urandom(32)
-    (workspace / "keys").mkdir()
+    (workspace / "keys").mkdir(parents=True)
     (workspace / "keys" / "fit-cache.key").write_text(attacker_key.hex())  # the attacker's own key
     _plant(workspace, marker, attacker_key)
     fits = _Fits()
@@ -223,12 +234,13 @@ def test_a_scan_through_the_cli_does_not_run_a_pickle_planted_in_its_workspace(t
     monkeypatch.delenv("POISONGUARD_CACHE_KEY")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     workspace, marker = tmp_path / "ws", tmp_path / "pwned"
     request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
                                label="deny", out=tmp_path / "o", suite=SUITE, holdout=SAMPLES / "holdout.parquet")
     parts = scan.fit_key(scan.load_trusted(request, Settings.from_environment(workspace)),
                          Settings.from_environment(workspace))
-    attacker = FitCache(workspace / "cache" / "fits", _old_workspace_key(workspace))
+    attacker = FitCache(tmp_path / "home" / ".cache" / "poisonguard" / "fits", _old_workspace_key(workspace))
     payload, tag = attacker._paths(attacker.key(parts))
     payload.parent.mkdir(parents=True, exist_ok=True)
     payload.write_bytes(pickle.dumps(_Planted(marker)))

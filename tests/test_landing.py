@@ -164,7 +164,7 @@ class Landed:
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory) -> Landed:
-    import flows.ingest
+    import pipeline.scan_run
     from threadpoolctl import threadpool_limits
 
     root = tmp_path_factory.mktemp("landing")
@@ -195,7 +195,7 @@ def landed(tmp_path_factory) -> Landed:
     (landing / ".upload-in-progress.csv").write_text("deny,pirat\n")
 
     # The ledger database is unreachable once, right after batch 01's workspace commit.
-    original_record = flows.ingest.record_in_ledger
+    original_record = pipeline.scan_run.record_in_ledger
     ledger_failures: list[str] = []
 
     def ledger_unreachable_once(settings, folder, files=None):
@@ -206,7 +206,7 @@ def landed(tmp_path_factory) -> Landed:
 
     # One OpenMP thread: on 2 shared cores gradient boosting would otherwise fight other processes.
     with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
-        patch.setattr(flows.ingest, "record_in_ledger", ledger_unreachable_once)
+        patch.setattr(pipeline.scan_run, "record_in_ledger", ledger_unreachable_once)
         first = run_cli("ingest-landing", "--config", config, "--dataset", DATASET)
         first_processed = state_files(landing, "processed")
         first_failed = state_files(landing, "failed")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
 ALLOWED = {
-    "prefect": {"cli.py", "cli_gate.py", "cli_serve.py"},
+    "prefect": {"cli_prefect.py", "cli_serve.py"},
     "flows": {"cli.py", "cli_gate.py", "cli_serve.py"},
     "mlflow": {"provenance.py"},
     "typer": {"cli.py", "cli_review.py", "cli_ui.py", "cli_gate.py", "cli_serve.py"},

@@ -152,6 +152,23 @@ def test_migrations_create_the_schema_from_nothing_and_reopening_changes_nothing
     assert raw_sql("SELECT version_num FROM poisonguard_ledger_version") == [("0002",)]
 
 
+def test_the_head_revision_that_skips_alembic_is_alembics_head(database_url, monkeypatch):
+    """A ledger at HEAD_REVISION is opened without Alembic: the constant must name the newest
+    migration, or a ledger would be left on an old schema."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pipeline.ledger import database
+
+    config = Config()
+    config.set_main_option("script_location", str(database.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == database.HEAD_REVISION
+    Ledger.open(database_url).close()  # created: the long way
+    monkeypatch.setattr("alembic.command.upgrade", lambda *a, **k: pytest.fail("Alembic ran on a current ledger"))
+    with Ledger.open(database_url) as reopened:
+        assert reopened.verify() == []
+
+
 def test_models_and_migrations_describe_the_same_schema(ledger, database_url):
     engine = create_engine(database_url)
     with engine.connect() as connection:

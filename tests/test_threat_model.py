@@ -267,7 +267,7 @@ def test_workspace_writer_cannot_run_code_through_the_fit_cache(tmp_path):
     key = os.urandom(32)
     (workspace / "keys").mkdir(parents=True)
     (workspace / "keys" / "fit-cache.key").write_text(key.hex())
-    attacker = FitCache(workspace / "cache" / "fits", key)
+    attacker = FitCache(tmp_path / "home" / ".cache" / "poisonguard" / "fits", key)  # where the cache reads
     parts = {"reference": "x"}
     payload, tag = attacker._paths(attacker.key(parts))
     payload.parent.mkdir(parents=True)

@@ -24,6 +24,7 @@ from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
 from pipeline.detectors.outliers import FeatureOutlier
 from pipeline.detectors.triggers import TriggerPattern
+from pipeline.config import DEFAULT_DETECTORS  # noqa: F401  (the scan's detectors: a setting)
 from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 
@@ -34,12 +35,6 @@ DETECTORS: dict[str, type[Detector]] = {
     TriggerPattern.name: TriggerPattern,
     DuplicateFlood.name: DuplicateFlood,
 }
-
-# RONI's per-row influence is registered but not on by default: on HMDA's noisy labels its
-# single-row AUROC is ~0.5 (0.94 on breast cancer); groups get exact RONI in every scan instead.
-DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}, "trigger": {},
-                                                "duplicates": {}}
-
 
 def build_detectors(config: dict[str, dict[str, Any]]) -> dict[str, Detector]:
     """Instantiate detectors from ``{name: params}``; unknown names and parameters fail clearly."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any, Callable, ClassVar, Self
 
 import numpy as np
@@ -31,6 +30,7 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from pipeline.errors import PoisonguardError
+from pipeline.params import REASON_PVALUE, Interval, InvalidParameter  # noqa: F401  (the detectors' vocabulary)
 from pipeline.io import ROW_NUMBER
 
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
@@ -40,8 +40,6 @@ CELL_COLUMN = "cell"
 # A batch-scoped detector's scores also say which of its groups each row is in (-1: none) and how
 # many batch rows of that group the trusted rate explains: the verdict counts held groups' excess.
 GROUP_COLUMNS = ["group", "group_expected"]
-# The policy's threshold on a fused p-value never exceeds this (its parameters are capped there).
-REASON_PVALUE = 0.5
 # A batch-scoped detector's state of each row: arrays whose first axis is the batch's rows, one
 # of them the rows' ROW_NUMBER. Summaries of consecutive chunks concatenate (``concat_summaries``).
 Summary = dict[str, np.ndarray]
@@ -93,33 +91,6 @@ class PoisonModel:
     simulated: np.ndarray | None = None
     simulated_cells: np.ndarray | None = None
     thresholds: tuple[float, ...] | None = None
-
-
-class InvalidParameter(PoisonguardError):
-    """A detector parameter is outside its declared limits."""
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A declared limit for a numeric parameter, in the spirit of sklearn's param validation."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    closed: str = "both"  # which ends are allowed: "both", "left", "right", "neither"
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, self.kind):
-            return False
-        left_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
-        right_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
-        return bool(left_ok and right_ok)
-
-    def describe(self) -> str:
-        kind = "an int" if self.kind is Integral else "a float" if self.kind is Real else self.kind.__name__
-        lo = "" if self.low is None else f"{self.low} {'<=' if self.closed in ('both', 'left') else '<'} "
-        hi = "" if self.high is None else f" {'<=' if self.closed in ('both', 'right') else '<'} {self.high}"
-        return f"{kind} in {lo}x{hi}" if lo or hi else kind
 
 
 class Detector(ABC):

@@ -16,37 +16,27 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import alembic.command
-import alembic.config
-import alembic.util
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+# The ledger's URL is a setting, read with the others at the edge (Settings.from_environment)
+from pipeline.config import DATABASE_URL_VARIABLE, ledger_url  # noqa: F401  (re-exported)
 from pipeline.ledger.errors import LedgerError
 
-DATABASE_URL_VARIABLE = "POISONGUARD_DATABASE_URL"
-DEFAULT_FILE_NAME = "ledger.sqlite"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
+# The newest revision in migrations/versions (tests/test_ledger.py checks it against Alembic's
+# head): a ledger at it is opened without importing Alembic.
+HEAD_REVISION = "0002"
 VERSION_TABLE = "poisonguard_ledger_version"  # the ledger's Alembic revision (MLflow's is in alembic_version)
 _WRITE = "poisonguard_ledger_write"  # execution option marking a write transaction
 # pg_advisory_xact_lock takes a signed 64-bit key; one derived from a name no other program uses
 _ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"poisonguard ledger").digest()[:8], "big", signed=True)
 _SQLITE_BUSY_TIMEOUT_S = 30  # how long a writer waits for another's commit before giving up
-
-
-def ledger_url(workspace: str | Path, environ: Mapping[str, str]) -> str:
-    """The ledger's database URL: ``$POISONGUARD_DATABASE_URL`` if set, else a SQLite file in
-    the workspace. Call it where the other settings are read (``Settings.from_environment``)
-    and pass the result to ``Ledger.open``."""
-    configured = environ.get(DATABASE_URL_VARIABLE, "").strip()
-    if configured:
-        return configured
-    return f"sqlite:///{Path(workspace).expanduser().resolve() / DEFAULT_FILE_NAME}"
 
 
 def parse_url(url: str | URL) -> URL:
@@ -75,6 +65,15 @@ def display_url(url: URL) -> str:
     from pipeline.redaction import redact
 
     return redact(url.render_as_string(hide_password=True))
+
+
+def ledger_exists(url: str | URL) -> bool:
+    """False only where no ledger was ever written: a SQLite file that is not there. A read-only
+    command (``review list``) need not create one to find it empty."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_memory(parsed):
+        return True
+    return Path(str(parsed.database)).exists()
 
 
 def is_memory(url: URL) -> bool:
@@ -135,7 +134,14 @@ def write_session(engine: Engine) -> Iterator[Session]:
 def migrate(engine: Engine, url: URL) -> None:
     """Bring the schema to the newest revision shipped in ``migrations/versions``: creates it
     in an empty database, does nothing on one already current. Runs under the write lock, so
-    two processes opening a new ledger at once do not both create it."""
+    two processes opening a new ledger at once do not both create it. A ledger already at
+    ``HEAD_REVISION`` costs one query: Alembic is imported only when there is work for it."""
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    import alembic.command
+    import alembic.config
+    import alembic.util
+
     config = alembic.config.Config()
     # configparser interpolates '%'; a path containing one must be escaped
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
@@ -153,7 +159,17 @@ def migrate(engine: Engine, url: URL) -> None:
         raise LedgerError(f"Cannot open the ledger database {display_url(url)}: {first_line(exc, url)}") from None
 
 
-def _adopt_version_table(connection: Connection, config: alembic.config.Config) -> None:
+def current_revision(engine: Engine) -> str | None:
+    """The ledger's schema revision, or None when it has none yet (or cannot be read: then
+    ``migrate`` goes the long way and reports what is wrong)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    except SQLAlchemyError:
+        return None
+
+
+def _adopt_version_table(connection: Connection, config: Any) -> None:
     """A ledger made before the ledger had its own version table kept its revision in
     ``alembic_version``, where MLflow keeps its own ("Can't locate revision identified by
     '0002'" when both shared a database). Move ours to ``VERSION_TABLE``; leave MLflow's."""

@@ -16,9 +16,8 @@ import contextlib
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
-import pandas as pd
 from sqlalchemy import ColumnElement, Select, case, func, insert, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -43,7 +42,6 @@ from pipeline.ledger.database import (
     write_session,
 )
 from pipeline.ledger.errors import LedgerError, NotInLedger, ReviewRefused
-from pipeline.ledger.intake import ScanIntake, folder_files, intake, read_scan_folder
 from pipeline.ledger.models import Batch, LedgerEntry, ReviewActionRow, RowDecision
 from pipeline.ledger.records import (
     BatchRecord,
@@ -56,6 +54,11 @@ from pipeline.ledger.records import (
     row_id,
 )
 from pipeline.ledger.verify import find_problems
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.ledger.intake import ScanIntake
 
 T = TypeVar("T")
 _INSERT_SLICE = 50_000
@@ -143,12 +146,16 @@ class Ledger:
         file of the batch's workspace folder, covered by the hash chain for the gate to check.
         Recording a batch that is already recorded for its dataset changes nothing and returns
         the id it has."""
+        from pipeline.ledger.intake import intake  # pandas and Arrow: only a scan's recording needs them
+
         scan = intake(summary, scores, quarantined, files)
         return self._write(lambda session: self._record(session, scan))
 
     def record_scan_folder(self, folder: Path, files: Mapping[str, str] | None = None) -> str:
         """``record_scan`` from a committed batch folder of the workspace; ``files`` default to
         the sha256 of the folder's files as they are now."""
+        from pipeline.ledger.intake import folder_files, read_scan_folder
+
         return self.record_scan(*read_scan_folder(folder), files=folder_files(folder) if files is None else files)
 
     def _record(self, session: Session, scan: ScanIntake) -> str:
