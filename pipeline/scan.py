@@ -1,4 +1,4 @@
-"""The steps of a scan as plain functions. ``flows/ingest.py`` runs them as Prefect tasks.
+"""The steps of a scan as plain functions. ``pipeline/scan_run.py`` runs them in order.
 
 ingest → (already recorded? re-deliver) → load reference, holdout, suite → start MLflow run →
 validate → detect → decide → write outputs, log to MLflow, commit to the workspace.
@@ -571,12 +571,14 @@ def run_tags(request: ScanRequest, settings: Settings, batch: LoadedTable, trust
 
 
 def result_tags(summary: dict[str, Any]) -> dict[str, str]:
-    """Tags a scan's run gets once it is decided: the verdict, searchable in MLflow
+    """Tags a scan's run gets once it is decided: how it was orchestrated (``orchestration.runner``
+    plain or prefect, and Prefect's flow run id), and the verdict, searchable in MLflow
     (``tags.verdict = 'poisoned'``)."""
+    tags = {f"orchestration.{key}": str(value) for key, value in summary.get("orchestration", {}).items()}
     verdict = summary.get("verdict")
     if not verdict:
-        return {}
-    return {"verdict": "poisoned" if verdict["poisoned"] else "clean",
+        return tags
+    return {**tags, "verdict": "poisoned" if verdict["poisoned"] else "clean",
             "verdict_estimated_poisoned_rows": str(verdict["estimated_poisoned_rows"]),
             "verdict_interval": "{}-{}".format(*verdict["interval"]),
             "verdict_headline": verdict["headline"][:5000]}

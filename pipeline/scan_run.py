@@ -96,8 +96,10 @@ def read_chunks(runner: StepRunner, detectors: dict[str, Detector], chunks: Iter
 def run(request: scan.ScanRequest, settings: Settings, runner: StepRunner) -> dict[str, Any]:
     """Scan one batch end to end; returns the scan's summary (``duplicate`` says if it was new)."""
     checkpoint("scan.started")
+    progress = StageProgress(0, enabled=settings.show_progress)
     batch = runner.step(scan.ingest)(request, settings)
-    checkpoint("scan.ingested")
+    progress.rows = batch.n_rows
+    progress.reached("scan.ingested")
     workspace = Workspace(settings.workspace)
     # A second scan of the same bytes waits here for the first, then delivers its decision; and
     # runs of the batch still RUNNING once the lock is ours were left by scans that are gone.
@@ -105,27 +107,26 @@ def run(request: scan.ScanRequest, settings: Settings, runner: StepRunner) -> di
         recorded = workspace.recorded(request.dataset_name, batch.sha256)
         if recorded:
             return runner.step(redeliver)(recorded, request.out, settings)
-        return _scan(request, settings, runner, batch, workspace)
+        return _scan(request, settings, runner, batch, workspace, progress)
 
 
 def _scan(request: scan.ScanRequest, settings: Settings, runner: StepRunner, batch: LoadedTable,
-          workspace: Workspace) -> dict[str, Any]:
+          workspace: Workspace, progress: StageProgress) -> dict[str, Any]:
     step = runner.step
     trusted = step(scan.load_trusted)(request, settings)
-    checkpoint("scan.trusted_loaded")
+    progress.reached("scan.trusted_loaded")
     provenance.close_abandoned_runs(settings.tracking_uri, batch.sha256, request.dataset_name)
     checkpoint("scan.abandoned_runs_closed")
     experiment_id = provenance.ensure_experiment(settings.tracking_uri, request.dataset_name, settings.artifact_root)
     run_id = provenance.start_scan_run(settings.tracking_uri, experiment_id, f"scan-{request.batch.name}",
                                        scan.run_tags(request, settings, batch, trusted))
-    checkpoint("scan.run_started")
+    progress.reached("scan.run_started")
     try:
         provenance.log_batch_input(settings.tracking_uri, run_id, request.batch, request.batch.name,
                                    batch.sha256, batch.rows(0, 0), "training-candidate",
                                    {"source": request.source, "rows": str(batch.n_rows)})
-        checkpoint("scan.batch_input_logged")
+        progress.reached("scan.batch_input_logged")
         started = scan.now()
-        progress = StageProgress(batch.n_rows, enabled=settings.show_progress)
         conformed, outcome = step(scan.validate_batch)(batch, trusted)
         progress.reached("scan.validated")
         detectors = step(scan.fit_detectors)(trusted, settings)

@@ -54,9 +54,11 @@ def test_a_corrupted_cache_key_file_is_one_line_and_nothing_starts(run_cli, tmp_
 
 
 def test_a_scan_and_a_gate_print_no_traceback(tmp_path):
-    """The real CLI, Prefect's temporary server and all (its shutdown printed a traceback)."""
+    """The real CLI as flow runs, Prefect's temporary server and all (its shutdown printed a
+    traceback); a one-off scan without a server starts none."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
-    env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(tmp_path / "ws")}
+    env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(tmp_path / "ws"),
+            "POISONGUARD_ORCHESTRATOR": "prefect"}
     scan = subprocess.run([str(POISONGUARD), "scan", SAMPLES / "batch_01_clean.csv", "--reference",
                            SAMPLES / "reference.parquet", "--holdout", SAMPLES / "holdout.parquet", "--suite", SUITE,
                            "--label", "deny", "--dataset", "console", "--out", tmp_path / "out"],

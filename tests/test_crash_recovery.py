@@ -43,7 +43,7 @@ def small_trusted(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_every_crash_point_is_placed_once_in_the_scan_code():
     placed = []
-    for path in (REPO / "flows" / "ingest.py", REPO / "pipeline" / "store.py", REPO / "pipeline" / "provenance.py"):
+    for path in (REPO / "pipeline" / "scan_run.py", REPO / "pipeline" / "store.py", REPO / "pipeline" / "provenance.py"):
         # progress.reached(point) is the checkpoint at stage ends that also report progress
         placed += re.findall(r'(?:checkpoint|progress\.reached)\("([^"]+)"\)', path.read_text())
     assert sorted(placed) == sorted(harness.CRASH_POINTS)
@@ -63,14 +63,12 @@ def test_a_scan_killed_at_two_crash_points_recovers_on_the_next_run(tmp_path, sm
     inputs = harness.ScanInputs(batch=BATCH, reference=reference, holdout=holdout, dataset="crash-test")
     workspace, out = tmp_path / "ws", tmp_path / "out"
 
-    # The first kill's orphans are not reaped by the harness: the next command must stop the
-    # temporary Prefect server the killed scan left running (pipeline/orphans.py).
+    # A one-off scan runs its steps in process (no temporary Prefect server): killed, it leaves
+    # no process behind. (A killed flow run's orphaned server: tests/test_killed_scan_output.py.)
     first = harness.start_scan(inputs, workspace, out, harness.Kill("scan.run_started"))
     assert first.process.wait(timeout=harness.SCAN_TIMEOUT_S) == -9
     try:
-        orphans = [command for command in harness.session_members(first.process.pid).values()
-                   if "prefect.server.api.server:create_app" in command]
-        assert len(orphans) == 1, harness.session_members(first.process.pid)
+        assert harness.session_members(first.process.pid) == {}
         assert harness.left_behind(workspace, inputs) == {"runs": {"RUNNING": 1}, "staging": 0, "committed": False,
                                                           "in_ledger": False}
 
@@ -78,7 +76,6 @@ def test_a_scan_killed_at_two_crash_points_recovers_on_the_next_run(tmp_path, sm
         assert second.killed, second.output_tail
         assert second.left_behind == {"runs": {"FAILED": 1, "RUNNING": 1}, "staging": 0, "committed": True,
                                       "in_ledger": False}
-        assert harness.session_members(first.process.pid) == {}, "the killed scan's Prefect server still runs"
     finally:
         harness.end_session(first.process.pid)
 

@@ -41,7 +41,8 @@ def server_children(parent: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the server")
 def test_a_killed_scans_output_ends_when_the_scan_dies(tmp_path):
     home = tmp_path / "prefect"
-    env = {**os.environ, "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    # a flow run on Prefect's temporary server (a one-off scan without a server starts none)
+    env = {**os.environ, "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1", "POISONGUARD_ORCHESTRATOR": "prefect"}
     command = [sys.executable, "-m", "pipeline.cli", "scan", str(SAMPLES / "batch_01_clean.csv"),
                "--reference", str(SAMPLES / "reference.parquet"), "--holdout", str(SAMPLES / "holdout.parquet"),
                "--suite", str(SUITE), "--label", "deny", "--dataset", "killed", "--workspace", str(tmp_path / "ws"),

@@ -131,8 +131,8 @@ def test_progress_prints_one_line_per_stage_with_rows_per_second(scan_sample):
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("poisonguard: ")]
     stages = [line.split()[1] for line in lines]
-    assert stages == ["validated", "detectors", "scored", "batch", "decided", "impact", "outputs", "results",
-                      "delivered"]
+    assert stages == ["ingested", "trusted", "run", "batch", "validated", "detectors", "scored", "batch", "decided",
+                      "impact", "outputs", "results", "delivered"]
     assert all(re.search(r" 40 rows .* rows/s   peak \d+\.\d\d GiB$", line) for line in lines), lines
     quiet, _ = scan_sample(SAMPLES / "batch_01_clean.csv", "--no-progress")
     assert quiet.exit_code == 0 and "rows/s" not in quiet.stderr
