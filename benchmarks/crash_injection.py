@@ -291,7 +291,7 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
     from pipeline import provenance
     from pipeline.config import Settings
     from pipeline.errors import GateRefused, PoisonguardError
-    from pipeline.gate import gate
+    from pipeline import gate
     from pipeline.ledger import Ledger, RowStatus
 
     result = Recovery()

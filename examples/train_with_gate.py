@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import pipeline
     from pipeline.config import Settings
-    from pipeline.gate import PROVENANCE_COLUMNS
+    from pipeline.gating import PROVENANCE_COLUMNS
 
     settings = Settings.from_environment(args.workspace)
     result = pipeline.gate(args.dataset, out=args.out, max_pending=args.max_pending, settings=settings)

@@ -33,7 +33,7 @@ from flows.ingest import run_scan_flow
 from pipeline import landing
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
-from pipeline.gate import GateRequest
+from pipeline.gating import GateRequest
 from pipeline.scan import ScanRequest, preflight
 from pipeline.store import Workspace
 

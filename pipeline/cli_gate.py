@@ -46,9 +46,9 @@ def gate(
 
 def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: bool = True,
              workspace: Path | None = None, expect_head: str | None = None) -> Any:
-    """Run the gate flow; returns ``pipeline.gate.GateResult`` or raises ``GateRefused`` (exit 3)."""
+    """Run the gate flow; returns ``pipeline.gating.GateResult`` or raises ``GateRefused`` (exit 3)."""
     from pipeline.cli_prefect import quiet_libraries, run_flow
-    from pipeline.gate import GateRequest, run
+    from pipeline.gating import GateRequest, run
     from pipeline.paths import check_output_folder, check_workspace
 
     settings = Settings.from_environment(workspace)
@@ -62,6 +62,6 @@ def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: 
     def gate_flow() -> Any:
         from flows.gate import gate_flow
 
-        return gate_flow(request, settings)
+        return gate_flow
 
-    return run_flow(settings, gate_flow)
+    return run_flow(settings, gate_flow, request, settings)

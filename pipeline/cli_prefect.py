@@ -43,19 +43,21 @@ def prepare_prefect(settings: Settings) -> None:
         _temporary_server_output_to(Path(os.environ["PREFECT_HOME"]) / "temporary-server.log")
 
 
-def run_flow(settings: Settings, flow: Callable[[], Any]) -> Any:
-    """Call ``flow()`` (which imports and runs a Prefect flow) with Prefect prepared. The CLI
-    reports the outcome itself (one line for bad input, a refusal); Prefect's run loggers would
-    print the same failure again with a traceback. Run states still reach the Prefect API."""
+def run_flow(settings: Settings, load_flow: Callable[[], Callable[..., Any]], *args: Any) -> Any:
+    """Run the flow ``load_flow()`` imports, on ``args``, with Prefect prepared. The CLI reports
+    the outcome itself (one line for bad input, a refusal); Prefect's run loggers would print
+    the same failure again with a traceback. Run states still reach the Prefect API."""
     prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    flow = load_flow()  # imported before the loggers are quietened: importing configures them
 
     # EventsWorker warns while it drains events at exit; nothing is lost and nothing to act on.
     for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):
         logging.getLogger(run_logger).setLevel(logging.CRITICAL)
     # The heartbeat thread costs ~1 s per flow run and tells an ephemeral server nothing useful.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return flow()
+        return flow(*args)
 
 
 def _temporary_server_output_to(log: Path) -> None:

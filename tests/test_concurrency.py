@@ -210,7 +210,7 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
 def test_a_gate_waits_for_a_scan_between_its_commit_and_its_ledger_record(scanned):
     """A committed batch folder whose scan still holds the batch lock is a scan about to record it
     in the ledger, not a folder added by hand: the gate waits for the lock instead of alarming."""
-    from pipeline.gate import settle_scans
+    from pipeline.gating import settle_scans
     from pipeline.store import Workspace
 
     workspace = Workspace(scanned.workspace)

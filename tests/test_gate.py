@@ -394,7 +394,7 @@ def test_a_ledger_from_before_file_hashes_upgrades_and_still_verifies(old_ledger
 
 
 def test_snapshot_parquet_bytes_depend_on_the_data_only():
-    from pipeline.gate import parquet_bytes
+    from pipeline.gating import parquet_bytes
 
     frame = pd.DataFrame({"deny": ["no", "yes", None], "pirat": [0.2, 0.35, float("nan")], "row_number": [0, 1, 2]})
     assert parquet_bytes(frame) == parquet_bytes(frame.copy())
@@ -416,7 +416,7 @@ def test_the_gate_is_a_prefect_flow_and_a_refusal_exits_3():
 def _poisoned_case(released: int, pending: int):
     import datetime as dt
 
-    from pipeline.gate import GateRequest, LedgerState, VerifiedBatch, WorkspaceCheck
+    from pipeline.gating import GateRequest, LedgerState, VerifiedBatch, WorkspaceCheck
     from pipeline.ledger.records import BatchRecord
 
     record = BatchRecord(id="0123456789ab", sha256="0123456789ab" + "0" * 52, dataset=DATASET, file="flips.csv",
@@ -430,7 +430,7 @@ def _poisoned_case(released: int, pending: int):
 
 
 def test_a_poisoned_batch_nobody_has_reviewed_refuses_whatever_max_pending_allows():
-    from pipeline.gate import decide
+    from pipeline.gating import decide
 
     refusal = decide(*_poisoned_case(released=0, pending=30))
     assert refusal is not None and not refusal.tampered and refusal.pending <= refusal.max_pending

@@ -65,6 +65,8 @@ def scanned(tmp_path_factory):
         "OMP_NUM_THREADS": "1",
         # as talkative as the libraries get without a debugger: whatever they log is searched
         "PREFECT_LOGGING_LEVEL": "INFO", "MLFLOW_LOGGING_LEVEL": "INFO",
+        # a flow run: Prefect's record of its parameters (the settings) is searched too
+        "POISONGUARD_ORCHESTRATOR": "prefect",
     })
     schema = admin = None
     ledger_url = None
@@ -120,6 +122,7 @@ def test_no_secret_in_prefects_record_of_the_flow_run(scanned):
     """Prefect stores each flow run's parameters (in <workspace>/prefect/prefect.db, or on the
     server PREFECT_API_URL names). The scan's settings are a parameter, and the ledger's URL is
     one of them: a SecretStr, which Prefect stores as '**********'."""
+    assert (scanned.workspace / "prefect" / "prefect.db").is_file()
     assert leaks_in(scanned, scanned.workspace / "prefect") == {}
 
 
