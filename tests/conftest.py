@@ -120,7 +120,17 @@ UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", 
                 "test_policy", "test_validation", "test_verdict", "test_layers"}
 
 
+# The modules that take longest (a minute or more each on 2 cores: subprocess scans, servers,
+# a Dask cluster), longest first. They are collected first, so that xdist's workers start on
+# them and the short modules fill in after: the suite ends when its longest worker does.
+LONGEST_MODULES = ["test_secrets", "test_dask_runner", "test_console", "test_crash_recovery", "test_landing",
+                   "test_concurrency", "test_exact_outputs", "test_fit_cache", "test_orchestration",
+                   "test_hostile_cli", "test_killed_scan_output"]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = Path(str(item.fspath)).stem
         item.add_marker(pytest.mark.unit if module in UNIT_MODULES else pytest.mark.integration)
+    first = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: first.get(Path(str(item.fspath)).stem, len(first)))  # stable: the rest keep their order

@@ -54,8 +54,8 @@ def test_a_corrupted_cache_key_file_is_one_line_and_nothing_starts(run_cli, tmp_
 
 
 def test_a_scan_and_a_gate_print_no_traceback(tmp_path):
-    """The real CLI as flow runs, Prefect's temporary server and all (its shutdown printed a
-    traceback); a one-off scan without a server starts none."""
+    """The real CLI: a scan as a flow run, Prefect's temporary server and all (its shutdown
+    printed a traceback), and a gate run in process, as a one-off gate without a server is."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
     env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(tmp_path / "ws"),
             "POISONGUARD_ORCHESTRATOR": "prefect"}
@@ -64,8 +64,8 @@ def test_a_scan_and_a_gate_print_no_traceback(tmp_path):
                            "--label", "deny", "--dataset", "console", "--out", tmp_path / "out"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     gate = subprocess.run([str(POISONGUARD), "gate", "--dataset", "console", "--out", tmp_path / "gate",
-                           "--max-pending", "1000"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          check=False)
+                           "--max-pending", "1000"], env={**env, "POISONGUARD_ORCHESTRATOR": "plain"}, cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
     for done in (scan, gate):
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stderr == "" and "Traceback" not in done.stdout
