@@ -42,11 +42,15 @@ import joblib
 
 from pipeline.errors import PoisonguardError
 from pipeline.io import atomic_path
+from pipeline.memo import ProcessMemo
 
 KEY_VARIABLE = "POISONGUARD_CACHE_KEY"
 KEY_FILE_VARIABLE = "POISONGUARD_CACHE_KEY_FILE"
 SWITCH_VARIABLE = "POISONGUARD_FIT_CACHE"
 _KEY_BYTES = 32
+# Entries this process has verified (or fitted and written), by the identity of the file they
+# were read from and its tag: a file replaced or rewritten since is read and verified again.
+_VERIFIED = ProcessMemo(size=4)
 
 
 class FitCache:
@@ -102,12 +106,19 @@ class FitCache:
         is refitted (and overwritten), never loaded."""
         payload_path, tag_path = self._paths(key)
         try:
-            payload, tag = payload_path.read_bytes(), tag_path.read_text().strip()
+            tag, identity = tag_path.read_text().strip(), _identity(payload_path)
+            verified = _VERIFIED.get((identity, tag, self._signing_key))
+            if verified is not None:
+                return verified
+            payload = payload_path.read_bytes()
         except OSError:
             return None
         if not hmac.compare_digest(self._tag(payload), tag):
             return None
-        return joblib.load(io.BytesIO(payload))  # verified: written by this process's key holder
+        loaded = joblib.load(io.BytesIO(payload))  # verified: written by this process's key holder
+        if _identity(payload_path) == identity:  # the bytes verified are the file's still
+            _VERIFIED.put((identity, tag, self._signing_key), loaded)
+        return loaded
 
     def _store(self, key: str, fitted: Any) -> None:
         buffer = io.BytesIO()
@@ -119,6 +130,13 @@ class FitCache:
         for path, content in ((payload_path, payload), (tag_path, self._tag(payload).encode())):
             with atomic_path(path) as temporary:
                 temporary.write_bytes(content)
+        _VERIFIED.put((_identity(payload_path), self._tag(payload), self._signing_key), fitted)
+
+
+def _identity(path: Path) -> tuple[str, int, int, int, int]:
+    """What changes when a file is replaced or rewritten: its path, device, inode, size, mtime."""
+    stat = path.stat()
+    return str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def user_cache_folder(env: Mapping[str, str]) -> Path:

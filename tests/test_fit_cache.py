@@ -249,3 +249,22 @@ def test_a_scan_through_the_cli_does_not_run_a_pickle_planted_in_its_workspace(t
     result, _ = scan_sample(SAMPLES / "batch_02_label_flips.csv")
     assert result.exit_code == 0, result.stderr
     assert not marker.exists()
+
+
+def test_an_entry_verified_in_this_process_is_not_read_again_until_its_file_changes(tmp_path, monkeypatch):
+    """A served deployment scans batch after batch against one reference: the entry it verified
+    is kept (pipeline/memo.py) by the identity of its file; a file rewritten since, even with
+    its old tag, is read and verified again."""
+    import pipeline.fit_cache as fit_cache
+
+    fits = _Fits()
+    cache = _cache(tmp_path)
+    first = cache.get_or_fit(PARTS, fits)
+    loads = []
+    monkeypatch.setattr(fit_cache.joblib, "load", lambda *a, **k: loads.append(1) or pytest.fail("read again"))
+    assert _cache(tmp_path).get_or_fit(PARTS, fits) is first and loads == [] and fits.calls == 1
+
+    payload, _ = cache._paths(cache.key(PARTS))
+    payload.write_bytes(payload.read_bytes() + b"tampered")  # the old tag no longer matches
+    again = _cache(tmp_path).get_or_fit(PARTS, fits)
+    assert again["call"] == 2 and fits.calls == 2  # refitted, never loaded
