@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The fast tier alone (library code, no CLI scans, Prefect, MLflow or database).
+# The fast tier alone (library code, no CLI scans, Prefect, MLflow or database), spread test by
+# test over the workers: it has no module fixture worth keeping on one worker.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m unit
+	$(BIN)/python -m pytest -q -m unit --dist load
 
 # Known vulnerabilities in the resolved dependencies of .venv: exit 1 on any (CI runs this).
 # pip-audit is installed beside the venv, not into it, so that the audit covers exactly what

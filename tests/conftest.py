@@ -125,12 +125,30 @@ UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", 
 # them and the short modules fill in after: the suite ends when its longest worker does.
 LONGEST_MODULES = ["test_secrets", "test_dask_runner", "test_console", "test_crash_recovery", "test_landing",
                    "test_concurrency", "test_exact_outputs", "test_fit_cache", "test_orchestration",
-                   "test_hostile_cli", "test_killed_scan_output"]
+                   "test_hostile_cli", "test_killed_scan_output",
+                   # and of the unit tier
+                   "test_detector_maths", "test_detector_conformance", "test_alarms"]
 
 
+def pytest_ignore_collect(collection_path, config):
+    """``-m unit`` alone (make test-unit): the other modules are not even imported, so the fast
+    tier does not pay for their imports (Prefect, MLflow, browsers) on every worker."""
+    if config.getoption("markexpr") == "unit" and collection_path.name.startswith("test_") \
+            and collection_path.suffix == ".py":
+        return collection_path.stem not in UNIT_MODULES or None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = Path(str(item.fspath)).stem
-        item.add_marker(pytest.mark.unit if module in UNIT_MODULES else pytest.mark.integration)
+        if module in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)  # spread test by test over the workers
+        else:
+            # a module's integration tests stay on one worker (--dist loadgroup), with the
+            # module-scoped fixtures they share (a scanned workspace, a served landing area)
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.xdist_group(module))
     first = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: first.get(Path(str(item.fspath)).stem, len(first)))  # stable: the rest keep their order
