@@ -139,16 +139,9 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = Path(str(item.fspath)).stem
-        if module in UNIT_MODULES:
-            item.add_marker(pytest.mark.unit)  # spread test by test over the workers
-        else:
-            # a module's integration tests stay on one worker (--dist loadgroup), with the
-            # module-scoped fixtures they share (a scanned workspace, a served landing area)
-            item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.xdist_group(module))
+        item.add_marker(pytest.mark.unit if module in UNIT_MODULES else pytest.mark.integration)
     first = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: first.get(Path(str(item.fspath)).stem, len(first)))  # stable: the rest keep their order
