@@ -135,12 +135,7 @@ def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path
         with PlainRunner() as runner:
             return run(request, settings, runner)
 
-    def scan_flow() -> Any:
-        from flows.ingest import run_scan_flow
-
-        return run_scan_flow
-
-    return run_flow(settings, scan_flow, request, settings)
+    return run_flow(settings, "flows.ingest", "run_scan_flow", request, settings)
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -59,9 +59,4 @@ def run_gate(*, dataset: str, out: Path, max_pending: int = 0, keep_provenance: 
     if settings.orchestrator == "plain":
         return run(request, settings)
 
-    def gate_flow() -> Any:
-        from flows.gate import gate_flow
-
-        return gate_flow
-
-    return run_flow(settings, gate_flow, request, settings)
+    return run_flow(settings, "flows.gate", "gate_flow", request, settings)

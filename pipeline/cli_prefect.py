@@ -8,11 +8,12 @@ The CLI's one-off ``scan`` and ``gate`` run their steps in process unless
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.config import Settings, prefect_environment
 
@@ -43,14 +44,16 @@ def prepare_prefect(settings: Settings) -> None:
         _temporary_server_output_to(Path(os.environ["PREFECT_HOME"]) / "temporary-server.log")
 
 
-def run_flow(settings: Settings, load_flow: Callable[[], Callable[..., Any]], *args: Any) -> Any:
-    """Run the flow ``load_flow()`` imports, on ``args``, with Prefect prepared. The CLI reports
-    the outcome itself (one line for bad input, a refusal); Prefect's run loggers would print
-    the same failure again with a traceback. Run states still reach the Prefect API."""
+def run_flow(settings: Settings, module: str, name: str, *args: Any) -> Any:
+    """Run the flow ``module.name`` (e.g. ``flows.ingest``, ``run_scan_flow``) on ``args``, with
+    Prefect prepared. The CLI reports the outcome itself (one line for bad input, a refusal);
+    Prefect's run loggers would print the same failure again with a traceback. Run states still
+    reach the Prefect API."""
     prepare_prefect(settings)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    flow = load_flow()  # imported before the loggers are quietened: importing configures them
+    # imported before the loggers are quietened: importing Prefect's flows configures them
+    flow = getattr(importlib.import_module(module), name)
 
     # EventsWorker warns while it drains events at exit; nothing is lost and nothing to act on.
     for run_logger in ("prefect.task_runs", "prefect.flow_runs", "EventsWorker"):

@@ -108,12 +108,8 @@ def run_landing(*, config: Path, dataset: str) -> PassReport:
     configured = load_config(config).dataset(dataset)
     prepare_landing(configured)  # a config problem: one line, before any service starts
 
-    def landing_pass() -> Any:
-        from flows.landing import landing_flow
-
-        return landing_flow
-
-    return run_flow(Settings.from_environment(configured.workspace), landing_pass, str(config.resolve()), dataset)
+    return run_flow(Settings.from_environment(configured.workspace), "flows.landing", "landing_flow",
+                    str(config.resolve()), dataset)
 
 
 def print_pass(report: PassReport) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import json
 import os
 import secrets
 import tempfile
@@ -42,7 +41,7 @@ import joblib
 
 from pipeline.errors import PoisonguardError
 from pipeline.io import atomic_path
-from pipeline.memo import ProcessMemo
+from pipeline.memo import ProcessMemo, content_key
 
 KEY_VARIABLE = "POISONGUARD_CACHE_KEY"
 KEY_FILE_VARIABLE = "POISONGUARD_CACHE_KEY_FILE"
@@ -79,7 +78,7 @@ class FitCache:
 
     @staticmethod
     def key(parts: Mapping[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+        return content_key(parts)
 
     def get_or_fit(self, parts: Mapping[str, Any], fit: Callable[[], Any]) -> Any:
         key = self.key(parts)
@@ -126,11 +125,12 @@ class FitCache:
         payload = buffer.getvalue()
         self.folder.mkdir(parents=True, exist_ok=True)
         payload_path, tag_path = self._paths(key)
+        tag = self._tag(payload)
         # payload first: a tag never names bytes that are not there yet
-        for path, content in ((payload_path, payload), (tag_path, self._tag(payload).encode())):
+        for path, content in ((payload_path, payload), (tag_path, tag.encode())):
             with atomic_path(path) as temporary:
                 temporary.write_bytes(content)
-        _VERIFIED.put((_identity(payload_path), self._tag(payload), self._signing_key), fitted)
+        _VERIFIED.put((_identity(payload_path), tag, self._signing_key), fitted)
 
 
 def _identity(path: Path) -> tuple[str, int, int, int, int]:

@@ -9,11 +9,19 @@ validating the holdout against the suite (~1 s), scoring the holdout (~0.8 s).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, TypeVar
 
 T = TypeVar("T")
+
+
+def content_key(parts: Any) -> str:
+    """sha256 of ``parts`` as canonical JSON: equal content, equal key (the fit cache's file
+    names, the memo's keys)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ProcessMemo:
@@ -47,7 +55,3 @@ class ProcessMemo:
         value = compute()
         self.put(key, value)
         return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()

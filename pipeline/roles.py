@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Mapping
 

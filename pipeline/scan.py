@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from pipeline.errors import InputError, PoisonguardError
 from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
-from pipeline.memo import ProcessMemo
+from pipeline.memo import ProcessMemo, content_key
 from pipeline.memory import release_freed_memory
 from pipeline.provenance import redact
 from pipeline.report import render_report
@@ -188,8 +187,8 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     ids = [c for c, r in roles.items() if r is Role.ID]
     # the holdout's own rule breaks: what a clean batch breaks (the verdict's invalid-values test)
     holdout_invalid = _TRUSTED_WORK.get_or_compute(
-        ("holdout invalid rows", _digest(reference.sha256, holdout_sha or (settings.holdout_fraction, settings.random_state),
-                                         suite.document, sorted((c, k.value) for c, k in kinds.items()))),
+        ("holdout invalid rows", content_key([reference.sha256, holdout_sha or (settings.holdout_fraction, settings.random_state),
+                                              suite.document, sorted((c, k.value) for c, k in kinds.items())])),
         lambda: invalid_rows(holdout, suite))
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
                        holdout_invalid, roles,
@@ -252,10 +251,6 @@ def accepted_ids(workspace: Workspace, dataset: str, columns: list[str]) -> dict
 # What depends on the trusted data alone, kept while a process scans batch after batch against
 # it (pipeline/memo.py); keyed by content, never by path.
 _TRUSTED_WORK = ProcessMemo(size=8)
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def invalid_rows(frame: pd.DataFrame, suite: Suite) -> int:
@@ -389,7 +384,7 @@ def trusted_suspicion(detectors, trusted: TrustedData, settings: Settings) -> np
         decisions = decide(trusted.holdout[ROW_NUMBER], empty_findings(), [], scores, settings.policy)
         return decisions.table["suspicion"].to_numpy()
 
-    key = ("holdout suspicion", _digest(fit_key(trusted, settings), settings.policy.as_dict()))
+    key = ("holdout suspicion", content_key([fit_key(trusted, settings), settings.policy.as_dict()]))
     return _TRUSTED_WORK.get_or_compute(key, suspicion).copy()
 
 
