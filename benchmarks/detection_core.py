@@ -227,13 +227,13 @@ class Poisonguard:
         scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings, self.settings.chunk_rows)
         checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
         verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
-        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict)
+        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict, self.trusted)
         table = decisions.table.set_index(ROW_NUMBER).loc[np.arange(len(batch))]
         # the same scan under the other ways of holding a significant kind's rows
         variants = {}
         for hold in HOLD_VARIANTS:
             settings = replace(self.settings, policy=replace(self.settings.policy, evidence_hold=hold))
-            other = scan.decide_batch(conformed, outcome, self.detectors, scores, settings, verdict)
+            other = scan.decide_batch(conformed, outcome, self.detectors, scores, settings, verdict, self.trusted)
             variants[hold] = other.table.set_index(ROW_NUMBER).loc[np.arange(len(batch)), "quarantined"].to_numpy(bool)
         return {"flagged": table["quarantined"].to_numpy(bool), "score": table["suspicion"].to_numpy(float),
                 "variants": variants,

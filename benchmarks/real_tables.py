@@ -127,7 +127,7 @@ class Scanner:
         scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings, self.settings.chunk_rows)
         checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
         verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
-        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict)
+        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict, self.trusted)
         outputs = scan.build_outputs(request, self.settings, loaded, self.trusted, conformed, outcome, decisions, [],
                                      checks, np.array([]), "benchmark", scan.now(), verdict)
         write_outputs(outputs, out)

@@ -67,6 +67,7 @@ def decide(
     content: np.ndarray | None = None,
     explain: Explain | None = None,
     verdict: Verdict | None = None,
+    spent: float = 0.0,
 ) -> Decisions:
     """Hard validation failures and batch-level failures always quarantine with suspicion 1.
 
@@ -77,6 +78,7 @@ def decide(
     of the fused and the groups' corrected p-values. Reasons list hard failures first, then the
     rest, smallest p-value first; a detector's are its scores' ``reason``, or what
     ``explain(detector, row_numbers)`` says of the rows it held (see ``detectors.explain_rows``).
+    ``spent``: the share of clean rows the row rules hold anyway, taken from the policy's target.
     """
     rows = pd.DataFrame({ROW_NUMBER: row_numbers.to_numpy()})
     pvalues, aligned = {}, {}
@@ -88,7 +90,7 @@ def decide(
     row_scoped = {name: p for name, p in pvalues.items() if _scope(name) == "row"}
     factor = float(max(1, len(row_scoped)))
     row_fused = fuse(row_scoped, len(rows))
-    threshold = policy.threshold(row_fused, content)
+    threshold = policy.threshold(row_fused, content, spent)
     held_by_policy = row_fused <= threshold
     parts = [validation_findings]
     for name, scores in detector_scores.items():

@@ -105,6 +105,12 @@ class TrustedData:
     def carried(self) -> tuple[str, ...]:
         return tuple(c for c, r in self.roles.items() if r in CARRIED)
 
+    @property
+    def natural_invalid_share(self) -> float:
+        """The share of clean rows that break the suite's row rules (the holdout's): what the
+        rules spend of the false-quarantine target before the detectors get the rest."""
+        return self.holdout_invalid / len(self.holdout) if len(self.holdout) else 0.0
+
 
 def preflight(request: ScanRequest) -> None:
     """Checks that cost milliseconds, so that a bad file fails before any service starts."""
@@ -474,14 +480,17 @@ def drifted_columns(checks: list[CheckResult]) -> list[str]:
 
 def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, detectors,
                  scores: dict[str, pd.DataFrame], settings: Settings,
-                 verdict: Verdict | None = None) -> Decisions:
+                 verdict: Verdict | None = None, trusted: TrustedData | None = None) -> Decisions:
     """``decide`` over the batch: content keys a chunk at a time, and the reasons of the rows the
-    detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out)."""
+    detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out).
+    Given the ``trusted`` data, the row rules' natural share of clean rows is taken from the
+    detectors' part of the false-quarantine target."""
     # Exact copies are copies of what a model learns from: an id or a timestamp makes none unique.
     keys = np.concatenate([content_keys(chunk.drop(columns=list(conformed.carried)))
                            for chunk in conformed.chunks(settings.chunk_rows)])
     decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
-                       keys, explain_rows(detectors, scores, conformed.take), verdict)
+                       keys, explain_rows(detectors, scores, conformed.take), verdict,
+                       trusted.natural_invalid_share if trusted is not None else 0.0)
     check_conservation(conformed.n_rows, decisions)
     release_freed_memory(conformed.n_rows)
     return decisions
@@ -528,6 +537,9 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "detectors_skipped": bool(outcome.batch_findings),
         "policy": settings.policy.as_dict() | {
             "threshold": decisions.threshold,
+            # the target less the share of clean rows the row rules hold anyway (the holdout's)
+            "row_rule_share": trusted.natural_invalid_share,
+            "detector_target": settings.policy.row_target(trusted.natural_invalid_share),
             # the share of clean trusted rows the same threshold would hold: the realised rate
             "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
             if len(holdout_suspicion) else None,

@@ -137,7 +137,7 @@ def _scan(request: scan.ScanRequest, settings: Settings, runner: StepRunner, bat
         checks = step(scan.check_batch)(step(scan.fit_checks)(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")
         verdict = step(scan.assess)(conformed, outcome, detectors, scores, trusted, checks, settings)
-        decisions = step(scan.decide_batch)(conformed, outcome, detectors, scores, settings, verdict)
+        decisions = step(scan.decide_batch)(conformed, outcome, detectors, scores, settings, verdict, trusted)
         progress.reached("scan.decided")
         earlier = step(provenance.source_history)(settings.tracking_uri, request.dataset_name, request.source, run_id)
         checks = [*checks, step(scan.check_source)(request, earlier, decisions)]

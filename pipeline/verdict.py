@@ -97,8 +97,8 @@ class Verdict:
     """The batch as a whole: poisoned or not, how sure, how many rows and of which kinds.
 
     Kinds overlap (a flood of flipped copies is copies and flips, an impossible record may be an
-    outlier too), so the batch's estimate is the size of the union of the rows each kind's
-    estimate names, less what the held sets' clean rates explain."""
+    outlier too), so the batch's estimate is the size of the union of the rows each significant
+    kind's estimate names, less what the held sets' clean rates explain (``_union``)."""
 
     poisoned: bool
     p_value: float
@@ -117,15 +117,29 @@ class Verdict:
         return found is not None and self.poisoned and found.p_value * self.kinds_tested <= self.alpha
 
     def _union(self, end: int) -> int:
-        """Rows named by every kind's low end (0), estimate (1) or high end (2) of its interval."""
-        named: set[int] = set()
+        """Rows named by every kind's low end (0), estimate (1) or high end (2) of its interval.
+
+        Held sets (groups, rule breaks) first, less what their clean rates explain; then each
+        ranked kind's count, less the poison of its kind that it expects among the rows already
+        named (a flipped copy in a flood is a copy and a flip: counted once), from its most
+        suspect rows not yet named. A kind whose evidence does not carry the verdict counts at the
+        high end only: an excess the data cannot show, nor rule out."""
+        named = np.zeros(self.rows, dtype=bool)
         explained = 0
-        for kind in self.by_kind.values():
+        for name, kind in sorted(self.by_kind.items(), key=lambda item: item[1].ranked):  # held sets first
+            if end < 2 and not self.significant(name):
+                continue
             count = (kind.interval[0], kind.estimate, kind.interval[1])[end]
-            named.update(kind.chosen(count).tolist())
+            rows = kind.rows[kind.rows < self.rows]
             if not kind.ranked:
-                explained += len(kind.rows) - count
-        return int(min(self.rows, max(0, len(named) - explained)))
+                named[rows] = True
+                explained += len(rows) - count
+                continue
+            already = named[rows]
+            expected_there = float(kind.chance[: len(rows)][already].sum()) if kind.chance is not None else 0.0
+            fresh = rows[~already]
+            named[fresh[: max(0, int(round(count - min(count, expected_there))))]] = True
+        return int(min(self.rows, max(0, int(named.sum()) - explained)))
 
     @property
     def estimated_poisoned_rows(self) -> int:
@@ -368,7 +382,7 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
     counts = CellCounts.of(pvalues, cells, model)
     n = counts.rows
-    thresholds = model.thresholds or THRESHOLDS
+    thresholds = THRESHOLDS if model.thresholds is None else model.thresholds
     p_value = excess_pvalue(pvalues, cells, model.calibration_rows, thresholds)
     mixture = fit_mixture(counts)
     estimate = int(round(mixture.share * n))
@@ -379,9 +393,16 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     # where it hides among clean rows), then the smaller p-value
     order = np.lexsort((pvalues[eligible], -chance[eligible]))
     ranking, chance = eligible[order], chance[eligible][order]
-    threshold, small = _plainest_excess(pvalues[eligible], n, thresholds)
-    evidence = (f"{small} of {n} rows have p <= {threshold:g} from {name}, where a clean batch has about "
-                f"{threshold * n:.1f} (excess test p = {p_value:.2g}); estimated {estimate} "
+    if thresholds:
+        threshold, small = _plainest_excess(pvalues[eligible], n, thresholds)
+        seen = f"{small} of {n} rows have p <= {threshold:g} from {name}, where a clean batch has about {threshold * n:.1f}"
+    else:
+        # a clean row lands beyond every one of its cell's m trusted rows with chance 1 / (m + 1)
+        beyond = (counts.counts[:, 0] * (counts.edges[:, 1] > 0)).sum()
+        expected = float((counts.counts.sum(axis=1) * counts.edges[:, 1]).sum())
+        seen = (f"{int(beyond)} of {n} rows are more suspect to {name} than every trusted row, where a clean batch "
+                f"has about {expected:.1f}")
+    evidence = (f"{seen} (excess test p = {p_value:.2g}); estimated {estimate} "
                 f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
     return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True,
                         chance=chance)

@@ -244,6 +244,15 @@ def test_decide_holds_exactly_the_rows_whose_fused_pvalue_clears_the_threshold()
     np.testing.assert_allclose(table["b_raw"], [10 * CAL_B[r] for r in range(6)])
 
 
+def test_the_row_rules_natural_share_is_taken_from_the_detectors_target():
+    # the holdout shows 3 % of clean rows break a rule: the detectors get 0.1 - 0.03 of the target
+    decisions = decide(pd.Series(range(6)), empty_findings(), [], {"a": _scores(CAL_A, "a"), "b": _scores(CAL_B, "b")},
+                       TIGHT, spent=0.03)
+    assert decisions.threshold == pytest.approx(0.07)
+    assert sorted(decisions.quarantined_rows) == [0, 1, 2]  # fused 0.09 (row 4) no longer held
+    assert TIGHT.row_target(0.5) == 0.0 and TIGHT.row_target(-1.0) == 0.1
+
+
 def test_decide_lists_only_detectors_that_fired_smallest_pvalue_first():
     table = _by_row(_decide())
     assert table.loc[0, "reasons"] == ["a suspects row 0"]       # b's 2·0.10 = 0.2 did not fire

@@ -111,13 +111,38 @@ def test_invalid_values_are_judged_against_the_holdouts_share():
 
 
 def test_kinds_overlap_and_the_batch_counts_each_row_once():
+    # a flood of 10 flipped copies: the flips' ranking puts them first, sure they are flips
+    chance = np.concatenate([np.ones(10), np.full(20, 0.5), np.zeros(70)])
     flips = KindEvidence("label_flips", 1e-9, 20, (15, 30), "", "label_consistency",
-                         np.arange(100), ranked=True)
-    copies = KindEvidence("copies", 1e-9, 10, (10, 10), "", "duplicates", np.arange(10))  # the top 10 again
+                         np.arange(100), ranked=True, chance=chance)
+    copies = KindEvidence("copies", 1e-9, 10, (10, 10), "", "duplicates", np.arange(10))
     verdict = combine([flips, copies], 100, alpha=0.01)
     assert verdict.poisoned and verdict.estimated_poisoned_rows == 20
     assert verdict.interval == (15, 30)
     assert verdict.significant("label_flips") and verdict.significant("copies")
+
+
+def test_flipped_copies_are_not_counted_again_where_the_flips_ranking_puts_them_lower():
+    # the copies rank 41-50 by label consistency: their expected flips come off the flips' count,
+    # and the flips' other rows are the most suspect ones not yet named
+    rows = np.arange(100)
+    chance = np.where(rows < 40, 0.1, np.where(rows < 50, 0.9, 0.0))
+    flips = KindEvidence("label_flips", 1e-9, 13, (5, 20), "", "label_consistency", rows, ranked=True, chance=chance)
+    copies = KindEvidence("copies", 1e-9, 10, (10, 10), "", "duplicates", np.arange(40, 50))
+    verdict = combine([flips, copies], 100, alpha=0.01)
+    assert verdict.estimated_poisoned_rows == 10 + (13 - 9)  # 9 of the 13 flips expected among the copies
+    assert verdict.interval == (10, 10 + 20 - 9)
+
+
+def test_a_kind_that_does_not_carry_the_verdict_widens_only_the_high_end():
+    flips = KindEvidence("label_flips", 0.3, 90, (0, 300), "", "label_consistency", np.arange(700), ranked=True,
+                         chance=np.full(700, 0.1))
+    copies = KindEvidence("copies", 1e-9, 60, (60, 60), "", "duplicates", np.arange(700, 760))
+    verdict = combine([flips, copies], 760, alpha=0.01)
+    assert verdict.poisoned and verdict.estimated_poisoned_rows == 60
+    assert verdict.interval == (60, 360)
+    clean = combine([flips], 700, alpha=0.01)
+    assert not clean.poisoned and clean.estimated_poisoned_rows == 0 and clean.interval == (0, 300)
 
 
 def test_the_verdict_is_bonferroni_over_the_kinds():

@@ -80,7 +80,7 @@ class PoisonModel:
     ``calibration_rows[cell]`` rows. ``simulated``: p-values the detector gives trusted rows
     made into poison (labels flipped), with their cells, or None when its poison lies beyond the
     trusted rows (outliers). ``thresholds``: the p-values at which the verdict counts an excess
-    (and always "beyond every calibration row"); None for the verdict's default ladder. A
+    (and always "beyond every calibration row"; () for that alone); None for the verdict's default ladder. A
     detector whose poison is extreme by definition counts only there: an outlier sits beyond
     (or at the edge of) the trusted rows, while a clean batch drawn from part of the population
     (covariate shift) crowds the moderate p-values, not the extreme ones.

@@ -86,10 +86,12 @@ class FeatureOutlier(Detector):
             self.models_[key], self.calibration_[key] = self._fold_models(encoded[mask])
 
     def poison_model(self) -> PoisonModel:
-        # counted at p <= 0.01 and beyond: at 0.05-0.2 covariate shift called 2 of 7 clean HMDA-like
-        # batches poisoned (p 1.5e-05 on one), where the extreme bins alone said 0.21
+        # counted beyond every trusted row only: a clean batch from part of the population
+        # (covariate shift) crowds the moderate bins and the 1 % tail too (at p <= 0.01 and
+        # beyond it was called poisoned 2 of 21 times, both on health insurance; beyond only,
+        # 0 of 21, while outlier poison was found 19 of 21 times instead of 18; 7 datasets x 3 seeds)
         return PoisonModel("outliers", {group: sum(len(scores) for scores in self.calibration_[key])
-                                        for group, key in enumerate(self.models_)}, thresholds=(0.01,))
+                                        for group, key in enumerate(self.models_)}, thresholds=())
 
     def _fold_models(self, rows: np.ndarray) -> tuple[list[Any], list[np.ndarray]]:
         models, held_out_scores = [], []
