@@ -509,7 +509,7 @@ def main() -> None:
     if args.ours_only and args.output.exists():
         ran = {(r["dataset"], r["seed"], r["attack"]) for r in rows}
         rows += [r for r in json.loads(args.output.read_text())["rows"]
-                 if r["method"] != "poisonguard" and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
+                 if not r["method"].startswith("poisonguard") and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}", "seeds": args.seeds, "minutes": round((time.time() - started) / 60, 1),
               "peers_rerun": not args.ours_only, "rows": rows}
