@@ -160,11 +160,11 @@ def content_keys(batch: pd.DataFrame) -> np.ndarray:
 
 
 def _scope(name: str) -> str:
-    """A registered detector's ``pvalue_scope`` (see detectors/base.py); names outside the
-    registry are row-scoped."""
-    from pipeline.detectors import DETECTORS
+    """A registered detector's ``pvalue_scope`` (see detectors/base.py), poisonguard's own or an
+    installed package's; names outside the registry are row-scoped."""
+    from pipeline.detectors import find_detector_class
 
-    return getattr(DETECTORS.get(name), "pvalue_scope", "row")
+    return getattr(find_detector_class(name), "pvalue_scope", "row")
 
 
 def _reasons_per_row(row_numbers: pd.Series, findings: pd.DataFrame) -> list[list[str]]:

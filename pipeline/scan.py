@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import importlib.metadata
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from pipeline.detectors import (
     ChunkMap,
     FeatureSpec,
     build_detectors,
+    detector_class,
     explain_rows,
     fit_all,
     read_each,
@@ -355,7 +358,8 @@ def fit_key(trusted: TrustedData, settings: Settings) -> dict[str, Any]:
             "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
             "detectors": settings.detectors, "max_fit_rows": settings.max_fit_rows,
             "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__,
-                         joblib.__version__], "code": detector_code_digest()}
+                         joblib.__version__], "code": detector_code_digest(),
+            "installed_detectors": installed_detector_digest(settings.detectors)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -366,6 +370,26 @@ def detector_code_digest() -> str:
     for path in sorted((Path(__file__).parent / "detectors").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def installed_detector_digest(names: Iterable[str]) -> dict[str, str]:
+    """For each detector of another package among ``names``: its package's version and sha256
+    of the source of its class's module, which ``detector_code_digest`` does not cover (a package
+    under development changes code without a new version)."""
+    digests = {}
+    for name in names:
+        cls = detector_class(name)
+        if cls.__module__.startswith("pipeline.detectors."):
+            continue
+        module = sys.modules[cls.__module__]
+        source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else b""
+        package = cls.__module__.partition(".")[0]
+        try:
+            version = importlib.metadata.version(importlib.metadata.packages_distributions().get(package, [package])[0])
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        digests[name] = f"{version}:{hashlib.sha256(source).hexdigest()}"
+    return digests
 
 
 def fit_checks(trusted: TrustedData):

@@ -98,6 +98,48 @@ def assert_conserved(out: Path, n_rows: int) -> None:
     assert summary["counts"] == {"rows": n_rows, "accepted": len(accepted), "quarantined": len(quarantined)}
 
 
+def docs_example() -> tuple[list[str], dict]:
+    """docs/detectors.md's worked example: its Python code blocks, in order (the first is the
+    detector's module), and its pyproject.toml."""
+    import re
+    import tomllib
+
+    text = (REPO / "docs" / "detectors.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, re.S), tomllib.loads(re.findall(r"```toml\n(.*?)```", text, re.S)[0])
+
+
+@pytest.fixture
+def install_package(tmp_path, monkeypatch):
+    """``install(project, modules)``: a package as pip leaves it, on sys.path for this test: its
+    modules (name -> source) and a .dist-info whose entry_points.txt holds ``project``'s
+    (pyproject.toml's [project] table). pip cannot build it here without network or a wheel
+    package, and this is the metadata importlib.metadata reads either way. The registry and
+    sys.modules are restored afterwards."""
+    from pipeline.detectors import DETECTORS
+
+    registered, site = dict(DETECTORS), tmp_path / "site-packages"
+    added: list[str] = []
+
+    def install(project: dict, modules: dict[str, str]) -> None:
+        site.mkdir(exist_ok=True)
+        for module, source in modules.items():
+            (site / f"{module}.py").write_text(source)
+            added.append(module)
+        info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+        lines = [line for group, entries in project.get("entry-points", {}).items()
+                 for line in [f"[{group}]", *(f"{k} = {v}" for k, v in entries.items()), ""]]
+        (info / "entry_points.txt").write_text("\n".join(lines))
+        monkeypatch.syspath_prepend(str(site))
+
+    yield install
+    DETECTORS.clear()
+    DETECTORS.update(registered)
+    for module in added:
+        sys.modules.pop(module, None)
+
+
 def benchmark_module(name: str):
     """benchmarks/<name>.py as a module (a script, not a package), loaded once."""
     if name not in sys.modules:
@@ -117,7 +159,7 @@ def crash_harness():
 # or database. Everything else is integration (a real scan, ledger, MLflow store, Prefect flow or
 # browser). `make test-unit` runs the first tier alone; `make test` (and CI) runs both.
 UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", "test_detector_maths", "test_group_detectors",
-                "test_policy", "test_validation", "test_verdict", "test_layers"}
+                "test_detector_registry", "test_policy", "test_validation", "test_verdict", "test_layers"}
 
 
 # The modules that take longest (a minute or more each on 2 cores: subprocess scans, servers,

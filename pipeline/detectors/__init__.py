@@ -1,6 +1,10 @@
-"""The one registry of detectors. Config, CLI, reports and the conformance tests all read it.
+"""The detectors: the contract (``base``), the one registry (``registry``), poisonguard's own
+detectors (a module per family) and how a scan runs them over a batch in chunks.
 
-Adding a detector = one module + one line here + it passes tests/test_detector_conformance.py.
+Adding a detector = a ``RowDetector`` or ``GroupDetector`` subclass registered with
+``@register_detector`` (here: a module imported below; in another package: an entry point in
+the ``poisonguard.detectors`` group), that passes ``check_detector`` (pipeline/detectors/checks.py).
+docs/detectors.md has the contract and a worked example.
 """
 
 from __future__ import annotations
@@ -14,40 +18,45 @@ from pipeline.detectors.base import (
     SCORE_COLUMNS,
     Detector,
     FeatureSpec,
+    GroupDetector,
+    RowDetector,
     RowFetch,
     Summary,
+    clone,
     concat_summaries,
     conformal_pvalues,
 )
-from pipeline.detectors.duplicates import DuplicateFlood
-from pipeline.detectors.influence import RoniInfluence
-from pipeline.detectors.labels import LabelConsistency
-from pipeline.detectors.outliers import FeatureOutlier
-from pipeline.detectors.triggers import TriggerPattern
+# poisonguard's own detectors, imported for their @register_detector
+from pipeline.detectors.duplicates import DuplicateFlood  # noqa: F401
+from pipeline.detectors.influence import RoniInfluence  # noqa: F401
+from pipeline.detectors.labels import LabelConsistency  # noqa: F401
+from pipeline.detectors.outliers import FeatureOutlier  # noqa: F401
+from pipeline.detectors.registry import (
+    DETECTORS,
+    ENTRY_POINT_GROUP,
+    DetectorRegistryError,
+    detector_class,
+    find_detector_class,
+    register_detector,
+)
+from pipeline.detectors.triggers import TriggerPattern  # noqa: F401
 from pipeline.config import DEFAULT_DETECTORS  # noqa: F401  (the scan's detectors: a setting)
 from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
+from pipeline.params import InvalidParameter
 
-DETECTORS: dict[str, type[Detector]] = {
-    FeatureOutlier.name: FeatureOutlier,
-    LabelConsistency.name: LabelConsistency,
-    RoniInfluence.name: RoniInfluence,
-    TriggerPattern.name: TriggerPattern,
-    DuplicateFlood.name: DuplicateFlood,
-}
 
 def build_detectors(config: dict[str, dict[str, Any]]) -> dict[str, Detector]:
-    """Instantiate detectors from ``{name: params}``; unknown names and parameters fail clearly."""
+    """Instantiate detectors from ``{name: params}``, poisonguard's own or installed packages'
+    (see ``registry``); unknown names and parameters fail clearly."""
     detectors = {}
     for name, params in config.items():
-        if name not in DETECTORS:
-            raise PoisonguardError(f"Unknown detector {name!r}; known detectors: {', '.join(DETECTORS)}.")
-        cls = DETECTORS[name]
+        cls = detector_class(name)
         try:
-            detectors[name] = cls(**(params or {}))
-        except TypeError:
-            allowed = ", ".join(cls._parameter_constraints)
-            raise PoisonguardError(f"Detector {name!r} got unknown parameters {sorted(params)}; it takes {allowed}.") from None
+            cls._check_param_names(params or {})
+        except InvalidParameter as error:
+            raise PoisonguardError(f"Detector {name!r}: {error}") from None
+        detectors[name] = cls(**(params or {}))
     return detectors
 
 
@@ -119,6 +128,7 @@ def combine_chunks(detectors: dict[str, Detector], parts: list[ChunkResult], fet
     return scores
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SCORE_COLUMNS", "ChunkMap", "ChunkResult", "Detector", "FeatureSpec",
-           "RowFetch", "Summary", "build_detectors", "combine_chunks", "conformal_pvalues", "fit_all", "read_chunk",
-           "read_each", "score_all", "score_in_chunks", "explain_rows"]
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "ENTRY_POINT_GROUP", "SCORE_COLUMNS", "ChunkMap", "ChunkResult", "Detector",
+           "DetectorRegistryError", "FeatureSpec", "GroupDetector", "RowDetector", "RowFetch", "Summary",
+           "build_detectors", "clone", "combine_chunks", "conformal_pvalues", "detector_class", "find_detector_class",
+           "fit_all", "read_chunk", "read_each", "register_detector", "score_all", "score_in_chunks", "explain_rows"]

@@ -13,17 +13,25 @@ batch row with the columns in ``SCORE_COLUMNS``:
 
 Scoring never writes to ``self``; learned state ends in ``_``.
 
-A row-scoped detector (``chunkable``) scores any run of rows on its own. A batch-scoped one
-compares batch rows with each other, yet must not need the batch in memory: it scores from a
-``Summary``, a few bytes of state per row that ``summarise`` takes from any run of rows, and
-that concatenates across chunks; ``score_summary`` may fetch back the few rows it must see whole.
+A detector is one of two kinds. A ``RowDetector`` scores any run of rows on its own (a row's
+score depends on that row alone). A ``GroupDetector`` compares batch rows with each other, yet
+must not need the batch in memory: it scores from a ``Summary``, a few bytes of state per row
+that ``summarise`` takes from any run of rows, and that concatenates across chunks;
+``score_summary`` may fetch back the few rows it must see whole.
+
+Parameters are the keyword-only arguments of ``__init__``, stored unchanged as attributes of the
+same name (scikit-learn's convention): ``get_params``, ``set_params`` and ``clone`` read the
+signature, ``_parameter_constraints`` declares their limits (``check_detector`` checks the two
+agree). How to write one: docs/detectors.md.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Self
+from typing import Any, Callable, ClassVar, Self, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -94,7 +102,8 @@ class PoisonModel:
 
 
 class Detector(ABC):
-    """Base class: parameter storage and validation, the fit/score contract, calibration."""
+    """Base class of both kinds (``RowDetector``, ``GroupDetector``): parameters and their
+    validation, the fit/score contract. Derive from one of the kinds, not from this."""
 
     name: ClassVar[str]
     # the poisoning this detector is built to see; the conformance suite plants it
@@ -108,8 +117,45 @@ class Detector(ABC):
     # parameter -> Interval, or a tuple of allowed values
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The parameters: ``__init__``'s arguments, in their order (as scikit-learn reads them)."""
+        if cls.__init__ is object.__init__:
+            return []
+        arguments = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        for argument in arguments:
+            if argument.kind in (argument.VAR_POSITIONAL, argument.VAR_KEYWORD):
+                # *args/**kwargs hide the parameters from get_params, so clone would lose them
+                raise InvalidParameter(f"{cls.__name__}.__init__ takes {argument}; a detector must name each of its "
+                                       "parameters as a keyword-only argument (see docs/detectors.md).")
+        return [argument.name for argument in arguments]
+
     def get_params(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self._parameter_constraints}
+        """``{parameter: value}``: what ``__init__`` was given (or ``set_params`` set)."""
+        return {key: getattr(self, key) for key in self._get_param_names()}
+
+    @classmethod
+    def _check_param_names(cls, params: dict[str, Any]) -> None:
+        valid = cls._get_param_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise InvalidParameter(f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
+                                   f"its parameters are: {', '.join(valid) or 'none'}.")
+
+    def set_params(self, **params: Any) -> Self:
+        """Set parameters by name; returns ``self``. Their values are validated by ``fit``."""
+        self._check_param_names(params)
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        changed = []
+        for key, argument in inspect.signature(type(self).__init__).parameters.items():
+            # by repr: a parameter may be a value whose == is not a bool (an array)
+            if key != "self" and hasattr(self, key) and repr(getattr(self, key)) != repr(argument.default):
+                changed.append(f"{key}={getattr(self, key)!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
 
     def _validate_params(self) -> None:
         for key, constraint in self._parameter_constraints.items():
@@ -186,8 +232,12 @@ class Detector(ABC):
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call fit(reference, spec) first.")
 
     @abstractmethod
-    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None: ...
+    def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
+        """Learn from the trusted rows (``holdout``: see ``fit``); store what is learned in
+        attributes ending in ``_``."""
 
+    # Which of these a detector implements is its kind's to say (RowDetector, GroupDetector);
+    # they are declared here too so that code holding any Detector type-checks.
     def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
         """Row-scoped detectors: ``score``, ``calibrated``, ``flagged``, ``reason`` in batch order
         (reasons "" throughout unless ``explain``)."""
@@ -200,6 +250,49 @@ class Detector(ABC):
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         """Batch-scoped detectors: what ``_score`` returns, for the summarised (non-empty) batch."""
         raise NotImplementedError(f"{type(self).__name__} is batch-scoped and must implement _score_summary.")
+
+
+class RowDetector(Detector):
+    """A detector whose score of a row depends on that row alone, so a batch may be scored in any
+    chunks: implement ``_fit`` and ``_score``. Each row gets its own conformal p-value, which
+    the quarantine policy fuses with the other row detectors' (``pvalue_scope = "row"``)."""
+
+    pvalue_scope: ClassVar[str] = "row"
+    chunkable: ClassVar[bool] = True
+
+    @abstractmethod
+    def _score(self, batch: pd.DataFrame, explain: bool) -> pd.DataFrame:
+        """``score``, ``calibrated``, ``flagged``, ``reason`` (and optionally ``cell``) for each
+        row of ``batch``, in its order; reasons "" throughout unless ``explain``."""
+
+
+class GroupDetector(Detector):
+    """A detector that compares batch rows with each other (copies, shared triggers): implement
+    ``_fit``, ``_summarise`` (a few numbers per row, from any chunk) and ``_score_summary`` (the
+    whole batch's scores from the concatenated summaries). Its p-values are of groups of rows,
+    already corrected for the batch's many groups (``pvalue_scope = "batch"``); a detector that
+    needs the whole batch yet gives each row its own p-value (RONI) says ``"row"``."""
+
+    pvalue_scope: ClassVar[str] = "batch"
+    chunkable: ClassVar[bool] = False
+
+    @abstractmethod
+    def _summarise(self, chunk: pd.DataFrame) -> Summary:
+        """The state of each row of ``chunk`` as arrays over its rows (ROW_NUMBER is added)."""
+
+    @abstractmethod
+    def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
+        """What ``RowDetector._score`` returns, plus ``group`` and ``group_expected`` when
+        ``pvalue_scope`` is "batch", for the summarised (non-empty) batch; ``fetch(positions)``
+        returns those batch rows, for the few that must be seen whole."""
+
+
+D = TypeVar("D", bound=Detector)
+
+
+def clone(detector: D) -> D:
+    """An unfitted detector of the same class with the same parameters (copies of them)."""
+    return type(detector)(**copy.deepcopy(detector.get_params()))
 
 
 def class_codes(frame: pd.DataFrame, label: str, classes) -> np.ndarray:

@@ -32,14 +32,16 @@ from scipy.spatial import cKDTree
 from scipy.stats import hypergeom, poisson
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
+from pipeline.detectors.base import FeatureSpec, GroupDetector, Interval, RowFetch, Summary, class_codes
 from pipeline.detectors.features import encode, feature_frame, make_encoder
+from pipeline.detectors.registry import register_detector
 
 _SMALLEST_P = 1e-300
 _FAMILIES = 2  # exact copies, then near-identical balls: each tested at alpha / 2
 
 
-class DuplicateFlood(Detector):
+@register_detector
+class DuplicateFlood(GroupDetector):
     """Higher score = this row's group of copies is less likely to have come with a clean batch.
 
     ``score`` is -log10 of the row's group's p-value (see the module docstring), ``calibrated``
@@ -57,8 +59,6 @@ class DuplicateFlood(Detector):
 
     name: ClassVar[str] = "duplicates"
     detects: ClassVar[str] = "duplicate_flood"
-    pvalue_scope: ClassVar[str] = "batch"
-    chunkable: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "radius_fraction": Interval(Real, 0.0, 1.0, closed="right"),

@@ -32,8 +32,8 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.detectors.base import (
     REASON_PVALUE,
-    Detector,
     FeatureSpec,
+    GroupDetector,
     Interval,
     RowFetch,
     Summary,
@@ -41,6 +41,7 @@ from pipeline.detectors.base import (
     conformal_pvalues,
 )
 from pipeline.detectors.features import encode, feature_frame, make_encoder
+from pipeline.detectors.registry import register_detector
 from pipeline.errors import PoisonguardError
 
 
@@ -124,7 +125,8 @@ def _hessian(Xa: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
     return hessian
 
 
-class RoniInfluence(Detector):
+@register_detector
+class RoniInfluence(GroupDetector):
     """RONI per row: higher score = adding the row is estimated to hurt a trusted holdout more.
 
     Fitting keeps the encoded trusted rows; scoring fits the logistic model on them plus the
@@ -136,7 +138,9 @@ class RoniInfluence(Detector):
 
     name: ClassVar[str] = "roni"
     detects: ClassVar[str] = "label_flip"
-    chunkable: ClassVar[bool] = False  # the influence model is trained on trusted rows + the whole batch
+    # A group detector because the influence model is trained on trusted rows + the whole batch,
+    # yet each row gets its own p-value, which the policy fuses with the row detectors'.
+    pvalue_scope: ClassVar[str] = "row"
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "C": Interval(Real, 0.0, None, closed="neither"),
         "damping": Interval(Real, 0.0, None),

@@ -38,9 +38,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, conformal_pvalues,
+from pipeline.detectors.base import (REASON_PVALUE, FeatureSpec, Interval, PoisonModel, RowDetector, conformal_pvalues,
                                      fold_of_rows, row_tiebreaks)
 from pipeline.detectors.features import encode, feature_frame, make_encoder
+from pipeline.detectors.registry import register_detector
 from pipeline.errors import PoisonguardError
 
 # by_confidence calibration: about this many trusted rows per confidence band (a p-value's
@@ -55,7 +56,8 @@ MODELS: dict[str, Any] = {
 }
 
 
-class LabelConsistency(Detector):
+@register_detector
+class LabelConsistency(RowDetector):
     """Higher score = the label disagrees more with trusted neighbours and a trusted model.
 
     >>> LabelConsistency(n_neighbors=10).fit(reference, spec).score(batch)  # doctest: +SKIP

@@ -12,9 +12,10 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, conformal_pvalues,
+from pipeline.detectors.base import (REASON_PVALUE, FeatureSpec, Interval, PoisonModel, RowDetector, conformal_pvalues,
                                      fold_of_rows, row_tiebreaks)
 from pipeline.detectors.features import feature_frame, make_encoder
+from pipeline.detectors.registry import register_detector
 
 # ECOD/COPOD keep the reference and re-rank it on every call (ECOSYSTEM.md §4); IForest and HBOS
 # score in time independent of the reference size, so they are the defaults that scale.
@@ -26,7 +27,8 @@ PYOD_METHODS: dict[str, Any] = {
 _GLOBAL = "__all__"
 
 
-class FeatureOutlier(Detector):
+@register_detector
+class FeatureOutlier(RowDetector):
     """Rows far from the trusted rows of their own class, scored by a PyOD detector.
 
     One model per label class (a denied applicant is compared with denied applicants), plus one

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import nbinom
 
-from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
+from pipeline.detectors.base import FeatureSpec, GroupDetector, Interval, RowFetch, Summary, class_codes
+from pipeline.detectors.registry import register_detector
 from pipeline.errors import PoisonguardError
 
 # Quantile edges that give each tail two bins of its own (1 % and 4 %): a trigger lives in the
@@ -210,7 +211,8 @@ class _Claims:
     pvalue: np.ndarray  # per row: that test's p-value on the rows it keeps
 
 
-class TriggerPattern(Detector):
+@register_detector
+class TriggerPattern(GroupDetector):
     """Higher score = the row belongs to a (feature pair, cells, label) group the reference cannot
     explain. ``score`` is -log10 of the p-value of the group that flags the row (re-tested on the
     rows it keeps), else of the most significant group it is in; ``calibrated`` is 1 - that
@@ -225,8 +227,6 @@ class TriggerPattern(Detector):
 
     name: ClassVar[str] = "trigger"
     detects: ClassVar[str] = "backdoor"
-    pvalue_scope: ClassVar[str] = "batch"
-    chunkable: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Any]] = {
         "alpha": Interval(Real, 0.0, 0.5, closed="right"),
         "min_group": Interval(Integral, 2, None),
