@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import tempfile
 import time
 import warnings

@@ -20,9 +20,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection_core import _flip, load_datasets, split  # noqa: E402  (the benchmark's own splits and flips)
+from detection_core import _flip, load_datasets, split  # the benchmark's own splits and flips
 
-from pipeline.detectors.features import feature_frame, make_encoder  # noqa: E402
+from pipeline.detectors.features import feature_frame, make_encoder
 
 def main() -> None:
     for dataset in load_datasets():

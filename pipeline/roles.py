@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.config import RoleRules  # noqa: F401  (re-exported: the rules roles are judged by)
+from pipeline.config import RoleRules  # re-exported: the rules roles are judged by
 from pipeline.errors import InputError, SuiteError
 
 

@@ -5,7 +5,6 @@ review page's sign-in throttle per client."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -15,8 +15,6 @@ from sklearn.metrics import roc_auc_score
 from pipeline.detectors import DETECTORS, SCORE_COLUMNS, FeatureSpec
 from pipeline.detectors.base import CELL_COLUMN, GROUP_COLUMNS, InvalidParameter, concat_summaries
 from pipeline.io import ROW_NUMBER
-from pipeline.validation import column_kinds
-from tests.conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")

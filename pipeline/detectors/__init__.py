@@ -24,7 +24,7 @@ from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
 from pipeline.detectors.outliers import FeatureOutlier
 from pipeline.detectors.triggers import TriggerPattern
-from pipeline.config import DEFAULT_DETECTORS  # noqa: F401  (the scan's detectors: a setting)
+from pipeline.config import DEFAULT_DETECTORS  # the scan's detectors: a setting
 from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 

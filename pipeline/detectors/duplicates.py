@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
-from scipy.stats import hypergeom, poisson
+from scipy.stats import hypergeom
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import Detector, FeatureSpec, Interval, RowFetch, Summary, class_codes
