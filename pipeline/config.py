@@ -7,7 +7,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 from pydantic import SecretStr
 
@@ -88,7 +89,7 @@ class Settings:
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
-                         environ: Mapping[str, str] | None = None) -> "Settings":
+                         environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         tracking = _tracking_uri(env, root, export=environ is None)
@@ -125,7 +126,7 @@ class Settings:
                    database_url=SecretStr(ledger_url(root, env)), **_anchor_settings(root, env))
 
     @property
-    def anchor(self) -> "Anchor | None":
+    def anchor(self) -> Anchor | None:
         from pipeline.anchor import Anchor
 
         if self.anchor_path is None:

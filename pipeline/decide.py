@@ -14,7 +14,7 @@ Three ways a row is held besides a hard failure (a rule it breaks, a batch that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -32,7 +32,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 import pyarrow as pa

@@ -13,7 +13,8 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Hashable
 
 T = TypeVar("T")
 

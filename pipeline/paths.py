@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe

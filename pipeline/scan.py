@@ -545,7 +545,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
                        chunk_rows=settings.chunk_rows)
 
 
-def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> "HoldoutCalibration | None":
+def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> HoldoutCalibration | None:
     """Does the per-row policy keep its promise on clean data? The share of the trusted holdout
     it would hold at the false-quarantine target, and an alarm when that share is beyond the
     binomial noise of the target (P < 0.001): then the detectors' calibration does not hold on
@@ -646,7 +646,7 @@ def _jsonable(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 __all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",

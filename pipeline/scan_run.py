@@ -17,7 +17,8 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 
@@ -71,7 +72,7 @@ class PlainRunner:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "PlainRunner":
+    def __enter__(self) -> PlainRunner:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -201,7 +201,7 @@ class CellCounts:
         return self.gaps / self.gaps.sum(axis=1, keepdims=True)
 
     @classmethod
-    def of(cls, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> "CellCounts":
+    def of(cls, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> CellCounts:
         pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
         known = np.isin(cells, list(model.calibration_rows))
         tested = known & (cells >= 0) & ~np.isnan(pvalues)

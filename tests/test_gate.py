@@ -17,7 +17,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -421,7 +422,7 @@ def _poisoned_case(released: int, pending: int):
 
     record = BatchRecord(id="0123456789ab", sha256="0123456789ab" + "0" * 52, dataset=DATASET, file="flips.csv",
                          source="partner", submitter="mallory", mlflow_run_id=None,
-                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc), rows=140, accepted=110,
+                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), rows=140, accepted=110,
                          quarantined=30, pending=pending, released=released, rejected=30 - pending - released)
     headline = "Verdict: POISONED (p = 7.1e-07): an estimated 28 of 140 rows (13-47) are poisoned: 28 flipped labels."
     batch = VerifiedBatch(record, pd.DataFrame(), pd.DataFrame(), headline)

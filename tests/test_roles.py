@@ -22,7 +22,7 @@ from pipeline.validation import infer_suite, suite_from_document, with_roles
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
-NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
 LIGHT_DETECTORS = {"outliers": {"method": "hbos", "n_folds": 2},
                    "label_consistency": {"model": "logistic", "n_folds": 2},
                    "trigger": {}, "duplicates": {}}

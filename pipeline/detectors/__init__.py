@@ -5,7 +5,8 @@ Adding a detector = one module + one line here + it passes tests/test_detector_c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd

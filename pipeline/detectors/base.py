@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Self
+from typing import Any, ClassVar, Self
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ class FeatureSpec:
         return self.numeric + self.categorical
 
     @classmethod
-    def from_kinds(cls, kinds: dict[str, Any], label: str, exclude: tuple[str, ...] = ()) -> "FeatureSpec":
+    def from_kinds(cls, kinds: dict[str, Any], label: str, exclude: tuple[str, ...] = ()) -> FeatureSpec:
         skip = {label, ROW_NUMBER, *exclude}
         numeric = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) == "numeric")
         categorical = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) != "numeric")

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -161,7 +162,7 @@ class DuplicateFlood(Detector):
                              "flagged": flagged, "reason": reasons, "group": group_of,
                              "group_expected": expected})
 
-    def _tested(self, family: int, found: dict[str | None, "_Found"], labels: dict[str | None, np.ndarray]) -> "_Groups":
+    def _tested(self, family: int, found: dict[str | None, _Found], labels: dict[str | None, np.ndarray]) -> _Groups:
         """One family's groups over every label, each with its pooled p-value, and Tarone's count
         over all of them (trusted-only groups included): one correction for the whole batch."""
         parts, least = [], []
@@ -180,7 +181,7 @@ class DuplicateFlood(Detector):
         groups.tests[:] = tests
         return groups
 
-    def _reason(self, point: np.ndarray, groups: "_Groups", g: int, adjusted: float) -> str:
+    def _reason(self, point: np.ndarray, groups: _Groups, g: int, adjusted: float) -> str:
         label, batch_count, trusted_count = groups.label[g], int(groups.batch[g]), int(groups.trusted[g])
         kind = "rows" if label is None else "rows with this label"
         if groups.family[g] == 0:
@@ -210,7 +211,7 @@ class _Found:
     trusted: np.ndarray
 
     @classmethod
-    def none(cls) -> "_Found":
+    def none(cls) -> _Found:
         return cls([], np.zeros(0, "int64"), np.zeros(0, "int64"))
 
 
@@ -232,7 +233,7 @@ class _Groups:
         return np.minimum(1.0, self.pvalue * self.tests * _FAMILIES)
 
     @classmethod
-    def concat(cls, parts: list["_Groups"]) -> "_Groups":
+    def concat(cls, parts: list[_Groups]) -> _Groups:
         if not parts:
             empty = np.zeros(0)
             return cls([], empty.astype(int), [], empty.astype(int), empty.astype(int), empty, empty, empty.copy())
@@ -257,7 +258,7 @@ def _least_pvalue(sizes: np.ndarray, n_batch: int, pooled: int) -> np.ndarray:
     return hypergeom.pmf(np.minimum(sizes, n_batch), pooled, n_batch, sizes)
 
 
-def _exact_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray) -> _Found:
+def _exact_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray) -> _Found:
     """Rows with one encoding, with the trusted rows of that encoding: groups of two rows or more."""
     if not len(selected):
         return _Found.none()
@@ -271,7 +272,7 @@ def _exact_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray)
     return _Found(members, counts[keep].astype("int64"), in_trusted[keep].astype("int64"))
 
 
-def _near_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray, radius: float) -> _Found:
+def _near_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray, radius: float) -> _Found:
     """Balls of radius ``radius / 2`` (diameter at most ``radius``) around the densest rows, made
     greedily from the batch rows with another batch row within ``radius``; each ball's trusted
     count is of the trusted rows within ``radius / 2`` of its centre."""
@@ -324,7 +325,7 @@ class _Rows:
     positions: np.ndarray
     load: Callable[[np.ndarray], np.ndarray]
 
-    def subset(self, selected: np.ndarray) -> "_Rows":
+    def subset(self, selected: np.ndarray) -> _Rows:
         return _Rows(self.keys[selected], self.projected[selected], self.positions[selected], self.load)
 
     def points(self, which: np.ndarray) -> np.ndarray:

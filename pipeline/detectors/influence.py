@@ -54,7 +54,7 @@ class LogisticInfluence:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, X_holdout: np.ndarray, y_holdout: np.ndarray,
-            n_classes: int, C: float, damping: float) -> "LogisticInfluence":
+            n_classes: int, C: float, damping: float) -> LogisticInfluence:
         model = LogisticRegression(C=C, max_iter=2000).fit(X, y)
         coef = np.hstack([model.coef_, model.intercept_[:, None]])
         if model.coef_.shape[0] != max(1, n_classes if n_classes > 2 else 1):

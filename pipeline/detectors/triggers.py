@@ -108,7 +108,7 @@ class Binning:
         return np.where(missing, self.n_codes - 1, codes).astype("int64")
 
     @classmethod
-    def numeric(cls, feature: str, values: pd.Series) -> "Binning":
+    def numeric(cls, feature: str, values: pd.Series) -> Binning:
         numbers = pd.to_numeric(values, errors="coerce").astype("float64")
         numbers = numbers[np.isfinite(numbers)].to_numpy()
         if len(numbers) == 0:  # never seen: every value is one cell
@@ -120,7 +120,7 @@ class Binning:
         return cls(feature, edges, (), (*words, f"{feature} missing"))
 
     @classmethod
-    def categorical(cls, feature: str, values: pd.Series) -> "Binning":
+    def categorical(cls, feature: str, values: pd.Series) -> Binning:
         frequency = values[values.notna()].astype(str).value_counts()
         frequency = frequency.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
         levels = tuple(sorted(frequency.index[:MAX_LEVELS]))

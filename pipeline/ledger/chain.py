@@ -23,7 +23,8 @@ import datetime as dt
 import hashlib
 import json
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from pipeline.ledger.models import Batch, ReviewActionRow
 
@@ -57,8 +58,8 @@ def entry_hash(prev_hash: str, sequence: int, kind: str, subject: str, payload_d
 def utc(moment: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; everything the ledger stores is UTC."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
 
 
 def timestamp(moment: dt.datetime) -> str:
@@ -93,7 +94,7 @@ class DecisionsDigest:
         self.rows = 0
         self.pending: list[int] = []
         self._last_row_number = -1
-        self._sha256 = hashlib.sha256(f'{{"batch_id":{canonical_json(batch_id)},"rows":['.encode("utf-8"))
+        self._sha256 = hashlib.sha256(f'{{"batch_id":{canonical_json(batch_id)},"rows":['.encode())
 
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """The next row decisions (mappings of the ``row_decisions`` columns), in row order."""

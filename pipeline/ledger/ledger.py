@@ -16,7 +16,8 @@ import contextlib
 import datetime as dt
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import ColumnElement, Select, case, func, insert, select
 from sqlalchemy.engine import URL, Engine
@@ -84,13 +85,13 @@ class _Entry(NamedTuple):
     recorded: dict[str, Any]
 
     @classmethod
-    def whole(cls, kind: EntryKind, subject: str, payload: dict[str, Any]) -> "_Entry":
+    def whole(cls, kind: EntryKind, subject: str, payload: dict[str, Any]) -> _Entry:
         """An entry whose readable copy is its payload."""
         return cls(kind, subject, digest(payload), payload)
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Ledger:
@@ -106,7 +107,7 @@ class Ledger:
 
     @classmethod
     def open(cls, url: str | URL, *, clock: Callable[[], dt.datetime] = _utc_now,
-             on_write: Callable[[ChainHead], None] | None = None) -> "Ledger":
+             on_write: Callable[[ChainHead], None] | None = None) -> Ledger:
         """Connect and bring the schema up to date (created on first use). ``url``: a SQLAlchemy
         URL, e.g. ``sqlite:///ws/ledger.sqlite`` or ``postgresql+psycopg://user@host/db``; see
         ``ledger_url``. ``clock`` stamps review actions (tests pin it). ``on_write`` is called
@@ -131,7 +132,7 @@ class Ledger:
     def close(self) -> None:
         self._engine.dispose()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

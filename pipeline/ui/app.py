@@ -16,7 +16,8 @@ import math
 import re
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, FastAPI, Request
