@@ -26,10 +26,10 @@ import platform
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -21,8 +21,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection_core import _flip, load_datasets, split  # the benchmark's own splits and flips
-
 from pipeline.detectors.features import feature_frame, make_encoder
+
 
 def main() -> None:
     for dataset in load_datasets():

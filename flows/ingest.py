@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE

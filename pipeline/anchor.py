@@ -25,10 +25,10 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from pipeline.errors import PoisonguardError
 from pipeline.ledger import ChainHead, Ledger

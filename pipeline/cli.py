@@ -13,10 +13,10 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli_gate import gate
+from pipeline.cli_prefect import quiet_libraries, run_flow
 from pipeline.cli_review import review_app, verify
 from pipeline.cli_serve import ingest_landing, serve
 from pipeline.cli_ui import ui
-from pipeline.cli_prefect import quiet_libraries, run_flow
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe as safe

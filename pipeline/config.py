@@ -5,10 +5,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from collections.abc import Mapping
 
 from pydantic import SecretStr
 

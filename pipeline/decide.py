@@ -13,8 +13,8 @@ Three ways a row is held besides a hard failure (a rule it breaks, a batch that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

@@ -34,9 +34,9 @@ import io
 import os
 import secrets
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
 
 import joblib
 

@@ -29,11 +29,11 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from collections.abc import Callable, Mapping
 
 import pandas as pd
 import pyarrow as pa

@@ -23,12 +23,12 @@ import tempfile
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd

@@ -41,17 +41,17 @@ import socket
 import tomllib
 import traceback
 import zoneinfo
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
-from collections.abc import Callable, Mapping
 
 import pyarrow.fs as pafs
 
 from pipeline.errors import PoisonguardError
-from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
 from pipeline.input_paths import check_batch_path
+from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
 from pipeline.redaction import redact
 
 STATE_FOLDER = ".poisonguard"

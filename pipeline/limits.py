@@ -9,8 +9,8 @@ variable that raises it. The defaults are far above any batch a person reviews.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 from pipeline.errors import PoisonguardError
 

@@ -33,7 +33,6 @@ import numpy as np
 
 from pipeline.params import REASON_PVALUE, Interval, InvalidParameter
 
-
 EVIDENCE_HOLDS = ("estimate", "likely", "fdr", "lower", "off")
 
 

@@ -15,9 +15,9 @@ import re
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import pandas as pd
 
@@ -45,7 +45,8 @@ def redact(uri: str) -> str:
 def _redacted(values: dict[str, Any]) -> dict[str, str]:
     """Params and tags as MLflow stores them, with every secret shown as *** (one redaction for
     all of them: ``pipeline.redaction``)."""
-    from pipeline.redaction import known_secrets, redact as redact_text
+    from pipeline.redaction import known_secrets
+    from pipeline.redaction import redact as redact_text
 
     secrets = known_secrets()
     return {k: redact_text(str(v), secrets) for k, v in values.items()}

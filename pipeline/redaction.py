@@ -18,8 +18,8 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import Any, TextIO
 from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"

@@ -8,10 +8,10 @@ transaction), then mirrored to the batch's MLflow run so provenance tells the wh
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

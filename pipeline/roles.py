@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
-from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd

@@ -33,8 +33,8 @@ from pipeline.detectors import (
     score_in_chunks,
 )
 from pipeline.errors import InputError, PoisonguardError
-from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
+from pipeline.fit_cache import FitCache
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memo import ProcessMemo, content_key
 from pipeline.memory import release_freed_memory
@@ -43,21 +43,29 @@ from pipeline.report import render_report
 from pipeline.roles import CARRIED, Role, RoleRules, check_roles, id_shape, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
-from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
-                              row_evidence, schema_evidence)
 from pipeline.validation import (
     VALIDATION_CELLS,
-    validate,
     ColumnKind,
     ConformedBatch,
     Suite,
     ValidationOutcome,
     column_kinds,
-    with_roles,
     conform,
     infer_suite,
     load_suite,
+    validate,
     validate_table,
+    with_roles,
+)
+from pipeline.verdict import (
+    KindEvidence,
+    Verdict,
+    combine,
+    group_evidence,
+    invalid_evidence,
+    kind_of,
+    row_evidence,
+    schema_evidence,
 )
 
 

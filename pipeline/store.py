@@ -32,10 +32,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd

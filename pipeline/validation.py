@@ -17,12 +17,12 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd

@@ -41,7 +41,6 @@ from scipy import signal, stats
 
 from pipeline.detectors.base import PoisonModel
 
-
 # The kind of poison each detector's ``detects`` names, as the verdict reports it.
 KINDS = {"label_flip": "label_flips", "outlier": "outliers", "duplicate_flood": "copies", "backdoor": "triggers"}
 KIND_WORDS = {"label_flips": "flipped labels", "outliers": "outliers", "copies": "copied or clustered rows",

@@ -32,8 +32,20 @@ from typing import Any
 
 import pytest
 
-from pipeline.landing import (ClaimId, ConfigError, Landing, LandedFile, Outcome, PassReport, PassRules,
-                              artifact_key, load_config, prepare_landing, run_pass, this_host)
+from pipeline.landing import (
+    ClaimId,
+    ConfigError,
+    LandedFile,
+    Landing,
+    Outcome,
+    PassReport,
+    PassRules,
+    artifact_key,
+    load_config,
+    prepare_landing,
+    run_pass,
+    this_host,
+)
 from tests.conftest import REPO, SAMPLES, SUITE
 
 DATASET = "landing-test"
@@ -164,8 +176,9 @@ class Landed:
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory) -> Landed:
-    import pipeline.scan_run
     from threadpoolctl import threadpool_limits
+
+    import pipeline.scan_run
 
     root = tmp_path_factory.mktemp("landing")
     landing = root / "landing"

@@ -13,8 +13,8 @@ import json
 import os
 import threading
 import uuid
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pytest

@@ -129,8 +129,8 @@ def test_no_secret_in_prefects_record_of_the_flow_run(scanned):
 def test_no_secret_in_the_mlflow_run(scanned):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.provenance import find_scan_runs
     from pipeline.io import sha256_file
+    from pipeline.provenance import find_scan_runs
 
     uri = f"sqlite:///{scanned.workspace / 'mlflow.db'}"
     runs = find_scan_runs(uri, sha256_file(SAMPLES / "batch_03_impossible_and_outliers.csv"), DATASET)

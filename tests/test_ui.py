@@ -16,8 +16,8 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient

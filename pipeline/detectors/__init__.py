@@ -5,12 +5,13 @@ Adding a detector = one module + one line here + it passes tests/test_detector_c
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.config import DEFAULT_DETECTORS  # the scan's detectors: a setting
 from pipeline.detectors.base import (
     SCORE_COLUMNS,
     Detector,
@@ -25,7 +26,6 @@ from pipeline.detectors.influence import RoniInfluence
 from pipeline.detectors.labels import LabelConsistency
 from pipeline.detectors.outliers import FeatureOutlier
 from pipeline.detectors.triggers import TriggerPattern
-from pipeline.config import DEFAULT_DETECTORS  # the scan's detectors: a setting
 from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 

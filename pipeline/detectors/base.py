@@ -22,17 +22,17 @@ that concatenates across chunks; ``score_summary`` may fetch back the few rows i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from pipeline.errors import PoisonguardError
-from pipeline.params import REASON_PVALUE, Interval, InvalidParameter  # noqa: F401  (the detectors' vocabulary)
 from pipeline.io import ROW_NUMBER
+from pipeline.params import REASON_PVALUE, Interval, InvalidParameter  # noqa: F401  (the detectors' vocabulary)
 
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
 # A row-scoped detector's scores also say against which trusted rows (its calibration cell: the

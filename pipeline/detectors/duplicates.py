@@ -22,10 +22,10 @@ hypothesis among all the batch's rows, and 47 copies of 5 rows (9-10 each) were 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -12,8 +12,16 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import (REASON_PVALUE, Detector, FeatureSpec, Interval, PoisonModel, conformal_pvalues,
-                                     fold_of_rows, row_tiebreaks)
+from pipeline.detectors.base import (
+    REASON_PVALUE,
+    Detector,
+    FeatureSpec,
+    Interval,
+    PoisonModel,
+    conformal_pvalues,
+    fold_of_rows,
+    row_tiebreaks,
+)
 from pipeline.detectors.features import feature_frame, make_encoder
 
 # ECOD/COPOD keep the reference and re-rank it on every call (ECOSYSTEM.md §4); IForest and HBOS

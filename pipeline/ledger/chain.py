@@ -22,9 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
-from collections.abc import Mapping, Sequence
 
 from pipeline.ledger.models import Batch, ReviewActionRow
 

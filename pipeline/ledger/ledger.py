@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import ColumnElement, Select, case, func, insert, select
 from sqlalchemy.engine import URL, Engine

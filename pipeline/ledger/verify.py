@@ -14,8 +14,8 @@ cover. Compare with a ``ChainHead`` kept elsewhere for that.
 from __future__ import annotations
 
 import re
-from typing import Any
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select

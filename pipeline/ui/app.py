@@ -14,10 +14,10 @@ import datetime as dt
 import logging
 import math
 import re
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, FastAPI, Request
