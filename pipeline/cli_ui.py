@@ -6,7 +6,6 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
-from typing import Optional
 
 import typer
 
