@@ -257,7 +257,7 @@ def cleanlab_peer(make: Callable[[], object], name: str):
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         X, y, n_ref = _combined(s, batch)
-        classes, codes = np.unique(y, return_inverse=True)
+        _classes, codes = np.unique(y, return_inverse=True)
         probs = cross_val_predict(make(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0),
                                   method="predict_proba")
         issues = find_label_issues(codes, probs)

@@ -208,7 +208,7 @@ def rejected_row_moved_into_accepted(ws: Path, s: Scanned) -> list[str]:
     row = quarantined[quarantined["row_number"] == number].drop(columns=["suspicion", "reasons"])
     pd.concat([accepted, row], ignore_index=True).to_parquet(folder / "accepted.parquet", index=False)
     quarantined[quarantined["row_number"] != number].to_parquet(folder / "quarantined.parquet", index=False)
-    return [f"accepted.parquet was changed since acceptance", f"row(s) added {s.rejected[0]}",
+    return ["accepted.parquet was changed since acceptance", f"row(s) added {s.rejected[0]}",
             "quarantined.parquet was changed since acceptance", f"row(s) removed {s.rejected[0]}"]
 
 
@@ -230,7 +230,7 @@ def batch_folder_added(ws: Path, s: Scanned) -> list[str]:
 
 def review_flipped_in_the_database(ws: Path, s: Scanned) -> list[str]:
     sql(ws, "UPDATE review_actions SET action = 'release' WHERE row_id = :row", row=s.rejected[0])
-    return [f"ledger: entry", f"(review of {s.rejected[0]}): recorded action changed from reject to release"]
+    return ["ledger: entry", f"(review of {s.rejected[0]}): recorded action changed from reject to release"]
 
 
 def file_hash_rewritten_in_the_database(ws: Path, s: Scanned) -> list[str]:
@@ -257,8 +257,8 @@ def test_tampering_refuses_names_what_changed_and_raises_an_alarm(run_cli, scann
                      "--max-pending", scanned.pending)
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "nothing was released" in result.stderr and "Traceback" not in result.stderr
-    for text in expected:
-        assert text in result.stderr, (text, result.stderr)
+    for message in expected:
+        assert message in result.stderr, (message, result.stderr)
     assert not (tmp_path / "out" / "snapshot.parquet").exists()
     refused = json.loads((tmp_path / "out" / "refused.json").read_text())
     assert refused["tampered"] and refused["problems"]
