@@ -84,9 +84,9 @@ class Outcome:
             found.append("traceback or internal error")
         if any(ch in text for ch in "\x1b\x07\u202e\r"):
             found.append("raw control character printed")
-        if self.code != 0 and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: ")):
-            if not (self.expected == 3 and self.stderr.startswith("poisonguard: ")):  # refusals list problems
-                found.append("not one line on stderr")
+        if (self.code != 0 and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: "))
+                and not (self.expected == 3 and self.stderr.startswith("poisonguard: "))):  # refusals list problems
+            found.append("not one line on stderr")
         if self.modified:
             found.append(f"input modified: {', '.join(self.modified)}")
         return found

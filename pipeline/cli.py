@@ -72,7 +72,7 @@ def profile(
     earlier = load_suite(out).roles if out.is_file() else None
     suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
                         source=reference.name, roles=roles,
-                        kinds={c: ColumnKind.CATEGORICAL for c in leading_zero_codes(frame, exact)})
+                        kinds=dict.fromkeys(leading_zero_codes(frame, exact), ColumnKind.CATEGORICAL))
     save_suite(suite, out)
     typer.echo(f"Wrote suite '{safe(suite.name)}' ({len(suite.document['expectations'])} expectations) to {safe(out)}")
     if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is

@@ -809,11 +809,10 @@ def write_parquet_parts(parts: Iterable[pd.DataFrame], target: Path, schema: pa.
     """Frames written one after another as one Parquet file with ``schema``, atomically; a frame
     is converted to Arrow only when its turn comes."""
     rows = 0
-    with atomic_path(target) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
-                rows += len(part)
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+            rows += len(part)
     release_freed_memory(rows)  # see read_table
 
 

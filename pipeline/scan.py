@@ -162,7 +162,7 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
                          f"{request.reference}.")
     typed, exact = reference.frame.drop(columns=[ROW_NUMBER]), reference.exact.to_pandas()
     codes = leading_zero_codes(typed, exact)
-    kinds = {**column_kinds(typed), **{c: ColumnKind.CATEGORICAL for c in codes}}
+    kinds = {**column_kinds(typed), **dict.fromkeys(codes, ColumnKind.CATEGORICAL)}
     if request.suite:
         suite = load_suite(request.suite)
         roles = resolve_roles(suite.roles, reference.columns, request.label, suite.protected_columns, explicit)
@@ -510,7 +510,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
     table = decisions.table
     held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
     held = held.reset_index(drop=True)
-    counts_by_check = {**{k: 0 for k in outcome.checks}, **decisions.counts_by_check()}
+    counts_by_check = {**dict.fromkeys(outcome.checks, 0), **decisions.counts_by_check()}
     calibration = holdout_calibration(holdout_suspicion, settings.policy.false_quarantine_target)
     summary = {
         "poisonguard_version": __version__,
@@ -528,7 +528,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "label": request.label,
         "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
         "roles": {column: role.value for column, role in trusted.roles.items()},
-        "detectors": {name: params for name, params in settings.detectors.items()},
+        "detectors": dict(settings.detectors),
         "counts": {"rows": batch.n_rows, "accepted": batch.n_rows - len(held), "quarantined": len(held)},
         "checks": counts_by_check,
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}

@@ -124,7 +124,7 @@ def test_detector_contract(name, check, planted, fitted):
         again = detector.score(batch)
         pd.testing.assert_frame_equal(result, again)
         assert detector.get_params() == params
-        assert set(k for k in vars(detector) if k.endswith("_")) == set(state)
+        assert {k for k in vars(detector) if k.endswith("_")} == set(state)
     elif check == "refit_is_deterministic":
         other = cls().fit(reference, spec, holdout).score(batch)
         pd.testing.assert_frame_equal(result, other)

@@ -237,8 +237,8 @@ class _Groups:
         if not parts:
             empty = np.zeros(0)
             return cls([], empty.astype(int), [], empty.astype(int), empty.astype(int), empty, empty, empty.copy())
-        return cls(sum((p.label for p in parts), []), np.concatenate([p.family for p in parts]),
-                   sum((p.members for p in parts), []), *(np.concatenate([getattr(p, f) for p in parts])
+        return cls([x for p in parts for x in p.label], np.concatenate([p.family for p in parts]),
+                   [m for p in parts for m in p.members], *(np.concatenate([getattr(p, f) for p in parts])
                                                           for f in ("batch", "trusted", "expected", "pvalue", "tests")))
 
 
@@ -262,7 +262,7 @@ def _exact_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray) -> 
     """Rows with one encoding, with the trusted rows of that encoding: groups of two rows or more."""
     if not len(selected):
         return _Found.none()
-    codes, first, inverse, counts = np.unique(batch.keys, return_index=True, return_inverse=True, return_counts=True)
+    _codes, first, inverse, counts = np.unique(batch.keys, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     in_trusted = trusted.count(batch.subset(first), 0.0)
     keep = np.flatnonzero(counts + in_trusted >= 2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -101,7 +102,7 @@ class DecisionsDigest:
         if not rows:
             return
         numbers = [row["row_number"] for row in rows]
-        if numbers[0] < self._last_row_number or any(a > b for a, b in zip(numbers, numbers[1:])):
+        if numbers[0] < self._last_row_number or any(a > b for a, b in itertools.pairwise(numbers)):
             raise ValueError("row decisions must be added in row order")
         fields = [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
                    row["reasons"], row["scores"]] for row in rows]

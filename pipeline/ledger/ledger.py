@@ -353,11 +353,10 @@ class Ledger:
     # --- sessions --------------------------------------------------------------------------
 
     def _write(self, work: Callable[[Session], T]) -> T:
-        with self._database_errors():
-            with write_session(self._engine) as session:
-                result = work(session)
-                last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
-                                       .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
+        with self._database_errors(), write_session(self._engine) as session:
+            result = work(session)
+            last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
+                                   .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
         if self._on_write is not None and last is not None:
             self._on_write(ChainHead(last.sequence, last.entry_hash))  # this write's head, committed
         return result
@@ -367,9 +366,8 @@ class Ledger:
         if consistent and engine.dialect.name == "postgresql":
             # one snapshot for all of verify's queries; SQLite's read transaction already is one
             engine = engine.execution_options(isolation_level="REPEATABLE READ")
-        with self._database_errors():
-            with Session(engine) as session, session.begin():
-                return work(session)
+        with self._database_errors(), Session(engine) as session, session.begin():
+            return work(session)
 
     @contextlib.contextmanager
     def _database_errors(self) -> Iterator[None]:
