@@ -44,7 +44,8 @@ NOISE = re.compile(r"Traceback \(most recent call last\)|^\s*[\w.]*(Error|Except
 
 
 def noisy(text: str) -> bool:
-    ours = "\n".join(line for line in text.splitlines() if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - ")))
+    ours = "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - ")))
     return bool(NOISE.search(ours))
 
 

@@ -449,7 +449,8 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
                           "significant": [k for k in verdict.by_kind if verdict.significant(k)]}
             row |= detection_metrics(result["flagged"], result["score"], poison)
             for hold, flagged in result["variants"].items():
-                rows.append(case | {"method": f"poisonguard[hold={hold}]"} | detection_metrics(flagged, result["score"], poison))
+                rows.append(case | {"method": f"poisonguard[hold={hold}]"}
+                            | detection_metrics(flagged, result["score"], poison))
             if attack_name in LABEL_ATTACKS:
                 row |= recovery(s, batch, poison, result["flagged"])
             if attack_name == "random_flip_10":

@@ -108,10 +108,12 @@ class Settings:
         chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)
         spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
         if spool_mib < 0:
-            raise PoisonguardError(f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
+            raise PoisonguardError("POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; "
+                                   f"got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
         unseen = (env.get("POISONGUARD_UNSEEN_LEVELS") or "hold").strip().lower()
         if unseen not in UNSEEN_LEVEL_POLICIES:
-            raise PoisonguardError(f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
+            raise PoisonguardError("POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; "
+                                   f"got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
         orchestrator = _orchestrator(env)
         max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
         tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)

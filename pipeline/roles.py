@@ -69,10 +69,10 @@ def infer_roles(frame: pd.DataFrame, label: str, protected: Iterable[str] = (),
                 explicit: Mapping[str, Role] | None = None, exact: pd.DataFrame | None = None) -> dict[str, Role]:
     """Each column's role, inferred from trusted ``frame`` (without ``row_number``); ``explicit``
     roles win. ``exact``: the same rows as they arrived (``LoadedTable.exact``), where a CSV's
-    20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order: unique per row and (monotonic integers, or id-like strings, or an
-    id-like name) → id; dates or timestamps (typed, or text that parses) → time; long or spaced
-    free strings → text; other strings with too many distinct values to be a category → ignored;
-    the rest → feature."""
+    20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order:
+    unique per row and (monotonic integers, or id-like strings, or an id-like name) → id; dates
+    or timestamps (typed, or text that parses) → time; long or spaced free strings → text; other
+    strings with too many distinct values to be a category → ignored; the rest → feature."""
     explicit = dict(explicit or {})
     roles: dict[str, Role] = {}
     protected = set(protected)

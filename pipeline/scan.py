@@ -195,7 +195,8 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     ids = [c for c, r in roles.items() if r is Role.ID]
     # the holdout's own rule breaks: what a clean batch breaks (the verdict's invalid-values test)
     holdout_invalid = _TRUSTED_WORK.get_or_compute(
-        ("holdout invalid rows", content_key([reference.sha256, holdout_sha or (settings.holdout_fraction, settings.random_state),
+        ("holdout invalid rows", content_key([reference.sha256,
+                                              holdout_sha or (settings.holdout_fraction, settings.random_state),
                                               suite.document, sorted((c, k.value) for c, k in kinds.items())])),
         lambda: invalid_rows(holdout, suite))
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,

@@ -256,8 +256,9 @@ def infer_suite(
     """Infer a suite from trusted data.
 
     ``kinds`` overrides the column kinds read from dtypes (a code column of integers written
-    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite; a column whose role carries it
-    through (id, time, text, ignored) is only expected to exist: no type, null, range or domain rule.
+    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite;
+    a column whose role carries it through (id, time, text, ignored) is only expected to exist: no
+    type, null, range or domain rule.
     Ranges get ``range_margin`` × (max − min) of slack on each side (never crossing zero for a
     non-negative column), so fresh clean rows rarely fall just outside the reference's extremes.
     """

@@ -77,8 +77,10 @@ class KindEvidence:
         if how == "likely" and self.chance is not None:
             return int((self.chance[: self.estimate] >= 0.5).sum())
         if how == "fdr" and self.chance is not None:
-            clean_share = np.cumsum(1.0 - self.chance[: self.estimate]) / np.arange(1, min(self.estimate, len(self.chance)) + 1)
-            return int(np.flatnonzero(clean_share <= false_discovery_rate).max() + 1) if (clean_share <= false_discovery_rate).any() else 0
+            clean_share = (np.cumsum(1.0 - self.chance[: self.estimate])
+                           / np.arange(1, min(self.estimate, len(self.chance)) + 1))
+            within = clean_share <= false_discovery_rate
+            return int(np.flatnonzero(within).max() + 1) if within.any() else 0
         return self.estimate
 
     def chosen(self, count: int) -> np.ndarray:

@@ -48,7 +48,8 @@ def build_detectors(config: dict[str, dict[str, Any]]) -> dict[str, Detector]:
             detectors[name] = cls(**(params or {}))
         except TypeError:
             allowed = ", ".join(cls._parameter_constraints)
-            raise PoisonguardError(f"Detector {name!r} got unknown parameters {sorted(params)}; it takes {allowed}.") from None
+            raise PoisonguardError(
+                f"Detector {name!r} got unknown parameters {sorted(params)}; it takes {allowed}.") from None
     return detectors
 
 
