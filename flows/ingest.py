@@ -25,7 +25,7 @@ from pipeline.errors import PoisonguardError
 
 @functools.cache
 def as_task(fn: Callable[..., Any]):
-    return task(fn, cache_policy=NO_CACHE, persist_result=False)
+    return task(cache_policy=NO_CACHE, persist_result=False)(fn)  # the form Prefect's overloads type
 
 
 class PrefectRunner:

@@ -303,7 +303,8 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     notes = []
     try:
         _remove_outputs(request.out, (SNAPSHOT_FILE, MANIFEST_FILE))
-        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n", listing)
+        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n",
+                          request.out / REFUSAL_FILE)
     except OSError as exc:
         listing = None
         notes.append(f"(could not write to {request.out}: {exc})")

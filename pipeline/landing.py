@@ -708,9 +708,9 @@ def run_pass(landing: Landing, rules: PassRules, *, scan: ScanFile, recorded: Fi
         if resumed is not None:
             handled.append(_process(landing, resumed, rules, scan, recorded, out, work_dir, clock))
     for name in landing.new_files(clock(), rules.settle_seconds):
-        claim = landing.claim(name, clock())
-        if claim is not None:
-            handled.append(_process(landing, claim, rules, scan, recorded, out, work_dir, clock))
+        claimed = landing.claim(name, clock())
+        if claimed is not None:
+            handled.append(_process(landing, claimed, rules, scan, recorded, out, work_dir, clock))
     return PassReport(landing.location, tuple(handled))
 
 

@@ -102,8 +102,8 @@ def _inferred(name: str, values: pd.Series, as_written: pd.Series | None = None)
     if _is_identifier(name, values, present):
         return Role.ID
     written_as_text = as_written is not None and not pd.api.types.is_numeric_dtype(as_written)
-    if written_as_text and pd.api.types.is_numeric_dtype(values) and _is_identifier(name, as_written,
-                                                                                      as_written.dropna()):
+    if (written_as_text and as_written is not None and pd.api.types.is_numeric_dtype(values)
+            and _is_identifier(name, as_written, as_written.dropna())):
         return Role.ID
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return Role.FEATURE
@@ -275,7 +275,7 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
     records: list[dict[str, Any]] = []
     rows = batch["row_number"].to_numpy()
 
-    def add(position: int, column: str, code: ReasonCode, observed: Any, message: str, check: str) -> None:
+    def add(position: int | np.integer, column: str, code: ReasonCode, observed: Any, message: str, check: str) -> None:
         records.append({"row_number": int(rows[position]), "check": check, "column": column,
                         "reason_code": code, "observed": observed, "message": message})
 

@@ -142,7 +142,8 @@ def ingest(request: ScanRequest, settings: Settings | None = None) -> LoadedTabl
     """The batch, read into memory, or spooled into the workspace when it is larger than
     ``settings.spool_bytes``."""
     large = settings is not None and _file_size(request.batch) > settings.spool_bytes
-    return read_table(request.batch, role="batch", spool_dir=Workspace(settings.workspace).spool_dir if large else None)
+    spool_dir = Workspace(settings.workspace).spool_dir if settings is not None and large else None
+    return read_table(request.batch, role="batch", spool_dir=spool_dir)
 
 
 def _file_size(path: Path) -> int:
@@ -467,8 +468,8 @@ def assess(conformed: ConformedBatch, outcome: ValidationOutcome, detectors, sco
                 if model.kind == "label_flips":
                     cells = np.where(beyond, -1, cells)
                 kinds.append(row_evidence(name, 1.0 - rows["calibrated"].to_numpy(dtype="float64"), cells, model))
-        elif kind_of(detector) is not None:
-            kinds.append(group_evidence(kind_of(detector), name, scores[name]))
+        elif (group_kind := kind_of(detector)) is not None:
+            kinds.append(group_evidence(group_kind, name, scores[name]))
     kinds.append(invalid_evidence(failing, n, trusted.holdout_invalid, len(trusted.holdout)))
     return combine(kinds, n, settings.policy.verdict_alpha, drifted_columns(checks))
 
@@ -513,6 +514,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
     held = held.reset_index(drop=True)
     counts_by_check = {**dict.fromkeys(outcome.checks, 0), **decisions.counts_by_check()}
     calibration = holdout_calibration(holdout_suspicion, settings.policy.false_quarantine_target)
+    alarmed: list[CheckResult | HoldoutCalibration] = [*checks, *([calibration] if calibration else [])]
     summary = {
         "poisonguard_version": __version__,
         "verdict": verdict.as_dict() if verdict is not None else None,
@@ -541,8 +543,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
             "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
             if len(holdout_suspicion) else None,
             "holdout_held_share_at_target": calibration.share if calibration else None},
-        "alarms": [c.alarm.as_dict() for c in [*checks, *([calibration] if calibration else [])]
-                   if c.alarm is not None],
+        "alarms": [c.alarm.as_dict() for c in alarmed if c.alarm is not None],
         "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},

@@ -130,7 +130,8 @@ class DuplicateFlood(Detector):
         n = len(summary["key"])
         rows = _Rows(summary["key"], summary["projected"], np.arange(n),
                      lambda positions: encode(self.encoder_, fetch(positions), self.spec_))
-        labels = {label: np.flatnonzero(summary["group"] == code) for code, label in enumerate(self._classes())}
+        labels: dict[str | None, np.ndarray] = {label: np.flatnonzero(summary["group"] == code)
+                                                for code, label in enumerate(self._classes())}
         labels[None] = np.flatnonzero(summary["group"] < 0)
         labels = {label: selected for label, selected in labels.items() if len(selected)}
         # Exact copies first: rows merely near a flood of exact copies would otherwise join its
@@ -177,9 +178,9 @@ class DuplicateFlood(Detector):
             parts.append(_Groups([label] * len(sizes), np.full(len(sizes), family), groups.members, groups.batch,
                                  groups.trusted, expected, pvalue, np.zeros(len(sizes))))
         tests = tarone_count(np.concatenate(least) if least else np.zeros(0), self.alpha / _FAMILIES)
-        groups = _Groups.concat(parts)
-        groups.tests[:] = tests
-        return groups
+        tested = _Groups.concat(parts)
+        tested.tests[:] = tests
+        return tested
 
     def _reason(self, point: np.ndarray, groups: _Groups, g: int, adjusted: float) -> str:
         label, batch_count, trusted_count = groups.label[g], int(groups.batch[g]), int(groups.trusted[g])
@@ -288,7 +289,7 @@ def _near_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray, radi
     density = close[candidates[first]] + trusted.count(batch.subset(candidates[first]), radius)
     tree = cKDTree(points)
     ball = np.full(len(first), -1)
-    centres = []
+    centres: list[int] = []
     for centre in np.argsort(-density, kind="stable"):
         if ball[centre] >= 0:
             continue

@@ -335,7 +335,8 @@ class TriggerPattern(Detector):
             found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
                           label_reference, given_batch, given_reference, pvalue))
         if not found:
-            return _Tests(*([np.empty(0, "int64")] * 7), *([np.empty((0, 2), "int64")] * 2), np.empty(0))
+            none, no_pairs = np.empty(0, "int64"), np.empty((0, 2), "int64")
+            return _Tests(none, none, none, none, none, none, none, no_pairs, no_pairs, np.empty(0))
         return _Tests(*(np.concatenate(parts) for parts in zip(*found)))
 
     def _claims(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> _Claims:

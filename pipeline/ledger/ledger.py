@@ -17,9 +17,9 @@ import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, case, func, insert, select
+from sqlalchemy import ColumnElement, Select, Table, case, func, insert, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -172,7 +172,7 @@ class Ledger:
         for rows in scan.decision_slices(_INSERT_SLICE):
             for row in rows:
                 row.update(id=row_id(batch.id, row["row_number"]), batch_id=batch.id, dataset=batch.dataset)
-            session.execute(insert(RowDecision.__table__), rows)
+            session.execute(insert(cast(Table, RowDecision.__table__)), rows)  # a declarative class's table
             decisions.add(rows)
         self._append(session, [
             _Entry.whole(EntryKind.BATCH, batch.id, batch_payload(batch)),
