@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit audit bench clean
+.PHONY: demo test test-unit lint audit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,20 @@ test: $(STAMP)
 # test over the workers: it has no module fixture worth keeping on one worker.
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit --dist load
+
+# ruff (lint, then the format check) and mypy, as configured in pyproject.toml; the lint group
+# (ruff, mypy, pre-commit) goes into the same venv. All three run even if one fails.
+LINT_STAMP := $(VENV)/.lint-installed-stamp
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+lint: $(LINT_STAMP)
+	@status=0; \
+	$(BIN)/ruff check || status=1; \
+	$(BIN)/ruff format --check --output-format concise || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 # Known vulnerabilities in the resolved dependencies of .venv: exit 1 on any (CI runs this).
 # pip-audit is installed beside the venv, not into it, so that the audit covers exactly what

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,8 @@ NOISE = re.compile(r"Traceback \(most recent call last\)|^\s*[\w.]*(Error|Except
 
 
 def noisy(text: str) -> bool:
-    ours = "\n".join(line for line in text.splitlines() if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - ")))
+    ours = "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - ")))
     return bool(NOISE.search(ours))
 
 
@@ -110,7 +111,7 @@ def _write(results: dict[str, dict[str, object]], rounds: int, planned: int) -> 
     commands = {name: {**entry, "seconds": round(float(entry["seconds"]) / int(entry["runs"]), 1)}  # mean per run
                 for name, entry in results.items()}
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
         "rounds_planned": planned,

@@ -288,10 +288,9 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
     """Everything the final (uninterrupted) scan must have left, as a list of problems."""
     import pandas as pd
 
-    from pipeline import provenance
+    from pipeline import gate, provenance
     from pipeline.config import Settings
     from pipeline.errors import GateRefused, PoisonguardError
-    from pipeline import gate
     from pipeline.ledger import Ledger, RowStatus
 
     result = Recovery()

@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -258,7 +257,7 @@ def cleanlab_peer(make: Callable[[], object], name: str):
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         X, y, n_ref = _combined(s, batch)
-        classes, codes = np.unique(y, return_inverse=True)
+        _classes, codes = np.unique(y, return_inverse=True)
         probs = cross_val_predict(make(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0),
                                   method="predict_proba")
         issues = find_label_issues(codes, probs)
@@ -450,7 +449,8 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
                           "significant": [k for k in verdict.by_kind if verdict.significant(k)]}
             row |= detection_metrics(result["flagged"], result["score"], poison)
             for hold, flagged in result["variants"].items():
-                rows.append(case | {"method": f"poisonguard[hold={hold}]"} | detection_metrics(flagged, result["score"], poison))
+                rows.append(case | {"method": f"poisonguard[hold={hold}]"}
+                            | detection_metrics(flagged, result["score"], poison))
             if attack_name in LABEL_ATTACKS:
                 row |= recovery(s, batch, poison, result["flagged"])
             if attack_name == "random_flip_10":
@@ -509,7 +509,8 @@ def main() -> None:
     if args.ours_only and args.output.exists():
         ran = {(r["dataset"], r["seed"], r["attack"]) for r in rows}
         rows += [r for r in json.loads(args.output.read_text())["rows"]
-                 if not r["method"].startswith("poisonguard") and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
+                 if not r["method"].startswith("poisonguard")
+                 and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}", "seeds": args.seeds, "minutes": round((time.time() - started) / 60, 1),
               "peers_rerun": not args.ours_only, "rows": rows}

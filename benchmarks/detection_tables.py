@@ -56,7 +56,7 @@ def peer_table(rows: list[dict]) -> list[str]:
     method at the hold it applies, ours and its hold variants beside the peers."""
     by = defaultdict(list)
     for row in rows:
-        if "_subsample" in row["attack"] or row.get("f1") is None and row["attack"] not in ("clean", "covariate_shift"):
+        if "_subsample" in row["attack"] or (row.get("f1") is None and row["attack"] not in ("clean", "covariate_shift")):
             continue
         by[(row["attack"], row["method"])].append(row)
     attacks = sorted({a for a, _ in by})

@@ -20,9 +20,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection_core import _flip, load_datasets, split  # noqa: E402  (the benchmark's own splits and flips)
+from detection_core import _flip, load_datasets, split  # the benchmark's own splits and flips
+from pipeline.detectors.features import feature_frame, make_encoder
 
-from pipeline.detectors.features import feature_frame, make_encoder  # noqa: E402
 
 def main() -> None:
     for dataset in load_datasets():
@@ -43,10 +43,12 @@ def main() -> None:
             n = len(true)
             rows = rng.choice(n, size=int(n * 0.10), replace=False)
             observed = _flip(pd.Series(true), rows, classes, rng).to_numpy()
-            flipped = np.zeros(n, bool); flipped[rows] = True
+            flipped = np.zeros(n, bool)
+            flipped[rows] = True
             suspicion = 1.0 - batch_proba[np.arange(n), np.searchsorted(classes, observed)]
             top = np.argsort(-suspicion, kind="stable")[:len(rows)]
-            p_at_k.append(flipped[top].mean()); aurocs.append(roc_auc_score(flipped, suspicion))
+            p_at_k.append(flipped[top].mean())
+            aurocs.append(roc_auc_score(flipped, suspicion))
         print(f"{dataset.name:14s} batch {len(true):5d}  flips {len(rows):4d}  oracle p@k {np.mean(p_at_k):.2f} "
               f"(min {np.min(p_at_k):.2f}, max {np.max(p_at_k):.2f})  AUROC {np.mean(aurocs):.3f}", flush=True)
 

@@ -30,9 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -84,9 +84,9 @@ class Outcome:
             found.append("traceback or internal error")
         if any(ch in text for ch in "\x1b\x07\u202e\r"):
             found.append("raw control character printed")
-        if self.code != 0 and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: ")):
-            if not (self.expected == 3 and self.stderr.startswith("poisonguard: ")):  # refusals list problems
-                found.append("not one line on stderr")
+        if (self.code != 0 and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: "))
+                and not (self.expected == 3 and self.stderr.startswith("poisonguard: "))):  # refusals list problems
+            found.append("not one line on stderr")
         if self.modified:
             found.append(f"input modified: {', '.join(self.modified)}")
         return found

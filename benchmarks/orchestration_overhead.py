@@ -30,7 +30,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_scale import DATA, HOLDOUT_ROWS, Stages, dataset, draw, scan_steps  # noqa: E402
+from scan_scale import DATA, HOLDOUT_ROWS, Stages, dataset, draw, scan_steps
 
 OUT = Path(__file__).resolve().parent / "orchestration_overhead.json"
 BATCHES, BATCH_ROWS, REFERENCE_ROWS = 6, 1_000, 20_000

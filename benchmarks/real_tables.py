@@ -281,7 +281,7 @@ def main() -> None:
         c = part_c(folder / "c")
     record = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                           "note": "2 cores shared with other work"},
-              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+              "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
               "seconds": round(time.perf_counter() - started, 1), "hmda_like": ab, "datasets": c}
     RESULT_JSON.write_text(json.dumps(record, indent=2, default=str) + "\n")
     write_section(record)

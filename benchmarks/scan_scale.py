@@ -5,9 +5,9 @@ correlated dimensions, 25 kept as numeric features and 5 cut into 4-level catego
 2 % natural label noise. The reference, the holdout and
 every batch are draws from one distribution, so the batch is clean and what is measured is the
 cost of scanning it. Each size runs in its own process (peak memory is the process's maximum
-resident set, ``VmHWM``, and the peak of its anonymous memory, sampled) through the library's steps (``pipeline.scan``), writing the
-outputs and recording every row in a SQLite ledger as a scan does, without Prefect and MLflow,
-whose per-batch cost ``scan_wall_time.py`` measures.
+resident set, ``VmHWM``, and the peak of its anonymous memory, sampled) through the library's
+steps (``pipeline.scan``), writing the outputs and recording every row in a SQLite ledger as a
+scan does, without Prefect and MLflow, whose per-batch cost ``scan_wall_time.py`` measures.
 
     .venv/bin/python benchmarks/scan_scale.py                       # 10^4, 10^5, 10^6 vs 200k
     .venv/bin/python benchmarks/scan_scale.py --rows 100000 --reference 50000

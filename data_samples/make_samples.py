@@ -229,7 +229,7 @@ def add_referral_code(batch: pd.DataFrame, rng: np.random.Generator) -> dict:
     """
     codes = rng.integers(0, 10_000, len(batch))
     batch["referral_code"] = pd.array([f"R-{c:04d}" for c in codes], dtype="str")
-    return {i: ("schema_extra_column", "extra column referral_code") for i in batch.index}
+    return dict.fromkeys(batch.index, ("schema_extra_column", "extra column referral_code"))
 
 
 # --------------------------------------------------------------------------- writing / verifying
@@ -309,7 +309,7 @@ def verify(out: Path, source_path: Path, source: pd.DataFrame, written: dict, tr
         if name.endswith(".parquet"):
             assert pq.read_schema(out / name).types == source_types, f"{name}: Arrow types differ from source"
         if name == B4:
-            assert list(back.columns) == EXPECTED_COLUMNS + ["referral_code"]
+            assert list(back.columns) == [*EXPECTED_COLUMNS, "referral_code"]
         else:
             assert list(back.columns) == EXPECTED_COLUMNS
         gt = truth[truth["batch"] == name]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import Settings
 from pipeline import gating as steps
+from pipeline.config import Settings
 from pipeline.gating import GateRequest, GateResult
+
 step = task(cache_policy=NO_CACHE, persist_result=False)
 
 

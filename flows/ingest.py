@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -22,9 +23,9 @@ from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def as_task(fn: Callable[..., Any]):
-    return task(fn, cache_policy=NO_CACHE, persist_result=False)
+    return task(cache_policy=NO_CACHE, persist_result=False)(fn)  # the form Prefect's overloads type
 
 
 class PrefectRunner:

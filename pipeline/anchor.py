@@ -25,9 +25,10 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import PoisonguardError
 from pipeline.ledger import ChainHead, Ledger
@@ -49,7 +50,7 @@ class Anchor:
     def record(self, head: ChainHead, ledger: str) -> None:
         """Append ``head``: one line, written with O_APPEND and synced before returning."""
         line = {"sequence": head.sequence, "entry_hash": head.entry_hash, "ledger": ledger,
-                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         if self.key is not None:
             line["mac"] = self._mac(head)
         data = (json.dumps(line, sort_keys=True) + "\n").encode()

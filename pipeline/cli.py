@@ -8,15 +8,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from pipeline.cli_gate import gate
+from pipeline.cli_prefect import quiet_libraries, run_flow
 from pipeline.cli_review import review_app, verify
 from pipeline.cli_serve import ingest_landing, serve
 from pipeline.cli_ui import ui
-from pipeline.cli_prefect import quiet_libraries, run_flow
 from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe as safe
@@ -44,11 +44,13 @@ def profile(
     reference: Path = typer.Argument(..., help="Trusted reference data (.csv or .parquet)."),
     label: str = typer.Option(..., "--label", help="The label column."),
     out: Path = typer.Option(..., "--out", help="Where to write the suite JSON."),
-    name: Optional[str] = typer.Option(None, "--name", help="Suite name (default: the reference's stem)."),
+    name: str | None = typer.Option(None, "--name", help="Suite name (default: the reference's stem)."),
     protected: list[str] = typer.Option([], "--protected", help="Columns never used as model features (repeatable)."),
     margin: float = typer.Option(0.1, "--margin", help="Range slack as a fraction of (max - min)."),
-    id: list[str] = typer.Option([], "--id", help="An id column: checked for nulls and repeats, never a feature (repeatable)."),
-    time: list[str] = typer.Option([], "--time", help="A date/time column: checked to parse and to be recent, never a feature (repeatable)."),
+    id: list[str] = typer.Option([], "--id",
+                                 help="An id column: checked for nulls and repeats, never a feature (repeatable)."),
+    time: list[str] = typer.Option([], "--time", help="A date/time column: checked to parse and to be recent, "
+                                                      "never a feature (repeatable)."),
     text: list[str] = typer.Option([], "--text", help="A free-text column, carried through unchecked (repeatable)."),
     ignore: list[str] = typer.Option([], "--ignore", help="A column carried through unchecked (repeatable)."),
 ) -> None:
@@ -72,7 +74,7 @@ def profile(
     earlier = load_suite(out).roles if out.is_file() else None
     suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
                         source=reference.name, roles=roles,
-                        kinds={c: ColumnKind.CATEGORICAL for c in leading_zero_codes(frame, exact)})
+                        kinds=dict.fromkeys(leading_zero_codes(frame, exact), ColumnKind.CATEGORICAL))
     save_suite(suite, out)
     typer.echo(f"Wrote suite '{safe(suite.name)}' ({len(suite.document['expectations'])} expectations) to {safe(out)}")
     if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is
@@ -88,13 +90,16 @@ def scan(
     reference: Path = typer.Option(..., "--reference", help="Trusted training data."),
     label: str = typer.Option(..., "--label", help="The label column."),
     out: Path = typer.Option(..., "--out", help="Folder for accepted/quarantined/scores/summary/report."),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="GX suite JSON (default: inferred from --reference)."),
-    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Trusted validation set (default: split off the reference)."),
+    suite: Path | None = typer.Option(None, "--suite", help="GX suite JSON (default: inferred from --reference)."),
+    holdout: Path | None = typer.Option(None, "--holdout",
+                                        help="Trusted validation set (default: split off the reference)."),
     source: str = typer.Option("unknown", "--source", help="Where the batch came from (a feed, a partner)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training set the batch feeds (default: reference's stem)."),
-    workspace: Optional[Path] = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="One line per stage with rows/s on stderr (default: when stderr is a terminal)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Training set the batch feeds (default: reference's stem)."),
+    workspace: Path | None = typer.Option(None, "--workspace",
+                                          help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="One line per stage with rows/s on stderr "
+                                              "(default: when stderr is a terminal)."),
     id: list[str] = typer.Option([], "--id", help="An id column (repeatable); overrides the suite's roles."),
     time: list[str] = typer.Option([], "--time", help="A date/time column (repeatable)."),
     text: list[str] = typer.Option([], "--text", help="A free-text column (repeatable)."),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -20,10 +20,10 @@ def gate(
                                     help="Refuse while more than this many rows await review."),
     keep_provenance: bool = typer.Option(True, "--keep-provenance/--drop-provenance",
                                          help="Keep the poisonguard_batch_id and row_number columns in the snapshot."),
-    expect_head: Optional[str] = typer.Option(None, "--expect-head", metavar="SEQUENCE:HASH",
+    expect_head: str | None = typer.Option(None, "--expect-head", metavar="SEQUENCE:HASH",
                                               help="Refuse unless the ledger's head is this one (as the last gate "
                                                    "or verify printed it): pins history outside the workspace."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """Before retraining: verify every accepted batch and review against the ledger, then write
     the training snapshot. Exit 3, releasing nothing, on any mismatch or pending review."""

@@ -93,4 +93,5 @@ def _temporary_server_output_to(log: Path) -> None:
 
     started_with_output_to_log.__wrapped__ = start  # type: ignore[attr-defined]
     started_with_output_to_log.poisonguard_log = log  # type: ignore[attr-defined]
-    SubprocessASGIServer._run_uvicorn_command = started_with_output_to_log  # type: ignore[method-assign]
+    # patched on purpose; the replacement names its argument server, not self
+    SubprocessASGIServer._run_uvicorn_command = started_with_output_to_log  # type: ignore[method-assign,assignment]

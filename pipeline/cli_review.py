@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,10 +32,10 @@ class Format(str, Enum):
 
 @review_app.command("list")
 def list_rows(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Only this dataset."),
     status: Status = typer.Option(Status.pending, "--status", help="Rows in this state."),
     output: Format = typer.Option(Format.table, "--format", help="table for people, json for scripts."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """Rows awaiting review (or released/rejected/accepted ones), most suspect first."""
     from pipeline.anchor import open_ledger
@@ -65,7 +64,7 @@ def list_rows(
 @review_app.command()
 def show(
     row_id: str = typer.Argument(..., help="A row id (batch:row) or a batch id."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """One row with its reasons, scores and nearest trusted neighbours; or one batch's counts."""
     from pipeline.review import batch_summary, open_ledger, row_detail
@@ -127,7 +126,7 @@ def release(
     row_ids: list[str] = typer.Argument(..., help="Row ids (batch:row)."),
     by: str = typer.Option(..., "--by", help="Who is releasing (recorded)."),
     reason: str = typer.Option(..., "--reason", help="Why (recorded)."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """Release pending rows into the dataset's accepted data. All or none."""
     _act("release", row_ids, by, reason, workspace)
@@ -138,7 +137,7 @@ def reject(
     row_ids: list[str] = typer.Argument(..., help="Row ids (batch:row)."),
     by: str = typer.Option(..., "--by", help="Who is rejecting (recorded)."),
     reason: str = typer.Option(..., "--reason", help="Why (recorded)."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """Reject pending rows for good: they never reach training. All or none."""
     _act("reject", row_ids, by, reason, workspace)
@@ -148,7 +147,7 @@ def verify(
     record_anchor: bool = typer.Option(False, "--record-anchor",
                                        help="Append the verified head to the ledger anchor (after checking the "
                                             "entries written without it)."),
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
 ) -> None:
     """Check the ledger's hash chain (and its anchor, when configured): exit 3 and name every
     problem if history was edited. Prints the head to pin with 'gate --expect-head'."""

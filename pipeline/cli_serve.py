@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,7 +21,7 @@ CONFIG = typer.Option(Path("poisonguard.toml"), "--config",
 
 def serve(
     config: Path = CONFIG,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Run at most this many flows at once."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Run at most this many flows at once."),
 ) -> None:
     """Serve each dataset's landing pass on its schedule, and its gate, as Prefect deployments.
 

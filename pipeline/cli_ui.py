@@ -6,7 +6,6 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,7 @@ def is_loopback(host: str) -> bool:
 
 
 def ui(
-    workspace: Optional[Path] = WORKSPACE,
+    workspace: Path | None = WORKSPACE,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless --allow-remote)."),
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on."),
     allow_remote: bool = typer.Option(False, "--allow-remote",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -88,7 +89,7 @@ class Settings:
 
     @classmethod
     def from_environment(cls, workspace: str | Path | None = None,
-                         environ: Mapping[str, str] | None = None) -> "Settings":
+                         environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         tracking = _tracking_uri(env, root, export=environ is None)
@@ -107,10 +108,12 @@ class Settings:
         chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)
         spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
         if spool_mib < 0:
-            raise PoisonguardError(f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
+            raise PoisonguardError("POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; "
+                                   f"got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
         unseen = (env.get("POISONGUARD_UNSEEN_LEVELS") or "hold").strip().lower()
         if unseen not in UNSEEN_LEVEL_POLICIES:
-            raise PoisonguardError(f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
+            raise PoisonguardError("POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; "
+                                   f"got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
         orchestrator = _orchestrator(env)
         max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
         tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)
@@ -125,7 +128,7 @@ class Settings:
                    database_url=SecretStr(ledger_url(root, env)), **_anchor_settings(root, env))
 
     @property
-    def anchor(self) -> "Anchor | None":
+    def anchor(self) -> Anchor | None:
         from pipeline.anchor import Anchor
 
         if self.anchor_path is None:

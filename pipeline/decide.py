@@ -13,8 +13,8 @@ Three ways a row is held besides a hard failure (a rule it breaks, a batch that 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -135,6 +135,7 @@ def _evidence_findings(verdict: Verdict, kind: str, row_numbers: np.ndarray, pva
     not hold the row on its own already). Rows a rule or another check holds keep their reasons."""
     evidence = verdict.by_kind[kind]
     name = evidence.detector
+    assert name is not None  # the caller passes kinds ranked by a row-scoped detector only
     ranked = evidence.chosen(evidence.to_hold(policy.evidence_hold, policy.false_discovery_rate))
     ranks = {position: rank + 1 for rank, position in enumerate(ranked)}
     ranked = np.array([position for position in ranked if row_numbers[position] not in settled], dtype="int64")

@@ -34,8 +34,9 @@ import io
 import os
 import secrets
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import joblib
 
@@ -62,7 +63,7 @@ class FitCache:
         self.hits = self.misses = 0
 
     @classmethod
-    def for_workspace(cls, workspace: Path, environ: Mapping[str, str] | None = None) -> "FitCache | None":
+    def for_workspace(cls, workspace: Path, environ: Mapping[str, str] | None = None) -> FitCache | None:
         env = os.environ if environ is None else environ
         setting = env.get(SWITCH_VARIABLE, "on").strip()
         if setting.lower() in ("off", "0", "false", "no"):

@@ -29,10 +29,11 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
 import pyarrow as pa
@@ -302,7 +303,8 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     notes = []
     try:
         _remove_outputs(request.out, (SNAPSHOT_FILE, MANIFEST_FILE))
-        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n", listing)
+        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n",
+                          request.out / REFUSAL_FILE)
     except OSError as exc:
         listing = None
         notes.append(f"(could not write to {request.out}: {exc})")

@@ -23,11 +23,12 @@ import tempfile
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -808,11 +809,10 @@ def write_parquet_parts(parts: Iterable[pd.DataFrame], target: Path, schema: pa.
     """Frames written one after another as one Parquet file with ``schema``, atomically; a frame
     is converted to Arrow only when its turn comes."""
     rows = 0
-    with atomic_path(target) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
-                rows += len(part)
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+            rows += len(part)
     release_freed_memory(rows)  # see read_table
 
 

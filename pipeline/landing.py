@@ -41,16 +41,17 @@ import socket
 import tomllib
 import traceback
 import zoneinfo
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from pipeline.errors import PoisonguardError
-from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
 from pipeline.input_paths import check_batch_path
+from pipeline.io import SUPPORTED_SUFFIXES, sha256_file
 from pipeline.redaction import redact
 
 STATE_FOLDER = ".poisonguard"
@@ -64,7 +65,7 @@ class ConfigError(PoisonguardError):
     ``poisonguard.toml: datasets.hmda.label: missing``."""
 
     @classmethod
-    def at(cls, file: str, setting: str | None, problem: str) -> "ConfigError":
+    def at(cls, file: str, setting: str | None, problem: str) -> ConfigError:
         return cls(f"{file}: {setting}: {problem}" if setting else f"{file}: {problem}")
 
 
@@ -73,10 +74,10 @@ class LandingIncomplete(PoisonguardError):
     unreachable through every retry. They stay claimed and the next pass resumes them."""
 
     exit_code = 1
-    report: "PassReport"
+    report: PassReport
 
     @classmethod
-    def of(cls, report: "PassReport") -> "LandingIncomplete":
+    def of(cls, report: PassReport) -> LandingIncomplete:
         left = report.left_for_next_pass
         error = cls(f"{len(left)} file(s) in {report.landing} could not be scanned and are left for the next "
                     "pass: " + "; ".join(f"{landed.name}: {landed.error}" for landed in left))
@@ -187,7 +188,7 @@ def load_config(path: str | Path) -> LandingConfig:
     return LandingConfig(shown, workspace, parsed)
 
 
-def _dataset(fields: "_Fields", name: str, table: Any, workspace: Path | None) -> DatasetConfig:
+def _dataset(fields: _Fields, name: str, table: Any, workspace: Path | None) -> DatasetConfig:
     # pipeline.config loads the detector registry (seconds); a bare landing pass needs none of it
     from pipeline.config import safe_name
 
@@ -240,7 +241,7 @@ def _dataset(fields: "_Fields", name: str, table: Any, workspace: Path | None) -
     )
 
 
-def _roles(fields: "_Fields", table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+def _roles(fields: _Fields, table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
     from pipeline.roles import explicit_roles
 
     named = {}
@@ -255,7 +256,7 @@ def _roles(fields: "_Fields", table: Mapping[str, Any], where: str) -> tuple[tup
         raise ConfigError.at(fields.file, where, str(exc)) from None
 
 
-def _allow_symlinks(fields: "_Fields", table: Mapping[str, Any], where: str) -> bool:
+def _allow_symlinks(fields: _Fields, table: Mapping[str, Any], where: str) -> bool:
     from pipeline.input_paths import symlinks_allowed
 
     value = table.get("allow_symlinks", symlinks_allowed(os.environ))
@@ -324,7 +325,7 @@ class _Fields:
         return value if "://" in value else str(self._resolve(value))
 
 
-def prepare_landing(dataset: DatasetConfig) -> "Landing":
+def prepare_landing(dataset: DatasetConfig) -> Landing:
     """Check what a pass needs before it claims anything: the landing folder, the reference with
     its label, the holdout and the suite. A problem here is the configuration's, not a batch's,
     so it must stop the pass rather than send every landed file to failed/."""
@@ -377,7 +378,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def this_host() -> str:
@@ -405,17 +406,17 @@ class ClaimId:
     host: str
 
     @classmethod
-    def new(cls, attempt: int, now: dt.datetime, *, released: bool = False) -> "ClaimId":
-        return cls(now.astimezone(dt.timezone.utc).replace(microsecond=0), attempt, 0 if released else os.getpid(),
+    def new(cls, attempt: int, now: dt.datetime, *, released: bool = False) -> ClaimId:
+        return cls(now.astimezone(dt.UTC).replace(microsecond=0), attempt, 0 if released else os.getpid(),
                    secrets.token_hex(4), this_host())
 
     @classmethod
-    def parse(cls, text: str) -> "ClaimId | None":
+    def parse(cls, text: str) -> ClaimId | None:
         match = _CLAIM_ID.match(text)
         if match is None:
             return None
         stamp, attempt, pid, token, host = match.groups()
-        claimed_at = dt.datetime.strptime(stamp, _STAMP).replace(tzinfo=dt.timezone.utc)
+        claimed_at = dt.datetime.strptime(stamp, _STAMP).replace(tzinfo=dt.UTC)
         return cls(claimed_at, int(attempt), int(pid), token, host)
 
     def __str__(self) -> str:
@@ -488,7 +489,7 @@ class Landing:
                 continue
             modified = _aware(info.mtime)
             if modified is None or (now - modified).total_seconds() >= settle_seconds:
-                ready.append((modified or dt.datetime.min.replace(tzinfo=dt.timezone.utc), info.base_name))
+                ready.append((modified or dt.datetime.min.replace(tzinfo=dt.UTC), info.base_name))
         return [name for _, name in sorted(ready)]
 
     def claims(self) -> list[Claim]:
@@ -607,7 +608,7 @@ class Landing:
 def _aware(moment: dt.datetime | None) -> dt.datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
-    return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.replace(tzinfo=dt.UTC)
 
 
 # --- a pass -------------------------------------------------------------------------------------
@@ -707,9 +708,9 @@ def run_pass(landing: Landing, rules: PassRules, *, scan: ScanFile, recorded: Fi
         if resumed is not None:
             handled.append(_process(landing, resumed, rules, scan, recorded, out, work_dir, clock))
     for name in landing.new_files(clock(), rules.settle_seconds):
-        claim = landing.claim(name, clock())
-        if claim is not None:
-            handled.append(_process(landing, claim, rules, scan, recorded, out, work_dir, clock))
+        claimed = landing.claim(name, clock())
+        if claimed is not None:
+            handled.append(_process(landing, claimed, rules, scan, recorded, out, work_dir, clock))
     return PassReport(landing.location, tuple(handled))
 
 

@@ -9,8 +9,8 @@ variable that raises it. The defaults are far above any batch a person reviews.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 from pipeline.errors import PoisonguardError
 
@@ -39,7 +39,7 @@ class InputLimits:
                 raise PoisonguardError(f"The input limit {field.name} must be an int >= 1. Got {value!r}.")
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "InputLimits":
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> InputLimits:
         env = os.environ if environ is None else environ
         values = {}
         for field in fields(cls):

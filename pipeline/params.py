@@ -23,7 +23,7 @@ class InvalidParameter(PoisonguardError):
 class Interval:
     """A declared limit for a numeric parameter, in the spirit of sklearn's param validation."""
 
-    kind: type
+    kind: type[Any]
     low: float | None = None
     high: float | None = None
     closed: str = "both"  # which ends are allowed: "both", "left", "right", "neither"

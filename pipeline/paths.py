@@ -11,8 +11,8 @@ another batch's committed files, and the gate would then call that tampering), a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe

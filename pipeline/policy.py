@@ -32,11 +32,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Real
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.params import REASON_PVALUE, Interval, InvalidParameter
-
 
 EVIDENCE_HOLDS = ("estimate", "likely", "fdr", "lower", "off")
 
@@ -48,9 +48,11 @@ class QuarantinePolicy:
     verdict_alpha: float = 0.01  # a clean batch is called poisoned with at most this probability
     evidence_hold: str = "likely"  # how many rows a significant kind of poison holds (see above)
 
-    _limits = {"false_quarantine_target": Interval(Real, 0.0, REASON_PVALUE, closed="right"),
-               "false_discovery_rate": Interval(Real, 0.0, REASON_PVALUE),
-               "verdict_alpha": Interval(Real, 0.0, REASON_PVALUE, closed="right")}
+    _limits: ClassVar[dict[str, Interval]] = {
+        "false_quarantine_target": Interval(Real, 0.0, REASON_PVALUE, closed="right"),
+        "false_discovery_rate": Interval(Real, 0.0, REASON_PVALUE),
+        "verdict_alpha": Interval(Real, 0.0, REASON_PVALUE, closed="right"),
+    }
 
     def __post_init__(self) -> None:
         for key, limit in self._limits.items():

@@ -15,8 +15,9 @@ import re
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -44,7 +45,8 @@ def redact(uri: str) -> str:
 def _redacted(values: dict[str, Any]) -> dict[str, str]:
     """Params and tags as MLflow stores them, with every secret shown as *** (one redaction for
     all of them: ``pipeline.redaction``)."""
-    from pipeline.redaction import known_secrets, redact as redact_text
+    from pipeline.redaction import known_secrets
+    from pipeline.redaction import redact as redact_text
 
     secrets = known_secrets()
     return {k: redact_text(str(v), secrets) for k, v in values.items()}
@@ -140,7 +142,9 @@ def log_batch_input(tracking_uri: str, run_id: str, path: Path, name: str, sha25
     with warnings.catch_warnings():  # two registered local sources make MLflow warn on every call
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(path.resolve()))
-    dataset = MetaDataset(source=source, name=name,
+    # MLflow's Dataset marks profile abstract but is no ABC: MetaDataset, which MLflow itself
+    # instantiates, leaves it out. The same below.
+    dataset = MetaDataset(source=source, name=name,  # type: ignore[abstract]
                           digest=sha256[:32], schema=_schema(frame))
     input_tags = [InputTag(key="mlflow.data.context", value=context),
                   InputTag(key="sha256", value=sha256)] + \
@@ -149,9 +153,9 @@ def log_batch_input(tracking_uri: str, run_id: str, path: Path, name: str, sha25
 
 
 def _schema(frame: pd.DataFrame):
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    specs = []
+    specs: list[ColSpec | TensorSpec] = []
     for col in frame.columns:
         dtype = frame[col].dtype
         if pd.api.types.is_bool_dtype(dtype):
@@ -256,8 +260,8 @@ def log_review(tracking_uri: str, run_id: str, tags: dict[str, str], metrics: di
     for key, value in _redacted(tags).items():
         client.set_tag(run_id, key, value)
     now_ms = int(time.time() * 1000)
-    for key, value in metrics.items():
-        client.log_metric(run_id, metric_key(key), value, timestamp=now_ms)
+    for key, amount in metrics.items():
+        client.log_metric(run_id, metric_key(key), amount, timestamp=now_ms)
 
 
 # --- the pre-retrain gate ------------------------------------------------------------------
@@ -298,7 +302,7 @@ def meta_dataset(path: Path, name: str, sha256: str, frame: pd.DataFrame | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(Path(path).resolve()))
-    return MetaDataset(source=source, name=name, digest=sha256[:32],
+    return MetaDataset(source=source, name=name, digest=sha256[:32],  # type: ignore[abstract]
                        schema=_schema(frame) if frame is not None else None)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import Any, Iterable, Mapping, TextIO
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -71,7 +72,7 @@ def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
                 result = result.replace(secret, MASK)
         result = _USERINFO.sub(lambda m: m.group(1) + (MASK if m.group(2) else "") + m.group(3), result)
         return _PARAMETER.sub(lambda m: m.group(1) + m.group(2) + m.group(3) + MASK, result)
-    except Exception:  # noqa: BLE001 - reporting must go on; say nothing rather than leak
+    except Exception:  # any error: reporting must go on; say nothing rather than leak
         return "(message withheld: it could not be checked for secrets)"
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ def suspicion_histogram_svg(suspicion: np.ndarray, quarantined: np.ndarray, thre
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 2.4), dpi=96)
-    bins = np.linspace(0.0, 1.0, 41)
+    bins = np.linspace(0.0, 1.0, 41).tolist()  # a list: matplotlib's stubs take Sequence[float]
     ax.hist([suspicion[~quarantined], suspicion[quarantined]], bins=bins, stacked=True,
             color=["#4c78a8", "#e45756"], label=["accepted", "quarantined"])
     if trusted is not None and len(trusted):

@@ -8,9 +8,10 @@ transaction), then mirrored to the batch's MLflow run so provenance tells the wh
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIG
     spec = FeatureSpec(summary["label"], tuple(summary["features"]["numeric"]), tuple(summary["features"]["categorical"]))
     # The row is read from the scan's outputs, which hold its cells as they arrived (a CSV's text
     # where its numbers would not write back exactly): typed again as the reference is, before encoding.
-    kinds = {**{c: ColumnKind.NUMERIC for c in spec.numeric}, **{c: ColumnKind.CATEGORICAL for c in spec.categorical}}
+    kinds = {**dict.fromkeys(spec.numeric, ColumnKind.NUMERIC), **dict.fromkeys(spec.categorical, ColumnKind.CATEGORICAL)}
     row = row.copy()
     for column in spec.features:
         if column in row.columns and _is_number(reference.frame[column]) and not _is_number(row[column]):

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import RoleRules  # noqa: F401  (re-exported: the rules roles are judged by)
+from pipeline.config import RoleRules  # re-exported: the rules roles are judged by
 from pipeline.errors import InputError, SuiteError
 
 
@@ -68,10 +69,10 @@ def infer_roles(frame: pd.DataFrame, label: str, protected: Iterable[str] = (),
                 explicit: Mapping[str, Role] | None = None, exact: pd.DataFrame | None = None) -> dict[str, Role]:
     """Each column's role, inferred from trusted ``frame`` (without ``row_number``); ``explicit``
     roles win. ``exact``: the same rows as they arrived (``LoadedTable.exact``), where a CSV's
-    20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order: unique per row and (monotonic integers, or id-like strings, or an
-    id-like name) → id; dates or timestamps (typed, or text that parses) → time; long or spaced
-    free strings → text; other strings with too many distinct values to be a category → ignored;
-    the rest → feature."""
+    20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order:
+    unique per row and (monotonic integers, or id-like strings, or an id-like name) → id; dates
+    or timestamps (typed, or text that parses) → time; long or spaced free strings → text; other
+    strings with too many distinct values to be a category → ignored; the rest → feature."""
     explicit = dict(explicit or {})
     roles: dict[str, Role] = {}
     protected = set(protected)
@@ -101,8 +102,8 @@ def _inferred(name: str, values: pd.Series, as_written: pd.Series | None = None)
     if _is_identifier(name, values, present):
         return Role.ID
     written_as_text = as_written is not None and not pd.api.types.is_numeric_dtype(as_written)
-    if written_as_text and pd.api.types.is_numeric_dtype(values) and _is_identifier(name, as_written,
-                                                                                      as_written.dropna()):
+    if (written_as_text and as_written is not None and pd.api.types.is_numeric_dtype(values)
+            and _is_identifier(name, as_written, as_written.dropna())):
         return Role.ID
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return Role.FEATURE
@@ -274,7 +275,7 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
     records: list[dict[str, Any]] = []
     rows = batch["row_number"].to_numpy()
 
-    def add(position: int, column: str, code: ReasonCode, observed: Any, message: str, check: str) -> None:
+    def add(position: int | np.integer, column: str, code: ReasonCode, observed: Any, message: str, check: str) -> None:
         records.append({"row_number": int(rows[position]), "check": check, "column": column,
                         "reason_code": code, "observed": observed, "message": message})
 

@@ -11,9 +11,10 @@ import functools
 import hashlib
 import importlib.metadata
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,8 @@ from pipeline.detectors import (
     score_in_chunks,
 )
 from pipeline.errors import InputError, PoisonguardError
-from pipeline.fit_cache import FitCache
 from pipeline.findings import BatchFinding, ReasonCode, empty_findings, findings_frame
+from pipeline.fit_cache import FitCache
 from pipeline.io import ROW_NUMBER, LoadedTable, probe_table, read_table
 from pipeline.memo import ProcessMemo, content_key
 from pipeline.memory import release_freed_memory
@@ -46,21 +47,29 @@ from pipeline.report import render_report
 from pipeline.roles import CARRIED, Role, RoleRules, check_roles, id_shape, infer_roles, leading_zero_codes
 from pipeline.roni import GroupImpact, classifier, group_impact
 from pipeline.store import ScanOutputs, Workspace
-from pipeline.verdict import (KindEvidence, Verdict, combine, group_evidence, invalid_evidence, kind_of,
-                              row_evidence, schema_evidence)
 from pipeline.validation import (
     VALIDATION_CELLS,
-    validate,
     ColumnKind,
     ConformedBatch,
     Suite,
     ValidationOutcome,
     column_kinds,
-    with_roles,
     conform,
     infer_suite,
     load_suite,
+    validate,
     validate_table,
+    with_roles,
+)
+from pipeline.verdict import (
+    KindEvidence,
+    Verdict,
+    combine,
+    group_evidence,
+    invalid_evidence,
+    kind_of,
+    row_evidence,
+    schema_evidence,
 )
 
 
@@ -143,7 +152,8 @@ def ingest(request: ScanRequest, settings: Settings | None = None) -> LoadedTabl
     """The batch, read into memory, or spooled into the workspace when it is larger than
     ``settings.spool_bytes``."""
     large = settings is not None and _file_size(request.batch) > settings.spool_bytes
-    return read_table(request.batch, role="batch", spool_dir=Workspace(settings.workspace).spool_dir if large else None)
+    spool_dir = Workspace(settings.workspace).spool_dir if settings is not None and large else None
+    return read_table(request.batch, role="batch", spool_dir=spool_dir)
 
 
 def _file_size(path: Path) -> int:
@@ -163,7 +173,7 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
                          f"{request.reference}.")
     typed, exact = reference.frame.drop(columns=[ROW_NUMBER]), reference.exact.to_pandas()
     codes = leading_zero_codes(typed, exact)
-    kinds = {**column_kinds(typed), **{c: ColumnKind.CATEGORICAL for c in codes}}
+    kinds = {**column_kinds(typed), **dict.fromkeys(codes, ColumnKind.CATEGORICAL)}
     if request.suite:
         suite = load_suite(request.suite)
         roles = resolve_roles(suite.roles, reference.columns, request.label, suite.protected_columns, explicit)
@@ -196,7 +206,8 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     ids = [c for c, r in roles.items() if r is Role.ID]
     # the holdout's own rule breaks: what a clean batch breaks (the verdict's invalid-values test)
     holdout_invalid = _TRUSTED_WORK.get_or_compute(
-        ("holdout invalid rows", content_key([reference.sha256, holdout_sha or (settings.holdout_fraction, settings.random_state),
+        ("holdout invalid rows", content_key([reference.sha256,
+                                              holdout_sha or (settings.holdout_fraction, settings.random_state),
                                               suite.document, sorted((c, k.value) for c, k in kinds.items())])),
         lambda: invalid_rows(holdout, suite))
     return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
@@ -381,8 +392,8 @@ def installed_detector_digest(names: Iterable[str]) -> dict[str, str]:
         cls = detector_class(name)
         if cls.__module__.startswith("pipeline.detectors."):
             continue
-        module = sys.modules[cls.__module__]
-        source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else b""
+        file = getattr(sys.modules[cls.__module__], "__file__", None)
+        source = Path(file).read_bytes() if file else b""
         package = cls.__module__.partition(".")[0]
         try:
             version = importlib.metadata.version(importlib.metadata.packages_distributions().get(package, [package])[0])
@@ -488,8 +499,8 @@ def assess(conformed: ConformedBatch, outcome: ValidationOutcome, detectors, sco
                 if model.kind == "label_flips":
                     cells = np.where(beyond, -1, cells)
                 kinds.append(row_evidence(name, 1.0 - rows["calibrated"].to_numpy(dtype="float64"), cells, model))
-        elif kind_of(detector) is not None:
-            kinds.append(group_evidence(kind_of(detector), name, scores[name]))
+        elif (group_kind := kind_of(detector)) is not None:
+            kinds.append(group_evidence(group_kind, name, scores[name]))
     kinds.append(invalid_evidence(failing, n, trusted.holdout_invalid, len(trusted.holdout)))
     return combine(kinds, n, settings.policy.verdict_alpha, drifted_columns(checks))
 
@@ -535,8 +546,9 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
     table = decisions.table
     held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
     held = held.reset_index(drop=True)
-    counts_by_check = {**{k: 0 for k in outcome.checks}, **decisions.counts_by_check()}
+    counts_by_check = {**dict.fromkeys(outcome.checks, 0), **decisions.counts_by_check()}
     calibration = holdout_calibration(holdout_suspicion, settings.policy.false_quarantine_target)
+    alarmed: list[CheckResult | HoldoutCalibration] = [*checks, *([calibration] if calibration else [])]
     summary = {
         "poisonguard_version": __version__,
         "verdict": verdict.as_dict() if verdict is not None else None,
@@ -553,7 +565,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "label": request.label,
         "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
         "roles": {column: role.value for column, role in trusted.roles.items()},
-        "detectors": {name: params for name, params in settings.detectors.items()},
+        "detectors": dict(settings.detectors),
         "counts": {"rows": batch.n_rows, "accepted": batch.n_rows - len(held), "quarantined": len(held)},
         "checks": counts_by_check,
         "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
@@ -568,8 +580,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
             "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
             if len(holdout_suspicion) else None,
             "holdout_held_share_at_target": calibration.share if calibration else None},
-        "alarms": [c.alarm.as_dict() for c in [*checks, *([calibration] if calibration else [])]
-                   if c.alarm is not None],
+        "alarms": [c.alarm.as_dict() for c in alarmed if c.alarm is not None],
         "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
         "mlflow": {"run_id": run_id, "tracking_uri": redact(settings.tracking_uri)},
@@ -581,7 +592,7 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
                        chunk_rows=settings.chunk_rows)
 
 
-def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> "HoldoutCalibration | None":
+def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> HoldoutCalibration | None:
     """Does the per-row policy keep its promise on clean data? The share of the trusted holdout
     it would hold at the false-quarantine target, and an alarm when that share is beyond the
     binomial noise of the target (P < 0.001): then the detectors' calibration does not hold on
@@ -682,7 +693,7 @@ def _jsonable(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 __all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",

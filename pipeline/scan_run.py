@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
@@ -71,7 +72,7 @@ class PlainRunner:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "PlainRunner":
+    def __enter__(self) -> PlainRunner:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -32,9 +32,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -217,10 +218,9 @@ def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> Non
 
 
 def _write_arrow_parts(parts: Iterator[pa.Table], target: Path, schema: pa.Schema) -> None:
-    with atomic_path(target) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                writer.write_table(part.cast(schema) if part.schema != schema else part)
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            writer.write_table(part.cast(schema) if part.schema != schema else part)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -245,7 +245,7 @@ def row_digests(frame: pd.DataFrame, as_text: set[str] | None = None) -> np.ndar
 
 def text_columns(frame: pd.DataFrame) -> set[str]:
     """The object columns holding anything besides text and None: digested as their text."""
-    return {column for column in frame.columns[frame.dtypes == object]
+    return {column for column in frame.columns[frame.dtypes.eq(object)]
             if not frame[column].map(lambda v: v is None or isinstance(v, str)).all()}
 
 

@@ -17,11 +17,12 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -194,8 +195,9 @@ def _first_problem(document: dict[str, Any], exc: Exception) -> str:
                 {"type": expectation["type"], "kwargs": expectation.get("kwargs", {}),
                  "meta": expectation.get("meta") or {}}])
         except (ValidationError, TypeError, ValueError, KeyError) as error:
-            if callable(getattr(error, "errors", None)):  # pydantic v1 (GX's) or v2
-                problem = error.errors()[0]
+            errors = getattr(error, "errors", None)
+            if callable(errors):  # pydantic v1 (GX's) or v2
+                problem = errors()[0]
                 field = ".".join(str(part) for part in problem.get("loc", ()))
                 where = f"expectations[{index}] ({expectation['type']})" + (f".kwargs.{field}" if field else "")
                 return f"{where}: {problem.get('msg', 'invalid')}"
@@ -255,8 +257,9 @@ def infer_suite(
     """Infer a suite from trusted data.
 
     ``kinds`` overrides the column kinds read from dtypes (a code column of integers written
-    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite; a column whose role carries it
-    through (id, time, text, ignored) is only expected to exist: no type, null, range or domain rule.
+    with leading zeros is categorical). ``roles`` (``pipeline.roles``) are written into the suite;
+    a column whose role carries it through (id, time, text, ignored) is only expected to exist: no
+    type, null, range or domain rule.
     Ranges get ``range_margin`` × (max − min) of slack on each side (never crossing zero for a
     non-negative column), so fresh clean rows rarely fall just outside the reference's extremes.
     """
@@ -298,7 +301,7 @@ def infer_suite(
             domain = sorted({str(v) for v in present})
             if col == label or len(domain) <= MAX_DOMAIN_SIZE:
                 expectations.append(_exp("expect_column_values_to_be_in_set", column=col, value_set=domain))
-    document = {
+    document: dict[str, Any] = {
         "name": name,
         "expectations": expectations,
         "meta": {"poisonguard": {"label": label, "protected": list(protected),
@@ -533,7 +536,9 @@ def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suit
         if not any(expectation is e for e in shape):
             assigned[owner[_named_columns(expectation)[0]] if len(groups) > 1 else 0].append(expectation)
 
-    type_parts, outcomes, dtypes, arrow_types, kept = [], [], {}, {}, set()
+    type_parts, outcomes, dtypes = [], [], {}
+    arrow_types: dict[str, pa.DataType] = {}
+    kept: set[str] = set()
     for own, group_expectations in zip(groups, assigned):
         needed = list(dict.fromkeys([*own, *(c for e in group_expectations for c in _named_columns(e))]))
         frame = batch.select([c for c in needed if c in columns])
@@ -729,7 +734,7 @@ def _check_name(type_: str, kwargs: dict, meta: dict) -> str:
 
 
 def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: dict, check: str) -> dict:
-    def cell(name: str) -> Any:  # by cell: a row of an all-number frame would make an int a float
+    def cell(name: Hashable) -> Any:  # by cell: a row of an all-number frame would make an int a float
         return frame.at[idx, name]
 
     col = kwargs.get("column")

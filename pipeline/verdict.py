@@ -41,7 +41,6 @@ from scipy import signal, stats
 
 from pipeline.detectors.base import PoisonModel
 
-
 # The kind of poison each detector's ``detects`` names, as the verdict reports it.
 KINDS = {"label_flip": "label_flips", "outlier": "outliers", "duplicate_flood": "copies", "backdoor": "triggers"}
 KIND_WORDS = {"label_flips": "flipped labels", "outliers": "outliers", "copies": "copied or clustered rows",
@@ -78,8 +77,10 @@ class KindEvidence:
         if how == "likely" and self.chance is not None:
             return int((self.chance[: self.estimate] >= 0.5).sum())
         if how == "fdr" and self.chance is not None:
-            clean_share = np.cumsum(1.0 - self.chance[: self.estimate]) / np.arange(1, min(self.estimate, len(self.chance)) + 1)
-            return int(np.flatnonzero(clean_share <= false_discovery_rate).max() + 1) if (clean_share <= false_discovery_rate).any() else 0
+            clean_share = (np.cumsum(1.0 - self.chance[: self.estimate])
+                           / np.arange(1, min(self.estimate, len(self.chance)) + 1))
+            within = clean_share <= false_discovery_rate
+            return int(np.flatnonzero(within).max() + 1) if within.any() else 0
         return self.estimate
 
     def chosen(self, count: int) -> np.ndarray:
@@ -215,7 +216,7 @@ class CellCounts:
         return self.gaps / self.gaps.sum(axis=1, keepdims=True)
 
     @classmethod
-    def of(cls, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> "CellCounts":
+    def of(cls, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> CellCounts:
         pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
         known = np.isin(cells, list(model.calibration_rows))
         tested = known & (cells >= 0) & ~np.isnan(pvalues)

@@ -158,8 +158,9 @@ def crash_harness():
 # Unit tests exercise library code in process: no scan through the CLI, no Prefect, MLflow server
 # or database. Everything else is integration (a real scan, ledger, MLflow store, Prefect flow or
 # browser). `make test-unit` runs the first tier alone; `make test` (and CI) runs both.
-UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", "test_detector_maths", "test_group_detectors",
-                "test_detector_registry", "test_policy", "test_validation", "test_verdict", "test_layers"}
+UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", "test_detector_maths",
+                "test_group_detectors", "test_detector_registry", "test_policy", "test_validation", "test_verdict",
+                "test_layers"}
 
 
 # The modules that take longest (a minute or more each on 2 cores: subprocess scans, servers,

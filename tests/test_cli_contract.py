@@ -5,7 +5,6 @@ review page's sign-in throttle per client."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,7 +72,7 @@ def test_output_folders_are_checked(folders, case):
 
 
 def test_a_workspace_that_is_a_file_is_refused(folders):
-    with pytest.raises(PoisonguardError, match="--workspace .*a_file is a file, not a folder"):
+    with pytest.raises(PoisonguardError, match=r"--workspace .*a_file is a file, not a folder"):
         check_workspace(folders / "a_file")
 
 

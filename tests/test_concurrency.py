@@ -45,7 +45,8 @@ class Scanned:
 def scanned(tmp_path_factory) -> Scanned:
     root = tmp_path_factory.mktemp("concurrent")
     reference, holdout = root / "reference.parquet", root / "holdout.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
+    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
+     .to_parquet(reference, index=False))
     pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout, index=False)
     workspace = root / "ws"
     inputs = {name: harness.ScanInputs(batch=batch, reference=reference, holdout=holdout, dataset=DATASET)

@@ -23,7 +23,8 @@ def test_the_temporary_servers_output_goes_to_its_log_not_the_console(tmp_path, 
 
     def noisy_child(server):
         return subprocess.Popen([sys.executable, "-c", "import sys; print('served');"
-                                 "sys.stderr.write('Traceback (most recent call last):\\nasyncio.exceptions.CancelledError\\n')"])
+                                 "sys.stderr.write('Traceback (most recent call last):\\n"
+                                 "asyncio.exceptions.CancelledError\\n')"])
 
     monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", noisy_child)
     log = tmp_path / "prefect" / "temporary-server.log"

@@ -36,7 +36,8 @@ harness = crash_harness()
 def small_trusted(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("trusted")
     reference, holdout = folder / "reference.parquet", folder / "holdout.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
+    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
+     .to_parquet(reference, index=False))
     pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout, index=False)
     return reference, holdout
 

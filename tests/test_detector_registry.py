@@ -8,8 +8,15 @@ import re
 
 import pytest
 
-from pipeline.detectors import (DEFAULT_DETECTORS, DETECTORS, DetectorRegistryError, build_detectors, clone,
-                                detector_class, register_detector)
+from pipeline.detectors import (
+    DEFAULT_DETECTORS,
+    DETECTORS,
+    DetectorRegistryError,
+    build_detectors,
+    clone,
+    detector_class,
+    register_detector,
+)
 from pipeline.detectors.checks import DetectorCheckFailed, check_detector
 from pipeline.errors import PoisonguardError
 from pipeline.params import InvalidParameter
@@ -64,8 +71,8 @@ def test_parameters_come_from_the_signature_and_unknown_ones_are_named():
     assert detector.get_params() == {"alpha": 0.01, "min_group": 7}
     copied = clone(detector)
     assert copied is not detector and copied.get_params() == detector.get_params()
-    with pytest.raises(InvalidParameter, match="TriggerPattern has no parameter 'min_grop'; its parameters are: "
-                                               "alpha, min_group."):
+    with pytest.raises(InvalidParameter, match=re.escape("TriggerPattern has no parameter 'min_grop'; its parameters are: "
+                                                         "alpha, min_group.")):
         detector.set_params(min_grop=3)
     with pytest.raises(PoisonguardError, match="Detector 'trigger': TriggerPattern has no parameter 'x'"):
         build_detectors({"trigger": {"x": 1}})
@@ -75,8 +82,8 @@ def test_a_second_detector_with_a_taken_name_is_refused():
     class Another(DETECTORS["outliers"]):
         pass
 
-    with pytest.raises(DetectorRegistryError, match="Two detectors are named 'outliers': "
-                                                    "pipeline.detectors.outliers.FeatureOutlier and"):
+    with pytest.raises(DetectorRegistryError, match=re.escape("Two detectors are named 'outliers': "
+                                                              "pipeline.detectors.outliers.FeatureOutlier and")):
         register_detector(Another)
     assert DETECTORS["outliers"].__name__ == "FeatureOutlier"
 

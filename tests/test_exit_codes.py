@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -49,7 +49,7 @@ def record_batch(workspace: Path) -> str:
                "counts": {"rows": 3, "accepted": 2, "quarantined": 1},
                "mlflow": {"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///mlflow.db"}, "duplicate": False}
     workspace.mkdir(parents=True, exist_ok=True)
-    start = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
     with Ledger.open(f"sqlite:///{workspace / 'ledger.sqlite'}", clock=lambda: start) as ledger:
         return ledger.record_scan(summary, scores, quarantined)
 

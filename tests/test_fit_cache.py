@@ -142,7 +142,8 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
 
     monkeypatch.setattr(scan, "fit_all", no_refit)
     other = Settings.from_environment(tmp_path / "another-ws")
-    assert scan.fit_detectors(scan.load_trusted(request, other), other).keys() == scan.fit_detectors(trusted, settings).keys()
+    assert (scan.fit_detectors(scan.load_trusted(request, other), other).keys()
+            == scan.fit_detectors(trusted, settings).keys())
 
 
 def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):

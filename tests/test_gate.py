@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -207,7 +208,7 @@ def rejected_row_moved_into_accepted(ws: Path, s: Scanned) -> list[str]:
     row = quarantined[quarantined["row_number"] == number].drop(columns=["suspicion", "reasons"])
     pd.concat([accepted, row], ignore_index=True).to_parquet(folder / "accepted.parquet", index=False)
     quarantined[quarantined["row_number"] != number].to_parquet(folder / "quarantined.parquet", index=False)
-    return [f"accepted.parquet was changed since acceptance", f"row(s) added {s.rejected[0]}",
+    return ["accepted.parquet was changed since acceptance", f"row(s) added {s.rejected[0]}",
             "quarantined.parquet was changed since acceptance", f"row(s) removed {s.rejected[0]}"]
 
 
@@ -229,7 +230,7 @@ def batch_folder_added(ws: Path, s: Scanned) -> list[str]:
 
 def review_flipped_in_the_database(ws: Path, s: Scanned) -> list[str]:
     sql(ws, "UPDATE review_actions SET action = 'release' WHERE row_id = :row", row=s.rejected[0])
-    return [f"ledger: entry", f"(review of {s.rejected[0]}): recorded action changed from reject to release"]
+    return ["ledger: entry", f"(review of {s.rejected[0]}): recorded action changed from reject to release"]
 
 
 def file_hash_rewritten_in_the_database(ws: Path, s: Scanned) -> list[str]:
@@ -256,8 +257,8 @@ def test_tampering_refuses_names_what_changed_and_raises_an_alarm(run_cli, scann
                      "--max-pending", scanned.pending)
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "nothing was released" in result.stderr and "Traceback" not in result.stderr
-    for text in expected:
-        assert text in result.stderr, (text, result.stderr)
+    for message in expected:
+        assert message in result.stderr, (message, result.stderr)
     assert not (tmp_path / "out" / "snapshot.parquet").exists()
     refused = json.loads((tmp_path / "out" / "refused.json").read_text())
     assert refused["tampered"] and refused["problems"]
@@ -421,7 +422,7 @@ def _poisoned_case(released: int, pending: int):
 
     record = BatchRecord(id="0123456789ab", sha256="0123456789ab" + "0" * 52, dataset=DATASET, file="flips.csv",
                          source="partner", submitter="mallory", mlflow_run_id=None,
-                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc), rows=140, accepted=110,
+                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), rows=140, accepted=110,
                          quarantined=30, pending=pending, released=released, rejected=30 - pending - released)
     headline = "Verdict: POISONED (p = 7.1e-07): an estimated 28 of 140 rows (13-47) are poisoned: 28 flipped labels."
     batch = VerifiedBatch(record, pd.DataFrame(), pd.DataFrame(), headline)

@@ -32,8 +32,20 @@ from typing import Any
 
 import pytest
 
-from pipeline.landing import (ClaimId, ConfigError, Landing, LandedFile, Outcome, PassReport, PassRules,
-                              artifact_key, load_config, prepare_landing, run_pass, this_host)
+from pipeline.landing import (
+    ClaimId,
+    ConfigError,
+    LandedFile,
+    Landing,
+    Outcome,
+    PassReport,
+    PassRules,
+    artifact_key,
+    load_config,
+    prepare_landing,
+    run_pass,
+    this_host,
+)
 from tests.conftest import REPO, SAMPLES, SUITE
 
 DATASET = "landing-test"
@@ -94,7 +106,7 @@ def dead_pid() -> int:
 def stale_claim(landing: Path, name: str, content: bytes, attempt: int = 1, pid: int | None = None,
                 error: str | None = None) -> Path:
     """A claim as a dead worker leaves it in inflight/."""
-    claim_id = ClaimId(dt.datetime.now(dt.timezone.utc).replace(microsecond=0), attempt,
+    claim_id = ClaimId(dt.datetime.now(dt.UTC).replace(microsecond=0), attempt,
                        dead_pid() if pid is None else pid, "0badc0de", this_host())
     folder = landing / ".poisonguard" / "inflight" / str(claim_id)
     folder.mkdir(parents=True)
@@ -164,8 +176,9 @@ class Landed:
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory) -> Landed:
-    import pipeline.scan_run
     from threadpoolctl import threadpool_limits
+
+    import pipeline.scan_run
 
     root = tmp_path_factory.mktemp("landing")
     landing = root / "landing"
@@ -478,7 +491,7 @@ def test_a_live_claim_is_left_to_its_holder(tmp_path):
     assert run_pass(Landing(str(landing)), rules, scan=scan, recorded=lambda sha256: None, out=tmp_path / "out",
                     work_dir=tmp_path / "work").files == ()
     # past the timeout the holder is taken as gone (a pid reused, or a host this one cannot ask)
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=601)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=601)
     report = run_pass(Landing(str(landing)), rules, scan=lambda b, o: fake_summary(b), recorded=lambda sha256: None,
                       out=tmp_path / "out", work_dir=tmp_path / "work", clock=lambda: later)
     assert [(f.name, f.outcome, f.attempt) for f in report.files] == [("busy.csv", Outcome.SCANNED, 2)]
@@ -488,7 +501,7 @@ def test_a_file_still_being_written_waits_until_it_settles(tmp_path):
     landing = tmp_path / "landing"
     drop(landing, 1)
     rules = PassRules(settle_seconds=30)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     kwargs: dict[str, Any] = dict(scan=lambda b, o: fake_summary(b), recorded=lambda sha256: None, out=tmp_path / "out",
                                   work_dir=tmp_path / "work")
     assert run_pass(Landing(str(landing)), rules, clock=lambda: now, **kwargs).files == ()

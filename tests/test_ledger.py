@@ -13,7 +13,8 @@ import json
 import os
 import threading
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -40,7 +41,7 @@ PG_URL = os.environ.get("POISONGUARD_TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SHA_A = "3f2a9c1b0d4e" + "a" * 52
 SHA_B = "77e1d0c4b2a9" + "b" * 52
-START = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
 TABLES = {"batches", "row_decisions", "review_actions", "ledger_entries", "poisonguard_ledger_version"}
 
 
@@ -262,7 +263,7 @@ def test_record_then_list_and_show(ledger):
     batch = ledger.get_batch(batch_id)
     assert (batch.sha256, batch.dataset, batch.file, batch.source, batch.submitter, batch.mlflow_run_id) == \
         (SHA_A, "hmda", "batch_02_label_flips.csv", "partner-feed", "carol", "0123456789abcdef")
-    assert batch.scanned_at == dt.datetime(2026, 11, 26, 10, 15, tzinfo=dt.timezone.utc)
+    assert batch.scanned_at == dt.datetime(2026, 11, 26, 10, 15, tzinfo=dt.UTC)
     assert (batch.rows, batch.accepted, batch.quarantined, batch.pending, batch.released) == (6, 3, 3, 3, 0)
 
     rows = ledger.list_rows(dataset="hmda")

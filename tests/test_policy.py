@@ -307,8 +307,8 @@ def test_batch_findings_hold_every_row_with_suspicion_one():
 
 def test_every_batch_row_appears_exactly_once_in_batch_order():
     rows = [12, 10, 11, 13, 15, 14]  # row numbers need not be 0.. nor sorted
-    cal_a = {r: c for r, c in zip(rows, [0.99, 0.5, 0.5, 0.5, 0.5, 0.5])}
-    cal_b = {r: 0.5 for r in reversed(rows)}
+    cal_a = dict(zip(rows, [0.99, 0.5, 0.5, 0.5, 0.5, 0.5]))
+    cal_b = dict.fromkeys(reversed(rows), 0.5)
     decisions = decide(pd.Series(rows), empty_findings(), [],
                        {"a": _scores(cal_a, "a"), "b": _scores(cal_b, "b")}, TIGHT)
     assert decisions.table["row_number"].tolist() == rows
@@ -395,8 +395,8 @@ def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries()
     lifted the threshold over them all; at the target alone it holds none."""
     rows = range(114)
     group = {r: (1 - 0.0119 if r < 20 else 0.0) for r in rows}
-    plain = {r: 0.5 for r in rows}
-    scores = {"trigger": _scores(group, "trigger"), "duplicates": _scores({r: 0.0 for r in rows}, "duplicates"),
+    plain = dict.fromkeys(rows, 0.5)
+    scores = {"trigger": _scores(group, "trigger"), "duplicates": _scores(dict.fromkeys(rows, 0.0), "duplicates"),
               "outliers": _scores(plain, "outliers"), "label_consistency": _scores(plain, "label_consistency")}
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     assert not decisions.table["quarantined"].any()
@@ -414,8 +414,8 @@ def test_a_group_is_held_at_its_detectors_own_alpha_whatever_the_row_detectors()
     flood need p <= 5e-5 and held it 0 of 47). Group p-values do not enter the row fusion."""
     rows = range(50)
     group = {r: (1 - 0.004 if r < 8 else 1 - 0.3 if r < 16 else 0.0) for r in rows}
-    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores({r: 0.5 for r in rows}, "outliers"),
-              "label_consistency": _scores({r: 0.5 for r in rows}, "label_consistency")}
+    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores(dict.fromkeys(rows, 0.5), "outliers"),
+              "label_consistency": _scores(dict.fromkeys(rows, 0.5), "label_consistency")}
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     held = decisions.table.loc[decisions.table["quarantined"], "row_number"].tolist()
     assert held == list(range(8))

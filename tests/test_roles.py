@@ -22,7 +22,7 @@ from pipeline.validation import infer_suite, suite_from_document, with_roles
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
-NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
 LIGHT_DETECTORS = {"outliers": {"method": "hbos", "n_folds": 2},
                    "label_consistency": {"model": "logistic", "n_folds": 2},
                    "trigger": {}, "duplicates": {}}
@@ -100,7 +100,7 @@ def test_with_roles_drops_rules_on_carried_columns_of_an_existing_suite():
 
 def test_a_suite_with_an_unknown_role_is_refused_with_the_roles_listed():
     document = {"name": "s", "expectations": [], "meta": {"poisonguard": {"roles": {"a": "key"}}}}
-    with pytest.raises(SuiteError, match="'key'.*one of label, feature"):
+    with pytest.raises(SuiteError, match=r"'key'.*one of label, feature"):
         suite_from_document(document, "s.json")
 
 
@@ -239,7 +239,7 @@ def test_repeated_ids_future_times_and_unseen_levels_are_held_with_their_reason(
     bad.loc[51, "application_id"] = str(10**19 + 7)  # a trusted reference row's id
     bad.loc[[60, 61], "received"] = next_year
     bad.loc[[70, 71, 72], "product"] = "balloon"
-    table, summary, _ = scanned.run(bad, "planted")
+    table, _summary, _ = scanned.run(bad, "planted")
     expected = {50: "repeats an id earlier in this batch", 51: "already accepted", 60: "in the future",
                 61: "in the future", 70: "product='balloon'", 71: "product='balloon'", 72: "product='balloon'"}
     for row, reason in expected.items():
@@ -253,7 +253,7 @@ def test_unseen_levels_under_the_alarm_policy_accept_the_rows_and_raise_an_alarm
     bad = scanned.batch.copy()
     bad.loc[[70, 71], "product"] = "balloon"
     settings = dataclasses.replace(scanned.settings, unseen_levels="alarm")
-    table, summary, outcome = scanned.run(bad, "alarm", settings)
+    table, summary, _outcome = scanned.run(bad, "alarm", settings)
     assert not any("balloon" in r for row in (70, 71) for r in table.at[row, "reasons"])
     alarms = [a for a in summary["alarms"] if a["check"] == "unseen_levels"]
     assert alarms and "product: 2 row(s) with 'balloon'" in alarms[0]["message"]

@@ -62,7 +62,7 @@ def test_extra_column_quarantines_the_whole_batch_with_the_column_named(scan_sam
 
 def test_clean_batch_is_mostly_accepted(scan_sample):
     result, out = scan_sample(SAMPLES / "batch_01_clean.csv")
-    _, quarantined, _, summary = read_outputs(out)
+    _, _quarantined, _, summary = read_outputs(out)
     assert summary["counts"]["quarantined"] <= 0.03 * summary["counts"]["rows"]
     assert summary["verdict"]["poisoned"] is False and summary["verdict"]["p_value"] > 0.01
     assert result.stdout.lstrip().startswith("Verdict: clean")
@@ -88,9 +88,9 @@ def test_the_label_flip_batch_is_called_poisoned_first_in_the_cli_and_the_report
 
 def test_rescanning_the_same_bytes_ingests_nothing_twice(scan_sample, tmp_path):
     batch = SAMPLES / "batch_01_clean.csv"
-    first, out = scan_sample(batch, dataset="dedupe")
+    _first, out = scan_sample(batch, dataset="dedupe")
     summary_first = read_outputs(out)[3]
-    second, out_again = scan_sample(batch, "--out", str(tmp_path / "again"), dataset="dedupe")
+    second, _out_again = scan_sample(batch, "--out", str(tmp_path / "again"), dataset="dedupe")
     assert second.exit_code == 0
     assert "already scanned" in second.stdout
     again = read_outputs(tmp_path / "again")
@@ -127,7 +127,7 @@ def test_relabelling_one_segment_raises_a_segment_alarm_with_the_rates(scan_samp
 
 
 def test_progress_prints_one_line_per_stage_with_rows_per_second(scan_sample):
-    result, out = scan_sample(SAMPLES / "batch_05_clean.parquet", "--progress")
+    result, _out = scan_sample(SAMPLES / "batch_05_clean.parquet", "--progress")
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("poisonguard: ")]
     stages = [line.split()[1] for line in lines]

@@ -50,7 +50,8 @@ def scanned(tmp_path_factory):
     # a 400-row sample of the reference: fitting the detectors is most of a scan's data work,
     # and the secrets take the same paths whatever the data
     reference = root / "reference.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
+    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
+     .to_parquet(reference, index=False))
     secrets = {"review-page token": f"ui-token-{uuid.uuid4().hex}",
                "MLflow password": f"mlflow-password-{uuid.uuid4().hex}",
                "fit-cache signing key": random_secrets.token_hex(32)}
@@ -129,8 +130,8 @@ def test_no_secret_in_prefects_record_of_the_flow_run(scanned):
 def test_no_secret_in_the_mlflow_run(scanned):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.provenance import find_scan_runs
     from pipeline.io import sha256_file
+    from pipeline.provenance import find_scan_runs
 
     uri = f"sqlite:///{scanned.workspace / 'mlflow.db'}"
     runs = find_scan_runs(uri, sha256_file(SAMPLES / "batch_03_impossible_and_outliers.csv"), DATASET)
@@ -177,7 +178,8 @@ def session(tmp_path_factory):
     root = tmp_path_factory.mktemp("passwords")
     workspace = root / "ws"
     reference = root / "reference.parquet"
-    pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index().to_parquet(reference, index=False)
+    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
+     .to_parquet(reference, index=False))
     passwords = {"ledger": f"ledger-pw-{uuid.uuid4().hex}", "mlflow": f"mlflow-pw-{uuid.uuid4().hex}",
                  "unreachable ledger": f"query-pw-{uuid.uuid4().hex}"}
     schema = f"secrets_shared_{uuid.uuid4().hex[:16]}"
@@ -210,7 +212,8 @@ def session(tmp_path_factory):
     try:
         run("scan", "scan", SAMPLES / "batch_03_impossible_and_outliers.csv", *scan_args, "--out", root / "out")
         run("review list", "review", "list", "--format", "json")
-        held = json.loads(outputs["review list"][:outputs["review list"].rindex("]") + 1]) if codes["review list"] == 0 else []
+        listed = outputs["review list"]
+        held = json.loads(listed[:listed.rindex("]") + 1]) if codes["review list"] == 0 else []
         run("review release", "review", "release", held[0]["id"] if held else "none:0", "--by", "steward",
             "--reason", "checked by hand")
         run("verify", "verify")

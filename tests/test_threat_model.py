@@ -142,7 +142,7 @@ def _append_forged_release(workspace: Path, row_id: str) -> None:
     with Session(engine) as session, session.begin():
         last = session.scalars(select(LedgerEntry).order_by(LedgerEntry.sequence.desc()).limit(1)).one()
         action = ReviewActionRow(row_id=row_id, action="release", by="alice", reason="looks fine",
-                                 at=dt.datetime.now(dt.timezone.utc))
+                                 at=dt.datetime.now(dt.UTC))
         session.add(action)
         session.flush()
         payload = review_payload(action)

@@ -16,8 +16,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -321,7 +321,8 @@ def test_a_write_without_a_session_is_refused_and_changes_nothing(state):
                               data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"})
     assert response.status_code == 403 and "Sign in first" in response.text
     anonymous.cookies.set("poisonguard_session", "abc.def")
-    forged = anonymous.post(f"/rows/{row.id}/review", data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"})
+    forged = anonymous.post(f"/rows/{row.id}/review",
+                            data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"})
     assert forged.status_code == 403
     assert state.snapshot() == before
 

@@ -8,16 +8,15 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_ui import TOKEN, copy_of_scan
 
 from pipeline.ledger import RowStatus
 from pipeline.review import accepted_data
 from pipeline.ui import create_app
-
-from test_ui import TOKEN, copy_of_scan
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = next((Path(p) for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)

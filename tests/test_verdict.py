@@ -11,8 +11,16 @@ from pipeline.decide import decide
 from pipeline.detectors.base import SCORE_COLUMNS, PoisonModel, conformal_pvalues
 from pipeline.findings import ReasonCode, empty_findings
 from pipeline.policy import QuarantinePolicy
-from pipeline.verdict import (CellCounts, KindEvidence, combine, excess_pvalue, fit_mixture, group_evidence,
-                              invalid_evidence, row_evidence)
+from pipeline.verdict import (
+    CellCounts,
+    KindEvidence,
+    combine,
+    excess_pvalue,
+    fit_mixture,
+    group_evidence,
+    invalid_evidence,
+    row_evidence,
+)
 
 
 def _clean_pvalues(rng: np.random.Generator, n: int, m: int) -> np.ndarray:

@@ -9,11 +9,13 @@ docs/detectors.md has the contract and a worked example.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.config import DEFAULT_DETECTORS
 from pipeline.detectors.base import (
     SCORE_COLUMNS,
     Detector,
@@ -26,6 +28,7 @@ from pipeline.detectors.base import (
     concat_summaries,
     conformal_pvalues,
 )
+
 # poisonguard's own detectors, imported for their @register_detector
 from pipeline.detectors.duplicates import DuplicateFlood  # noqa: F401
 from pipeline.detectors.influence import RoniInfluence  # noqa: F401
@@ -40,7 +43,6 @@ from pipeline.detectors.registry import (
     register_detector,
 )
 from pipeline.detectors.triggers import TriggerPattern  # noqa: F401
-from pipeline.config import DEFAULT_DETECTORS  # noqa: F401  (the scan's detectors: a setting)
 from pipeline.errors import PoisonguardError
 from pipeline.io import ROW_NUMBER
 from pipeline.params import InvalidParameter

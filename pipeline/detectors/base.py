@@ -30,16 +30,17 @@ from __future__ import annotations
 import copy
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from pipeline.errors import PoisonguardError
-from pipeline.params import REASON_PVALUE, Interval, InvalidParameter  # noqa: F401  (the detectors' vocabulary)
 from pipeline.io import ROW_NUMBER
+from pipeline.params import REASON_PVALUE, Interval, InvalidParameter  # noqa: F401  (the detectors' vocabulary)
 
 SCORE_COLUMNS = ["row_number", "score", "calibrated", "flagged", "reason"]
 # A row-scoped detector's scores also say against which trusted rows (its calibration cell: the
@@ -71,7 +72,7 @@ class FeatureSpec:
         return self.numeric + self.categorical
 
     @classmethod
-    def from_kinds(cls, kinds: dict[str, Any], label: str, exclude: tuple[str, ...] = ()) -> "FeatureSpec":
+    def from_kinds(cls, kinds: dict[str, Any], label: str, exclude: tuple[str, ...] = ()) -> FeatureSpec:
         skip = {label, ROW_NUMBER, *exclude}
         numeric = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) == "numeric")
         categorical = tuple(c for c, k in kinds.items() if c not in skip and str(getattr(k, "value", k)) != "numeric")

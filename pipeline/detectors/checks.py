@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import joblib
 import numpy as np
@@ -24,8 +24,19 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from pipeline.detectors.base import (CELL_COLUMN, GROUP_COLUMNS, REASON_PVALUE, SCORE_COLUMNS, Detector, FeatureSpec,
-                                     GroupDetector, InvalidParameter, RowDetector, clone, concat_summaries)
+from pipeline.detectors.base import (
+    CELL_COLUMN,
+    GROUP_COLUMNS,
+    REASON_PVALUE,
+    SCORE_COLUMNS,
+    Detector,
+    FeatureSpec,
+    GroupDetector,
+    InvalidParameter,
+    RowDetector,
+    clone,
+    concat_summaries,
+)
 from pipeline.io import ROW_NUMBER
 
 # The planted detection task's bar: a detector ranks its poison this far above clean rows, flags
@@ -53,7 +64,7 @@ class PlantedData:
     spec: FeatureSpec
     truth: dict[str, np.ndarray]
 
-    def copy(self) -> "PlantedData":
+    def copy(self) -> PlantedData:
         return PlantedData(self.reference.copy(), self.holdout.copy(), self.batch.copy(), self.spec,
                            {kind: rows.copy() for kind, rows in self.truth.items()})
 

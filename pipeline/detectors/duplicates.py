@@ -22,14 +22,15 @@ hypothesis among all the batch's rows, and 47 copies of 5 rows (9-10 each) were 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
-from scipy.stats import hypergeom, poisson
+from scipy.stats import hypergeom
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.detectors.base import FeatureSpec, GroupDetector, Interval, RowFetch, Summary, class_codes
@@ -129,7 +130,8 @@ class DuplicateFlood(GroupDetector):
         n = len(summary["key"])
         rows = _Rows(summary["key"], summary["projected"], np.arange(n),
                      lambda positions: encode(self.encoder_, fetch(positions), self.spec_))
-        labels = {label: np.flatnonzero(summary["group"] == code) for code, label in enumerate(self._classes())}
+        labels: dict[str | None, np.ndarray] = {label: np.flatnonzero(summary["group"] == code)
+                                                for code, label in enumerate(self._classes())}
         labels[None] = np.flatnonzero(summary["group"] < 0)
         labels = {label: selected for label, selected in labels.items() if len(selected)}
         # Exact copies first: rows merely near a flood of exact copies would otherwise join its
@@ -161,7 +163,7 @@ class DuplicateFlood(GroupDetector):
                              "flagged": flagged, "reason": reasons, "group": group_of,
                              "group_expected": expected})
 
-    def _tested(self, family: int, found: dict[str | None, "_Found"], labels: dict[str | None, np.ndarray]) -> "_Groups":
+    def _tested(self, family: int, found: dict[str | None, _Found], labels: dict[str | None, np.ndarray]) -> _Groups:
         """One family's groups over every label, each with its pooled p-value, and Tarone's count
         over all of them (trusted-only groups included): one correction for the whole batch."""
         parts, least = [], []
@@ -176,11 +178,11 @@ class DuplicateFlood(GroupDetector):
             parts.append(_Groups([label] * len(sizes), np.full(len(sizes), family), groups.members, groups.batch,
                                  groups.trusted, expected, pvalue, np.zeros(len(sizes))))
         tests = tarone_count(np.concatenate(least) if least else np.zeros(0), self.alpha / _FAMILIES)
-        groups = _Groups.concat(parts)
-        groups.tests[:] = tests
-        return groups
+        tested = _Groups.concat(parts)
+        tested.tests[:] = tests
+        return tested
 
-    def _reason(self, point: np.ndarray, groups: "_Groups", g: int, adjusted: float) -> str:
+    def _reason(self, point: np.ndarray, groups: _Groups, g: int, adjusted: float) -> str:
         label, batch_count, trusted_count = groups.label[g], int(groups.batch[g]), int(groups.trusted[g])
         kind = "rows" if label is None else "rows with this label"
         if groups.family[g] == 0:
@@ -210,7 +212,7 @@ class _Found:
     trusted: np.ndarray
 
     @classmethod
-    def none(cls) -> "_Found":
+    def none(cls) -> _Found:
         return cls([], np.zeros(0, "int64"), np.zeros(0, "int64"))
 
 
@@ -232,12 +234,12 @@ class _Groups:
         return np.minimum(1.0, self.pvalue * self.tests * _FAMILIES)
 
     @classmethod
-    def concat(cls, parts: list["_Groups"]) -> "_Groups":
+    def concat(cls, parts: list[_Groups]) -> _Groups:
         if not parts:
             empty = np.zeros(0)
             return cls([], empty.astype(int), [], empty.astype(int), empty.astype(int), empty, empty, empty.copy())
-        return cls(sum((p.label for p in parts), []), np.concatenate([p.family for p in parts]),
-                   sum((p.members for p in parts), []), *(np.concatenate([getattr(p, f) for p in parts])
+        return cls([x for p in parts for x in p.label], np.concatenate([p.family for p in parts]),
+                   [m for p in parts for m in p.members], *(np.concatenate([getattr(p, f) for p in parts])
                                                           for f in ("batch", "trusted", "expected", "pvalue", "tests")))
 
 
@@ -257,11 +259,11 @@ def _least_pvalue(sizes: np.ndarray, n_batch: int, pooled: int) -> np.ndarray:
     return hypergeom.pmf(np.minimum(sizes, n_batch), pooled, n_batch, sizes)
 
 
-def _exact_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray) -> _Found:
+def _exact_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray) -> _Found:
     """Rows with one encoding, with the trusted rows of that encoding: groups of two rows or more."""
     if not len(selected):
         return _Found.none()
-    codes, first, inverse, counts = np.unique(batch.keys, return_index=True, return_inverse=True, return_counts=True)
+    _codes, first, inverse, counts = np.unique(batch.keys, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     in_trusted = trusted.count(batch.subset(first), 0.0)
     keep = np.flatnonzero(counts + in_trusted >= 2)
@@ -271,7 +273,7 @@ def _exact_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray)
     return _Found(members, counts[keep].astype("int64"), in_trusted[keep].astype("int64"))
 
 
-def _near_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray, radius: float) -> _Found:
+def _near_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray, radius: float) -> _Found:
     """Balls of radius ``radius / 2`` (diameter at most ``radius``) around the densest rows, made
     greedily from the batch rows with another batch row within ``radius``; each ball's trusted
     count is of the trusted rows within ``radius / 2`` of its centre."""
@@ -287,7 +289,7 @@ def _near_groups(batch: "_Rows", trusted: "CloseCounter", selected: np.ndarray, 
     density = close[candidates[first]] + trusted.count(batch.subset(candidates[first]), radius)
     tree = cKDTree(points)
     ball = np.full(len(first), -1)
-    centres = []
+    centres: list[int] = []
     for centre in np.argsort(-density, kind="stable"):
         if ball[centre] >= 0:
             continue
@@ -324,7 +326,7 @@ class _Rows:
     positions: np.ndarray
     load: Callable[[np.ndarray], np.ndarray]
 
-    def subset(self, selected: np.ndarray) -> "_Rows":
+    def subset(self, selected: np.ndarray) -> _Rows:
         return _Rows(self.keys[selected], self.projected[selected], self.positions[selected], self.load)
 
     def points(self, which: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ class LogisticInfluence:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, X_holdout: np.ndarray, y_holdout: np.ndarray,
-            n_classes: int, C: float, damping: float) -> "LogisticInfluence":
+            n_classes: int, C: float, damping: float) -> LogisticInfluence:
         model = LogisticRegression(C=C, max_iter=2000).fit(X, y)
         coef = np.hstack([model.coef_, model.intercept_[:, None]])
         if model.coef_.shape[0] != max(1, n_classes if n_classes > 2 else 1):
@@ -202,9 +202,9 @@ class RoniInfluence(GroupDetector):
                 pvalues[mask] = conformal_pvalues(trusted[y_train == i], raw[mask])
             n_train = influence.n_train
         flagged = pvalues <= self.alpha
-        for i in np.flatnonzero(pvalues <= REASON_PVALUE):
-            reasons[i] = (f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
-                          f"{raw[i] / n_train:.2e} (logistic influence, trained on the reference plus this batch); "
+        for r in np.flatnonzero(pvalues <= REASON_PVALUE):
+            reasons[r] = (f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
+                          f"{raw[r] / n_train:.2e} (logistic influence, trained on the reference plus this batch); "
                           f"more harmful than "
-                          f"{100 * (1 - pvalues[i]):.1f} % of trusted rows labelled {self.classes_[labels[i]]!r}")
+                          f"{100 * (1 - pvalues[r]):.1f} % of trusted rows labelled {self.classes_[labels[r]]!r}")
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})

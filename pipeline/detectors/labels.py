@@ -38,8 +38,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.detectors.base import (REASON_PVALUE, FeatureSpec, Interval, PoisonModel, RowDetector, conformal_pvalues,
-                                     fold_of_rows, row_tiebreaks)
+from pipeline.detectors.base import (
+    REASON_PVALUE,
+    FeatureSpec,
+    Interval,
+    PoisonModel,
+    RowDetector,
+    conformal_pvalues,
+    fold_of_rows,
+    row_tiebreaks,
+)
 from pipeline.detectors.features import encode, feature_frame, make_encoder
 from pipeline.detectors.registry import register_detector
 from pipeline.errors import PoisonguardError

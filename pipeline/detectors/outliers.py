@@ -12,8 +12,16 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from sklearn.model_selection import KFold
 
-from pipeline.detectors.base import (REASON_PVALUE, FeatureSpec, Interval, PoisonModel, RowDetector, conformal_pvalues,
-                                     fold_of_rows, row_tiebreaks)
+from pipeline.detectors.base import (
+    REASON_PVALUE,
+    FeatureSpec,
+    Interval,
+    PoisonModel,
+    RowDetector,
+    conformal_pvalues,
+    fold_of_rows,
+    row_tiebreaks,
+)
 from pipeline.detectors.features import feature_frame, make_encoder
 from pipeline.detectors.registry import register_detector
 

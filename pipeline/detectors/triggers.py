@@ -109,7 +109,7 @@ class Binning:
         return np.where(missing, self.n_codes - 1, codes).astype("int64")
 
     @classmethod
-    def numeric(cls, feature: str, values: pd.Series) -> "Binning":
+    def numeric(cls, feature: str, values: pd.Series) -> Binning:
         numbers = pd.to_numeric(values, errors="coerce").astype("float64")
         numbers = numbers[np.isfinite(numbers)].to_numpy()
         if len(numbers) == 0:  # never seen: every value is one cell
@@ -121,7 +121,7 @@ class Binning:
         return cls(feature, edges, (), (*words, f"{feature} missing"))
 
     @classmethod
-    def categorical(cls, feature: str, values: pd.Series) -> "Binning":
+    def categorical(cls, feature: str, values: pd.Series) -> Binning:
         frequency = values[values.notna()].astype(str).value_counts()
         frequency = frequency.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
         levels = tuple(sorted(frequency.index[:MAX_LEVELS]))
@@ -335,7 +335,8 @@ class TriggerPattern(GroupDetector):
             found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
                           label_reference, given_batch, given_reference, pvalue))
         if not found:
-            return _Tests(*([np.empty(0, "int64")] * 7), *([np.empty((0, 2), "int64")] * 2), np.empty(0))
+            none, no_pairs = np.empty(0, "int64"), np.empty((0, 2), "int64")
+            return _Tests(none, none, none, none, none, none, none, no_pairs, no_pairs, np.empty(0))
         return _Tests(*(np.concatenate(parts) for parts in zip(*found)))
 
     def _claims(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> _Claims:

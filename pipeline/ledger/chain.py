@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
+from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline.ledger.models import Batch, ReviewActionRow
 
@@ -57,8 +59,8 @@ def entry_hash(prev_hash: str, sequence: int, kind: str, subject: str, payload_d
 def utc(moment: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; everything the ledger stores is UTC."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
 
 
 def timestamp(moment: dt.datetime) -> str:
@@ -93,14 +95,14 @@ class DecisionsDigest:
         self.rows = 0
         self.pending: list[int] = []
         self._last_row_number = -1
-        self._sha256 = hashlib.sha256(f'{{"batch_id":{canonical_json(batch_id)},"rows":['.encode("utf-8"))
+        self._sha256 = hashlib.sha256(f'{{"batch_id":{canonical_json(batch_id)},"rows":['.encode())
 
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """The next row decisions (mappings of the ``row_decisions`` columns), in row order."""
         if not rows:
             return
         numbers = [row["row_number"] for row in rows]
-        if numbers[0] < self._last_row_number or any(a > b for a, b in zip(numbers, numbers[1:])):
+        if numbers[0] < self._last_row_number or any(a > b for a, b in itertools.pairwise(numbers)):
             raise ValueError("row decisions must be added in row order")
         fields = [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
                    row["reasons"], row["scores"]] for row in rows]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
@@ -83,10 +84,7 @@ def is_memory(url: URL) -> bool:
 def create_ledger_engine(url: URL) -> Engine:
     """An engine whose write transactions are serialised (see the module docstring)."""
     try:
-        if url.get_backend_name() == "sqlite":
-            engine = _sqlite_engine(url)
-        else:
-            engine = create_engine(url, pool_pre_ping=True)
+        engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else create_engine(url, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as exc:
         raise LedgerError(
             f"Cannot use the ledger database {display_url(url)}: its driver is not installed ({exc})."
@@ -124,11 +122,10 @@ def _sqlite_engine(url: URL) -> Engine:
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session in a transaction that holds the ledger's write lock until it commits (on
     leaving the block) or rolls back (on an exception)."""
-    with Session(engine.execution_options(**{_WRITE: True}), expire_on_commit=False) as session:
-        with session.begin():
-            if engine.dialect.name == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-            yield session
+    with Session(engine.execution_options(**{_WRITE: True}), expire_on_commit=False) as session, session.begin():
+        if engine.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        yield session
 
 
 def migrate(engine: Engine, url: URL) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, case, func, insert, select
+from sqlalchemy import ColumnElement, Select, Table, case, func, insert, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -84,13 +85,13 @@ class _Entry(NamedTuple):
     recorded: dict[str, Any]
 
     @classmethod
-    def whole(cls, kind: EntryKind, subject: str, payload: dict[str, Any]) -> "_Entry":
+    def whole(cls, kind: EntryKind, subject: str, payload: dict[str, Any]) -> _Entry:
         """An entry whose readable copy is its payload."""
         return cls(kind, subject, digest(payload), payload)
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Ledger:
@@ -106,7 +107,7 @@ class Ledger:
 
     @classmethod
     def open(cls, url: str | URL, *, clock: Callable[[], dt.datetime] = _utc_now,
-             on_write: Callable[[ChainHead], None] | None = None) -> "Ledger":
+             on_write: Callable[[ChainHead], None] | None = None) -> Ledger:
         """Connect and bring the schema up to date (created on first use). ``url``: a SQLAlchemy
         URL, e.g. ``sqlite:///ws/ledger.sqlite`` or ``postgresql+psycopg://user@host/db``; see
         ``ledger_url``. ``clock`` stamps review actions (tests pin it). ``on_write`` is called
@@ -131,7 +132,7 @@ class Ledger:
     def close(self) -> None:
         self._engine.dispose()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -171,7 +172,7 @@ class Ledger:
         for rows in scan.decision_slices(_INSERT_SLICE):
             for row in rows:
                 row.update(id=row_id(batch.id, row["row_number"]), batch_id=batch.id, dataset=batch.dataset)
-            session.execute(insert(RowDecision.__table__), rows)
+            session.execute(insert(cast(Table, RowDecision.__table__)), rows)  # a declarative class's table
             decisions.add(rows)
         self._append(session, [
             _Entry.whole(EntryKind.BATCH, batch.id, batch_payload(batch)),
@@ -352,11 +353,10 @@ class Ledger:
     # --- sessions --------------------------------------------------------------------------
 
     def _write(self, work: Callable[[Session], T]) -> T:
-        with self._database_errors():
-            with write_session(self._engine) as session:
-                result = work(session)
-                last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
-                                       .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
+        with self._database_errors(), write_session(self._engine) as session:
+            result = work(session)
+            last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
+                                   .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
         if self._on_write is not None and last is not None:
             self._on_write(ChainHead(last.sequence, last.entry_hash))  # this write's head, committed
         return result
@@ -366,9 +366,8 @@ class Ledger:
         if consistent and engine.dialect.name == "postgresql":
             # one snapshot for all of verify's queries; SQLite's read transaction already is one
             engine = engine.execution_options(isolation_level="REPEATABLE READ")
-        with self._database_errors():
-            with Session(engine) as session, session.begin():
-                return work(session)
+        with self._database_errors(), Session(engine) as session, session.begin():
+            return work(session)
 
     @contextlib.contextmanager
     def _database_errors(self) -> Iterator[None]:

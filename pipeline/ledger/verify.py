@@ -14,7 +14,8 @@ cover. Compare with a ``ChainHead`` kept elsewhere for that.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -112,7 +113,7 @@ def _check_copy(where: str, entry: LedgerEntry, current: dict[str, Any] | None, 
     if digest(entry.recorded) != entry.payload_digest:
         problems.append(f"{where}: its recorded copy was edited (it no longer matches the entry's digest)")
     if current is None:
-        return problems + [f"{where}: {missing} (deleted)"]
+        return [*problems, f"{where}: {missing} (deleted)"]
     if digest(current) != entry.payload_digest:
         fields = [*current, *(f for f in recorded if f not in current)]
         changes = [change for field in fields

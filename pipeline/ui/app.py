@@ -14,9 +14,10 @@ import datetime as dt
 import logging
 import math
 import re
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, FastAPI, Request
@@ -234,7 +235,8 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
         batch = _batch(ledger, batch_id)
         path = _report_path(settings, batch)
         if not path.is_file():
-            raise PageError(404, "Not found", f"The scan report of batch {batch.id} is not in the workspace {settings.workspace}.")
+            raise PageError(404, "Not found",
+                            f"The scan report of batch {batch.id} is not in the workspace {settings.workspace}.")
         return HTMLResponse(path.read_text(encoding="utf-8"),
                             headers={"content-security-policy": REPORT_CONTENT_SECURITY_POLICY})
 
