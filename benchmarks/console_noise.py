@@ -44,8 +44,9 @@ NOISE = re.compile(r"Traceback \(most recent call last\)|^\s*[\w.]*(Error|Except
 
 
 def noisy(text: str) -> bool:
-    ours = "\n".join(line for line in text.splitlines()
-                     if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - ")))
+    ours = "\n".join(
+        line for line in text.splitlines() if not line.startswith(("poisonguard: error:", "poisonguard: tampered:", "  - "))
+    )
     return bool(NOISE.search(ours))
 
 
@@ -63,18 +64,40 @@ def main() -> None:
     bad = root / "not-a-batch.csv"
     bad.write_bytes(b"\x00\x01 not a table")
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL", "POISONGUARD_DATABASE_URL")}
-    env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(workspace),
-            "POISONGUARD_CACHE_KEY": os.urandom(32).hex(), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    scan_args = ["--reference", str(reference), "--holdout", str(SAMPLES / "holdout.parquet"),
-                 "--suite", str(REPO / "expectations" / "hmda.json"), "--label", "deny", "--dataset", DATASET]
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "POISONGUARD_WORKSPACE": str(workspace),
+        "POISONGUARD_CACHE_KEY": os.urandom(32).hex(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    scan_args = [
+        "--reference",
+        str(reference),
+        "--holdout",
+        str(SAMPLES / "holdout.parquet"),
+        "--suite",
+        str(REPO / "expectations" / "hmda.json"),
+        "--label",
+        "deny",
+        "--dataset",
+        DATASET,
+    ]
     results: dict[str, dict[str, object]] = {}
 
     def run(name: str, args: list[str], expect: int, workspace_dir: Path = workspace) -> None:
         started = time.perf_counter()
-        done = subprocess.run([str(POISONGUARD), *args], env=env | {"POISONGUARD_WORKSPACE": str(workspace_dir)},
-                              cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-        entry = results.setdefault(name, {"runs": 0, "with_traceback": 0, "unexpected_exit": 0, "seconds": 0.0,
-                                          "examples": []})
+        done = subprocess.run(
+            [str(POISONGUARD), *args],
+            env=env | {"POISONGUARD_WORKSPACE": str(workspace_dir)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        entry = results.setdefault(
+            name, {"runs": 0, "with_traceback": 0, "unexpected_exit": 0, "seconds": 0.0, "examples": []}
+        )
         entry["runs"] += 1
         entry["seconds"] += time.perf_counter() - started
         output = done.stdout + done.stderr
@@ -100,20 +123,24 @@ def main() -> None:
         run("verify (refused: ledger edited)", ["verify"], 3, tampered)
         run("review list (normal)", ["review", "list", "--dataset", DATASET], 0)
         run("review release (refused: no such row)", ["review", "release", "nosuchbatch:1", "--by", "a", "--reason", "b"], 2)
-        print(f"round {i + 1}/{runs}: " + ", ".join(f"{k.split(' ')[0]} {v['with_traceback']}" for k, v in results.items()),
-              flush=True)
+        print(
+            f"round {i + 1}/{runs}: " + ", ".join(f"{k.split(' ')[0]} {v['with_traceback']}" for k, v in results.items()),
+            flush=True,
+        )
         _write(results, i + 1, runs)  # after every round: a run cut short still reports what it did
     print(json.dumps({k: (v["with_traceback"], v["unexpected_exit"]) for k, v in results.items()}, indent=1))
     shutil.rmtree(root, ignore_errors=True)
 
 
 def _write(results: dict[str, dict[str, object]], rounds: int, planned: int) -> None:
-    commands = {name: {**entry, "seconds": round(float(entry["seconds"]) / int(entry["runs"]), 1)}  # mean per run
-                for name, entry in results.items()}
+    commands = {
+        name: {**entry, "seconds": round(float(entry["seconds"]) / int(entry["runs"]), 1)}  # mean per run
+        for name, entry in results.items()
+    }
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-                   f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}",
         "rounds_planned": planned,
         "rounds_completed": rounds,
         "runs_with_traceback": sum(int(e["with_traceback"]) for e in results.values()),

@@ -55,8 +55,14 @@ DEFAULT_BATCH = SAMPLES / "batch_03_impossible_and_outliers.csv"
 TIMED_KILLS = 6
 SCAN_TIMEOUT_S = 600
 # Taken out of the scans' environment so that every scenario has only its own workspace's state.
-_ISOLATED = ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "POISONGUARD_DATABASE_URL",
-             "POISONGUARD_WORKSPACE", FAULT_VARIABLE)
+_ISOLATED = (
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "MLFLOW_TRACKING_URI",
+    "POISONGUARD_DATABASE_URL",
+    "POISONGUARD_WORKSPACE",
+    FAULT_VARIABLE,
+)
 _RUN_ARTIFACTS = ("summary.json", "report.html", "scores.parquet")
 
 
@@ -71,10 +77,27 @@ class ScanInputs:
     source: str = "crash-feed"
 
     def command(self, workspace: Path, out: Path) -> list[str]:
-        return [str(POISONGUARD), "scan", str(self.batch), "--reference", str(self.reference),
-                "--holdout", str(self.holdout), "--suite", str(self.suite), "--label", self.label,
-                "--dataset", self.dataset, "--source", self.source, "--workspace", str(workspace),
-                "--out", str(out)]
+        return [
+            str(POISONGUARD),
+            "scan",
+            str(self.batch),
+            "--reference",
+            str(self.reference),
+            "--holdout",
+            str(self.holdout),
+            "--suite",
+            str(self.suite),
+            "--label",
+            self.label,
+            "--dataset",
+            self.dataset,
+            "--source",
+            self.source,
+            "--workspace",
+            str(workspace),
+            "--out",
+            str(out),
+        ]
 
 
 @dataclass(frozen=True)
@@ -131,16 +154,21 @@ class Recovery:
 
 # --- running a scan ------------------------------------------------------------------------------
 
+
 def scan_environment(workspace: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATED}
-    env.update({
-        # The workspace's own MLflow database, so artifacts land in <workspace>/mlartifacts too.
-        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace.resolve() / 'mlflow.db'}",
-        "POISONGUARD_USER": "crash-injection",
-        # One thread per native library: the machine is shared, and a thread pool spinning against
-        # other processes makes a scan's duration (which the timed kills are spread over) erratic.
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            # The workspace's own MLflow database, so artifacts land in <workspace>/mlartifacts too.
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workspace.resolve() / 'mlflow.db'}",
+            "POISONGUARD_USER": "crash-injection",
+            # One thread per native library: the machine is shared, and a thread pool spinning against
+            # other processes makes a scan's duration (which the timed kills are spread over) erratic.
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+    )
     return env
 
 
@@ -171,8 +199,9 @@ class RunningScan:
         seconds = time.perf_counter() - self.started
         orphans = end_session(self.process.pid)
         tail = "\n".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
-        return Attempt(self.kill, self.process.returncode, round(seconds, 1), orphans,
-                       left_behind(self.workspace, self.inputs), tail)
+        return Attempt(
+            self.kill, self.process.returncode, round(seconds, 1), orphans, left_behind(self.workspace, self.inputs), tail
+        )
 
 
 def start_scan(inputs: ScanInputs, workspace: Path, out: Path, kill: Kill | None = None) -> RunningScan:
@@ -186,13 +215,21 @@ def start_scan(inputs: ScanInputs, workspace: Path, out: Path, kill: Kill | None
     log = workspace.parent / f"scan-{time.time_ns()}.log"
     started = time.perf_counter()
     with log.open("w") as output:
-        process = subprocess.Popen(inputs.command(workspace, out), env=env, stdout=output, stderr=output,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+        process = subprocess.Popen(
+            inputs.command(workspace, out),
+            env=env,
+            stdout=output,
+            stderr=output,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
     return RunningScan(inputs, workspace, kill, process, log, started)
 
 
-def run_scan(inputs: ScanInputs, workspace: Path, out: Path, kill: Kill | None = None,
-             timeout_s: float = SCAN_TIMEOUT_S) -> Attempt:
+def run_scan(
+    inputs: ScanInputs, workspace: Path, out: Path, kill: Kill | None = None, timeout_s: float = SCAN_TIMEOUT_S
+) -> Attempt:
     """Run ``poisonguard scan`` to its end, or to its death as ``kill`` says."""
     return start_scan(inputs, workspace, out, kill).finish(timeout_s)
 
@@ -205,7 +242,7 @@ def session_members(session_id: int) -> dict[int, str]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
             if int(fields[3]) == session_id and fields[0] != "Z":
                 members[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         except (OSError, ValueError, IndexError):
@@ -240,6 +277,7 @@ def _short_command(command: str) -> str:
 
 # --- what a kill left behind ---------------------------------------------------------------------
 
+
 def _read_only(database: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | None:
     """Rows from a SQLite file opened read-only: looking must not create or repair anything
     the next scan would otherwise find broken."""
@@ -257,10 +295,12 @@ def _read_only(database: Path, query: str, params: tuple[Any, ...] = ()) -> list
 
 def left_behind(workspace: Path, inputs: ScanInputs) -> dict[str, Any]:
     sha256 = _sha256(inputs.batch)
-    runs = _read_only(workspace / "mlflow.db",
-                      "SELECT status, count(*) FROM runs WHERE run_uuid IN "
-                      "(SELECT run_uuid FROM tags WHERE key = 'batch_sha256' AND value = ?) GROUP BY status",
-                      (sha256,))
+    runs = _read_only(
+        workspace / "mlflow.db",
+        "SELECT status, count(*) FROM runs WHERE run_uuid IN "
+        "(SELECT run_uuid FROM tags WHERE key = 'batch_sha256' AND value = ?) GROUP BY status",
+        (sha256,),
+    )
     in_ledger = _read_only(workspace / "ledger.sqlite", "SELECT count(*) FROM batches WHERE sha256 = ?", (sha256,))
     staging = workspace / "staging"
     return {
@@ -283,8 +323,15 @@ def describe(state: dict[str, Any]) -> str:
 
 # --- checking the recovery -----------------------------------------------------------------------
 
-def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quarantined: set[int] | None = None,
-                   run_verify_cli: bool = True, gate_out: Path | None = None) -> Recovery:
+
+def recovery_check(
+    inputs: ScanInputs,
+    workspace: Path,
+    out: Path,
+    expected_quarantined: set[int] | None = None,
+    run_verify_cli: bool = True,
+    gate_out: Path | None = None,
+) -> Recovery:
     """Everything the final (uninterrupted) scan must have left, as a list of problems."""
     import pandas as pd
 
@@ -335,8 +382,10 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
         rows = []
     if recorded is not None and [b.sha256 for b in recorded] != [sha256]:
         problems.append(f"ledger holds {len(recorded)} batch(es) for the dataset, expected exactly this one")
-    placements["ledger"] = (sorted(r.row_number for r in rows if r.initial_status == RowStatus.ACCEPTED),
-                            sorted(r.row_number for r in rows if r.initial_status == RowStatus.PENDING))
+    placements["ledger"] = (
+        sorted(r.row_number for r in rows if r.initial_status == RowStatus.ACCEPTED),
+        sorted(r.row_number for r in rows if r.initial_status == RowStatus.PENDING),
+    )
 
     for where, (accepted, quarantined) in placements.items():
         both = accepted + quarantined
@@ -345,8 +394,7 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
         result.rows_lost = max(result.rows_lost, len(lost))
         result.rows_duplicated = max(result.rows_duplicated, duplicated)
         if lost or duplicated or set(both) != everything:
-            problems.append(f"{where}: {len(lost)} row(s) in neither accepted nor quarantined, {duplicated} "
-                            "counted twice")
+            problems.append(f"{where}: {len(lost)} row(s) in neither accepted nor quarantined, {duplicated} counted twice")
     reference = placements.get("workspace")
     for where, placed in placements.items():
         if reference is not None and placed != reference:
@@ -361,32 +409,47 @@ def recovery_check(inputs: ScanInputs, workspace: Path, out: Path, expected_quar
         result.runs[run.info.status] = result.runs.get(run.info.status, 0) + 1
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if len(finished) != 1 or result.runs.get("RUNNING"):
-        problems.append(f"MLflow runs for the batch: {result.runs or 'none'}; expected exactly one FINISHED, "
-                        "none RUNNING")
+        problems.append(f"MLflow runs for the batch: {result.runs or 'none'}; expected exactly one FINISHED, none RUNNING")
     if finished:
         run = finished[0]
         named = {summary.get("mlflow", {}).get("run_id")} | {b.mlflow_run_id for b in recorded or []}
         if named != {run.info.run_id}:
-            problems.append(f"the FINISHED run {run.info.run_id} is not the one summary.json and the ledger name "
-                            f"({sorted(map(str, named))})")
+            problems.append(
+                f"the FINISHED run {run.info.run_id} is not the one summary.json and the ledger name "
+                f"({sorted(map(str, named))})"
+            )
         from mlflow.tracking import MlflowClient
 
         artifacts = {a.path for a in MlflowClient(settings.tracking_uri).list_artifacts(run.info.run_id)}
         if not set(_RUN_ARTIFACTS) <= artifacts:
             problems.append(f"the FINISHED run lacks artifacts {sorted(set(_RUN_ARTIFACTS) - artifacts)}")
-        tagged = {k[len(provenance.FILE_TAG_PREFIX):]: v for k, v in run.data.tags.items()
-                  if k.startswith(provenance.FILE_TAG_PREFIX)}
+        tagged = {
+            k[len(provenance.FILE_TAG_PREFIX) :]: v
+            for k, v in run.data.tags.items()
+            if k.startswith(provenance.FILE_TAG_PREFIX)
+        }
         if recorded and tagged != (recorded[0].files or {}):
             problems.append("the FINISHED run's file_sha256 tags differ from the files the ledger recorded")
 
     if run_verify_cli:
-        verify = subprocess.run([str(POISONGUARD), "verify", "--workspace", str(workspace)], env=env,
-                                capture_output=True, text=True, cwd=REPO, check=False)
+        verify = subprocess.run(
+            [str(POISONGUARD), "verify", "--workspace", str(workspace)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
         if verify.returncode != 0:
             problems.append(f"poisonguard verify exited {verify.returncode}: {verify.stderr.strip()[:300]}")
     try:
-        gate(inputs.dataset, out=gate_out or workspace.parent / "gate", settings=settings, max_pending=n_rows,
-             review_poisoned=False)  # recovery, not review, is under test
+        gate(
+            inputs.dataset,
+            out=gate_out or workspace.parent / "gate",
+            settings=settings,
+            max_pending=n_rows,
+            review_poisoned=False,
+        )  # recovery, not review, is under test
     except (GateRefused, PoisonguardError) as exc:
         problems.append(f"the gate refused: {str(exc).splitlines()[0][:300]}")
     return result
@@ -400,6 +463,7 @@ def _sha256(path: Path) -> str:
 
 # --- the scenarios -------------------------------------------------------------------------------
 
+
 def named_scenarios(points: list[str]) -> list[Scenario]:
     scenarios = []
     for point in points:
@@ -412,10 +476,12 @@ def named_scenarios(points: list[str]) -> list[Scenario]:
 
 def repeated_scenarios() -> list[Scenario]:
     """Killed again while recovering: two abandoned runs, or an abandoned run with results."""
-    return [Scenario("twice: scan.run_started, then scan.detectors_fitted",
-                     (Kill("scan.run_started"), Kill("scan.detectors_fitted"))),
-            Scenario("twice: scan.results_logged, then scan.committed",
-                     (Kill("scan.results_logged"), Kill("scan.committed")))]
+    return [
+        Scenario(
+            "twice: scan.run_started, then scan.detectors_fitted", (Kill("scan.run_started"), Kill("scan.detectors_fitted"))
+        ),
+        Scenario("twice: scan.results_logged, then scan.committed", (Kill("scan.results_logged"), Kill("scan.committed"))),
+    ]
 
 
 def timed_scenarios(duration_s: float, count: int) -> list[Scenario]:
@@ -425,16 +491,16 @@ def timed_scenarios(duration_s: float, count: int) -> list[Scenario]:
     return [Scenario(f"timed {100 * f:.0f} %", (Kill(after_s=round(duration_s * f, 1)),)) for f in fractions]
 
 
-def run_scenario(inputs: ScanInputs, scenario: Scenario, root: Path,
-                 expected_quarantined: set[int] | None) -> dict[str, Any]:
+def run_scenario(
+    inputs: ScanInputs, scenario: Scenario, root: Path, expected_quarantined: set[int] | None
+) -> dict[str, Any]:
     workspace, out = root / "ws", root / "out"
     attempts = [run_scan(inputs, workspace, out, kill) for kill in scenario.kills]
     final = run_scan(inputs, workspace, out)
     problems = []
     for attempt in attempts:
         if attempt.kill is not None and attempt.kill.point is not None and not attempt.killed:
-            problems.append(f"{attempt.kill.point} was never reached "
-                            f"(exit {attempt.returncode}: {attempt.output_tail})")
+            problems.append(f"{attempt.kill.point} was never reached (exit {attempt.returncode}: {attempt.output_tail})")
     if final.returncode != 0:
         problems.append(f"the rerun exited {final.returncode}: {final.output_tail}")
         recovery = Recovery(problems=["not checked: the rerun failed"])
@@ -442,15 +508,30 @@ def run_scenario(inputs: ScanInputs, scenario: Scenario, root: Path,
         recovery = recovery_check(inputs, workspace, out, expected_quarantined, gate_out=root / "gate")
     return {
         "scenario": scenario.name,
-        "attempts": [{"kill": a.kill.label if a.kill else None, "killed": a.killed, "exit": a.returncode,
-                      "seconds": a.seconds, "left_behind": a.left_behind, "orphans": a.orphans}
-                     for a in attempts],
-        "rerun": {"exit": final.returncode, "seconds": final.seconds, "orphans": final.orphans,
-                  "duplicate": _was_redelivered(out)},
+        "attempts": [
+            {
+                "kill": a.kill.label if a.kill else None,
+                "killed": a.killed,
+                "exit": a.returncode,
+                "seconds": a.seconds,
+                "left_behind": a.left_behind,
+                "orphans": a.orphans,
+            }
+            for a in attempts
+        ],
+        "rerun": {
+            "exit": final.returncode,
+            "seconds": final.seconds,
+            "orphans": final.orphans,
+            "duplicate": _was_redelivered(out),
+        },
         "recovered": recovery.recovered and not problems,
         "problems": problems + recovery.problems,
-        "rows": recovery.rows, "rows_lost": recovery.rows_lost, "rows_duplicated": recovery.rows_duplicated,
-        "staging_left": recovery.staging_left, "runs": recovery.runs,
+        "rows": recovery.rows,
+        "rows_lost": recovery.rows_lost,
+        "rows_duplicated": recovery.rows_duplicated,
+        "staging_left": recovery.staging_left,
+        "runs": recovery.runs,
         "orphans": sum(len(a.orphans) for a in attempts) + len(final.orphans),
     }
 
@@ -463,6 +544,7 @@ def _was_redelivered(out: Path) -> bool:
 
 
 # --- the report ----------------------------------------------------------------------------------
+
 
 def markdown(record: dict[str, Any]) -> str:
     totals = record["totals"]
@@ -488,19 +570,23 @@ def markdown(record: dict[str, Any]) -> str:
         rerun = "redelivered" if s["rerun"]["duplicate"] else "full scan"
         runs = ", ".join(f"{n} {k}" for k, n in sorted(s["runs"].items())) or "none"
         problems = "; ".join(s["problems"]).replace("|", "\\|") or "–"
-        lines.append(f"| {i} | {killed} | {behind} | {rerun} ({s['rerun']['seconds']} s) | "
-                     f"{'yes' if s['recovered'] else '**no**'} | {s['rows_lost']} | {runs} | {s['staging_left']} | "
-                     f"{s['orphans']} | {problems} |")
+        lines.append(
+            f"| {i} | {killed} | {behind} | {rerun} ({s['rerun']['seconds']} s) | "
+            f"{'yes' if s['recovered'] else '**no**'} | {s['rows_lost']} | {runs} | {s['staging_left']} | "
+            f"{s['orphans']} | {problems} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=Path, default=DEFAULT_BATCH)
-    parser.add_argument("--points", default=",".join(CRASH_POINTS),
-                        help="comma-separated crash points (default: all of pipeline.faults.CRASH_POINTS)")
-    parser.add_argument("--timed", type=int, default=TIMED_KILLS,
-                        help=f"kills at timed moments (default {TIMED_KILLS})")
+    parser.add_argument(
+        "--points",
+        default=",".join(CRASH_POINTS),
+        help="comma-separated crash points (default: all of pipeline.faults.CRASH_POINTS)",
+    )
+    parser.add_argument("--timed", type=int, default=TIMED_KILLS, help=f"kills at timed moments (default {TIMED_KILLS})")
     parser.add_argument("--no-repeated", action="store_true", help="skip the scenarios killed twice")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "crash_injection.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "benchmarks" / "crash_injection.md")
@@ -517,28 +603,34 @@ def main(argv: list[str] | None = None) -> int:
     if calibration.returncode != 0:
         print(f"the uninterrupted scan failed: {calibration.output_tail}", file=sys.stderr)
         return 1
-    baseline = recovery_check(inputs, root / "calibration" / "ws", root / "calibration" / "out",
-                              gate_out=root / "calibration" / "gate")
+    baseline = recovery_check(
+        inputs, root / "calibration" / "ws", root / "calibration" / "out", gate_out=root / "calibration" / "gate"
+    )
     if not baseline.recovered:
         print(f"the uninterrupted scan is not consistent itself: {baseline.problems}", file=sys.stderr)
         return 1
     import pandas as pd
 
     expected = set(map(int, pd.read_parquet(root / "calibration" / "out" / "quarantined.parquet")["row_number"]))
-    print(f"uninterrupted scan: {calibration.seconds} s, {len(expected)} of {baseline.rows} rows quarantined",
-          flush=True)
+    print(f"uninterrupted scan: {calibration.seconds} s, {len(expected)} of {baseline.rows} rows quarantined", flush=True)
 
     # Timed kills first, while the machine's load is the one the calibration ran under.
-    scenarios = timed_scenarios(calibration.seconds, args.timed) + named_scenarios(points) + \
-        ([] if args.no_repeated else repeated_scenarios())
+    scenarios = (
+        timed_scenarios(calibration.seconds, args.timed)
+        + named_scenarios(points)
+        + ([] if args.no_repeated else repeated_scenarios())
+    )
     results: list[dict[str, Any]] = []
     for i, scenario in enumerate(scenarios, 1):
         folder = root / f"{i:02d}"
         result = run_scenario(inputs, scenario, folder, expected)
         results.append(result)
-        print(f"[{i}/{len(scenarios)}] {scenario.name}: {'recovered' if result['recovered'] else 'FAILED'} "
-              f"(left behind: {describe(result['attempts'][-1]['left_behind'])}; "
-              f"orphans {result['orphans']}) {'; '.join(result['problems'])}", flush=True)
+        print(
+            f"[{i}/{len(scenarios)}] {scenario.name}: {'recovered' if result['recovered'] else 'FAILED'} "
+            f"(left behind: {describe(result['attempts'][-1]['left_behind'])}; "
+            f"orphans {result['orphans']}) {'; '.join(result['problems'])}",
+            flush=True,
+        )
         if result["recovered"] and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
         # written after every scenario, so that a run cut short still leaves its results
@@ -551,16 +643,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if record["totals"]["recovered"] == len(results) else 1
 
 
-def results_record(inputs: ScanInputs, rows: int, calibration_s: float, results: list[dict[str, Any]],
-                   planned: int) -> dict[str, Any]:
+def results_record(
+    inputs: ScanInputs, rows: int, calibration_s: float, results: list[dict[str, Any]], planned: int
+) -> dict[str, Any]:
     kills = [a for r in results for a in r["attempts"]]
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "batch": inputs.batch.name, "rows": rows, "calibration_s": calibration_s,
+        "batch": inputs.batch.name,
+        "rows": rows,
+        "calibration_s": calibration_s,
         "scenarios": results,
         "totals": {
-            "scenarios": len(results), "planned": planned, "kills": len(kills),
+            "scenarios": len(results),
+            "planned": planned,
+            "kills": len(kills),
             "named_points": len({a["kill"] for a in kills if not a["kill"].startswith("SIGKILL")}),
             "timed": sum(1 for a in kills if a["kill"].startswith("SIGKILL")),
             "kills_landed": sum(1 for a in kills if a["killed"]),

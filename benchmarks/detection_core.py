@@ -38,15 +38,38 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT_JSON = REPO / "benchmarks" / "detection_core.json"
 SHARED = REPO.parent / "shared" / "datasets"
 # (file, label, columns never used as features)
-DATASETS = {"hmda": ("hmda.parquet", "deny", ("afam",)), "spam7": ("spam7.parquet", "yesno", ()),
-            "creditcard": ("creditcard.parquet", "card", ()), "swisslabor": ("swisslabor.parquet", "participation", ()),
-            "wells": ("wells.parquet", "switch", ()), "healthinsurance": ("healthinsurance.parquet", "health", ()),
-            "data_samples": (None, "deny", ("afam",))}
+DATASETS = {
+    "hmda": ("hmda.parquet", "deny", ("afam",)),
+    "spam7": ("spam7.parquet", "yesno", ()),
+    "creditcard": ("creditcard.parquet", "card", ()),
+    "swisslabor": ("swisslabor.parquet", "participation", ()),
+    "wells": ("wells.parquet", "switch", ()),
+    "healthinsurance": ("healthinsurance.parquet", "health", ()),
+    "data_samples": (None, "deny", ("afam",)),
+}
 FRACTIONS = (0.45, 0.15, 0.15, 0.25)  # reference, holdout, test, batch
-ATTACKS = ["clean", "covariate_shift", "random_flip_5", "random_flip_10", "random_flip_30", "targeted_flip",
-           "boundary_flip", "concentrated", "duplicate_flood", "backdoor", "outliers"]
-LABEL_ATTACKS = {"random_flip_5", "random_flip_10", "random_flip_30", "targeted_flip", "boundary_flip", "concentrated",
-                 "duplicate_flood"}
+ATTACKS = [
+    "clean",
+    "covariate_shift",
+    "random_flip_5",
+    "random_flip_10",
+    "random_flip_30",
+    "targeted_flip",
+    "boundary_flip",
+    "concentrated",
+    "duplicate_flood",
+    "backdoor",
+    "outliers",
+]
+LABEL_ATTACKS = {
+    "random_flip_5",
+    "random_flip_10",
+    "random_flip_30",
+    "targeted_flip",
+    "boundary_flip",
+    "concentrated",
+    "duplicate_flood",
+}
 ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
 ART_SEEDS = 3
 HOLD_VARIANTS = ("estimate", "likely", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
@@ -54,11 +77,17 @@ HOLD_VARIANTS = ("estimate", "likely", "fdr", "lower", "off")  # policy.evidence
 
 # --- datasets, splits, attacks -------------------------------------------------------------------
 
+
 def load(name: str) -> tuple[pd.DataFrame, str, tuple[str, ...]]:
     file, label, exclude = DATASETS[name]
     if file is None:
-        frame = pd.concat([pd.read_parquet(REPO / "data_samples" / f) for f in
-                           ("reference.parquet", "holdout.parquet", "batch_05_clean.parquet")], ignore_index=True)
+        frame = pd.concat(
+            [
+                pd.read_parquet(REPO / "data_samples" / f)
+                for f in ("reference.parquet", "holdout.parquet", "batch_05_clean.parquet")
+            ],
+            ignore_index=True,
+        )
     else:
         frame = pd.read_parquet(SHARED / file)
     return frame, label, exclude
@@ -184,6 +213,7 @@ def _appended(batch: pd.DataFrame, blocks: list[pd.DataFrame], poison: np.ndarra
 
 # --- poisonguard: the scan's own steps ------------------------------------------------------------
 
+
 class Poisonguard:
     """The product: ``pipeline.scan``'s steps on files, from an inferred suite to the decisions."""
 
@@ -198,15 +228,25 @@ class Poisonguard:
         self.folder = folder
         for part in ("reference", "holdout"):
             getattr(s, part).drop(columns=[ROW_NUMBER]).to_parquet(folder / f"{part}.parquet", index=False)
-        suite = infer_suite(s.reference.drop(columns=[ROW_NUMBER]), s.spec.label, "benchmark",
-                            protected=tuple(c for c in s.reference.columns
-                                            if c not in (*s.spec.features, s.spec.label, ROW_NUMBER)))
+        suite = infer_suite(
+            s.reference.drop(columns=[ROW_NUMBER]),
+            s.spec.label,
+            "benchmark",
+            protected=tuple(c for c in s.reference.columns if c not in (*s.spec.features, s.spec.label, ROW_NUMBER)),
+        )
         save_suite(suite, folder / "suite.json")
-        self.settings = Settings.from_environment(folder / "workspace", {"POISONGUARD_FIT_CACHE": "off",
-                                                                        "POISONGUARD_USER": "benchmark"})
-        self.request = scan.ScanRequest(batch=folder / "batch.parquet", reference=folder / "reference.parquet",
-                                        label=s.spec.label, out=folder / "out", suite=folder / "suite.json",
-                                        holdout=folder / "holdout.parquet", dataset="benchmark")
+        self.settings = Settings.from_environment(
+            folder / "workspace", {"POISONGUARD_FIT_CACHE": "off", "POISONGUARD_USER": "benchmark"}
+        )
+        self.request = scan.ScanRequest(
+            batch=folder / "batch.parquet",
+            reference=folder / "reference.parquet",
+            label=s.spec.label,
+            out=folder / "out",
+            suite=folder / "suite.json",
+            holdout=folder / "holdout.parquet",
+            dataset="benchmark",
+        )
         started = time.perf_counter()
         self.trusted = scan.load_trusted(self.request, self.settings)
         self.detectors = scan.fit_detectors(self.trusted, self.settings)
@@ -234,14 +274,22 @@ class Poisonguard:
             settings = replace(self.settings, policy=replace(self.settings.policy, evidence_hold=hold))
             other = scan.decide_batch(conformed, outcome, self.detectors, scores, settings, verdict, self.trusted)
             variants[hold] = other.table.set_index(ROW_NUMBER).loc[np.arange(len(batch)), "quarantined"].to_numpy(bool)
-        return {"flagged": table["quarantined"].to_numpy(bool), "score": table["suspicion"].to_numpy(float),
-                "variants": variants,
-                "verdict": verdict, "conformed": conformed, "outcome": outcome,
-                "label_pvalue": 1.0 - scores["label_consistency"].set_index(ROW_NUMBER)["calibrated"]
-                .reindex(np.arange(len(batch))).to_numpy() if "label_consistency" in scores else None}
+        return {
+            "flagged": table["quarantined"].to_numpy(bool),
+            "score": table["suspicion"].to_numpy(float),
+            "variants": variants,
+            "verdict": verdict,
+            "conformed": conformed,
+            "outcome": outcome,
+            "label_pvalue": 1.0
+            - scores["label_consistency"].set_index(ROW_NUMBER)["calibrated"].reindex(np.arange(len(batch))).to_numpy()
+            if "label_consistency" in scores
+            else None,
+        }
 
 
 # --- peers ---------------------------------------------------------------------------------------
+
 
 def _combined(s: Split, batch: pd.DataFrame):
     from pipeline.detectors.features import feature_frame, make_encoder
@@ -258,10 +306,12 @@ def cleanlab_peer(make: Callable[[], object], name: str):
 
         X, y, n_ref = _combined(s, batch)
         _classes, codes = np.unique(y, return_inverse=True)
-        probs = cross_val_predict(make(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                                  method="predict_proba")
+        probs = cross_val_predict(
+            make(), X, codes, cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba"
+        )
         issues = find_label_issues(codes, probs)
         return issues[n_ref:], (1.0 - probs[np.arange(len(codes)), codes])[n_ref:]
+
     run.name = name
     return run
 
@@ -274,6 +324,8 @@ def knn_sanitisation(s: Split, batch: pd.DataFrame, k: int = 10, eta: float = 0.
     _, index = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[n_ref:])
     agree = (y[index[:, 1:]] == y[n_ref:, None]).mean(axis=1)
     return agree < eta, 1.0 - agree
+
+
 knn_sanitisation.name = "knn_sanitisation"
 
 
@@ -282,6 +334,7 @@ def pyod_peer(make, name: str):
         X, _, n_ref = _combined(s, batch)
         model = make().fit(X)
         return model.labels_[n_ref:].astype(bool), model.decision_scores_[n_ref:]
+
     run.name = name
     return run
 
@@ -291,6 +344,7 @@ def art_roni(corrected: bool):
     arg-max is passed in ("as shipped" otherwise); ART compares performance with the sign
     inverted, so the corrected variant hands it -accuracy. Quiz and calibration sets are drawn
     from the suspect data, as ART does."""
+
     def run(s: Split, batch: pd.DataFrame):
         from art.defences.detector.poison import RONIDefense
         from art.estimators.classification import SklearnClassifier
@@ -304,12 +358,18 @@ def art_roni(corrected: bool):
         model = SklearnClassifier(LogisticRegression(max_iter=2000))
         model.fit(encoder.transform(feature_frame(s.reference, s.spec)), onehot(s.reference))
         accuracy = lambda y, p: float((np.argmax(y, 1) == np.argmax(p, 1)).mean())  # noqa: E731
-        defence = RONIDefense(model, encoder.transform(feature_frame(batch, s.spec)), onehot(batch),
-                              encoder.transform(feature_frame(s.holdout, s.spec)), onehot(s.holdout),
-                              perf_func=(lambda y, p: -accuracy(y, p)) if corrected else accuracy)
+        defence = RONIDefense(
+            model,
+            encoder.transform(feature_frame(batch, s.spec)),
+            onehot(batch),
+            encoder.transform(feature_frame(s.holdout, s.spec)),
+            onehot(s.holdout),
+            perf_func=(lambda y, p: -accuracy(y, p)) if corrected else accuracy,
+        )
         _, is_clean = defence.detect_poison()
         flagged = np.asarray(is_clean) == 0
         return flagged, flagged.astype(float)
+
     run.name = "art_roni_sign_corrected" if corrected else "art_roni_as_shipped"
     return run
 
@@ -320,14 +380,17 @@ def peers() -> list:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    return [cleanlab_peer(lambda: LogisticRegression(max_iter=2000), "cleanlab_logistic"),
-            cleanlab_peer(lambda: HistGradientBoostingClassifier(max_iter=100, random_state=0), "cleanlab_gbm"),
-            knn_sanitisation,
-            pyod_peer(lambda: IForest(random_state=0), "iforest"),
-            pyod_peer(lambda: ECOD(), "ecod")]
+    return [
+        cleanlab_peer(lambda: LogisticRegression(max_iter=2000), "cleanlab_logistic"),
+        cleanlab_peer(lambda: HistGradientBoostingClassifier(max_iter=100, random_state=0), "cleanlab_gbm"),
+        knn_sanitisation,
+        pyod_peer(lambda: IForest(random_state=0), "iforest"),
+        pyod_peer(lambda: ECOD(), "ecod"),
+    ]
 
 
 # --- metrics -------------------------------------------------------------------------------------
+
 
 def detection_metrics(flagged: np.ndarray, score: np.ndarray, poison: np.ndarray) -> dict:
     from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
@@ -335,10 +398,13 @@ def detection_metrics(flagged: np.ndarray, score: np.ndarray, poison: np.ndarray
     row = {"flagged": int(flagged.sum()), "false_quarantine": float(flagged[~poison].mean()) if (~poison).any() else None}
     if poison.any():
         k = int(poison.sum())
-        row.update(precision=float(precision_score(poison, flagged, zero_division=0)),
-                   recall=float(recall_score(poison, flagged)), f1=float(f1_score(poison, flagged)),
-                   auroc=float(roc_auc_score(poison, np.nan_to_num(score))) if (~poison).any() else None,
-                   precision_at_k=float(poison[np.argsort(-np.nan_to_num(score), kind="stable")[:k]].mean()))
+        row.update(
+            precision=float(precision_score(poison, flagged, zero_division=0)),
+            recall=float(recall_score(poison, flagged)),
+            f1=float(f1_score(poison, flagged)),
+            auroc=float(roc_auc_score(poison, np.nan_to_num(score))) if (~poison).any() else None,
+            precision_at_k=float(poison[np.argsort(-np.nan_to_num(score), kind="stable")[:k]].mean()),
+        )
     return row
 
 
@@ -359,12 +425,15 @@ def recovery(s: Split, batch, poison, flagged) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     out = {}
-    for model_name, make in (("logistic", lambda: LogisticRegression(max_iter=2000)),
-                             ("gbm", lambda: HistGradientBoostingClassifier(random_state=0))):
+    for model_name, make in (
+        ("logistic", lambda: LogisticRegression(max_iter=2000)),
+        ("gbm", lambda: HistGradientBoostingClassifier(random_state=0)),
+    ):
         poisoned, clean = accuracy_after(s, batch, make), accuracy_after(s, batch[~poison], make)
         out[f"cost_{model_name}"] = clean - poisoned
-        out[f"recovery_{model_name}"] = None if clean - poisoned < 0.005 else \
-            (accuracy_after(s, batch[~flagged], make) - poisoned) / (clean - poisoned)
+        out[f"recovery_{model_name}"] = (
+            None if clean - poisoned < 0.005 else (accuracy_after(s, batch[~flagged], make) - poisoned) / (clean - poisoned)
+        )
     return out
 
 
@@ -399,8 +468,13 @@ def oracle_precision_at_k(s: Split, batch: pd.DataFrame, poison: np.ndarray) -> 
     clean = pd.concat([s.reference, s.holdout, s.test, s.batch], ignore_index=True)
     X = make_encoder(s.spec).fit_transform(feature_frame(clean, s.spec))
     y = clean[s.spec.label].astype(str).to_numpy()
-    proba = cross_val_predict(HistGradientBoostingClassifier(max_iter=200, random_state=0), X, y,
-                              cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")[-len(s.batch):]
+    proba = cross_val_predict(
+        HistGradientBoostingClassifier(max_iter=200, random_state=0),
+        X,
+        y,
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        method="predict_proba",
+    )[-len(s.batch) :]
     classes = np.unique(y)
     observed = batch[s.spec.label].astype(str).to_numpy()
     suspicion = 1.0 - proba[np.arange(len(batch)), np.searchsorted(classes, observed)]
@@ -424,6 +498,7 @@ def roni_says_it_hurts(s: Split, result: dict, poison: np.ndarray) -> dict:
 
 # --- one dataset and seed ------------------------------------------------------------------------
 
+
 def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
     name, seed, ours_only, attacks = task
     warnings.filterwarnings("ignore")
@@ -431,8 +506,12 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as folder:
         product = Poisonguard(s, Path(folder))
-        base = {"dataset": name, "seed": seed, "holdout_held_share": product.holdout_held_share,
-                "fit_seconds": round(product.fit_seconds, 2)}
+        base = {
+            "dataset": name,
+            "seed": seed,
+            "holdout_held_share": product.holdout_held_share,
+            "fit_seconds": round(product.fit_seconds, 2),
+        }
         for attack_name in attacks:
             rng = np.random.default_rng([seed, ATTACKS.index(attack_name)])
             batch, poison = attack(attack_name, s, rng)
@@ -441,22 +520,30 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
             result = product(s, batch)
             verdict = result["verdict"]
             low, high = verdict.interval
-            row = case | {"method": "poisonguard", "seconds": round(time.perf_counter() - started, 3),
-                          "verdict_poisoned": verdict.poisoned, "verdict_p": verdict.p_value,
-                          "estimate": verdict.estimated_poisoned_rows, "interval_low": low, "interval_high": high,
-                          "covered": bool(low <= poison.sum() <= high),
-                          "kinds": {k: [e.estimate, *e.interval, e.p_value] for k, e in verdict.by_kind.items()},
-                          "significant": [k for k in verdict.by_kind if verdict.significant(k)]}
+            row = case | {
+                "method": "poisonguard",
+                "seconds": round(time.perf_counter() - started, 3),
+                "verdict_poisoned": verdict.poisoned,
+                "verdict_p": verdict.p_value,
+                "estimate": verdict.estimated_poisoned_rows,
+                "interval_low": low,
+                "interval_high": high,
+                "covered": bool(low <= poison.sum() <= high),
+                "kinds": {k: [e.estimate, *e.interval, e.p_value] for k, e in verdict.by_kind.items()},
+                "significant": [k for k in verdict.by_kind if verdict.significant(k)],
+            }
             row |= detection_metrics(result["flagged"], result["score"], poison)
             for hold, flagged in result["variants"].items():
-                rows.append(case | {"method": f"poisonguard[hold={hold}]"}
-                            | detection_metrics(flagged, result["score"], poison))
+                rows.append(
+                    case | {"method": f"poisonguard[hold={hold}]"} | detection_metrics(flagged, result["score"], poison)
+                )
             if attack_name in LABEL_ATTACKS:
                 row |= recovery(s, batch, poison, result["flagged"])
             if attack_name == "random_flip_10":
                 row["oracle_precision_at_k"] = oracle_precision_at_k(s, batch, poison)
-                row["label_precision_at_k"] = float(poison[np.argsort(result["label_pvalue"], kind="stable")
-                                                           [:int(poison.sum())]].mean())
+                row["label_precision_at_k"] = float(
+                    poison[np.argsort(result["label_pvalue"], kind="stable")[: int(poison.sum())]].mean()
+                )
             if attack_name == "boundary_flip":
                 row |= roni_says_it_hurts(s, result, poison)
             if attack_name == "backdoor":
@@ -472,19 +559,36 @@ def run_case(task: tuple[str, int, bool, list[str]]) -> list[dict]:
             for method in methods:
                 started = time.perf_counter()
                 flagged, score = method(s, batch)
-                rows.append(case | {"method": method.name, "seconds": round(time.perf_counter() - started, 3)}
-                            | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison))
+                rows.append(
+                    case
+                    | {"method": method.name, "seconds": round(time.perf_counter() - started, 3)}
+                    | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison)
+                )
             if subsample is not None:
                 small = _renumbered(batch.iloc[subsample])
                 for method in (art_roni(False), art_roni(True), *methods[:1]):
                     flagged, score = method(s, small)
-                    rows.append(case | {"attack": f"{attack_name}_subsample{ART_SUBSAMPLE}", "method": method.name,
-                                        "rows": len(small), "poisoned": int(poison[subsample].sum())}
-                                | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison[subsample]))
+                    rows.append(
+                        case
+                        | {
+                            "attack": f"{attack_name}_subsample{ART_SUBSAMPLE}",
+                            "method": method.name,
+                            "rows": len(small),
+                            "poisoned": int(poison[subsample].sum()),
+                        }
+                        | detection_metrics(np.asarray(flagged, bool), np.asarray(score, float), poison[subsample])
+                    )
                 ours = product(s, small)
-                rows.append(case | {"attack": f"{attack_name}_subsample{ART_SUBSAMPLE}", "method": "poisonguard",
-                                    "rows": len(small), "poisoned": int(poison[subsample].sum())}
-                            | detection_metrics(ours["flagged"], ours["score"], poison[subsample]))
+                rows.append(
+                    case
+                    | {
+                        "attack": f"{attack_name}_subsample{ART_SUBSAMPLE}",
+                        "method": "poisonguard",
+                        "rows": len(small),
+                        "poisoned": int(poison[subsample].sum()),
+                    }
+                    | detection_metrics(ours["flagged"], ours["score"], poison[subsample])
+                )
     print(f"{name} seed {seed}: {len(rows)} rows", flush=True)
     return rows
 
@@ -495,9 +599,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--attacks", default=",".join(ATTACKS))
-    parser.add_argument("--ours-only", action="store_true",
-                        help="rerun poisonguard only and keep the peers' rows of the last detection_core.json: "
-                             "the cases (splits, attack seeds) are the same, and the peers' code did not change")
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="rerun poisonguard only and keep the peers' rows of the last detection_core.json: "
+        "the cases (splits, attack seeds) are the same, and the peers' code did not change",
+    )
     parser.add_argument("--output", type=Path, default=RESULT_JSON)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the jobs share the cores; threads within each fight
@@ -508,12 +615,20 @@ def main() -> None:
         rows = [row for part in pool.map(run_case, tasks) for row in part]
     if args.ours_only and args.output.exists():
         ran = {(r["dataset"], r["seed"], r["attack"]) for r in rows}
-        rows += [r for r in json.loads(args.output.read_text())["rows"]
-                 if not r["method"].startswith("poisonguard")
-                 and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran]
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-              f"Python {platform.python_version()}", "seeds": args.seeds, "minutes": round((time.time() - started) / 60, 1),
-              "peers_rerun": not args.ours_only, "rows": rows}
+        rows += [
+            r
+            for r in json.loads(args.output.read_text())["rows"]
+            if not r["method"].startswith("poisonguard")
+            and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran
+        ]
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seeds": args.seeds,
+        "minutes": round((time.time() - started) / 60, 1),
+        "peers_rerun": not args.ours_only,
+        "rows": rows,
+    }
     args.output.write_text(json.dumps(record, indent=0, default=_plain) + "\n")
     if args.output == RESULT_JSON:
         write_results(record)
@@ -540,7 +655,7 @@ def write_results(record: dict) -> None:
     path = REPO / "benchmarks" / "RESULTS.md"
     text = path.read_text()
     if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n## Detection core (`benchmarks/detection_core.py`)\n\n" + section + "\n"
     path.write_text(text)

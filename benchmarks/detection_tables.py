@@ -35,9 +35,11 @@ def verdict_table(rows: list[dict]) -> list[str]:
     for row in rows:
         if row["method"] == OURS and "_subsample" not in row["attack"]:
             cases[(row["dataset"], row["attack"])].append(row)
-    lines = ["| dataset | attack | seeds | rows | poisoned rows | called poisoned | interval holds truth | "
-             "estimate | held | recall | precision | F1 | clean rows held | AUROC |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | attack | seeds | rows | poisoned rows | called poisoned | interval holds truth | "
+        "estimate | held | recall | precision | F1 | clean rows held | AUROC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (dataset, attack), found in sorted(cases.items()):
         poisoned = found[0]["poisoned"]
         lines.append(
@@ -47,7 +49,8 @@ def verdict_table(rows: list[dict]) -> list[str]:
             f"{_fmt(_mean(r['estimate'] for r in found), 1)} | {_fmt(_mean(r['flagged'] for r in found), 1)} | "
             f"{_fmt(_mean(r.get('recall') for r in found))} | {_fmt(_mean(r.get('precision') for r in found))} | "
             f"{_fmt(_mean(r.get('f1') for r in found))} | {_pct(_mean(r.get('false_quarantine') for r in found))} | "
-            f"{_fmt(_mean(r.get('auroc') for r in found))} |")
+            f"{_fmt(_mean(r.get('auroc') for r in found))} |"
+        )
     return lines
 
 
@@ -71,8 +74,10 @@ def peer_table(rows: list[dict]) -> list[str]:
             elif attack in ("clean", "covariate_shift"):
                 cells.append(f"held {_pct(_mean(r.get('false_quarantine') for r in found))}")
             else:
-                cells.append(f"F1 {_fmt(_mean(r.get('f1') for r in found))} / clean held "
-                             f"{_pct(_mean(r.get('false_quarantine') for r in found))}")
+                cells.append(
+                    f"F1 {_fmt(_mean(r.get('f1') for r in found))} / clean held "
+                    f"{_pct(_mean(r.get('false_quarantine') for r in found))}"
+                )
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     return lines
 
@@ -87,14 +92,22 @@ def detection_section(record: dict, begin: str, end: str) -> str:
     rows = record["rows"]
     ours = [r for r in rows if r["method"] == OURS]
     holdout = _mean(r.get("holdout_held_share") for r in ours)
-    head = [begin, "",
-            f"Run {record['date']} on {record['machine']}: {record['seeds']} seed(s) per dataset and attack, "
-            f"{record['minutes']} min; peers {_peers_note(record)}. "
-            f"Trusted holdout rows held at the product's threshold: {_pct(holdout)} (target 1 %).", "",
-            "### The batch verdict and the rows held (poisonguard, default policy)", ""]
+    head = [
+        begin,
+        "",
+        f"Run {record['date']} on {record['machine']}: {record['seeds']} seed(s) per dataset and attack, "
+        f"{record['minutes']} min; peers {_peers_note(record)}. "
+        f"Trusted holdout rows held at the product's threshold: {_pct(holdout)} (target 1 %).",
+        "",
+        "### The batch verdict and the rows held (poisonguard, default policy)",
+        "",
+    ]
     peers = any(not r["method"].startswith(OURS) for r in rows)
-    title = ("### Against the peers, at the hold each applies" if peers else
-             "### The ways of holding a significant kind's rows, side by side (peers not in this run)")
+    title = (
+        "### Against the peers, at the hold each applies"
+        if peers
+        else "### The ways of holding a significant kind's rows, side by side (peers not in this run)"
+    )
     return "\n".join([*head, *verdict_table(rows), "", title, "", *peer_table(rows), "", end])
 
 

@@ -32,8 +32,13 @@ def main() -> None:
         in_batch = np.r_[np.zeros(len(clean) - len(s.batch), bool), np.ones(len(s.batch), bool)]
         X = make_encoder(s.spec).fit_transform(feature_frame(clean, s.spec))
         y = clean[label].astype(str).to_numpy()
-        proba = cross_val_predict(HistGradientBoostingClassifier(max_iter=200, random_state=0), X, y,
-                                  cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")
+        proba = cross_val_predict(
+            HistGradientBoostingClassifier(max_iter=200, random_state=0),
+            X,
+            y,
+            cv=StratifiedKFold(5, shuffle=True, random_state=0),
+            method="predict_proba",
+        )
         classes = np.unique(y)
         batch_proba = proba[in_batch]
         true = y[in_batch]
@@ -46,11 +51,14 @@ def main() -> None:
             flipped = np.zeros(n, bool)
             flipped[rows] = True
             suspicion = 1.0 - batch_proba[np.arange(n), np.searchsorted(classes, observed)]
-            top = np.argsort(-suspicion, kind="stable")[:len(rows)]
+            top = np.argsort(-suspicion, kind="stable")[: len(rows)]
             p_at_k.append(flipped[top].mean())
             aurocs.append(roc_auc_score(flipped, suspicion))
-        print(f"{dataset.name:14s} batch {len(true):5d}  flips {len(rows):4d}  oracle p@k {np.mean(p_at_k):.2f} "
-              f"(min {np.min(p_at_k):.2f}, max {np.max(p_at_k):.2f})  AUROC {np.mean(aurocs):.3f}", flush=True)
+        print(
+            f"{dataset.name:14s} batch {len(true):5d}  flips {len(rows):4d}  oracle p@k {np.mean(p_at_k):.2f} "
+            f"(min {np.min(p_at_k):.2f}, max {np.max(p_at_k):.2f})  AUROC {np.mean(aurocs):.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -80,12 +80,20 @@ class Tally:
             stem.with_suffix(".case.txt").write_text(repr(self.current))
 
     def as_dict(self) -> dict:
-        result = {"cases": sum(self.outcomes.values()), "outcomes": dict(self.outcomes.most_common()),
-                  "seconds": round(self.seconds, 1), "slowest_case_seconds": round(self.slowest, 2)}
+        result = {
+            "cases": sum(self.outcomes.values()),
+            "outcomes": dict(self.outcomes.most_common()),
+            "seconds": round(self.seconds, 1),
+            "slowest_case_seconds": round(self.slowest, 2),
+        }
         if self.rows_in:
-            result["rows"] = {"in": self.rows_in, "accepted": self.rows_accepted,
-                              "quarantined": self.rows_quarantined, "lost": self.rows_lost,
-                              "duplicated": self.rows_duplicated}
+            result["rows"] = {
+                "in": self.rows_in,
+                "accepted": self.rows_accepted,
+                "quarantined": self.rows_quarantined,
+                "lost": self.rows_lost,
+                "duplicated": self.rows_duplicated,
+            }
         return result
 
 
@@ -169,20 +177,23 @@ def main() -> None:
 
 
 def print_report(report: dict) -> None:
-    print(f"poisonguard fuzzing, {report['date']}, {report['machine']}, seed {report['seed']}, "
-          f"{report['wall_seconds']} s")
+    print(f"poisonguard fuzzing, {report['date']}, {report['machine']}, seed {report['seed']}, {report['wall_seconds']} s")
     for name, tally in report["generators"].items():
         print(f"\n{name}: {tally['cases']:,} cases in {tally['seconds']} s (slowest {tally['slowest_case_seconds']} s)")
         for outcome, count in tally["outcomes"].items():
             print(f"  {count:6,}  {outcome}")
         if "rows" in tally:
             rows = tally["rows"]
-            print(f"  rows: {rows['in']:,} in, {rows['accepted']:,} accepted, {rows['quarantined']:,} quarantined, "
-                  f"{rows['lost']} lost, {rows['duplicated']} duplicated")
+            print(
+                f"  rows: {rows['in']:,} in, {rows['accepted']:,} accepted, {rows['quarantined']:,} quarantined, "
+                f"{rows['lost']} lost, {rows['duplicated']} duplicated"
+            )
     totals = report["totals"]
-    print(f"\nTotal: {totals['read_cases']:,} read cases, {totals['scan_cases']:,} scan cases "
-          f"({totals['completed_scans']:,} completed, {totals['rows_scanned']:,} rows); "
-          f"failures {totals['failures']}; rows lost {totals['rows_lost']}, duplicated {totals['rows_duplicated']}.")
+    print(
+        f"\nTotal: {totals['read_cases']:,} read cases, {totals['scan_cases']:,} scan cases "
+        f"({totals['completed_scans']:,} completed, {totals['rows_scanned']:,} rows); "
+        f"failures {totals['failures']}; rows lost {totals['rows_lost']}, duplicated {totals['rows_duplicated']}."
+    )
 
 
 if __name__ == "__main__":

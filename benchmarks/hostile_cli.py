@@ -84,8 +84,11 @@ class Outcome:
             found.append("traceback or internal error")
         if any(ch in text for ch in "\x1b\x07\u202e\r"):
             found.append("raw control character printed")
-        if (self.code != 0 and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: "))
-                and not (self.expected == 3 and self.stderr.startswith("poisonguard: "))):  # refusals list problems
+        if (
+            self.code != 0
+            and (len(self.stderr.strip().splitlines()) != 1 or not self.stderr.startswith("poisonguard: "))
+            and not (self.expected == 3 and self.stderr.startswith("poisonguard: "))
+        ):  # refusals list problems
             found.append("not one line on stderr")
         if self.modified:
             found.append(f"input modified: {', '.join(self.modified)}")
@@ -93,6 +96,7 @@ class Outcome:
 
 
 # --- the hostile inputs ------------------------------------------------------------------------
+
 
 def write_inputs(folder: Path) -> dict[str, Path]:
     """The tables and files of the matrix, in ``folder``; returns them by role."""
@@ -141,44 +145,100 @@ def hostile_runs(root: Path) -> tuple[list[Run], dict[str, Path]]:
     rows = [f"{batch_id}:{n}" for n in HELD_ROWS]
 
     def scan(table: Path, out_dir: Path, *extra) -> tuple:
-        return ("scan", table, "--reference", reference, "--label", "deny", "--dataset", DATASET,
-                "--out", out_dir, *workspace, *extra)
+        return (
+            "scan",
+            table,
+            "--reference",
+            reference,
+            "--label",
+            "deny",
+            "--dataset",
+            DATASET,
+            "--out",
+            out_dir,
+            *workspace,
+            *extra,
+        )
 
     runs = []
     bad = [name for name in inputs if name not in ("reference", "batch", "a_file")]
     for name in bad:  # refused by profile (as a reference) and by scan (as a batch): one line, exit 2
-        runs.append(Run(f"profile {name}", ("profile", inputs[name], "--label", "deny", "--out",
-                                            root / "suites" / f"{name}.json"), 2))
+        runs.append(
+            Run(
+                f"profile {name}", ("profile", inputs[name], "--label", "deny", "--out", root / "suites" / f"{name}.json"), 2
+            )
+        )
         runs.append(Run(f"scan {name}", scan(inputs[name], out / name), 2))
     runs += [
         Run("scan --out the inputs' folder", scan(batch, root / "in"), 2),
         Run("scan --out inside the workspace", scan(batch, ws / "datasets"), 2),
         Run("scan --out a file", scan(batch, inputs["a_file"]), 2),
-        Run("scan --workspace a file", ("scan", batch, "--reference", reference, "--label", "deny",
-                                        "--out", out / "x", "--workspace", inputs["a_file"]), 2),
-        Run("profile the hostile reference", ("profile", reference, "--label", "deny",
-                                              "--out", root / "suites" / "hostile.json"), 0),
+        Run(
+            "scan --workspace a file",
+            (
+                "scan",
+                batch,
+                "--reference",
+                reference,
+                "--label",
+                "deny",
+                "--out",
+                out / "x",
+                "--workspace",
+                inputs["a_file"],
+            ),
+            2,
+        ),
+        Run(
+            "profile the hostile reference",
+            ("profile", reference, "--label", "deny", "--out", root / "suites" / "hostile.json"),
+            0,
+        ),
         Run("scan the hostile batch", scan(batch, out / "scan", "--source", f"feed{ESCAPES}"), 0),
         Run("review list", ("review", "list", "--dataset", DATASET, *workspace), 0),
         Run("review list json", ("review", "list", "--format", "json", *workspace), 0),
         Run("review show batch", ("review", "show", batch_id, *workspace), 0),
         Run("review show hostile row", ("review", "show", rows[0], *workspace), 0),
-        Run("review release, hostile --by/--reason", ("review", "release", rows[0], "--by", HOSTILE_BY,
-                                                      "--reason", HOSTILE_REASON, *workspace), 0),
+        Run(
+            "review release, hostile --by/--reason",
+            ("review", "release", rows[0], "--by", HOSTILE_BY, "--reason", HOSTILE_REASON, *workspace),
+            0,
+        ),
         Run("review show released row", ("review", "show", rows[0], *workspace), 0),
-        Run("review reject hostile id", ("review", "reject", f"{batch_id}:{ESCAPES}", "--by", "a",
-                                         "--reason", "b", *workspace), 2),
-        Run("review reject, empty --reason", ("review", "reject", rows[1], "--by", "a", "--reason", " ",
-                                              *workspace), 2),
+        Run(
+            "review reject hostile id",
+            ("review", "reject", f"{batch_id}:{ESCAPES}", "--by", "a", "--reason", "b", *workspace),
+            2,
+        ),
+        Run("review reject, empty --reason", ("review", "reject", rows[1], "--by", "a", "--reason", " ", *workspace), 2),
         Run("verify", ("verify", *workspace), 0),
-        Run("gate --out inside the workspace", ("gate", "--dataset", DATASET, "--out", ws / "snap", *workspace,
-                                                "--max-pending", "1000"), 2),
+        Run(
+            "gate --out inside the workspace",
+            ("gate", "--dataset", DATASET, "--out", ws / "snap", *workspace, "--max-pending", "1000"),
+            2,
+        ),
         Run("gate", ("gate", "--dataset", DATASET, "--out", out / "gate", *workspace, "--max-pending", "1000"), 0),
-        Run("gate --drop-provenance", ("gate", "--dataset", DATASET, "--out", out / "gate-bare", *workspace,
-                                       "--max-pending", "1000", "--drop-provenance"), 0),
+        Run(
+            "gate --drop-provenance",
+            (
+                "gate",
+                "--dataset",
+                DATASET,
+                "--out",
+                out / "gate-bare",
+                *workspace,
+                "--max-pending",
+                "1000",
+                "--drop-provenance",
+            ),
+            0,
+        ),
         Run("verify after an edit by hand", ("verify", *workspace), 3, then=lambda _: edit_ledger(ws, batch_id)),
-        Run("gate after an edit by hand", ("gate", "--dataset", DATASET, "--out", out / "gate-refused", *workspace,
-                                           "--max-pending", "1000"), 3),
+        Run(
+            "gate after an edit by hand",
+            ("gate", "--dataset", DATASET, "--out", out / "gate-refused", *workspace, "--max-pending", "1000"),
+            3,
+        ),
         # last: where it is not refused, it replaces the reference every run above needs
         Run("profile --out its reference", ("profile", reference, "--label", "deny", "--out", reference), 2),
     ]
@@ -206,15 +266,30 @@ def run_matrix(root: Path, runner: Callable[[tuple], tuple[int, str, str]]) -> l
         started = time.perf_counter()
         code, stdout, stderr = runner(run.args)
         after = digests(inputs)
-        outcomes.append(Outcome(run.title, code, run.code, stdout, stderr, time.perf_counter() - started,
-                                sorted(name for name in inputs if before[name] != after[name])))
+        outcomes.append(
+            Outcome(
+                run.title,
+                code,
+                run.code,
+                stdout,
+                stderr,
+                time.perf_counter() - started,
+                sorted(name for name in inputs if before[name] != after[name]),
+            )
+        )
     return outcomes
 
 
 def subprocess_runner(args: tuple) -> tuple[int, str, str]:
     command = [str(REPO / ".venv" / "bin" / "poisonguard"), *map(str, args)]
-    done = subprocess.run(command, capture_output=True, text=True, errors="surrogateescape",
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -239,8 +314,7 @@ def main() -> None:
         "exit_codes": {str(code): sum(o.expected == code for o in outcomes) for code in (0, 2, 3)},
         "exit_code_as_documented": sum(o.code == o.expected for o in outcomes),
         "tracebacks": sum("Traceback" in o.stdout + o.stderr or "internal error" in o.stderr for o in outcomes),
-        "raw_control_characters_printed": sum(any(ch in o.stdout + o.stderr for ch in "\x1b\x07\u202e\r")
-                                              for o in outcomes),
+        "raw_control_characters_printed": sum(any(ch in o.stdout + o.stderr for ch in "\x1b\x07\u202e\r") for o in outcomes),
         "inputs_modified": sum(bool(o.modified) for o in outcomes),
         "runs_with_a_problem": len(failed),
         "problems": failed,

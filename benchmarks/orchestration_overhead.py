@@ -51,28 +51,54 @@ def main() -> None:
     for index in range(BATCHES):
         batch = root / f"batch_{index}.parquet"
         draw(BATCH_ROWS, seed=100 + index).to_parquet(batch, index=False)
-        request = ScanRequest(batch=batch, reference=reference, label="label", out=root / f"plain-{index}",
-                              holdout=holdout, dataset="overhead-plain")
+        request = ScanRequest(
+            batch=batch,
+            reference=reference,
+            label="label",
+            out=root / f"plain-{index}",
+            holdout=holdout,
+            dataset="overhead-plain",
+        )
         started = time.perf_counter()
         scan_steps(request, settings, root / f"plain-{index}", f"sqlite:///{root / 'plain-ledger.sqlite'}", Stages())
         plain = time.perf_counter() - started
         started = time.perf_counter()
-        summary = run_scan(batch=batch, reference=reference, label="label", out=root / f"flow-{index}",
-                           holdout=holdout, dataset="overhead", workspace=workspace)
+        summary = run_scan(
+            batch=batch,
+            reference=reference,
+            label="label",
+            out=root / f"flow-{index}",
+            holdout=holdout,
+            dataset="overhead",
+            workspace=workspace,
+        )
         flow = time.perf_counter() - started
         assert summary["counts"]["rows"] == BATCH_ROWS and not summary["duplicate"]
-        runs.append({"batch": index, "plain_seconds": round(plain, 2), "flow_seconds": round(flow, 2),
-                     "overhead_seconds": round(flow - plain, 2)})
+        runs.append(
+            {
+                "batch": index,
+                "plain_seconds": round(plain, 2),
+                "flow_seconds": round(flow, 2),
+                "overhead_seconds": round(flow - plain, 2),
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
     later = [run["overhead_seconds"] for run in runs[1:]]
-    record = {"date": date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-              "batch_rows": BATCH_ROWS, "reference_rows": REFERENCE_ROWS, "runs": runs,
-              "warm_up_overhead_seconds": runs[0]["overhead_seconds"],
-              "median_overhead_seconds": round(statistics.median(later), 2), "max_overhead_seconds": max(later)}
+    record = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "batch_rows": BATCH_ROWS,
+        "reference_rows": REFERENCE_ROWS,
+        "runs": runs,
+        "warm_up_overhead_seconds": runs[0]["overhead_seconds"],
+        "median_overhead_seconds": round(statistics.median(later), 2),
+        "max_overhead_seconds": max(later),
+    }
     OUT.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"orchestration per 1,000-row batch after the first: median {record['median_overhead_seconds']} s, "
-          f"max {record['max_overhead_seconds']} s (first run of the process: {record['warm_up_overhead_seconds']} s)")
+    print(
+        f"orchestration per 1,000-row batch after the first: median {record['median_overhead_seconds']} s, "
+        f"max {record['max_overhead_seconds']} s (first run of the process: {record['warm_up_overhead_seconds']} s)"
+    )
 
 
 if __name__ == "__main__":

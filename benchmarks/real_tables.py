@@ -67,9 +67,15 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def csv_text(path: Path) -> pa.Table:
     """The file's cells as text, exactly as written (an unquoted empty cell: missing)."""
     names = pacsv.read_csv(path).schema.names
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in names}, null_values=[""], strings_can_be_null=True,
-        quoted_strings_can_be_null=False))
+    return pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def cells_equal(out: Path, source: Path) -> dict:
@@ -85,12 +91,14 @@ def cells_equal(out: Path, source: Path) -> dict:
             rows = part["row_number"].to_numpy()
             expected = text[name].take(pa.array(rows)).to_pylist()
             got = part[name]
-            writers = [got.to_pylist()] if pa.types.is_string(got.type) else [
-                pc.cast(got, pa.string()).to_pylist(), [None if v is None else repr(v) for v in got.to_pylist()]]
+            writers = (
+                [got.to_pylist()]
+                if pa.types.is_string(got.type)
+                else [pc.cast(got, pa.string()).to_pylist(), [None if v is None else repr(v) for v in got.to_pylist()]]
+            )
             if not any(w == expected for w in writers):
                 bad = next(i for i, (a, b) in enumerate(zip(writers[0], expected)) if a != b)
-                differing.append({"column": name, "row": int(rows[bad]), "input": expected[bad],
-                                  "output": writers[0][bad]})
+                differing.append({"column": name, "row": int(rows[bad]), "input": expected[bad], "output": writers[0][bad]})
             compared += len(expected)
     return {"cells_compared": compared, "columns_differing": differing, "every_cell_equal": not differing}
 
@@ -98,16 +106,23 @@ def cells_equal(out: Path, source: Path) -> dict:
 class Scanner:
     """``pipeline.scan``'s steps on files, fitted once on a reference."""
 
-    def __init__(self, folder: Path, label: str, reference: Path, holdout: Path | None = None,
-                 roles: tuple = ()) -> None:
+    def __init__(self, folder: Path, label: str, reference: Path, holdout: Path | None = None, roles: tuple = ()) -> None:
         from pipeline import scan
         from pipeline.config import Settings
 
         self.folder = folder
-        self.settings = Settings.from_environment(folder / "workspace", {"POISONGUARD_FIT_CACHE": "off",
-                                                                        "POISONGUARD_USER": "benchmark"})
-        self.request = scan.ScanRequest(batch=folder / "batch.csv", reference=reference, label=label,
-                                        out=folder / "out", holdout=holdout, dataset="benchmark", roles=roles)
+        self.settings = Settings.from_environment(
+            folder / "workspace", {"POISONGUARD_FIT_CACHE": "off", "POISONGUARD_USER": "benchmark"}
+        )
+        self.request = scan.ScanRequest(
+            batch=folder / "batch.csv",
+            reference=reference,
+            label=label,
+            out=folder / "out",
+            holdout=holdout,
+            dataset="benchmark",
+            roles=roles,
+        )
         started = time.perf_counter()
         self.trusted = scan.load_trusted(self.request, self.settings)
         self.detectors = scan.fit_detectors(self.trusted, self.settings)
@@ -128,15 +143,34 @@ class Scanner:
         checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
         verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
         decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict, self.trusted)
-        outputs = scan.build_outputs(request, self.settings, loaded, self.trusted, conformed, outcome, decisions, [],
-                                     checks, np.array([]), "benchmark", scan.now(), verdict)
+        outputs = scan.build_outputs(
+            request,
+            self.settings,
+            loaded,
+            self.trusted,
+            conformed,
+            outcome,
+            decisions,
+            [],
+            checks,
+            np.array([]),
+            "benchmark",
+            scan.now(),
+            verdict,
+        )
         write_outputs(outputs, out)
         table = decisions.table.set_index(ROW_NUMBER).sort_index()
         held = table.index[table["quarantined"].to_numpy(bool)].to_numpy()
         reasons = {int(r): list(table.at[r, "reasons"]) for r in held}
-        return {"rows": int(len(table)), "held": [int(r) for r in held], "reasons": reasons,
-                "alarms": outputs.summary["alarms"], "verdict": verdict.as_dict()["headline"],
-                "poisoned": bool(verdict.poisoned), "roles": outputs.summary["roles"]}
+        return {
+            "rows": int(len(table)),
+            "held": [int(r) for r in held],
+            "reasons": reasons,
+            "alarms": outputs.summary["alarms"],
+            "verdict": verdict.as_dict()["headline"],
+            "poisoned": bool(verdict.poisoned),
+            "roles": outputs.summary["roles"],
+        }
 
 
 def drift_columns(alarms: list[dict]) -> list[str]:
@@ -182,28 +216,47 @@ def part_a_b(folder: Path) -> dict:
     write_csv(bad, planted)
     b = scanner(planted, folder / "out_planted")
     b["cells"] = cells_equal(folder / "out_planted", planted)
-    expected = {**{int(r): "duplicate_id" for r in repeated}, **{int(r): "future" for r in future},
-                **{int(r): "product" for r in unseen}}
+    expected = {
+        **{int(r): "duplicate_id" for r in repeated},
+        **{int(r): "future" for r in future},
+        **{int(r): "product" for r in unseen},
+    }
     found = {}
     for row, kind in expected.items():
         reasons = b["reasons"].get(row, [])
         key = {"duplicate_id": "application_id=", "future": "in the future", "product": "product="}[kind]
-        found[row] = {"planted": kind, "held": row in b["reasons"], "right_reason": any(key in r for r in reasons),
-                      "reasons": reasons}
+        found[row] = {
+            "planted": kind,
+            "held": row in b["reasons"],
+            "right_reason": any(key in r for r in reasons),
+            "reasons": reasons,
+        }
     others_a = sorted(set(a["held"]))
     others_b = sorted(set(b["held"]) - set(expected))
     return {
-        "a": {"rows": a["rows"], "quarantined": len(a["held"]), "quarantine_rate": len(a["held"]) / a["rows"],
-              "held_reasons": a["reasons"], "alarms": [x["message"] for x in a["alarms"]],
-              "held_without_added_columns": a["held_without_added_columns"],
-              "quarantined_without_added_columns": len(a["held_without_added_columns"]),
-              "drift_alarm_on_id_or_time": bool({"application_id", "received"} & set(drift_columns(a["alarms"]))),
-              "verdict": a["verdict"], "roles": a["roles"], "outputs": a["cells"]},
-        "b": {"planted": found, "all_planted_held_with_right_reason": all(v["held"] and v["right_reason"]
-                                                                         for v in found.values()),
-              "other_rows_held": others_b, "other_rows_held_in_clean_run": others_a,
-              "nothing_else_changed": others_a == others_b, "verdict": b["verdict"],
-              "alarms": [x["message"] for x in b["alarms"]], "outputs": b["cells"]},
+        "a": {
+            "rows": a["rows"],
+            "quarantined": len(a["held"]),
+            "quarantine_rate": len(a["held"]) / a["rows"],
+            "held_reasons": a["reasons"],
+            "alarms": [x["message"] for x in a["alarms"]],
+            "held_without_added_columns": a["held_without_added_columns"],
+            "quarantined_without_added_columns": len(a["held_without_added_columns"]),
+            "drift_alarm_on_id_or_time": bool({"application_id", "received"} & set(drift_columns(a["alarms"]))),
+            "verdict": a["verdict"],
+            "roles": a["roles"],
+            "outputs": a["cells"],
+        },
+        "b": {
+            "planted": found,
+            "all_planted_held_with_right_reason": all(v["held"] and v["right_reason"] for v in found.values()),
+            "other_rows_held": others_b,
+            "other_rows_held_in_clean_run": others_a,
+            "nothing_else_changed": others_a == others_b,
+            "verdict": b["verdict"],
+            "alarms": [x["message"] for x in b["alarms"]],
+            "outputs": b["cells"],
+        },
         "fit_seconds": scanner.fit_seconds,
     }
 
@@ -236,21 +289,37 @@ def part_c(folder: Path) -> list[dict]:
                 held = np.zeros(result["rows"], dtype=bool)
                 held[result["held"]] = True
                 figures.setdefault(kind, {})[variant] = {
-                    "rows": result["rows"], "quarantined": int(held.sum()),
-                    "quarantine_rate": float(held.mean()), "poisoned_rows": int(poison.sum()),
-                    "true_positives": int((held & poison).sum()), "verdict_poisoned": result["poisoned"],
-                    "held": result["held"], "roles": result["roles"]}
+                    "rows": result["rows"],
+                    "quarantined": int(held.sum()),
+                    "quarantine_rate": float(held.mean()),
+                    "poisoned_rows": int(poison.sum()),
+                    "true_positives": int((held & poison).sum()),
+                    "verdict_poisoned": result["poisoned"],
+                    "held": result["held"],
+                    "roles": result["roles"],
+                }
                 start += len(batch)
         for kind, pair in figures.items():
-            results.append({"dataset": name, "attack": kind,
-                            "same_rows_held": pair["with"]["held"] == pair["without"]["held"],
-                            "same_verdict": pair["with"]["verdict_poisoned"] == pair["without"]["verdict_poisoned"],
-                            **{f"{v}_{k}": pair[v][k] for v in ("without", "with")
-                               for k in ("quarantined", "quarantine_rate", "true_positives", "verdict_poisoned")},
-                            "poisoned_rows": pair["with"]["poisoned_rows"],
-                            "roles_with": {c: r for c, r in pair["with"]["roles"].items() if r in ("id", "time")}})
-        print(f"{name}: " + ", ".join(f"{k} {figures[k]['without']['quarantined']}/{figures[k]['with']['quarantined']}"
-                                      for k in figures), flush=True)
+            results.append(
+                {
+                    "dataset": name,
+                    "attack": kind,
+                    "same_rows_held": pair["with"]["held"] == pair["without"]["held"],
+                    "same_verdict": pair["with"]["verdict_poisoned"] == pair["without"]["verdict_poisoned"],
+                    **{
+                        f"{v}_{k}": pair[v][k]
+                        for v in ("without", "with")
+                        for k in ("quarantined", "quarantine_rate", "true_positives", "verdict_poisoned")
+                    },
+                    "poisoned_rows": pair["with"]["poisoned_rows"],
+                    "roles_with": {c: r for c, r in pair["with"]["roles"].items() if r in ("id", "time")},
+                }
+            )
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {figures[k]['without']['quarantined']}/{figures[k]['with']['quarantined']}" for k in figures),
+            flush=True,
+        )
     return results
 
 
@@ -273,16 +342,24 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "ab").mkdir()
         ab = part_a_b(folder / "ab")
-        print(json.dumps({k: ab["a"][k] for k in ("quarantined", "quarantine_rate", "drift_alarm_on_id_or_time")}),
-              flush=True)
-        print(json.dumps({k: ab["b"][k] for k in ("all_planted_held_with_right_reason", "nothing_else_changed",
-                                                  "other_rows_held")}), flush=True)
+        print(
+            json.dumps({k: ab["a"][k] for k in ("quarantined", "quarantine_rate", "drift_alarm_on_id_or_time")}), flush=True
+        )
+        print(
+            json.dumps(
+                {k: ab["b"][k] for k in ("all_planted_held_with_right_reason", "nothing_else_changed", "other_rows_held")}
+            ),
+            flush=True,
+        )
         (folder / "c").mkdir()
         c = part_c(folder / "c")
-    record = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                          "note": "2 cores shared with other work"},
-              "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-              "seconds": round(time.perf_counter() - started, 1), "hmda_like": ab, "datasets": c}
+    record = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "note": "2 cores shared with other work"},
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "hmda_like": ab,
+        "datasets": c,
+    }
     RESULT_JSON.write_text(json.dumps(record, indent=2, default=str) + "\n")
     write_section(record)
 
@@ -308,7 +385,7 @@ def write_section(record: dict) -> None:
         f"all 10 held with the right reason: **{b['all_planted_held_with_right_reason']}**; other rows held "
         f"{b['other_rows_held']} (clean run: {b['other_rows_held_in_clean_run']}); nothing else changed: "
         f"**{b['nothing_else_changed']}**; every output cell equal: {b['outputs']['every_cell_equal']}. The batch "
-        f"verdict counts the 10 as invalid records: \"{b['verdict']}\" (clean run: \"{a['verdict']}\").",
+        f'verdict counts the 10 as invalid records: "{b["verdict"]}" (clean run: "{a["verdict"]}").',
         "- (c) the six datasets written raw to CSV, scanned with and without a `record_id` and a `created_at` "
         "column (one split, seed 0; same attacks as detection_core):",
         "",
@@ -316,9 +393,11 @@ def write_section(record: dict) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in record["datasets"]:
-        lines.append(f"| {r['dataset']} | {r['attack']} | {r['without_quarantined']} | {r['with_quarantined']} | "
-                     f"{r['poisoned_rows']} | {r['without_true_positives']} | {r['with_true_positives']} | "
-                     f"{'yes' if r['same_rows_held'] else 'NO'} |")
+        lines.append(
+            f"| {r['dataset']} | {r['attack']} | {r['without_quarantined']} | {r['with_quarantined']} | "
+            f"{r['poisoned_rows']} | {r['without_true_positives']} | {r['with_true_positives']} | "
+            f"{'yes' if r['same_rows_held'] else 'NO'} |"
+        )
     same = sum(r["same_rows_held"] for r in record["datasets"])
     lines += ["", f"Same rows held in {same} of {len(record['datasets'])} cases.", ""]
     section = "\n".join(lines)
@@ -326,7 +405,7 @@ def write_section(record: dict) -> None:
     start = text.find("## Real tables: id, time")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     RESULTS_MD.write_text(text)

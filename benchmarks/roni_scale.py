@@ -36,8 +36,15 @@ N_FEATURES = 30
 
 
 def synthetic(n_reference: int, n_batch: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    X, y = make_classification(n_samples=n_reference + n_batch, n_features=N_FEATURES, n_informative=12,
-                               n_redundant=8, flip_y=0.02, class_sep=1.0, random_state=seed)
+    X, y = make_classification(
+        n_samples=n_reference + n_batch,
+        n_features=N_FEATURES,
+        n_informative=12,
+        n_redundant=8,
+        flip_y=0.02,
+        class_sep=1.0,
+        random_state=seed,
+    )
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(N_FEATURES)])
     frame["label"] = np.where(y == 1, "yes", "no")
     reference = frame.iloc[:n_reference].reset_index(drop=True)
@@ -67,9 +74,13 @@ def main() -> None:
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     result = {
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.python_version()}",
-        "batch_rows": args.rows, "reference_rows": args.reference, "features": N_FEATURES,
-        "fit_seconds": round(fitted - started, 2), "score_seconds": round(scored - fitted, 2),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "batch_rows": args.rows,
+        "reference_rows": args.reference,
+        "features": N_FEATURES,
+        "fit_seconds": round(fitted - started, 2),
+        "score_seconds": round(scored - fitted, 2),
         "total_seconds": round(scored - started, 2),
         "seconds_per_1k_rows": round(1000 * (scored - fitted) / args.rows, 4),
         "peak_mib": round(peak, 1),

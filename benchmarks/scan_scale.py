@@ -129,8 +129,22 @@ def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) 
     timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
     decisions = timed("decide", scan.decide_batch, conformed, outcome, detectors, scores, settings)
     impacts = timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
-    outputs = timed("build outputs", scan.build_outputs, request, settings, batch, trusted, conformed, outcome,
-                    decisions, impacts, [], np.array([]), "benchmark", scan.now())
+    outputs = timed(
+        "build outputs",
+        scan.build_outputs,
+        request,
+        settings,
+        batch,
+        trusted,
+        conformed,
+        outcome,
+        decisions,
+        impacts,
+        [],
+        np.array([]),
+        "benchmark",
+        scan.now(),
+    )
     held = int(decisions.table["quarantined"].sum())
     del conformed, scores, decisions  # as the flow does before recording
     shutil.rmtree(folder, ignore_errors=True)
@@ -148,9 +162,14 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     from pipeline.config import Settings
 
     imported = round(time.perf_counter() - started, 2)
-    request = scan.ScanRequest(batch=dataset("batch", n_rows), reference=dataset("reference", n_reference),
-                               label="label", out=DATA / "out", holdout=dataset("holdout", HOLDOUT_ROWS),
-                               dataset="scale")
+    request = scan.ScanRequest(
+        batch=dataset("batch", n_rows),
+        reference=dataset("reference", n_reference),
+        label="label",
+        out=DATA / "out",
+        holdout=dataset("holdout", HOLDOUT_ROWS),
+        dataset="scale",
+    )
     settings = Settings.from_environment(DATA / "workspace")
     batch_bytes = request.batch.stat().st_size
     ledger_file = DATA / "workspace" / f"ledger-{n_rows}.sqlite"
@@ -160,12 +179,21 @@ def run_case(n_rows: int, n_reference: int) -> dict:
     held = scan_steps(request, settings, DATA / "out" / f"batch-{n_rows}", f"sqlite:///{ledger_file}", timed)
     total = time.perf_counter() - begun
     peak_mib = status_kib("VmHWM") / 1024
-    return {"rows": n_rows, "reference_rows": n_reference, "features": N_NUMERIC + N_CATEGORICAL,
-            "seconds": round(total, 1), "rows_per_second": round(n_rows / total),
-            "peak_mib": round(peak_mib), "peak_anon_mib": round(timed.anon_peak_kib / 1024), "quarantined": held,
-            "false_quarantine": round(held / n_rows, 4), "spooled": batch_bytes > settings.spool_bytes,
-            "stages": {"import": imported, **timed.seconds}, "peak_mib_after": timed.peak_mib,
-            "peak_anon_mib_after": timed.peak_anon_mib}
+    return {
+        "rows": n_rows,
+        "reference_rows": n_reference,
+        "features": N_NUMERIC + N_CATEGORICAL,
+        "seconds": round(total, 1),
+        "rows_per_second": round(n_rows / total),
+        "peak_mib": round(peak_mib),
+        "peak_anon_mib": round(timed.anon_peak_kib / 1024),
+        "quarantined": held,
+        "false_quarantine": round(held / n_rows, 4),
+        "spooled": batch_bytes > settings.spool_bytes,
+        "stages": {"import": imported, **timed.seconds},
+        "peak_mib_after": timed.peak_mib,
+        "peak_anon_mib_after": timed.peak_anon_mib,
+    }
 
 
 def main() -> None:
@@ -181,13 +209,19 @@ def main() -> None:
         dataset(kind, n)
     records = json.loads(OUT.read_text())["cases"] if OUT.exists() else []
     for n_rows in args.rows:
-        child = subprocess.run([sys.executable, __file__, "--one", "--rows", str(n_rows),
-                                "--reference", str(args.reference)], capture_output=True, text=True, check=False)
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", "--rows", str(n_rows), "--reference", str(args.reference)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if child.returncode != 0:
             raise SystemExit(f"{n_rows} rows failed:\n{child.stderr[-3000:]}")
         record = json.loads(child.stdout.strip().splitlines()[-1])
-        record.update(date=date.today().isoformat(),
-                      machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        record.update(
+            date=date.today().isoformat(),
+            machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        )
         print(json.dumps(record), flush=True)
         records = [r for r in records if (r["rows"], r["reference_rows"]) != (n_rows, args.reference)] + [record]
     records.sort(key=lambda r: (r["reference_rows"], r["rows"]))
@@ -212,9 +246,16 @@ def _table(records: list[dict], per_stage: str) -> str:
     head = ["batch rows", "reference rows", "seconds", "rows/s", "peak MiB", "peak anon MiB", "held", *stage_names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        cells = [f"{r['rows']:,}", f"{r['reference_rows']:,}", r["seconds"], f"{r['rows_per_second']:,}",
-                 f"{r['peak_mib']:,}", f"{r['peak_anon_mib']:,}" if "peak_anon_mib" in r else "",
-                 f"{r['false_quarantine']:.2%}", *(r[per_stage].get(s, "") for s in stage_names)]
+        cells = [
+            f"{r['rows']:,}",
+            f"{r['reference_rows']:,}",
+            r["seconds"],
+            f"{r['rows_per_second']:,}",
+            f"{r['peak_mib']:,}",
+            f"{r['peak_anon_mib']:,}" if "peak_anon_mib" in r else "",
+            f"{r['false_quarantine']:.2%}",
+            *(r[per_stage].get(s, "") for s in stage_names),
+        ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

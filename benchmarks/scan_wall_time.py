@@ -63,11 +63,24 @@ def synthetic_batch(n_rows: int, seed: int) -> Path:
 def clean_environment(cache_home: Path, **extra: str) -> dict[str, str]:
     """The user's environment without anything that points at a server or a test's state; the
     fit cache and its key under ``cache_home`` (a user's ~/.cache and ~/.config)."""
-    dropped = ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "POISONGUARD_FIT_CACHE",
-               "POISONGUARD_CACHE_KEY", "POISONGUARD_ORCHESTRATOR", "POISONGUARD_WORKSPACE")
+    dropped = (
+        "PREFECT_API_URL",
+        "PREFECT_HOME",
+        "MLFLOW_TRACKING_URI",
+        "POISONGUARD_FIT_CACHE",
+        "POISONGUARD_CACHE_KEY",
+        "POISONGUARD_ORCHESTRATOR",
+        "POISONGUARD_WORKSPACE",
+    )
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update({"XDG_CACHE_HOME": str(cache_home / "cache"), "XDG_CONFIG_HOME": str(cache_home / "config"),
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}, **extra)
+    env.update(
+        {
+            "XDG_CACHE_HOME": str(cache_home / "cache"),
+            "XDG_CONFIG_HOME": str(cache_home / "config"),
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+        },
+        **extra,
+    )
     return env
 
 
@@ -83,38 +96,72 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, su
 def startup(root: Path) -> dict:
     """Median of REPEATS new processes each: the light commands beside importing pandas."""
     env = clean_environment(root / "user")
-    cases = {"import pandas": [sys.executable, "-c", "import pandas"],
-             "import floor (GX, scikit-learn, PyOD, MLflow)":
-                 [sys.executable, "-c", "import great_expectations, sklearn.ensemble, pyod.models.ecod, mlflow"],
-             "poisonguard --help": [str(POISONGUARD), "--help"]}
+    cases = {
+        "import pandas": [sys.executable, "-c", "import pandas"],
+        "import floor (GX, scikit-learn, PyOD, MLflow)": [
+            sys.executable,
+            "-c",
+            "import great_expectations, sklearn.ensemble, pyod.models.ecod, mlflow",
+        ],
+        "poisonguard --help": [str(POISONGUARD), "--help"],
+    }
     times: dict[str, list[float]] = {name: [] for name in [*cases, "poisonguard review list (empty workspace)"]}
     for i in range(REPEATS):  # interleaved, so that a busy moment hits every case alike
         for name, command in cases.items():
             times[name].append(timed(command, env, root)[0])
         workspace = root / f"empty-{i}"
         times["poisonguard review list (empty workspace)"].append(
-            timed([str(POISONGUARD), "review", "list", "--workspace", str(workspace)], env, root)[0])
+            timed([str(POISONGUARD), "review", "list", "--workspace", str(workspace)], env, root)[0]
+        )
     medians = {name: round(statistics.median(values), 2) for name, values in times.items()}
     pandas_time = medians["import pandas"]
-    return {"median_seconds": medians, "all_seconds": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
-            "ratio_to_import_pandas": {k: round(v / pandas_time, 2) for k, v in medians.items()}}
+    return {
+        "median_seconds": medians,
+        "all_seconds": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
+        "ratio_to_import_pandas": {k: round(v / pandas_time, 2) for k, v in medians.items()},
+    }
 
 
 def scan(batch: Path, workspace: Path, out: Path, env: dict[str, str], dataset: str) -> dict:
     elapsed, done = timed(
-        [str(POISONGUARD), "scan", str(batch), "--reference", str(SAMPLES / "reference.parquet"),
-         "--holdout", str(SAMPLES / "holdout.parquet"), "--label", "deny",
-         "--suite", str(REPO / "expectations" / "hmda.json"), "--dataset", dataset,
-         "--workspace", str(workspace), "--out", str(out), "--progress"], env, workspace.parent)
-    stages = {m["stage"].strip(): float(m["seconds"])
-              for m in map(STAGE_LINE.match, done.stderr.splitlines()) if m}
+        [
+            str(POISONGUARD),
+            "scan",
+            str(batch),
+            "--reference",
+            str(SAMPLES / "reference.parquet"),
+            "--holdout",
+            str(SAMPLES / "holdout.parquet"),
+            "--label",
+            "deny",
+            "--suite",
+            str(REPO / "expectations" / "hmda.json"),
+            "--dataset",
+            dataset,
+            "--workspace",
+            str(workspace),
+            "--out",
+            str(out),
+            "--progress",
+        ],
+        env,
+        workspace.parent,
+    )
+    stages = {m["stage"].strip(): float(m["seconds"]) for m in map(STAGE_LINE.match, done.stderr.splitlines()) if m}
     summary = json.loads((out / "summary.json").read_text())
     staged = sum(stages.values())
-    return {"batch": batch.name, "rows": summary["counts"]["rows"], "seconds": round(elapsed, 2),
-            "stages_seconds": round(staged, 2), "wall_over_stages": round(elapsed / staged, 2) if staged else None,
-            "before_and_after_stages_seconds": round(elapsed - staged, 2),
-            "stages": stages, "orchestration": summary.get("orchestration"),
-            "quarantined": summary["counts"]["quarantined"], "mlflow_run_id": summary["mlflow"]["run_id"]}
+    return {
+        "batch": batch.name,
+        "rows": summary["counts"]["rows"],
+        "seconds": round(elapsed, 2),
+        "stages_seconds": round(staged, 2),
+        "wall_over_stages": round(elapsed / staged, 2) if staged else None,
+        "before_and_after_stages_seconds": round(elapsed - staged, 2),
+        "stages": stages,
+        "orchestration": summary.get("orchestration"),
+        "quarantined": summary["counts"]["quarantined"],
+        "mlflow_run_id": summary["mlflow"]["run_id"],
+    }
 
 
 def scans(root: Path) -> dict:
@@ -135,8 +182,11 @@ def demo(root: Path) -> dict:
     """`poisonguard demo` from nothing: a new workspace, output folder and user cache."""
     folder = root / "demo"
     folder.mkdir()
-    elapsed, done = timed([str(POISONGUARD), "demo", "--workspace", str(folder / "ws"), "--out", str(folder / "out")],
-                          clean_environment(folder / "user"), folder)
+    elapsed, done = timed(
+        [str(POISONGUARD), "demo", "--workspace", str(folder / "ws"), "--out", str(folder / "out")],
+        clean_environment(folder / "user"),
+        folder,
+    )
     per_batch = [float(s) for s in re.findall(r"^\(([\d.]+) s\)$", done.stdout, flags=re.M)]
     return {"seconds": round(elapsed, 2), "batches": len(per_batch), "per_batch_seconds": per_batch}
 
@@ -151,10 +201,18 @@ def through_prefect(root: Path) -> dict:
     """The 1,000-row scan through a Prefect server started here: its flow run and task runs as
     the server records them, and the MLflow run's keys beside a plain scan's."""
     port, home = free_port(), root / "prefect-server"
-    server_env = {**clean_environment(root / "user-prefect"), "PREFECT_HOME": str(home),
-                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server_env = {
+        **clean_environment(root / "user-prefect"),
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         started = time.perf_counter()
@@ -171,8 +229,12 @@ def through_prefect(root: Path) -> dict:
         result = scan(batch, root / "ws-prefect", root / "out-prefect", env, "bench-prefect")
         flow_run_id = (result["orchestration"] or {}).get("flow_run_id")
         task_runs = subprocess.run(
-            [sys.executable, "-c", _TASK_RUNS, flow_run_id or ""], capture_output=True, text=True, check=True,
-            env={**env, "PREFECT_LOGGING_LEVEL": "ERROR"}).stdout
+            [sys.executable, "-c", _TASK_RUNS, flow_run_id or ""],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**env, "PREFECT_LOGGING_LEVEL": "ERROR"},
+        ).stdout
         result["prefect"] = json.loads(task_runs)
         return result
     finally:
@@ -205,9 +267,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="poisonguard-wall-time-"))
     try:
-        record = {"date": time.strftime("%Y-%m-%d"),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                  "startup": startup(root)}
+        record = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "startup": startup(root),
+        }
         print(json.dumps(record["startup"]["median_seconds"]), flush=True)
         record["scans"] = scans(root)
         for name, result in record["scans"].items():

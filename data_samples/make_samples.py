@@ -38,8 +38,20 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "hmda.parquet"
 
 EXPECTED_COLUMNS = [
-    "deny", "pirat", "hirat", "lvrat", "chist", "mhist", "phist", "unemp",
-    "selfemp", "insurance", "condomin", "afam", "single", "hschool",
+    "deny",
+    "pirat",
+    "hirat",
+    "lvrat",
+    "chist",
+    "mhist",
+    "phist",
+    "unemp",
+    "selfemp",
+    "insurance",
+    "condomin",
+    "afam",
+    "single",
+    "hschool",
 ]
 FLOAT_COLUMNS = ["pirat", "hirat", "lvrat", "unemp"]
 INT_COLUMNS = ["chist", "mhist"]
@@ -68,6 +80,7 @@ B1, B2, B3, B4, B5 = (
 
 
 # --------------------------------------------------------------------------- loading / splitting
+
 
 def load_source(path: Path) -> pd.DataFrame:
     """Read the HMDA parquet and fail loudly if it is not the file we expect.
@@ -108,7 +121,7 @@ class Pool:
 
     def take(self, n: int) -> pd.DataFrame:
         assert self.pos + n <= len(self.df), "not enough rows left in the pool"
-        out = self.df.iloc[self.pos:self.pos + n].copy()
+        out = self.df.iloc[self.pos : self.pos + n].copy()
         self.pos += n
         return out
 
@@ -123,6 +136,7 @@ def numeric_ranges(reference: pd.DataFrame) -> dict[str, tuple[float, float]]:
 
 # --------------------------------------------------------------------------- poisoning recipes
 # Each recipe mutates a copy of clean rows and returns {source_row: (attack, detail)}.
+
 
 def flip(label: str) -> str:
     return {"yes": "no", "no": "yes"}[label]
@@ -206,6 +220,7 @@ def plant_outliers(batch: pd.DataFrame, rows: np.ndarray, ranges: dict, rng: np.
     far from any real applicant. hirat is kept below pirat so the rows do not
     also trip the hirat <= pirat integrity rule.
     """
+
     def near_max(col: str) -> float:
         lo, hi = ranges[col]
         return round(float(hi - rng.uniform(0.03, 0.08) * (hi - lo)), 3)
@@ -233,6 +248,7 @@ def add_referral_code(batch: pd.DataFrame, rng: np.random.Generator) -> dict:
 
 
 # --------------------------------------------------------------------------- writing / verifying
+
 
 def finalize(batch: pd.DataFrame, gt: dict, name: str, rng: np.random.Generator | None) -> tuple[pd.DataFrame, list]:
     """Optionally shuffle a batch and turn {source_row: ...} into row_number entries.
@@ -276,8 +292,12 @@ def check_rule(row: pd.Series, src: pd.Series, attack: str, ranges: dict) -> boo
         return not changed and row["hirat"] > row["pirat"]
     if attack == "impossible":
         violations = [
-            row["hirat"] > row["pirat"], not 1 <= row["chist"] <= 6, row["lvrat"] < 0,
-            row["pirat"] >= 25, row["unemp"] < 0, not 1 <= row["mhist"] <= 4,
+            row["hirat"] > row["pirat"],
+            not 1 <= row["chist"] <= 6,
+            row["lvrat"] < 0,
+            row["pirat"] >= 25,
+            row["unemp"] < 0,
+            not 1 <= row["mhist"] <= 4,
         ]
         return len(changed) == 1 and sum(violations) == 1
     if attack == "outlier":
@@ -327,6 +347,7 @@ def verify(out: Path, source_path: Path, source: pd.DataFrame, written: dict, tr
 
 # --------------------------------------------------------------------------- main
 
+
 def build(source_path: Path, out: Path) -> None:
     """Split, poison, write, verify, and print a summary."""
     rng = np.random.default_rng(SEED)
@@ -348,8 +369,10 @@ def build(source_path: Path, out: Path) -> None:
     gt2 = poison_label_flips(b2, rng)
 
     chosen = rng.choice(b3.index.to_numpy(), N_PLANTED_IMPOSSIBLE + N_OUTLIERS, replace=False)
-    gt3 = {i: ("natural_impossible", f"hirat {natural.loc[i, 'hirat']:.2f} > pirat {natural.loc[i, 'pirat']:.2f}")
-           for i in natural.index}
+    gt3 = {
+        i: ("natural_impossible", f"hirat {natural.loc[i, 'hirat']:.2f} > pirat {natural.loc[i, 'pirat']:.2f}")
+        for i in natural.index
+    }
     gt3 |= plant_impossible(b3, chosen[:N_PLANTED_IMPOSSIBLE])
     gt3 |= plant_outliers(b3, chosen[N_PLANTED_IMPOSSIBLE:], ranges, rng)
     b3 = pd.concat([b3, natural])

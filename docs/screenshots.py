@@ -35,15 +35,41 @@ MAX_BYTES = 300_000
 
 def scan(root: Path) -> tuple[Path, Path, dict[str, str]]:
     """A real scan into root/workspace; returns (workspace, out, environment)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "POISONGUARD_DATABASE_URL", "POISONGUARD_WORKSPACE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "POISONGUARD_DATABASE_URL", "POISONGUARD_WORKSPACE")
+    }
     env["POISONGUARD_USER"] = "ingest-bot"
     workspace, out = root / "workspace", root / "out"
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "scan", str(BATCH),
-                    "--reference", str(SAMPLES / "reference.parquet"), "--label", "deny",
-                    "--holdout", str(SAMPLES / "holdout.parquet"), "--suite", str(REPO / "expectations" / "hmda.json"),
-                    "--source", "partner-feed", "--dataset", "hmda", "--workspace", str(workspace), "--out", str(out)],
-                   cwd=REPO, env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "scan",
+            str(BATCH),
+            "--reference",
+            str(SAMPLES / "reference.parquet"),
+            "--label",
+            "deny",
+            "--holdout",
+            str(SAMPLES / "holdout.parquet"),
+            "--suite",
+            str(REPO / "expectations" / "hmda.json"),
+            "--source",
+            "partner-feed",
+            "--dataset",
+            "hmda",
+            "--workspace",
+            str(workspace),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
     return workspace, out, env
 
 
@@ -67,8 +93,14 @@ def chromium():
     os.environ["SE_OFFLINE"] = "true"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--hide-scrollbars", f"--window-size={WIDTH},1000"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={WIDTH},1000",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
@@ -80,8 +112,9 @@ def shoot(driver, path: Path, height: int | None = None) -> None:
 
     if height is None:
         height = min(1500, driver.execute_script("return document.documentElement.scrollHeight") + 16)
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    )
     time.sleep(0.3)
     driver.save_screenshot(str(path))
     image = Image.open(path)
@@ -96,8 +129,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="Folder for the PNGs (default docs/).")
     args = parser.parse_args()
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        sys.exit("docs/screenshots.py: needs /usr/bin/chromium and /usr/bin/chromedriver "
-                 "(apt-get install -y chromium chromium-driver)")
+        sys.exit(
+            "docs/screenshots.py: needs /usr/bin/chromium and /usr/bin/chromedriver "
+            "(apt-get install -y chromium chromium-driver)"
+        )
     sys.path.insert(0, str(REPO))
     from selenium.webdriver.common.by import By
 
@@ -117,18 +152,28 @@ def main() -> None:
             driver.find_element(By.ID, "token").send_keys(token)
             driver.find_element(By.CSS_SELECTOR, ".signin button[type=submit]").click()
             (batch,) = app.state.ledger.list_batches()
-            pending = sorted(app.state.ledger.list_rows(batch_id=batch.id, status="pending"),
-                             key=lambda r: (-r.suspicion, r.row_number))
+            pending = sorted(
+                app.state.ledger.list_rows(batch_id=batch.id, status="pending"), key=lambda r: (-r.suspicion, r.row_number)
+            )
+
             def first(words: str, *, besides=()):
-                return next((r for r in pending if words in " ".join(r.reasons) and r not in besides),
-                            next(r for r in pending if r not in besides))
+                return next(
+                    (r for r in pending if words in " ".join(r.reasons) and r not in besides),
+                    next(r for r in pending if r not in besides),
+                )
 
             impossible = first("cannot exceed")
             flipped = first("nearest trusted neighbours", besides=(impossible,))
             outlier = first("outlier:", besides=(impossible, flipped))
             review_row(driver, base, flipped.id, "j.moreau", "Denial confirmed with the lender's file: the label is right.")
-            review_in_batch(driver, base, batch.id, impossible.id, "j.moreau",
-                            "Housing expense above total debt: a data-entry error, not a real application.")
+            review_in_batch(
+                driver,
+                base,
+                batch.id,
+                impossible.id,
+                "j.moreau",
+                "Housing expense above total debt: a data-entry error, not a real application.",
+            )
             shoot(driver, args.out / "review-page.png", 900)
             driver.get(f"{base}/rows/{outlier.id}")
             shoot(driver, args.out / "review-row.png")

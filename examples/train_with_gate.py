@@ -29,17 +29,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workspace", type=Path, default=Path(".poisonguard-demo"))
     parser.add_argument("--dataset", default="hmda")
     parser.add_argument("--label", default="deny")
-    parser.add_argument("--exclude", action="append", default=None,
-                        help="Columns never used as features (repeatable; default: afam, the protected attribute).")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        help="Columns never used as features (repeatable; default: afam, the protected attribute).",
+    )
     parser.add_argument("--out", type=Path, default=Path("gate-output"), help="Where the gate writes the snapshot.")
     parser.add_argument("--max-pending", type=int, default=0, help="Rows allowed to await review (gate default 0).")
-    parser.add_argument("--holdout", type=Path, default=REPO / "data_samples" / "holdout.parquet",
-                        help="Trusted rows to score the model on (skipped if missing).")
+    parser.add_argument(
+        "--holdout",
+        type=Path,
+        default=REPO / "data_samples" / "holdout.parquet",
+        help="Trusted rows to score the model on (skipped if missing).",
+    )
     parser.add_argument("--model-name", default=None, help="Registered model name (default: <dataset>-<label>-classifier).")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: <dataset>-training).")
     return parser.parse_args(argv)
@@ -54,11 +63,16 @@ def build_model(frame: Any, features: list[str]) -> Any:
 
     numeric = [c for c in features if frame[c].dtype.kind in "fiub"]
     categorical = [c for c in features if c not in numeric]
-    encode = ColumnTransformer([
-        ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-        ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                      OneHotEncoder(handle_unknown="ignore")), categorical),
-    ])
+    encode = ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "categorical",
+                make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+                categorical,
+            ),
+        ]
+    )
     return make_pipeline(encode, LogisticRegression(max_iter=1000))
 
 
@@ -99,17 +113,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # integer features declared as doubles: a missing value at inference time would be a float
         example = x.head(20).astype({c: "float64" for c in features if x[c].dtype.kind in "iu"})
         info = mlflow.sklearn.log_model(
-            model, name="model", registered_model_name=model_name,
+            model,
+            name="model",
+            registered_model_name=model_name,
             signature=infer_signature(example, model.predict(example)),
             # skops (no pickle) is MLflow's default; the encoders' dtype parameter is its one extra type
             skops_trusted_types=["numpy.dtype"],
             # stated rather than inferred: inference loads the model in a subprocess (seconds)
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"])
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"],
+        )
     version = info.registered_model_version
     print(f"Trained on {len(snapshot)} rows of snapshot {result.sha256[:16]}… (gate run {result.run_id}).")
     print(f"Registered model {model_name} version {version} from run {run.info.run_id} at {settings.tracking_uri}")
-    return {"model_name": model_name, "version": version, "run_id": run.info.run_id,
-            "snapshot_sha256": result.sha256, "gate_run_id": result.run_id}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "snapshot_sha256": result.sha256,
+        "gate_run_id": result.run_id,
+    }
 
 
 if __name__ == "__main__":

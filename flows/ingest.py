@@ -41,8 +41,7 @@ class PrefectRunner:
         from prefect.runtime import flow_run
         from prefect.settings import PREFECT_API_URL
 
-        return {"runner": "prefect", "flow_run_id": str(flow_run.id),
-                "server": PREFECT_API_URL.value() or "temporary"}
+        return {"runner": "prefect", "flow_run_id": str(flow_run.id), "server": PREFECT_API_URL.value() or "temporary"}
 
 
 def task_runner(settings: Settings):
@@ -54,12 +53,19 @@ def task_runner(settings: Settings):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise PoisonguardError("POISONGUARD_DASK is set but prefect-dask is not installed: "
-                               "pip install 'poisonguard[dask]'.") from None
+        raise PoisonguardError(
+            "POISONGUARD_DASK is set but prefect-dask is not installed: pip install 'poisonguard[dask]'."
+        ) from None
     if settings.dask == "local":
         # processes: scoring is CPU-bound Python as much as BLAS, and threads share one GIL
-        return DaskTaskRunner(cluster_kwargs={"n_workers": os.cpu_count() or 1, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": os.cpu_count() or 1,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     return DaskTaskRunner(address=settings.dask)
 
 

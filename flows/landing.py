@@ -43,16 +43,31 @@ def transient_failure(task: Any, task_run: Any, state: State) -> bool:
     return not isinstance(state.result(raise_on_failure=False), PoisonguardError)
 
 
-@task(name="scan-landed-file", task_run_name="scan {request.batch.name}", cache_policy=NO_CACHE,
-      persist_result=False, retry_condition_fn=transient_failure, retry_jitter_factor=0.5)
+@task(
+    name="scan-landed-file",
+    task_run_name="scan {request.batch.name}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=transient_failure,
+    retry_jitter_factor=0.5,
+)
 def scan_landed_file(request: ScanRequest, settings: Settings) -> dict[str, Any]:
     preflight(request)
     return run_scan_flow(request, settings)
 
 
 def scan_request(dataset: landing.DatasetConfig, batch: Path, out: Path) -> ScanRequest:
-    return ScanRequest(batch=batch, reference=dataset.reference, label=dataset.label, out=out, suite=dataset.suite,
-                       holdout=dataset.holdout, source=dataset.source, dataset=dataset.name, roles=dataset.roles)
+    return ScanRequest(
+        batch=batch,
+        reference=dataset.reference,
+        label=dataset.label,
+        out=out,
+        suite=dataset.suite,
+        holdout=dataset.holdout,
+        source=dataset.source,
+        dataset=dataset.name,
+        roles=dataset.roles,
+    )
 
 
 @flow(name="poisonguard-landing", log_prints=False, validate_parameters=False)
@@ -62,19 +77,28 @@ def landing_flow(config: str, dataset: str) -> landing.PassReport:
     area = landing.prepare_landing(configured)
     settings = Settings.from_environment(configured.workspace)
     workspace = Workspace(settings.workspace)
-    scan = scan_landed_file.with_options(retries=configured.retries,
-                                         retry_delay_seconds=exponential_backoff(configured.retry_delay_seconds))
+    scan = scan_landed_file.with_options(
+        retries=configured.retries, retry_delay_seconds=exponential_backoff(configured.retry_delay_seconds)
+    )
     report = landing.run_pass(
-        area, configured.rules,
+        area,
+        configured.rules,
         scan=lambda batch, out: scan(scan_request(configured, batch, out), settings),
         recorded=lambda sha256: workspace.recorded(configured.name, sha256),
-        out=configured.out, work_dir=settings.workspace / "landing" / configured.name)
+        out=configured.out,
+        work_dir=settings.workspace / "landing" / configured.name,
+    )
     if report.files:
-        create_table_artifact(key=landing.artifact_key(configured.name, "checks"), table=landing.checks_table(report),
-                              description=f"Rows held per check, per file landed for dataset '{configured.name}'")
-        create_markdown_artifact(key=landing.artifact_key(configured.name, "summary"),
-                                 markdown=landing.summary_markdown(configured.name, report),
-                                 description=f"Landing pass for dataset '{configured.name}'")
+        create_table_artifact(
+            key=landing.artifact_key(configured.name, "checks"),
+            table=landing.checks_table(report),
+            description=f"Rows held per check, per file landed for dataset '{configured.name}'",
+        )
+        create_markdown_artifact(
+            key=landing.artifact_key(configured.name, "summary"),
+            markdown=landing.summary_markdown(configured.name, report),
+            description=f"Landing pass for dataset '{configured.name}'",
+        )
     if report.left_for_next_pass:
         raise landing.LandingIncomplete.of(report)
     return report
@@ -88,5 +112,10 @@ def gate_dataset_flow(config: str, dataset: str, out: str | None = None, max_pen
     settings = Settings.from_environment(configured.workspace)
     request = GateRequest(configured.name, Path(out) if out else configured.out / "training-snapshot", max_pending)
     result = gate_flow(request, settings)
-    return {"snapshot": str(result.path), "sha256": result.sha256, "rows": result.rows,
-            "manifest": str(result.manifest_path), "mlflow_run_id": result.run_id}
+    return {
+        "snapshot": str(result.path),
+        "sha256": result.sha256,
+        "rows": result.rows,
+        "manifest": str(result.manifest_path),
+        "mlflow_run_id": result.run_id,
+    }

@@ -49,8 +49,12 @@ class Anchor:
 
     def record(self, head: ChainHead, ledger: str) -> None:
         """Append ``head``: one line, written with O_APPEND and synced before returning."""
-        line = {"sequence": head.sequence, "entry_hash": head.entry_hash, "ledger": ledger,
-                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        line = {
+            "sequence": head.sequence,
+            "entry_hash": head.entry_hash,
+            "ledger": ledger,
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
         if self.key is not None:
             line["mac"] = self._mac(head)
         data = (json.dumps(line, sort_keys=True) + "\n").encode()
@@ -63,10 +67,12 @@ class Anchor:
             finally:
                 os.close(descriptor)
         except OSError as exc:
-            raise PoisonguardError(f"Recorded in the ledger, but the new head {head.sequence}:{head.entry_hash} "
-                                   f"could not be appended to the ledger anchor {self.path} ({exc.strerror}). "
-                                   "The gate refuses until it is: fix the anchor's location and run "
-                                   "'poisonguard verify --record-anchor'.") from None
+            raise PoisonguardError(
+                f"Recorded in the ledger, but the new head {head.sequence}:{head.entry_hash} "
+                f"could not be appended to the ledger anchor {self.path} ({exc.strerror}). "
+                "The gate refuses until it is: fix the anchor's location and run "
+                "'poisonguard verify --record-anchor'."
+            ) from None
 
     def newest(self) -> tuple[ChainHead | None, list[str]]:
         """The anchored head with the highest sequence, and a problem for every line that is not
@@ -84,8 +90,10 @@ class Anchor:
                 continue
             head = self._parse(text)
             if head is None:
-                problems.append(f"line {number} of the ledger anchor {self.path} is not a head "
-                                + ("signed with POISONGUARD_ANCHOR_KEY" if self.key else "poisonguard wrote"))
+                problems.append(
+                    f"line {number} of the ledger anchor {self.path} is not a head "
+                    + ("signed with POISONGUARD_ANCHOR_KEY" if self.key else "poisonguard wrote")
+                )
             elif newest is None or head.sequence > newest.sequence:
                 newest = head
         return newest, problems
@@ -96,14 +104,18 @@ class Anchor:
         anchored, problems = self.newest()
         if anchored is None:
             if chain_head is not None:
-                problems.append(f"the ledger anchor {self.path} holds no head, but the ledger has "
-                                f"{chain_head.sequence} entries: they were written without the anchor "
-                                "(a steward who has checked them runs 'poisonguard verify --record-anchor')")
+                problems.append(
+                    f"the ledger anchor {self.path} holds no head, but the ledger has "
+                    f"{chain_head.sequence} entries: they were written without the anchor "
+                    "(a steward who has checked them runs 'poisonguard verify --record-anchor')"
+                )
             return problems
         if chain_head is not None and chain_head.sequence > anchored.sequence:
-            problems.append(f"entries {anchored.sequence + 1} to {chain_head.sequence} of the ledger were not "
-                            f"anchored (the anchor's newest head is entry {anchored.sequence}): they were written "
-                            "outside poisonguard, or a write was interrupted before anchoring")
+            problems.append(
+                f"entries {anchored.sequence + 1} to {chain_head.sequence} of the ledger were not "
+                f"anchored (the anchor's newest head is entry {anchored.sequence}): they were written "
+                "outside poisonguard, or a write was interrupted before anchoring"
+            )
         return problems
 
     def _mac(self, head: ChainHead) -> str:
@@ -129,8 +141,10 @@ def anchor_from(workspace: Path, environ: Mapping[str, str]) -> Anchor | None:
         return Anchor(workspace / WORKSPACE_ANCHOR, key) if key is not None else None
     path = Path(raw_path).expanduser().resolve()
     if path.is_relative_to(workspace.expanduser().resolve()) and key is None:
-        raise PoisonguardError(f"{ANCHOR_VARIABLE}={raw_path} is inside the workspace, which its writer can "
-                               f"rewrite; put the anchor outside it, or set {KEY_VARIABLE} to sign its heads.")
+        raise PoisonguardError(
+            f"{ANCHOR_VARIABLE}={raw_path} is inside the workspace, which its writer can "
+            f"rewrite; put the anchor outside it, or set {KEY_VARIABLE} to sign its heads."
+        )
     return Anchor(path, key)
 
 
@@ -141,8 +155,9 @@ def _key(environ: Mapping[str, str]) -> bytes | None:
     try:
         key = bytes.fromhex(raw)
     except ValueError:
-        raise PoisonguardError(f"{KEY_VARIABLE} must be hex (e.g. from `python -c 'import secrets; "
-                               "print(secrets.token_hex(32))'`).") from None
+        raise PoisonguardError(
+            f"{KEY_VARIABLE} must be hex (e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`)."
+        ) from None
     if len(key) < _KEY_BYTES:
         raise PoisonguardError(f"{KEY_VARIABLE} must hold at least {_KEY_BYTES} bytes ({2 * _KEY_BYTES} hex digits).")
     return key
@@ -158,8 +173,10 @@ def parse_head(text: str) -> tuple[int | None, str]:
     except ValueError:
         sequence = -1
     if sequence == -1 or not 16 <= len(hash_text) <= 64:
-        raise PoisonguardError(f"--expect-head must be SEQUENCE:HASH as 'poisonguard gate' and 'verify' print it "
-                               f"(or at least 16 hex digits of the hash); got {text!r}.")
+        raise PoisonguardError(
+            f"--expect-head must be SEQUENCE:HASH as 'poisonguard gate' and 'verify' print it "
+            f"(or at least 16 hex digits of the hash); got {text!r}."
+        )
     return sequence, hash_text
 
 
@@ -169,8 +186,10 @@ def expected_head_problems(expected: str, chain_head: ChainHead | None) -> list[
     if chain_head is None:
         return [f"the ledger is empty, but its head was pinned as {expected}"]
     if not chain_head.entry_hash.startswith(prefix) or (sequence is not None and sequence != chain_head.sequence):
-        return [f"the ledger's head is {chain_head.sequence}:{chain_head.entry_hash}, not {expected} as pinned with "
-                "--expect-head: its history was rewritten, or entries were added or removed since"]
+        return [
+            f"the ledger's head is {chain_head.sequence}:{chain_head.entry_hash}, not {expected} as pinned with "
+            "--expect-head: its history was rewritten, or entries were added or removed since"
+        ]
     return []
 
 

@@ -21,8 +21,12 @@ from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe as safe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Catch poisoned training data before it reaches a model.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Catch poisoned training data before it reaches a model.",
+)
 app.add_typer(review_app, name="review")
 app.command()(verify)
 app.command()(gate)
@@ -47,10 +51,12 @@ def profile(
     name: str | None = typer.Option(None, "--name", help="Suite name (default: the reference's stem)."),
     protected: list[str] = typer.Option([], "--protected", help="Columns never used as model features (repeatable)."),
     margin: float = typer.Option(0.1, "--margin", help="Range slack as a fraction of (max - min)."),
-    id: list[str] = typer.Option([], "--id",
-                                 help="An id column: checked for nulls and repeats, never a feature (repeatable)."),
-    time: list[str] = typer.Option([], "--time", help="A date/time column: checked to parse and to be recent, "
-                                                      "never a feature (repeatable)."),
+    id: list[str] = typer.Option(
+        [], "--id", help="An id column: checked for nulls and repeats, never a feature (repeatable)."
+    ),
+    time: list[str] = typer.Option(
+        [], "--time", help="A date/time column: checked to parse and to be recent, never a feature (repeatable)."
+    ),
     text: list[str] = typer.Option([], "--text", help="A free-text column, carried through unchecked (repeatable)."),
     ignore: list[str] = typer.Option([], "--ignore", help="A column carried through unchecked (repeatable)."),
 ) -> None:
@@ -69,17 +75,25 @@ def profile(
         named = ", ".join(f"'{safe(c)}'" for c in missing)
         fail(f"Column(s) not in the reference {safe(reference)}: {named}.")
     frame, exact = table.frame.drop(columns=[ROW_NUMBER]), table.exact.to_pandas()
-    roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore),
-                        exact=exact)
+    roles = infer_roles(frame, label, protected, explicit_roles(id=id, time=time, text=text, ignore=ignore), exact=exact)
     earlier = load_suite(out).roles if out.is_file() else None
-    suite = infer_suite(frame, label, name or reference.stem, range_margin=margin, protected=tuple(protected),
-                        source=reference.name, roles=roles,
-                        kinds=dict.fromkeys(leading_zero_codes(frame, exact), ColumnKind.CATEGORICAL))
+    suite = infer_suite(
+        frame,
+        label,
+        name or reference.stem,
+        range_margin=margin,
+        protected=tuple(protected),
+        source=reference.name,
+        roles=roles,
+        kinds=dict.fromkeys(leading_zero_codes(frame, exact), ColumnKind.CATEGORICAL),
+    )
     save_suite(suite, out)
     typer.echo(f"Wrote suite '{safe(suite.name)}' ({len(suite.document['expectations'])} expectations) to {safe(out)}")
     if earlier != roles:  # the first profile of this suite, or roles that changed: say what each column is
-        typer.echo("Column roles (review them in meta.poisonguard.roles of the suite; set them with "
-                   "--id/--time/--text/--ignore/--protected):")
+        typer.echo(
+            "Column roles (review them in meta.poisonguard.roles of the suite; set them with "
+            "--id/--time/--text/--ignore/--protected):"
+        )
         for line in describe(roles):
             typer.echo(f"  {safe(line)}")
 
@@ -91,15 +105,19 @@ def scan(
     label: str = typer.Option(..., "--label", help="The label column."),
     out: Path = typer.Option(..., "--out", help="Folder for accepted/quarantined/scores/summary/report."),
     suite: Path | None = typer.Option(None, "--suite", help="GX suite JSON (default: inferred from --reference)."),
-    holdout: Path | None = typer.Option(None, "--holdout",
-                                        help="Trusted validation set (default: split off the reference)."),
+    holdout: Path | None = typer.Option(
+        None, "--holdout", help="Trusted validation set (default: split off the reference)."
+    ),
     source: str = typer.Option("unknown", "--source", help="Where the batch came from (a feed, a partner)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Training set the batch feeds (default: reference's stem)."),
-    workspace: Path | None = typer.Option(None, "--workspace",
-                                          help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress",
-                                         help="One line per stage with rows/s on stderr "
-                                              "(default: when stderr is a terminal)."),
+    workspace: Path | None = typer.Option(
+        None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE)."
+    ),
+    progress: bool | None = typer.Option(
+        None,
+        "--progress/--no-progress",
+        help="One line per stage with rows/s on stderr (default: when stderr is a terminal).",
+    ),
     id: list[str] = typer.Option([], "--id", help="An id column (repeatable); overrides the suite's roles."),
     time: list[str] = typer.Option([], "--time", help="A date/time column (repeatable)."),
     text: list[str] = typer.Option([], "--text", help="A free-text column (repeatable)."),
@@ -109,28 +127,58 @@ def scan(
     from pipeline.roles import explicit_roles
 
     roles = tuple((c, r.value) for c, r in explicit_roles(id=id, time=time, text=text, ignore=ignore).items())
-    summary = run_scan(batch=batch, reference=reference, label=label, out=out, suite=suite, holdout=holdout,
-                       source=source, dataset=dataset, workspace=workspace,
-                       progress=sys.stderr.isatty() if progress is None else progress, roles=roles)
+    summary = run_scan(
+        batch=batch,
+        reference=reference,
+        label=label,
+        out=out,
+        suite=suite,
+        holdout=holdout,
+        source=source,
+        dataset=dataset,
+        workspace=workspace,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        roles=roles,
+    )
     print_summary(summary, out)
 
 
-def run_scan(*, batch: Path, reference: Path, label: str, out: Path, suite: Path | None = None,
-             holdout: Path | None = None, source: str = "unknown", dataset: str | None = None,
-             workspace: Path | None = None, progress: bool = False,
-             roles: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+def run_scan(
+    *,
+    batch: Path,
+    reference: Path,
+    label: str,
+    out: Path,
+    suite: Path | None = None,
+    holdout: Path | None = None,
+    source: str = "unknown",
+    dataset: str | None = None,
+    workspace: Path | None = None,
+    progress: bool = False,
+    roles: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any]:
     from pipeline.fit_cache import FitCache
     from pipeline.input_paths import check_batch_path, symlinks_allowed
     from pipeline.paths import check_output_folder, check_workspace
     from pipeline.scan import ScanRequest, preflight
 
     settings = dataclasses.replace(Settings.from_environment(workspace), show_progress=progress)
-    request = ScanRequest(batch=Path(batch), reference=Path(reference), label=label, out=Path(out),
-                          suite=suite, holdout=holdout, source=source, dataset=dataset, roles=roles)
+    request = ScanRequest(
+        batch=Path(batch),
+        reference=Path(reference),
+        label=label,
+        out=Path(out),
+        suite=suite,
+        holdout=holdout,
+        source=source,
+        dataset=dataset,
+        roles=roles,
+    )
     check_batch_path(request.batch, allow_symlinks=symlinks_allowed(os.environ))
     check_workspace(settings.workspace)
-    check_output_folder(request.out, workspace=settings.workspace,
-                        inputs=[request.batch, request.reference, request.holdout, request.suite])
+    check_output_folder(
+        request.out, workspace=settings.workspace, inputs=[request.batch, request.reference, request.holdout, request.suite]
+    )
     preflight(request)
     FitCache.for_workspace(settings.workspace)  # a bad cache key is one line now, not a failed flow run
     quiet_libraries()
@@ -153,9 +201,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         if verdict.get("drift_note"):
             typer.echo(f"  note: {safe(verdict['drift_note'])}")
     if summary.get("duplicate"):
-        typer.echo(f"Batch {safe(summary['batch']['file'])} (sha256 {summary['batch']['sha256'][:12]}…) was already "
-                   f"scanned for dataset '{safe(summary['dataset'])}' on {summary['scanned_at']}; nothing ingested "
-                   "again. The recorded decision was written to the output folder.")
+        typer.echo(
+            f"Batch {safe(summary['batch']['file'])} (sha256 {summary['batch']['sha256'][:12]}…) was already "
+            f"scanned for dataset '{safe(summary['dataset'])}' on {summary['scanned_at']}; nothing ingested "
+            "again. The recorded decision was written to the output folder."
+        )
     typer.echo(f"{counts['rows']} rows: {counts['accepted']} accepted, {counts['quarantined']} quarantined.")
     carried = {c: r for c, r in summary.get("roles", {}).items() if r not in ("feature", "label", "protected")}
     if carried:
@@ -183,16 +233,25 @@ def demo(
     for path in batches:
         typer.echo(f"\n== {path.name}")
         started = time.perf_counter()
-        summary = run_scan(batch=path, reference=DEMO_DIR / "reference.parquet", label="deny",
-                           out=out / path.stem, suite=REPO_ROOT / "expectations" / "hmda.json",
-                           holdout=DEMO_DIR / "holdout.parquet", source="demo-feed", dataset="hmda",
-                           workspace=workspace)
+        summary = run_scan(
+            batch=path,
+            reference=DEMO_DIR / "reference.parquet",
+            label="deny",
+            out=out / path.stem,
+            suite=REPO_ROOT / "expectations" / "hmda.json",
+            holdout=DEMO_DIR / "holdout.parquet",
+            source="demo-feed",
+            dataset="hmda",
+            workspace=workspace,
+        )
         print_summary(summary, out / path.stem)
         typer.echo(f"({time.perf_counter() - started:.1f} s)")
     settings = Settings.from_environment(workspace)
     typer.echo("\nOpen a report in a browser, e.g. " + str((out / batches[0].stem / "report.html").resolve()))
-    typer.echo("Browse provenance in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri "
-               f"{settings.tracking_uri} --port 5000   (then open http://127.0.0.1:5000)")
+    typer.echo(
+        "Browse provenance in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri "
+        f"{settings.tracking_uri} --port 5000   (then open http://127.0.0.1:5000)"
+    )
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ from pipeline.config import Settings
 from pipeline.errors import PoisonguardError
 from pipeline.terminal import terminal_safe as safe
 
-review_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="Work through quarantined rows: list, show, release, reject.")
+review_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Work through quarantined rows: list, show, release, reject."
+)
 
 WORKSPACE = typer.Option(None, "--workspace", help="State folder (default ./.poisonguard or $POISONGUARD_WORKSPACE).")
 
@@ -48,8 +49,21 @@ def list_rows(
             rows = sorted(ledger.list_rows(dataset=dataset, status=status.value), key=lambda r: (-r.suspicion, r.id))
     if output == Format.json:
         # json.dumps escapes control characters itself (and, with ensure_ascii, everything else)
-        typer.echo(json.dumps([{"id": r.id, "dataset": r.dataset, "status": r.status.value,
-                                "suspicion": r.suspicion, "reasons": list(r.reasons)} for r in rows], indent=1))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "dataset": r.dataset,
+                        "status": r.status.value,
+                        "suspicion": r.suspicion,
+                        "reasons": list(r.reasons),
+                    }
+                    for r in rows
+                ],
+                indent=1,
+            )
+        )
         return
     if not rows:
         typer.echo(f"No {status.value} rows" + (f" in dataset '{safe(dataset)}'." if dataset else "."))
@@ -73,11 +87,13 @@ def show(
     with open_ledger(settings) as ledger:
         if ":" not in row_id:
             b = ledger.get_batch(row_id)
-            typer.echo(f"batch {safe(b.id)}  {safe(b.file)}  dataset {safe(b.dataset)}  source {safe(b.source)}  "
-                       f"submitted by {safe(b.submitter)}\n"
-                       f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {safe(b.mlflow_run_id)}\n"
-                       f"{b.rows} rows: {b.accepted} accepted, {b.quarantined} quarantined "
-                       f"({b.pending} pending, {b.released} released, {b.rejected} rejected)")
+            typer.echo(
+                f"batch {safe(b.id)}  {safe(b.file)}  dataset {safe(b.dataset)}  source {safe(b.source)}  "
+                f"submitted by {safe(b.submitter)}\n"
+                f"scanned {b.scanned_at.isoformat(timespec='seconds')}  MLflow run {safe(b.mlflow_run_id)}\n"
+                f"{b.rows} rows: {b.accepted} accepted, {b.quarantined} quarantined "
+                f"({b.pending} pending, {b.released} released, {b.rejected} rejected)"
+            )
             verdict = batch_summary(settings, b).get("verdict")
             if verdict:
                 typer.echo(verdict["headline"])
@@ -91,11 +107,15 @@ def show(
         typer.echo(f"  - {safe(reason)}")
     scores = {k: v for k, v in r.scores.items() if not k.endswith("_raw") and isinstance(v, (int, float))}
     if scores:
-        typer.echo("  scores (1 − p-value against trusted rows): "
-                   + ", ".join(f"{safe(name)} {value:.4f}" for name, value in scores.items()))
+        typer.echo(
+            "  scores (1 − p-value against trusted rows): "
+            + ", ".join(f"{safe(name)} {value:.4f}" for name, value in scores.items())
+        )
     if r.review:
-        typer.echo(f"  {r.review.action.past_tense} by {safe(r.review.by)} at "
-                   f"{r.review.at.isoformat(timespec='seconds')}: {safe(r.review.reason)}")
+        typer.echo(
+            f"  {r.review.action.past_tense} by {safe(r.review.by)} at "
+            f"{r.review.at.isoformat(timespec='seconds')}: {safe(r.review.reason)}"
+        )
     neighbours = detail.neighbours
     if not neighbours.empty:
         columns = [c for c in neighbours.columns if c != "distance"]
@@ -117,8 +137,9 @@ def _act(action: str, row_ids: list[str], by: str, reason: str, workspace: Path 
     settings = Settings.from_environment(workspace)
     with open_ledger(settings) as ledger:
         records = act(settings, ledger, action, row_ids, by, reason)
-    typer.echo(f"{ReviewAction(action).past_tense.capitalize()} {len(records)} row(s): "
-               f"{', '.join(safe(r.row_id) for r in records)}")
+    typer.echo(
+        f"{ReviewAction(action).past_tense.capitalize()} {len(records)} row(s): {', '.join(safe(r.row_id) for r in records)}"
+    )
 
 
 @review_app.command()
@@ -144,9 +165,11 @@ def reject(
 
 
 def verify(
-    record_anchor: bool = typer.Option(False, "--record-anchor",
-                                       help="Append the verified head to the ledger anchor (after checking the "
-                                            "entries written without it)."),
+    record_anchor: bool = typer.Option(
+        False,
+        "--record-anchor",
+        help="Append the verified head to the ledger anchor (after checking the entries written without it).",
+    ),
     workspace: Path | None = WORKSPACE,
 ) -> None:
     """Check the ledger's hash chain (and its anchor, when configured): exit 3 and name every
@@ -156,8 +179,10 @@ def verify(
     settings = Settings.from_environment(workspace)
     anchor = settings.anchor
     if record_anchor and anchor is None:
-        raise PoisonguardError("--record-anchor needs an anchor: set POISONGUARD_LEDGER_ANCHOR (a file outside the "
-                               "workspace) and/or POISONGUARD_ANCHOR_KEY.")
+        raise PoisonguardError(
+            "--record-anchor needs an anchor: set POISONGUARD_LEDGER_ANCHOR (a file outside the "
+            "workspace) and/or POISONGUARD_ANCHOR_KEY."
+        )
     with open_ledger(settings) as ledger:
         head = ledger.head()
         anchored = anchor.newest()[0] if anchor is not None else None
@@ -171,8 +196,10 @@ def verify(
     if record_anchor and anchor is not None and head is not None:
         anchor.record(head, ledger.url)
         typer.echo(f"Anchored head {describe(head)} in {anchor.path}.")
-    typer.echo(f"Ledger intact: {head.sequence if head else 0} entries, head {describe(head)} "
-               "(pin it: poisonguard gate --expect-head ...).")
+    typer.echo(
+        f"Ledger intact: {head.sequence if head else 0} entries, head {describe(head)} "
+        "(pin it: poisonguard gate --expect-head ...)."
+    )
 
 
 def _cell(value) -> str:

@@ -15,8 +15,9 @@ from pipeline.terminal import terminal_safe as safe
 if TYPE_CHECKING:  # pipeline.landing reads tables (pandas, Arrow): imported where a command runs
     from pipeline.landing import DatasetConfig, LandedFile, LandingConfig, PassReport
 
-CONFIG = typer.Option(Path("poisonguard.toml"), "--config",
-                      help="The datasets and their landing areas (see examples/poisonguard.toml).")
+CONFIG = typer.Option(
+    Path("poisonguard.toml"), "--config", help="The datasets and their landing areas (see examples/poisonguard.toml)."
+)
 
 
 def serve(
@@ -37,7 +38,8 @@ def serve(
             "poisonguard serve needs a Prefect server: the temporary one Prefect starts without it runs no "
             "scheduler and stops with this process. Start one (prefect server start) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api, or run `poisonguard ingest-landing` from cron "
-            "(docs/scheduling.md).")
+            "(docs/scheduling.md)."
+        )
     deployments = build_deployments(configured, config.resolve())
     from pipeline.cli_prefect import prepare_prefect
 
@@ -58,14 +60,25 @@ def build_deployments(configured: LandingConfig, config_path: Path) -> list[Any]
     for dataset in configured.datasets.values():
         parameters = {"config": str(config_path), "dataset": dataset.name}
         # by module: served runs import the installed package, whatever the working directory
-        deployments.append(landing_flow.to_deployment(
-            name=dataset.name, schedules=[_schedule(dataset)] if dataset.scheduled else None, parameters=parameters,
-            description=f"Scan each new file in {dataset.landing} exactly once for dataset '{dataset.name}'.",
-            tags=["poisonguard", "landing"], entrypoint_type=EntrypointType.MODULE_PATH))
-        deployments.append(gate_dataset_flow.to_deployment(
-            name=dataset.name, parameters=parameters,
-            description=f"Before retraining on '{dataset.name}': verify, then write the training snapshot.",
-            tags=["poisonguard", "gate"], entrypoint_type=EntrypointType.MODULE_PATH))
+        deployments.append(
+            landing_flow.to_deployment(
+                name=dataset.name,
+                schedules=[_schedule(dataset)] if dataset.scheduled else None,
+                parameters=parameters,
+                description=f"Scan each new file in {dataset.landing} exactly once for dataset '{dataset.name}'.",
+                tags=["poisonguard", "landing"],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
+        deployments.append(
+            gate_dataset_flow.to_deployment(
+                name=dataset.name,
+                parameters=parameters,
+                description=f"Before retraining on '{dataset.name}': verify, then write the training snapshot.",
+                tags=["poisonguard", "gate"],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
     return deployments
 
 
@@ -108,8 +121,9 @@ def run_landing(*, config: Path, dataset: str) -> PassReport:
     configured = load_config(config).dataset(dataset)
     prepare_landing(configured)  # a config problem: one line, before any service starts
 
-    return run_flow(Settings.from_environment(configured.workspace), "flows.landing", "landing_flow",
-                    str(config.resolve()), dataset)
+    return run_flow(
+        Settings.from_environment(configured.workspace), "flows.landing", "landing_flow", str(config.resolve()), dataset
+    )
 
 
 def print_pass(report: PassReport) -> None:
@@ -118,8 +132,10 @@ def print_pass(report: PassReport) -> None:
     if not report.files:
         typer.echo(f"No new files in {safe(report.landing)}.")
         return
-    typer.echo(f"{safe(report.landing)}: " + ", ".join(f"{report.count(outcome)} {outcome.value}"
-                                                  for outcome in Outcome if report.count(outcome)))
+    typer.echo(
+        f"{safe(report.landing)}: "
+        + ", ".join(f"{report.count(outcome)} {outcome.value}" for outcome in Outcome if report.count(outcome))
+    )
     for landed in report.files:
         typer.echo(f"  {safe(describe(landed))}")
 
@@ -129,11 +145,14 @@ def describe(landed: LandedFile) -> str:
 
     if landed.outcome is Outcome.SCANNED:
         again = " (decision recorded earlier, delivered again)" if landed.redelivered else ""
-        return (f"{landed.name}: scanned{again}, batch {landed.batch_id}: {landed.rows} rows, {landed.accepted} "
-                f"accepted, {landed.quarantined} quarantined. Report: {landed.report}")
+        return (
+            f"{landed.name}: scanned{again}, batch {landed.batch_id}: {landed.rows} rows, {landed.accepted} "
+            f"accepted, {landed.quarantined} quarantined. Report: {landed.report}"
+        )
     if landed.outcome is Outcome.ALREADY_RECORDED:
-        return (f"{landed.name}: already scanned as batch {landed.batch_id}; nothing ingested again. "
-                f"Moved to {landed.location}")
+        return (
+            f"{landed.name}: already scanned as batch {landed.batch_id}; nothing ingested again. Moved to {landed.location}"
+        )
     if landed.outcome is Outcome.FAILED:
         return f"{landed.name}: failed: {landed.error} Moved to {landed.location} (the error is beside it)."
     return f"{landed.name}: left for the next pass (attempt {landed.attempt}): {landed.error}"

@@ -29,8 +29,9 @@ def ui(
     workspace: Path | None = WORKSPACE,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless --allow-remote)."),
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on."),
-    allow_remote: bool = typer.Option(False, "--allow-remote",
-                                      help="Allow a non-loopback --host; put the page behind TLS then."),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow a non-loopback --host; put the page behind TLS then."
+    ),
 ) -> None:
     """Serve the review page: batches, quarantined rows, release and reject in a browser.
 
@@ -38,8 +39,10 @@ def ui(
     """
     remote = not is_loopback(host)
     if remote and not allow_remote:
-        raise PoisonguardError(f"Refusing to listen on {host}: the review page binds a loopback address "
-                               "(127.0.0.1) unless --allow-remote is given, and then it must sit behind TLS.")
+        raise PoisonguardError(
+            f"Refusing to listen on {host}: the review page binds a loopback address "
+            "(127.0.0.1) unless --allow-remote is given, and then it must sit behind TLS."
+        )
     settings = Settings.from_environment(workspace)
     configured = os.environ.get(TOKEN_VARIABLE, "")
     token = configured or secrets.token_urlsafe(24)
@@ -54,9 +57,12 @@ def ui(
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"poisonguard review page on http://{shown}:{port}/  (ledger {app.state.ledger.url})")
     if remote:
-        typer.echo("poisonguard: warning: listening on a non-loopback address without TLS. Expose it only "
-                   "behind a TLS-terminating proxy: the sign-in token and session cookie must not cross a "
-                   "network in clear.", err=True)
+        typer.echo(
+            "poisonguard: warning: listening on a non-loopback address without TLS. Expose it only "
+            "behind a TLS-terminating proxy: the sign-in token and session cookie must not cross a "
+            "network in clear.",
+            err=True,
+        )
     if configured:
         typer.echo(f"Sign in with the token in ${TOKEN_VARIABLE}.")
     else:

@@ -25,8 +25,7 @@ DEFAULT_WORKSPACE = Path(".poisonguard")
 # Detectors a scan runs, by registry name (pipeline.detectors) with their parameters. RONI's
 # per-row influence is registered but not on by default: on HMDA's noisy labels its single-row
 # AUROC is ~0.5 (0.94 on breast cancer); groups get exact RONI in every scan instead.
-DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}, "trigger": {},
-                                                "duplicates": {}}
+DEFAULT_DETECTORS: dict[str, dict[str, Any]] = {"outliers": {}, "label_consistency": {}, "trigger": {}, "duplicates": {}}
 DATABASE_URL_VARIABLE = "POISONGUARD_DATABASE_URL"
 LEDGER_FILE_NAME = "ledger.sqlite"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -88,8 +87,7 @@ class Settings:
     anchor_key: SecretStr = field(default_factory=lambda: SecretStr(""))
 
     @classmethod
-    def from_environment(cls, workspace: str | Path | None = None,
-                         environ: Mapping[str, str] | None = None) -> Settings:
+    def from_environment(cls, workspace: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         root = Path(workspace or env.get("POISONGUARD_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         tracking = _tracking_uri(env, root, export=environ is None)
@@ -98,34 +96,51 @@ class Settings:
                 false_quarantine_target=_number(env, "POISONGUARD_FALSE_QUARANTINE_TARGET", 0.01),
                 false_discovery_rate=_number(env, "POISONGUARD_FALSE_DISCOVERY_RATE", 0.1),
                 verdict_alpha=_number(env, "POISONGUARD_VERDICT_ALPHA", 0.01),
-                evidence_hold=env.get("POISONGUARD_EVIDENCE_HOLD", "likely").strip() or "likely")
+                evidence_hold=env.get("POISONGUARD_EVIDENCE_HOLD", "likely").strip() or "likely",
+            )
         except PoisonguardError as error:
-            raise PoisonguardError(f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
-                                   "POISONGUARD_FALSE_DISCOVERY_RATE / POISONGUARD_VERDICT_ALPHA / "
-                                   "POISONGUARD_EVIDENCE_HOLD.") from None
+            raise PoisonguardError(
+                f"{error} Set it with POISONGUARD_FALSE_QUARANTINE_TARGET / "
+                "POISONGUARD_FALSE_DISCOVERY_RATE / POISONGUARD_VERDICT_ALPHA / "
+                "POISONGUARD_EVIDENCE_HOLD."
+            ) from None
         max_fit_rows = _row_count(env, "POISONGUARD_MAX_FIT_ROWS", 50_000)
         max_impact_rows = _row_count(env, "POISONGUARD_MAX_IMPACT_ROWS", 100_000)
         chunk_rows = _row_count(env, "POISONGUARD_CHUNK_ROWS", 100_000, minimum=10)
         spool_mib = _number(env, "POISONGUARD_SPOOL_MIB", 64)
         if spool_mib < 0:
-            raise PoisonguardError("POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; "
-                                   f"got {env.get('POISONGUARD_SPOOL_MIB')!r}.")
+            raise PoisonguardError(
+                f"POISONGUARD_SPOOL_MIB must be a size in MiB, 0 or more; got {env.get('POISONGUARD_SPOOL_MIB')!r}."
+            )
         unseen = (env.get("POISONGUARD_UNSEEN_LEVELS") or "hold").strip().lower()
         if unseen not in UNSEEN_LEVEL_POLICIES:
-            raise PoisonguardError("POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; "
-                                   f"got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}.")
+            raise PoisonguardError(
+                f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}."
+            )
         orchestrator = _orchestrator(env)
         max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
         tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)
         if max_age < 0 or tolerance < 0:
-            raise PoisonguardError("POISONGUARD_TIME_WINDOW_DAYS and POISONGUARD_FUTURE_TOLERANCE_HOURS must be 0 or "
-                                   "more (a window of 0 days: no lower bound).")
-        return cls(workspace=root, tracking=SecretStr(tracking), unseen_levels=unseen, orchestrator=orchestrator,
-                   role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance),
-                   max_fit_rows=max_fit_rows, max_impact_rows=max_impact_rows,
-                   chunk_rows=chunk_rows, spool_bytes=int(spool_mib * (1 << 20)), dask=env.get("POISONGUARD_DASK") or None,
-                   submitter=env.get("POISONGUARD_USER") or _login_name(), policy=policy,
-                   database_url=SecretStr(ledger_url(root, env)), **_anchor_settings(root, env))
+            raise PoisonguardError(
+                "POISONGUARD_TIME_WINDOW_DAYS and POISONGUARD_FUTURE_TOLERANCE_HOURS must be 0 or "
+                "more (a window of 0 days: no lower bound)."
+            )
+        return cls(
+            workspace=root,
+            tracking=SecretStr(tracking),
+            unseen_levels=unseen,
+            orchestrator=orchestrator,
+            role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance),
+            max_fit_rows=max_fit_rows,
+            max_impact_rows=max_impact_rows,
+            chunk_rows=chunk_rows,
+            spool_bytes=int(spool_mib * (1 << 20)),
+            dask=env.get("POISONGUARD_DASK") or None,
+            submitter=env.get("POISONGUARD_USER") or _login_name(),
+            policy=policy,
+            database_url=SecretStr(ledger_url(root, env)),
+            **_anchor_settings(root, env),
+        )
 
     @property
     def anchor(self) -> Anchor | None:
@@ -185,8 +200,10 @@ def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
     bare, username, password = strip_userinfo(uri)
     if bare != uri:
         if not export:  # a given mapping, not the process's environment: nowhere to move them to
-            raise PoisonguardError("MLFLOW_TRACKING_URI holds user info; set MLFLOW_TRACKING_USERNAME and "
-                                   "MLFLOW_TRACKING_PASSWORD instead and leave it out of the URI.")
+            raise PoisonguardError(
+                "MLFLOW_TRACKING_URI holds user info; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD instead and leave it out of the URI."
+            )
         if username:
             os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
         if password:
@@ -198,8 +215,10 @@ def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
 def _orchestrator(env: Mapping[str, str]) -> str:
     chosen = (env.get("POISONGUARD_ORCHESTRATOR") or "auto").strip().lower()
     if chosen not in ORCHESTRATORS:
-        raise PoisonguardError(f"POISONGUARD_ORCHESTRATOR must be one of {', '.join(ORCHESTRATORS)}; "
-                               f"got {env.get('POISONGUARD_ORCHESTRATOR')!r}.")
+        raise PoisonguardError(
+            f"POISONGUARD_ORCHESTRATOR must be one of {', '.join(ORCHESTRATORS)}; "
+            f"got {env.get('POISONGUARD_ORCHESTRATOR')!r}."
+        )
     if chosen == "auto":
         return "prefect" if (env.get("PREFECT_API_URL") or env.get("POISONGUARD_DASK")) else "plain"
     return chosen

@@ -47,15 +47,21 @@ class Decisions:
         return {str(k): int(v) for k, v in self.findings.groupby("check")[ROW_NUMBER].nunique().items()}
 
 
-def detector_findings(name: str, scores: pd.DataFrame, fired: np.ndarray,
-                      explain: Explain | None = None) -> pd.DataFrame:
+def detector_findings(name: str, scores: pd.DataFrame, fired: np.ndarray, explain: Explain | None = None) -> pd.DataFrame:
     rows = scores[fired]
     reasons = rows["reason"].to_list() if explain is None else explain(name, rows[ROW_NUMBER].to_numpy())
-    return findings_frame([
-        {"row_number": row.row_number, "check": f"detector:{name}", "reason_code": ReasonCode.DETECTOR,
-         "observed": f"{1.0 - row.calibrated:.3g}", "message": reason}
-        for row, reason in zip(rows.itertuples(index=False), reasons)
-    ])
+    return findings_frame(
+        [
+            {
+                "row_number": row.row_number,
+                "check": f"detector:{name}",
+                "reason_code": ReasonCode.DETECTOR,
+                "observed": f"{1.0 - row.calibrated:.3g}",
+                "message": reason,
+            }
+            for row, reason in zip(rows.itertuples(index=False), reasons)
+        ]
+    )
 
 
 def decide(
@@ -99,22 +105,32 @@ def decide(
         else:
             held = aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool)
         by_row = pd.Series(held, index=rows[ROW_NUMBER])
-        parts.append(detector_findings(name, scores, by_row.reindex(scores[ROW_NUMBER], fill_value=False).to_numpy(bool),
-                                       explain))
+        parts.append(
+            detector_findings(name, scores, by_row.reindex(scores[ROW_NUMBER], fill_value=False).to_numpy(bool), explain)
+        )
     if verdict is not None and policy.evidence_hold != "off":
         # rows a rule holds, or that the detector already holds on its own, keep their own reasons
         settled = set(pd.concat([p[ROW_NUMBER] for p in parts]))
-        parts += [_evidence_findings(verdict, kind, rows[ROW_NUMBER].to_numpy(), pvalues, settled, policy, explain)
-                  for kind, evidence in verdict.by_kind.items()
-                  if evidence.ranked and evidence.detector in row_scoped and verdict.significant(kind)]
+        parts += [
+            _evidence_findings(verdict, kind, rows[ROW_NUMBER].to_numpy(), pvalues, settled, policy, explain)
+            for kind, evidence in verdict.by_kind.items()
+            if evidence.ranked and evidence.detector in row_scoped and verdict.significant(kind)
+        ]
     if batch_findings:
-        parts.append(findings_frame([
-            {"row_number": r, "check": f.check, "reason_code": f.reason_code, "observed": None,
-             "message": f.message}
-            for f in batch_findings for r in rows[ROW_NUMBER]
-        ]))
-    findings = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
+        parts.append(
+            findings_frame(
+                [
+                    {"row_number": r, "check": f.check, "reason_code": f.reason_code, "observed": None, "message": f.message}
+                    for f in batch_findings
+                    for r in rows[ROW_NUMBER]
+                ]
+            )
+        )
+    findings = (
+        pd.concat([p for p in parts if len(p)], ignore_index=True)
+        if any(len(p) for p in parts)
         else validation_findings.iloc[0:0]
+    )
 
     hard = ~findings["reason_code"].isin(SOFT_REASONS)
     is_hard = rows[ROW_NUMBER].isin(set(findings.loc[hard, ROW_NUMBER])).to_numpy()
@@ -123,13 +139,21 @@ def decide(
     rows["suspicion"] = np.where(is_hard, 1.0, 1.0 - fused)
     rows["quarantined"] = rows[ROW_NUMBER].isin(set(findings[ROW_NUMBER])).to_numpy()
     rows["reasons"] = _reasons_per_row(rows[ROW_NUMBER], findings)
-    ordered = [ROW_NUMBER, "suspicion", "quarantined", "reasons"] + \
-        [c for c in rows.columns if c not in (ROW_NUMBER, "suspicion", "quarantined", "reasons")]
+    ordered = [ROW_NUMBER, "suspicion", "quarantined", "reasons"] + [
+        c for c in rows.columns if c not in (ROW_NUMBER, "suspicion", "quarantined", "reasons")
+    ]
     return Decisions(rows[ordered], findings.reset_index(drop=True), threshold=threshold)
 
 
-def _evidence_findings(verdict: Verdict, kind: str, row_numbers: np.ndarray, pvalues: dict[str, np.ndarray],
-                       settled: set[int], policy: QuarantinePolicy, explain: Explain | None) -> pd.DataFrame:
+def _evidence_findings(
+    verdict: Verdict,
+    kind: str,
+    row_numbers: np.ndarray,
+    pvalues: dict[str, np.ndarray],
+    settled: set[int],
+    policy: QuarantinePolicy,
+    explain: Explain | None,
+) -> pd.DataFrame:
     """The kind's ``estimate`` (or its lower bound) most suspect rows, each with the batch's
     estimate and the row's rank as reason (and the detector's own reason, where the detector did
     not hold the row on its own already). Rows a rule or another check holds keep their reasons."""
@@ -145,14 +169,20 @@ def _evidence_findings(verdict: Verdict, kind: str, row_numbers: np.ndarray, pva
     pvalue = np.nan_to_num(pvalues[name], nan=1.0)
     words = KIND_WORDS.get(kind, kind)
     low, high = evidence.interval
-    return findings_frame([
-        {"row_number": row_numbers[position], "check": f"verdict:{kind}", "reason_code": ReasonCode.BATCH_EVIDENCE,
-         "observed": f"{pvalue[position]:.3g}",
-         "message": f"the batch is estimated to hold {evidence.estimate} {words} ({low}-{high}); this row ranks "
-                    f"{ranks[position]} of {len(evidence.rows)} by {name} (p = {pvalue[position]:.2g})"
-                    + (f": {reason}" if reason else "")}
-        for position, reason in zip(ranked, own)
-    ])
+    return findings_frame(
+        [
+            {
+                "row_number": row_numbers[position],
+                "check": f"verdict:{kind}",
+                "reason_code": ReasonCode.BATCH_EVIDENCE,
+                "observed": f"{pvalue[position]:.3g}",
+                "message": f"the batch is estimated to hold {evidence.estimate} {words} ({low}-{high}); this row ranks "
+                f"{ranks[position]} of {len(evidence.rows)} by {name} (p = {pvalue[position]:.2g})"
+                + (f": {reason}" if reason else ""),
+            }
+            for position, reason in zip(ranked, own)
+        ]
+    )
 
 
 def content_keys(batch: pd.DataFrame) -> np.ndarray:

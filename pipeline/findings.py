@@ -55,8 +55,9 @@ def findings_frame(records: list[dict]) -> pd.DataFrame:
     (each value's own text: a column of them all numbers would make an int a float first)."""
     frame = pd.DataFrame.from_records(records, columns=FINDING_COLUMNS)
     frame["row_number"] = frame["row_number"].astype("int64")
-    frame["observed"] = pd.Series([None if r["observed"] is None else str(r["observed"]) for r in records],
-                                  index=frame.index, dtype=object)
+    frame["observed"] = pd.Series(
+        [None if r["observed"] is None else str(r["observed"]) for r in records], index=frame.index, dtype=object
+    )
     frame["reason_code"] = frame["reason_code"].map(lambda c: ReasonCode(c).value)
     return frame
 

@@ -72,8 +72,10 @@ class FitCache:
             key = _signing_key(workspace, env)
             return None if key is None else cls(user_cache_folder(env) / "fits", key)
         if not env.get(KEY_VARIABLE):
-            raise PoisonguardError(f"{SWITCH_VARIABLE}={setting} names a shared cache folder; set {KEY_VARIABLE} "
-                                   "as well, so that every workspace using it signs with the same key.")
+            raise PoisonguardError(
+                f"{SWITCH_VARIABLE}={setting} names a shared cache folder; set {KEY_VARIABLE} "
+                "as well, so that every workspace using it signs with the same key."
+            )
         key = _signing_key(workspace, env)
         return None if key is None else cls(Path(setting).expanduser(), key)
 
@@ -165,11 +167,13 @@ def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes | None:
         try:
             key = bytes.fromhex(configured.strip())
         except ValueError:
-            raise PoisonguardError(f"{KEY_VARIABLE} must be hex (e.g. from `python -c 'import secrets; "
-                                   f"print(secrets.token_hex(32))'`).") from None
+            raise PoisonguardError(
+                f"{KEY_VARIABLE} must be hex (e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`)."
+            ) from None
         if len(key) < _KEY_BYTES:
-            raise PoisonguardError(f"{KEY_VARIABLE} must hold at least {_KEY_BYTES} bytes ({2 * _KEY_BYTES} hex digits); "
-                                   f"it holds {len(key)}.")
+            raise PoisonguardError(
+                f"{KEY_VARIABLE} must hold at least {_KEY_BYTES} bytes ({2 * _KEY_BYTES} hex digits); it holds {len(key)}."
+            )
         return key
     path = key_file(env)
     if path.resolve().is_relative_to(workspace.expanduser().resolve()):
@@ -184,8 +188,10 @@ def _signing_key(workspace: Path, env: Mapping[str, str]) -> bytes | None:
     except ValueError:  # not ASCII, not hex
         key = b""
     if len(key) < _KEY_BYTES:  # an empty or short key would let anyone forge a tag
-        raise PoisonguardError(f"The fit-cache key {path} is not {_KEY_BYTES} bytes of hex; delete it to have a "
-                               f"new one made (or set {KEY_VARIABLE}).")
+        raise PoisonguardError(
+            f"The fit-cache key {path} is not {_KEY_BYTES} bytes of hex; delete it to have a "
+            f"new one made (or set {KEY_VARIABLE})."
+        )
     return key
 
 

@@ -78,8 +78,7 @@ class GateRequest:
             parse_head(self.expect_head)
         object.__setattr__(self, "out", Path(self.out))
         if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int) or self.max_pending < 0:
-            raise PoisonguardError(
-                f"The 'max_pending' parameter of the gate must be an int >= 0. Got {self.max_pending!r}.")
+            raise PoisonguardError(f"The 'max_pending' parameter of the gate must be an int >= 0. Got {self.max_pending!r}.")
 
 
 class ProblemKind(str, Enum):
@@ -105,8 +104,13 @@ class Problem:
     rows: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "message": self.message, "path": self.path, "batch_id": self.batch_id,
-                "rows": [f"{self.batch_id}:{n}" for n in self.rows]}
+        return {
+            "kind": self.kind.value,
+            "message": self.message,
+            "path": self.path,
+            "batch_id": self.batch_id,
+            "rows": [f"{self.batch_id}:{n}" for n in self.rows],
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,32 +168,47 @@ class Refusal:
         return bool(self.problems)
 
     def as_dict(self, dataset: str) -> dict[str, Any]:
-        return {"dataset": dataset, "released": False, "tampered": self.tampered, "pending": self.pending,
-                "max_pending": self.max_pending, "problems": [p.as_dict() for p in self.problems],
-                "unreviewed_poisoned_batches": [{"batch_id": b.record.id, "file": b.record.file,
-                                                 "pending": b.record.pending, "verdict": b.verdict}
-                                                for b in self.poisoned]}
+        return {
+            "dataset": dataset,
+            "released": False,
+            "tampered": self.tampered,
+            "pending": self.pending,
+            "max_pending": self.max_pending,
+            "problems": [p.as_dict() for p in self.problems],
+            "unreviewed_poisoned_batches": [
+                {"batch_id": b.record.id, "file": b.record.file, "pending": b.record.pending, "verdict": b.verdict}
+                for b in self.poisoned
+            ],
+        }
 
     def message(self, dataset: str, run_id: str | None, listing: Path | None) -> str:
         lines = []
         if self.problems:
-            lines.append(f"The gate refused dataset '{dataset}': {len(self.problems)} problem(s) with what was "
-                         "recorded at acceptance; nothing was released.")
+            lines.append(
+                f"The gate refused dataset '{dataset}': {len(self.problems)} problem(s) with what was "
+                "recorded at acceptance; nothing was released."
+            )
             lines += [f"  - {p.message}" for p in self.problems[:_PROBLEMS_SHOWN]]
             if len(self.problems) > _PROBLEMS_SHOWN:
                 lines.append(f"  … and {len(self.problems) - _PROBLEMS_SHOWN} more")
         if self.pending > self.max_pending:
-            text = (f"{self.pending} row(s) of dataset '{dataset}' await review (allowed: {self.max_pending}). Review "
-                    f"them (poisonguard review list --dataset {dataset}) or raise --max-pending.")
-            lines.append(f"  - {text}" if self.problems or lines else
-                         f"The gate refused dataset '{dataset}'; nothing was released: {text}")
+            text = (
+                f"{self.pending} row(s) of dataset '{dataset}' await review (allowed: {self.max_pending}). Review "
+                f"them (poisonguard review list --dataset {dataset}) or raise --max-pending."
+            )
+            lines.append(
+                f"  - {text}"
+                if self.problems or lines
+                else f"The gate refused dataset '{dataset}'; nothing was released: {text}"
+            )
         for batch in self.poisoned:
-            text = (f"batch {batch.record.id} ({batch.record.file}) was called poisoned by its scan and no "
-                    f"steward has reviewed any of its {batch.record.pending} held row(s); --max-pending does not "
-                    f"cover a poisoned batch nobody has looked at. Review it (poisonguard review show {batch.record.id}). "
-                    f"{batch.verdict}")
-            lines.append(f"  - {text}" if lines else
-                         f"The gate refused dataset '{dataset}'; nothing was released: {text}")
+            text = (
+                f"batch {batch.record.id} ({batch.record.file}) was called poisoned by its scan and no "
+                f"steward has reviewed any of its {batch.record.pending} held row(s); --max-pending does not "
+                f"cover a poisoned batch nobody has looked at. Review it (poisonguard review show {batch.record.id}). "
+                f"{batch.verdict}"
+            )
+            lines.append(f"  - {text}" if lines else f"The gate refused dataset '{dataset}'; nothing was released: {text}")
         where = []
         if run_id:
             where.append(f"{'alarm' if self.tampered else 'refusal'} recorded in MLflow run {run_id}")
@@ -228,6 +247,7 @@ class GateResult:
 
 # --- the steps -------------------------------------------------------------------------------
 
+
 def ledger_identity(settings: Settings) -> str:
     """How gate runs name the ledger in MLflow: its URL with any password masked."""
     from pipeline.ledger.database import display_url, parse_url
@@ -246,8 +266,7 @@ def expected_head(settings: Settings) -> ChainHead | None:
     return ChainHead(*found) if found else None
 
 
-def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None,
-                pinned: str | None = None) -> LedgerState:
+def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None, pinned: str | None = None) -> LedgerState:
     """``pinned``: the ``--expect-head`` the chain's head must equal."""
     from pipeline.anchor import expected_head_problems
 
@@ -258,12 +277,16 @@ def read_ledger(settings: Settings, dataset: str, expected: ChainHead | None,
         rows = ledger.row_numbers(dataset)
         pending = ledger.pending_count(dataset)
         if ledger.head() != head:
-            raise PoisonguardError("The ledger changed while the gate read it (a scan or review was recorded); "
-                                   "nothing was released. Run the gate again.")
+            raise PoisonguardError(
+                "The ledger changed while the gate read it (a scan or review was recorded); "
+                "nothing was released. Run the gate again."
+            )
         url = ledger.url
     problems = tuple(Problem(ProblemKind.LEDGER_EDITED, f"ledger: {p}") for p in chain)
-    heads = [*(settings.anchor.check(head) if settings.anchor is not None else []),
-             *(expected_head_problems(pinned, head) if pinned else [])]
+    heads = [
+        *(settings.anchor.check(head) if settings.anchor is not None else []),
+        *(expected_head_problems(pinned, head) if pinned else []),
+    ]
     problems += tuple(Problem(ProblemKind.LEDGER_HEAD, f"ledger: {p}") for p in heads)
     return LedgerState(dataset, url, tuple(batches), rows, pending, head, expected, problems)
 
@@ -290,9 +313,11 @@ def decide(request: GateRequest, state: LedgerState, check: WorkspaceCheck) -> R
     if problems or poisoned or state.pending > request.max_pending:
         return Refusal(problems, state.pending, request.max_pending, poisoned)
     if not state.batches:
-        raise PoisonguardError(f"The ledger has no batches for dataset '{request.dataset}': nothing to release. Scan "
-                               f"one with 'poisonguard scan … --dataset {request.dataset}' (is --workspace the one "
-                               "the scans used?).")
+        raise PoisonguardError(
+            f"The ledger has no batches for dataset '{request.dataset}': nothing to release. Scan "
+            f"one with 'poisonguard scan … --dataset {request.dataset}' (is --workspace the one "
+            "the scans used?)."
+        )
     return None
 
 
@@ -303,8 +328,9 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     notes = []
     try:
         _remove_outputs(request.out, (SNAPSHOT_FILE, MANIFEST_FILE))
-        write_text_atomic(json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n",
-                          request.out / REFUSAL_FILE)
+        write_text_atomic(
+            json.dumps(redact_data(refusal.as_dict(request.dataset)), indent=2) + "\n", request.out / REFUSAL_FILE
+        )
     except OSError as exc:
         listing = None
         notes.append(f"(could not write to {request.out}: {exc})")
@@ -312,8 +338,10 @@ def refuse(settings: Settings, request: GateRequest, state: LedgerState, refusal
     try:
         run_id = _log_refusal(settings, request, state, refusal, listing)
     except Exception as exc:  # the refusal stands whatever MLflow does
-        notes.append(f"(the {'alarm' if refusal.tampered else 'refusal'} could not be recorded in MLflow: "
-                     f"{type(exc).__name__}: {exc})")
+        notes.append(
+            f"(the {'alarm' if refusal.tampered else 'refusal'} could not be recorded in MLflow: "
+            f"{type(exc).__name__}: {exc})"
+        )
     raise GateRefused("\n".join([refusal.message(request.dataset, run_id, listing), *notes]))
 
 
@@ -335,16 +363,25 @@ def build_snapshot(request: GateRequest, state: LedgerState, check: WorkspaceChe
     rejected = sum(len(s.get(RowStatus.REJECTED, [])) for s in statuses)
     manifest = {
         "dataset": request.dataset,
-        "snapshot": {"file": SNAPSHOT_FILE, "sha256": sha256, "rows": len(frame),
-                     "columns": [str(c) for c in frame.columns],
-                     "provenance_columns": [c for c in PROVENANCE_COLUMNS if c in frame.columns]},
+        "snapshot": {
+            "file": SNAPSHOT_FILE,
+            "sha256": sha256,
+            "rows": len(frame),
+            "columns": [str(c) for c in frame.columns],
+            "provenance_columns": [c for c in PROVENANCE_COLUMNS if c in frame.columns],
+        },
         "batches": per_batch,
-        "reviews": {"actions": released + rejected, "released": released, "rejected": rejected,
-                    "pending": state.pending},
-        "ledger": {"url": state.ledger_url, "head_sequence": state.head.sequence if state.head else 0,
-                   "head_hash": state.head.entry_hash if state.head else None},
-        "gate": {"max_pending": request.max_pending, "keep_provenance": request.keep_provenance,
-                 "files_checked": check.files_checked},
+        "reviews": {"actions": released + rejected, "released": released, "rejected": rejected, "pending": state.pending},
+        "ledger": {
+            "url": state.ledger_url,
+            "head_sequence": state.head.sequence if state.head else 0,
+            "head_hash": state.head.entry_hash if state.head else None,
+        },
+        "gate": {
+            "max_pending": request.max_pending,
+            "keep_provenance": request.keep_provenance,
+            "files_checked": check.files_checked,
+        },
     }
     return Snapshot(frame, data, sha256, manifest)
 
@@ -369,9 +406,17 @@ def release(settings: Settings, request: GateRequest, state: LedgerState, snapsh
     return GateResult(path, snapshot.sha256, len(snapshot.frame), manifest_path, snapshot.manifest, run_id, dataset)
 
 
-def gate(dataset: str, *, out: str | Path, workspace: str | Path | None = None, max_pending: int = 0,
-         keep_provenance: bool = True, review_poisoned: bool = True, settings: Settings | None = None,
-         expect_head: str | None = None) -> GateResult:
+def gate(
+    dataset: str,
+    *,
+    out: str | Path,
+    workspace: str | Path | None = None,
+    max_pending: int = 0,
+    keep_provenance: bool = True,
+    review_poisoned: bool = True,
+    settings: Settings | None = None,
+    expect_head: str | None = None,
+) -> GateResult:
     """Verify, then release the training snapshot of ``dataset`` into ``out``; raises
     ``GateRefused`` (nothing released) otherwise. ``settings`` default to the environment's
     for ``workspace``. Example::
@@ -420,6 +465,7 @@ def settle_scans(settings: Settings, dataset: str) -> None:
 
 # --- Parquet that hashes the same every time ---------------------------------------------------
 
+
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
     """Parquet written by pyarrow without the pandas metadata (it names the pandas version) and
     with no timestamps: the same frame gives the same bytes."""
@@ -436,8 +482,8 @@ def read_parquet_bytes(data: bytes) -> pd.DataFrame:
 
 # --- checking one batch ------------------------------------------------------------------------
 
-def _check_batch(workspace: Any, state: LedgerState,
-                 batch: BatchRecord) -> tuple[VerifiedBatch | None, list[Problem], int]:
+
+def _check_batch(workspace: Any, state: LedgerState, batch: BatchRecord) -> tuple[VerifiedBatch | None, list[Problem], int]:
     from pipeline.store import DIGESTED_FILES, ROW_DIGESTS
 
     folder = workspace.batch_dir(state.dataset, batch.sha256)
@@ -452,18 +498,38 @@ def _check_batch(workspace: Any, state: LedgerState,
     if not folder.is_dir():
         return None, [problem(ProblemKind.FOLDER_MISSING, f"its folder {rel()} is missing from the workspace")], 0
     if batch.files is None:
-        return None, [problem(ProblemKind.NO_FILE_HASHES, "it was recorded before the ledger kept file hashes, so "
-                              "its files cannot be verified; scan its batch file into a new workspace")], 0
+        return (
+            None,
+            [
+                problem(
+                    ProblemKind.NO_FILE_HASHES,
+                    "it was recorded before the ledger kept file hashes, so "
+                    "its files cannot be verified; scan its batch file into a new workspace",
+                )
+            ],
+            0,
+        )
     present = {p.name: p for p in folder.iterdir()}
-    problems = [problem(ProblemKind.FILE_UNRECORDED, f"{rel(name)} is not a file the ledger recorded for this batch "
-                        "(added by hand?)", name) for name in sorted(present.keys() - batch.files.keys())]
+    problems = [
+        problem(
+            ProblemKind.FILE_UNRECORDED,
+            f"{rel(name)} is not a file the ledger recorded for this batch (added by hand?)",
+            name,
+        )
+        for name in sorted(present.keys() - batch.files.keys())
+    ]
     intact: dict[str, bytes] = {}
     changed: dict[str, tuple[bytes, str, str]] = {}
     for name, recorded in sorted(batch.files.items()):
         path = present.get(name)
         if path is None or not path.is_file():
-            problems.append(problem(ProblemKind.FILE_MISSING, f"{rel(name)} is missing (recorded at acceptance with "
-                                    f"sha256 {recorded[:12]}…)", name))
+            problems.append(
+                problem(
+                    ProblemKind.FILE_MISSING,
+                    f"{rel(name)} is missing (recorded at acceptance with sha256 {recorded[:12]}…)",
+                    name,
+                )
+            )
             continue
         data = path.read_bytes()
         actual = hashlib.sha256(data).hexdigest()
@@ -474,16 +540,23 @@ def _check_batch(workspace: Any, state: LedgerState,
     digests = read_parquet_bytes(intact[ROW_DIGESTS]) if ROW_DIGESTS in intact else None
     for name, (data, actual, recorded) in changed.items():
         detail, rows = _edited_rows(batch.id, name, data, digests) if name in DIGESTED_FILES else ("", ())
-        problems.append(problem(ProblemKind.FILE_CHANGED, f"{rel(name)} was changed since acceptance (sha256 "
-                                f"{actual[:12]}…, recorded {recorded[:12]}…){detail}", name, rows))
+        problems.append(
+            problem(
+                ProblemKind.FILE_CHANGED,
+                f"{rel(name)} was changed since acceptance (sha256 {actual[:12]}…, recorded {recorded[:12]}…){detail}",
+                name,
+                rows,
+            )
+        )
     if problems or not all(name in intact for name in DIGESTED_FILES):
         return None, problems, len(batch.files)
     accepted = read_parquet_bytes(intact["accepted.parquet"])
     quarantined = read_parquet_bytes(intact["quarantined.parquet"])
     statuses = state.rows.get(batch.id, {})
     held = {n for s in (RowStatus.PENDING, RowStatus.RELEASED, RowStatus.REJECTED) for n in statuses.get(s, [])}
-    problems += _rows_against_ledger(problem, batch.id, "accepted.parquet", accepted,
-                                     set(statuses.get(RowStatus.ACCEPTED, [])))
+    problems += _rows_against_ledger(
+        problem, batch.id, "accepted.parquet", accepted, set(statuses.get(RowStatus.ACCEPTED, []))
+    )
     problems += _rows_against_ledger(problem, batch.id, "quarantined.parquet", quarantined, held)
     if problems:
         return None, problems, len(batch.files)
@@ -510,8 +583,9 @@ def _edited_rows(batch_id: str, name: str, data: bytes, digests: pd.DataFrame | 
     recorded = dict(zip(recorded_rows[ROW_NUMBER].astype("int64"), recorded_rows["digest"].astype("uint64")))
     seen: set[int] = set()
     edited, added, duplicated = [], [], []
-    for number, digest in zip(pd.to_numeric(frame[ROW_NUMBER], errors="coerce").fillna(-1).astype("int64"),
-                              row_digests(frame)):
+    for number, digest in zip(
+        pd.to_numeric(frame[ROW_NUMBER], errors="coerce").fillna(-1).astype("int64"), row_digests(frame)
+    ):
         number = int(number)
         if number in seen:
             duplicated.append(number)
@@ -521,16 +595,22 @@ def _edited_rows(batch_id: str, name: str, data: bytes, digests: pd.DataFrame | 
             edited.append(number)
         seen.add(number)
     removed = sorted(recorded.keys() - seen)
-    parts = [f"{what} {_row_list(batch_id, rows)}" for what, rows in
-             (("values changed in row(s)", edited), ("row(s) added", added), ("row(s) removed", removed),
-              ("row(s) duplicated", duplicated)) if rows]
+    parts = [
+        f"{what} {_row_list(batch_id, rows)}"
+        for what, rows in (
+            ("values changed in row(s)", edited),
+            ("row(s) added", added),
+            ("row(s) removed", removed),
+            ("row(s) duplicated", duplicated),
+        )
+        if rows
+    ]
     if not parts:
         return "; no row's values changed: its columns or encoding were rewritten", ()
     return "; " + "; ".join(parts), tuple(sorted({*edited, *added, *removed, *duplicated}))
 
 
-def _rows_against_ledger(problem: Any, batch_id: str, name: str, frame: pd.DataFrame,
-                         expected: set[int]) -> list[Problem]:
+def _rows_against_ledger(problem: Any, batch_id: str, name: str, frame: pd.DataFrame, expected: set[int]) -> list[Problem]:
     """The file's rows must be exactly the ledger's: a row moved between accepted and
     quarantined, or a decision or review the files do not bear out, shows here."""
     if ROW_NUMBER not in frame.columns:
@@ -539,9 +619,11 @@ def _rows_against_ledger(problem: Any, batch_id: str, name: str, frame: pd.DataF
     found = set(counts)
     found_twice = sorted(n for n, count in counts.items() if count > 1)
     out = []
-    for text, rows in ((f"{name} holds row(s) the ledger does not place there:", sorted(found - expected)),
-                       (f"{name} lacks row(s) the ledger places there:", sorted(expected - found)),
-                       (f"{name} holds row(s) more than once:", found_twice)):
+    for text, rows in (
+        (f"{name} holds row(s) the ledger does not place there:", sorted(found - expected)),
+        (f"{name} lacks row(s) the ledger places there:", sorted(expected - found)),
+        (f"{name} holds row(s) more than once:", found_twice),
+    ):
         if rows:
             out.append(problem(ProblemKind.ROWS_DISAGREE, f"{text} {_row_list(batch_id, rows)}", name, tuple(rows)))
     return out
@@ -553,36 +635,60 @@ def _unrecorded_folders(root: Path, state: LedgerState) -> list[Problem]:
     if not dataset_dir.is_dir():
         return []
     known = {b.sha256 for b in state.batches}
-    problems = [Problem(ProblemKind.FILE_UNRECORDED, f"{_relative(p, root)} is not part of the workspace's layout "
-                        "(added by hand?)", _relative(p, root))
-                for p in sorted(dataset_dir.iterdir()) if p.name != "batches"]
+    problems = [
+        Problem(
+            ProblemKind.FILE_UNRECORDED,
+            f"{_relative(p, root)} is not part of the workspace's layout (added by hand?)",
+            _relative(p, root),
+        )
+        for p in sorted(dataset_dir.iterdir())
+        if p.name != "batches"
+    ]
     batches_dir = dataset_dir / "batches"
     if batches_dir.is_dir():
         for path in sorted(batches_dir.iterdir()):
             if path.name in known:
                 continue
             if path.is_dir():
-                problems.append(Problem(ProblemKind.FOLDER_UNRECORDED, f"{_relative(path, root)} is a batch folder the "
-                                        "ledger does not know: added by hand, or left by a scan that crashed before "
-                                        "recording it (delete it and scan that batch again)", _relative(path, root)))
+                problems.append(
+                    Problem(
+                        ProblemKind.FOLDER_UNRECORDED,
+                        f"{_relative(path, root)} is a batch folder the "
+                        "ledger does not know: added by hand, or left by a scan that crashed before "
+                        "recording it (delete it and scan that batch again)",
+                        _relative(path, root),
+                    )
+                )
             else:
-                problems.append(Problem(ProblemKind.FILE_UNRECORDED, f"{_relative(path, root)} is a file the ledger "
-                                        "does not know (added by hand?)", _relative(path, root)))
+                problems.append(
+                    Problem(
+                        ProblemKind.FILE_UNRECORDED,
+                        f"{_relative(path, root)} is a file the ledger does not know (added by hand?)",
+                        _relative(path, root),
+                    )
+                )
     return problems
 
 
 # --- MLflow --------------------------------------------------------------------------------------
 
+
 def _run_tags(request: GateRequest, state: LedgerState) -> dict[str, str]:
     from pipeline import __version__
 
-    tags = {"dataset": request.dataset, "ledger_url": state.ledger_url, "poisonguard_version": __version__,
-            "ledger_verified": "true" if state.verified else "false"}
+    tags = {
+        "dataset": request.dataset,
+        "ledger_url": state.ledger_url,
+        "poisonguard_version": __version__,
+        "ledger_verified": "true" if state.verified else "false",
+    }
     if state.verified and state.head is not None:  # a head worth expecting next time
         tags |= {"ledger_head_sequence": str(state.head.sequence), "ledger_head_hash": state.head.entry_hash}
     if state.expected_head is not None:
-        tags |= {"expected_head_sequence": str(state.expected_head.sequence),
-                 "expected_head_hash": state.expected_head.entry_hash}
+        tags |= {
+            "expected_head_sequence": str(state.expected_head.sequence),
+            "expected_head_hash": state.expected_head.entry_hash,
+        }
     return tags
 
 
@@ -592,56 +698,82 @@ def _experiment(settings: Settings, dataset: str) -> str:
     return provenance.ensure_experiment(settings.tracking_uri, dataset, settings.artifact_root)
 
 
-def _log_refusal(settings: Settings, request: GateRequest, state: LedgerState, refusal: Refusal,
-                 listing: Path | None) -> str:
+def _log_refusal(
+    settings: Settings, request: GateRequest, state: LedgerState, refusal: Refusal, listing: Path | None
+) -> str:
     from pipeline import provenance
 
     uri = settings.tracking_uri
-    tags = _run_tags(request, state) | {"gate_status": "refused",
-                                        "refusal": "tampered" if refusal.tampered else
-                                        "unreviewed_poisoned_batch" if refusal.poisoned else "pending"}
+    tags = _run_tags(request, state) | {
+        "gate_status": "refused",
+        "refusal": "tampered" if refusal.tampered else "unreviewed_poisoned_batch" if refusal.poisoned else "pending",
+    }
     if refusal.tampered:
         tags |= {"alarm": "tampered", "alarm_message": refusal.problems[0].message[:5000]}
     run_id = provenance.start_gate_run(uri, _experiment(settings, request.dataset), f"gate-{request.dataset}", tags)
     try:
-        provenance.log_results(uri, run_id, params={"max_pending": request.max_pending,
-                                                    "keep_provenance": request.keep_provenance},
-                               metrics={"problems": len(refusal.problems), "pending": refusal.pending,
-                                        "batches": len(state.batches)},
-                               tags={}, artifacts=[listing] if listing is not None else [])
+        provenance.log_results(
+            uri,
+            run_id,
+            params={"max_pending": request.max_pending, "keep_provenance": request.keep_provenance},
+            metrics={"problems": len(refusal.problems), "pending": refusal.pending, "batches": len(state.batches)},
+            tags={},
+            artifacts=[listing] if listing is not None else [],
+        )
     finally:
         provenance.finish_run(uri, run_id, "FAILED")
     return run_id
 
 
-def _log_release(settings: Settings, request: GateRequest, state: LedgerState, snapshot: Snapshot, path: Path,
-                 manifest_path: Path) -> tuple[str, Any]:
+def _log_release(
+    settings: Settings, request: GateRequest, state: LedgerState, snapshot: Snapshot, path: Path, manifest_path: Path
+) -> tuple[str, Any]:
     from pipeline import provenance
     from pipeline.store import Workspace
 
     uri = settings.tracking_uri
     rows = snapshot.manifest["snapshot"]["rows"]
-    tags = _run_tags(request, state) | {"gate_status": "passed", "snapshot_sha256": snapshot.sha256,
-                                        "snapshot_rows": str(rows), "snapshot_path": str(path.resolve()),
-                                        "batches": str(len(snapshot.manifest["batches"]))}
+    tags = _run_tags(request, state) | {
+        "gate_status": "passed",
+        "snapshot_sha256": snapshot.sha256,
+        "snapshot_rows": str(rows),
+        "snapshot_path": str(path.resolve()),
+        "batches": str(len(snapshot.manifest["batches"])),
+    }
     run_id = provenance.start_gate_run(uri, _experiment(settings, request.dataset), f"gate-{request.dataset}", tags)
     try:
         dataset = provenance.meta_dataset(path, f"{request.dataset}-snapshot", snapshot.sha256, snapshot.frame)
         workspace = Workspace(settings.workspace)
-        batch_inputs = [(provenance.meta_dataset(workspace.batch_dir(request.dataset, b["sha256"]) / "accepted.parquet",
-                                                 b["file"], b["sha256"]),
-                         "snapshot-batch", {"sha256": b["sha256"], "batch_id": b["id"]})
-                        for b in snapshot.manifest["batches"]]
-        provenance.log_dataset_inputs(uri, run_id, [(dataset, "snapshot", {"sha256": snapshot.sha256, "rows": str(rows)}),
-                                                    *batch_inputs])
+        batch_inputs = [
+            (
+                provenance.meta_dataset(
+                    workspace.batch_dir(request.dataset, b["sha256"]) / "accepted.parquet", b["file"], b["sha256"]
+                ),
+                "snapshot-batch",
+                {"sha256": b["sha256"], "batch_id": b["id"]},
+            )
+            for b in snapshot.manifest["batches"]
+        ]
+        provenance.log_dataset_inputs(
+            uri, run_id, [(dataset, "snapshot", {"sha256": snapshot.sha256, "rows": str(rows)}), *batch_inputs]
+        )
         provenance.log_tags(uri, run_id, {f"batch_sha256.{b['id']}": b["sha256"] for b in snapshot.manifest["batches"]})
         reviews = snapshot.manifest["reviews"]
-        provenance.log_results(uri, run_id, params={"max_pending": request.max_pending,
-                                                    "keep_provenance": request.keep_provenance},
-                               metrics={"rows": rows, "batches": len(snapshot.manifest["batches"]),
-                                        "released": reviews["released"], "rejected": reviews["rejected"],
-                                        "pending": reviews["pending"], "problems": 0},
-                               tags={}, artifacts=[manifest_path])
+        provenance.log_results(
+            uri,
+            run_id,
+            params={"max_pending": request.max_pending, "keep_provenance": request.keep_provenance},
+            metrics={
+                "rows": rows,
+                "batches": len(snapshot.manifest["batches"]),
+                "released": reviews["released"],
+                "rejected": reviews["rejected"],
+                "pending": reviews["pending"],
+                "problems": 0,
+            },
+            tags={},
+            artifacts=[manifest_path],
+        )
     except BaseException:
         provenance.finish_run(uri, run_id, "FAILED")
         raise
@@ -651,16 +783,27 @@ def _log_release(settings: Settings, request: GateRequest, state: LedgerState, s
 
 # --- small helpers -------------------------------------------------------------------------------
 
+
 def _batch_entry(batch: VerifiedBatch, state: LedgerState, in_snapshot: int) -> dict[str, Any]:
     b = batch.record
     statuses = state.rows.get(b.id, {})
-    return {"id": b.id, "sha256": b.sha256, "file": b.file, "source": b.source, "submitter": b.submitter,
-            "scanned_at": b.scanned_at.isoformat(), "mlflow_run_id": b.mlflow_run_id, "rows": b.rows,
-            "accepted": b.accepted, "quarantined": b.quarantined,
-            "released": len(statuses.get(RowStatus.RELEASED, [])),
-            "rejected": len(statuses.get(RowStatus.REJECTED, [])),
-            "pending": len(statuses.get(RowStatus.PENDING, [])), "in_snapshot": in_snapshot,
-            "files": dict(sorted((b.files or {}).items()))}
+    return {
+        "id": b.id,
+        "sha256": b.sha256,
+        "file": b.file,
+        "source": b.source,
+        "submitter": b.submitter,
+        "scanned_at": b.scanned_at.isoformat(),
+        "mlflow_run_id": b.mlflow_run_id,
+        "rows": b.rows,
+        "accepted": b.accepted,
+        "quarantined": b.quarantined,
+        "released": len(statuses.get(RowStatus.RELEASED, [])),
+        "rejected": len(statuses.get(RowStatus.REJECTED, [])),
+        "pending": len(statuses.get(RowStatus.PENDING, [])),
+        "in_snapshot": in_snapshot,
+        "files": dict(sorted((b.files or {}).items())),
+    }
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -690,6 +833,23 @@ def _remove_outputs(out: Path, names: tuple[str, ...]) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-__all__ = ["GateRequest", "GateResult", "LedgerState", "Problem", "ProblemKind", "Refusal", "Snapshot",
-           "VerifiedBatch", "WorkspaceCheck", "build_snapshot", "check_workspace", "decide", "expected_head",
-           "gate", "parquet_bytes", "read_ledger", "refuse", "release"]
+__all__ = [
+    "GateRequest",
+    "GateResult",
+    "LedgerState",
+    "Problem",
+    "ProblemKind",
+    "Refusal",
+    "Snapshot",
+    "VerifiedBatch",
+    "WorkspaceCheck",
+    "build_snapshot",
+    "check_workspace",
+    "decide",
+    "expected_head",
+    "gate",
+    "parquet_bytes",
+    "read_ledger",
+    "refuse",
+    "release",
+]

@@ -35,9 +35,11 @@ def check_batch_path(path: Path, *, allow_symlinks: bool = False, roots: Iterabl
     if is_link:
         target = os.readlink(path)
         if not allow_symlinks:
-            raise InputError(f"The batch {path} is a symbolic link (to {target}); poisonguard scans regular files "
-                             f"only. Copy the file into place, or set {ALLOW_VARIABLE}=1 if links are how your "
-                             "batches arrive.")
+            raise InputError(
+                f"The batch {path} is a symbolic link (to {target}); poisonguard scans regular files "
+                f"only. Copy the file into place, or set {ALLOW_VARIABLE}=1 if links are how your "
+                "batches arrive."
+            )
     try:
         mode = path.stat().st_mode
     except (OSError, ValueError):  # a dangling link, a loop: left to the reader too
@@ -46,5 +48,7 @@ def check_batch_path(path: Path, *, allow_symlinks: bool = False, roots: Iterabl
         raise InputError(f"The batch {path} is not a regular file (a device, pipe or folder); scan a file.")
     bounds = [Path(root).resolve() for root in roots]
     if bounds and not any(path.resolve().is_relative_to(root) for root in bounds):
-        raise InputError(f"The batch {path} resolves to {path.resolve()}, outside the landing area "
-                         f"{', '.join(map(str, bounds))}; it is not scanned.")
+        raise InputError(
+            f"The batch {path} resolves to {path.resolve()}, outside the landing area "
+            f"{', '.join(map(str, bounds))}; it is not scanned."
+        )

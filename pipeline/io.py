@@ -68,8 +68,12 @@ def _csv_convert(column_types: dict[str, pa.DataType] | None = None) -> pacsv.Co
 def _csv_text(names: list[str]) -> pacsv.ConvertOptions:
     """Every column as the text written in the file: an unquoted empty cell is missing, a quoted
     one ("") the empty string, and "NaN", "null" or "NA" stay the strings they are."""
-    return pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, null_values=[""],
-                                strings_can_be_null=True, quoted_strings_can_be_null=False)
+    return pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
 
 
 # pandas' to_parquet stores an unnamed row index as a column of this name. Dropping it would drop
@@ -169,8 +173,9 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def read_table(path: str | Path, role: str = "batch", *, limits: InputLimits | None = None,
-               spool_dir: Path | None = None) -> LoadedTable:
+def read_table(
+    path: str | Path, role: str = "batch", *, limits: InputLimits | None = None, spool_dir: Path | None = None
+) -> LoadedTable:
     """Read a CSV or Parquet file, or raise InputError with one line saying why not.
 
     ``role`` names the file in messages ("batch", "reference", "holdout"). ``limits`` bound what
@@ -264,8 +269,7 @@ def _same_cells(written: pa.ChunkedArray, text: pa.ChunkedArray) -> bool:
     return len(text) == 0 or bool(pc.all(pc.or_(same, both_missing)).as_py())
 
 
-def _read_spooled(path: Path, role: str, limits: InputLimits,
-                  spool_dir: Path) -> tuple[pa.Table, str, pa.Table | None]:
+def _read_spooled(path: Path, role: str, limits: InputLimits, spool_dir: Path) -> tuple[pa.Table, str, pa.Table | None]:
     spool_dir.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_spools(spool_dir)
     with tempfile.TemporaryDirectory(prefix="spool-", dir=spool_dir) as folder, _held(Path(folder) / ".lock"):
@@ -321,13 +325,13 @@ def _copy_hashing(path: Path, copy: Path, role: str, limits: InputLimits) -> tup
                 target.write(block)
                 size += len(block)
     except OSError as exc:  # the spool's disk, not the batch: full, read-only
-        raise InputError(f"The {role} file {_shown(path)} could not be spooled into {_shown(copy.parent.parent)}: "
-                         f"{_first_line(exc)}") from None
+        raise InputError(
+            f"The {role} file {_shown(path)} could not be spooled into {_shown(copy.parent.parent)}: {_first_line(exc)}"
+        ) from None
     return digest.hexdigest(), size
 
 
-def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str,
-               text_of: list[str] | None = None) -> list[str]:
+def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str, text_of: list[str] | None = None) -> list[str]:
     """Parse the CSV a block at a time into ``spooled``; returns its column names. The streaming
     reader fixes each column's type from the first block; when a later block does not convert
     (text in a column of numbers) the column is widened (null → int64 → float64 → string) and the
@@ -339,8 +343,9 @@ def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str,
         reader = None
         try:
             convert = _csv_text(text_of) if text_of is not None else _csv_convert(column_types)
-            reader = pacsv.open_csv(copy, read_options=pacsv.ReadOptions(block_size=block),
-                                    parse_options=_CSV_PARSE, convert_options=convert)
+            reader = pacsv.open_csv(
+                copy, read_options=pacsv.ReadOptions(block_size=block), parse_options=_CSV_PARSE, convert_options=convert
+            )
             names = _checked_names(reader.schema, path, role)
             _write_spool(reader, reader.schema, spooled)
             return names
@@ -359,8 +364,9 @@ def _spool_csv(copy: Path, size: int, spooled: Path, path: Path, role: str,
 _WIDER = {pa.null(): pa.int64(), pa.int64(): pa.float64()}
 
 
-def _widened(exc: pa.ArrowInvalid, reader: pacsv.CSVStreamingReader | None,
-             column_types: dict[str, pa.DataType]) -> dict[str, pa.DataType] | None:
+def _widened(
+    exc: pa.ArrowInvalid, reader: pacsv.CSVStreamingReader | None, column_types: dict[str, pa.DataType]
+) -> dict[str, pa.DataType] | None:
     match = _CONVERSION_ERROR.search(str(exc))
     if match is None or reader is None:
         return None
@@ -462,9 +468,7 @@ def _check_path(path: str | Path, role: str, limits: InputLimits) -> Path:
     if not is_file:
         raise InputError(f"The {role} path {_shown(path)} is not a file.")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise InputError(
-            f"The {role} file {_shown(path)} has suffix {path.suffix!r}; poisonguard reads .csv and .parquet."
-        )
+        raise InputError(f"The {role} file {_shown(path)} has suffix {path.suffix!r}; poisonguard reads .csv and .parquet.")
     if size == 0:
         raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
     if size > limits.max_file_bytes:
@@ -473,8 +477,10 @@ def _check_path(path: str | Path, role: str, limits: InputLimits) -> Path:
 
 
 def _over_limit(path: Path, role: str, found: str, limit: str, unit: str, limits: InputLimits) -> InputError:
-    return InputError(f"The {role} file {_shown(path)} {found}, over the limit of {getattr(limits, limit):,} {unit}; "
-                      f"set {environment_variable(limit)} higher to read it.")
+    return InputError(
+        f"The {role} file {_shown(path)} {found}, over the limit of {getattr(limits, limit):,} {unit}; "
+        f"set {environment_variable(limit)} higher to read it."
+    )
 
 
 def _read_head(path: Path, role: str, size: int) -> bytes:
@@ -507,8 +513,10 @@ def _file_blocks(path: Path, role: str, limits: InputLimits, block_size: int | N
     except OSError as exc:
         raise InputError(f"The {role} file {_shown(path)} cannot be read: {_first_line(exc)}") from None
     if read != size:
-        raise InputError(f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
-                         f"{read:,}); scan it once it is completely written.")
+        raise InputError(
+            f"The {role} file {_shown(path)} changed while it was read ({size:,} bytes, then "
+            f"{read:,}); scan it once it is completely written."
+        )
     if not read:
         raise InputError(f"The {role} file {_shown(path)} is empty (0 bytes).")
 
@@ -583,8 +591,10 @@ def _checked_names(schema: pa.Schema, path: Path, role: str) -> list[str]:
     try:
         return schema.names  # pyarrow decodes column names only when asked
     except UnicodeDecodeError as exc:
-        raise InputError(f"The {role} file {_shown(path)} is not UTF-8 text (in its header, byte {exc.start} of "
-                         "a column name): re-save it as UTF-8 CSV.") from None
+        raise InputError(
+            f"The {role} file {_shown(path)} is not UTF-8 text (in its header, byte {exc.start} of "
+            "a column name): re-save it as UTF-8 CSV."
+        ) from None
 
 
 def _parse_csv(data: bytes, block_size: int | None = None, convert: pacsv.ConvertOptions | None = None) -> pa.Table:
@@ -656,8 +666,14 @@ def _check_columns(names: list[str], path: Path, role: str, limits: InputLimits)
     shown = _shown(path)
     for position, name in enumerate(names):
         if len(name) > limits.max_field_chars:
-            raise _over_limit(path, role, f"has a column name of {len(name):,} characters (position {position})",
-                              "max_field_chars", "characters", limits)
+            raise _over_limit(
+                path,
+                role,
+                f"has a column name of {len(name):,} characters (position {position})",
+                "max_field_chars",
+                "characters",
+                limits,
+            )
     duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicated:
         raise InputError(f"The {role} file {shown} has duplicated column names: {', '.join(map(repr, duplicated))}.")
@@ -666,8 +682,10 @@ def _check_columns(names: list[str], path: Path, role: str, limits: InputLimits)
         raise InputError(f"The {role} file {shown} has an empty column name at position {empty[0]}.")
     hidden = [i for i, name in enumerate(names) if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in name)]
     if hidden:
-        raise InputError(f"The {role} file {shown} has a column name with an invisible or control character at "
-                         f"position {hidden[0]} ({names[hidden[0]]!r}): rename it.")
+        raise InputError(
+            f"The {role} file {shown} has a column name with an invisible or control character at "
+            f"position {hidden[0]} ({names[hidden[0]]!r}): rename it."
+        )
     internal = [name for name in names if _PANDAS_INDEX_COLUMN.match(name)]
     if internal:
         raise InputError(
@@ -692,11 +710,14 @@ def _check_cells(table: pa.Table, path: Path, role: str, limits: InputLimits) ->
         if pa.types.is_nested(values):
             # Lists, structs and maps have no place in a training row and break hashing, domains
             # and detectors downstream; a flat file is the contract.
-            raise InputError(f"The {role} file {_shown(path)} has nested values ({values}) in column {name!r}; "
-                             "poisonguard reads flat tables with one value per cell.")
+            raise InputError(
+                f"The {role} file {_shown(path)} has nested values ({values}) in column {name!r}; "
+                "poisonguard reads flat tables with one value per cell."
+            )
         if _is_csv(path) and any(is_type(values) for is_type in _BYTES_TYPES):
-            raise InputError(f"The {role} file {_shown(path)} is not UTF-8 text (in column {name!r}): "
-                             "re-save it as UTF-8 CSV.")
+            raise InputError(
+                f"The {role} file {_shown(path)} is not UTF-8 text (in column {name!r}): re-save it as UTF-8 CSV."
+            )
         lengths = _cell_lengths(column)
         if lengths is None:
             continue
@@ -704,8 +725,9 @@ def _check_cells(table: pa.Table, path: Path, role: str, limits: InputLimits) ->
         if longest is not None and longest > limits.max_field_chars:
             row = pc.index(pc.greater(lengths, limits.max_field_chars), True).as_py()
             where = f"column {name!r}, row {row}" if row >= 0 else f"column {name!r}"
-            raise _over_limit(path, role, f"has a cell of {longest:,} characters ({where})", "max_field_chars",
-                              "characters", limits)
+            raise _over_limit(
+                path, role, f"has a cell of {longest:,} characters ({where})", "max_field_chars", "characters", limits
+            )
 
 
 def _cell_lengths(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
@@ -741,8 +763,10 @@ def _for_pandas(table: pa.Table, path: Path, role: str) -> tuple[pa.Table, dict[
 def _converts_plainly(arrow_type: pa.DataType) -> bool:
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
-    return any(is_type(arrow_type) for is_type in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
-                                                     pa.types.is_null, *_TEXT_TYPES))
+    return any(
+        is_type(arrow_type)
+        for is_type in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null, *_TEXT_TYPES)
+    )
 
 
 def _pandas_dtypes(table: pa.Table) -> dict[str, Any]:
@@ -753,8 +777,10 @@ def _pandas_dtypes(table: pa.Table) -> dict[str, Any]:
         first_valid = pc.index(pc.is_valid(column), True).as_py()
         first_null = pc.index(pc.is_null(column), True).as_py()
         # two rows in every column: its first value and its first null, or either twice
-        picked = [column.slice(i, 1) for i in (first_valid if first_valid >= 0 else first_null,
-                                                first_null if first_null >= 0 else first_valid)]
+        picked = [
+            column.slice(i, 1)
+            for i in (first_valid if first_valid >= 0 else first_null, first_null if first_null >= 0 else first_valid)
+        ]
         probe[name] = pa.chunked_array([c for part in picked for c in part.chunks], type=column.type)
     return dict(pa.table(probe, schema=table.schema).to_pandas().dtypes)
 
@@ -801,7 +827,7 @@ PARQUET_SLICE_ROWS = 262_144
 def write_parquet_atomic(frame: pd.DataFrame, target: Path) -> None:
     """``frame.to_parquet(target, index=False)``, atomically, a slice of rows at a time (one row
     group each). The schema is taken from the whole frame, so every slice is written alike."""
-    slices = (frame.iloc[start:start + PARQUET_SLICE_ROWS] for start in range(0, len(frame), PARQUET_SLICE_ROWS))
+    slices = (frame.iloc[start : start + PARQUET_SLICE_ROWS] for start in range(0, len(frame), PARQUET_SLICE_ROWS))
     write_parquet_parts(slices, target, pa.Schema.from_pandas(frame, preserve_index=False))
 
 
@@ -831,8 +857,11 @@ def as_common_types(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
     CSV's cells kept as written, see ``LoadedTable.exact``) and numbers in another becomes text
     in all, each number written as Arrow writes it, so that no value is lost or coerced."""
     present = [f for f in frames if len(f)]
-    mixed = {column for column in set().union(*(f.columns for f in present))
-             if len({_is_text(f[column]) for f in present if column in f.columns}) > 1}
+    mixed = {
+        column
+        for column in set().union(*(f.columns for f in present))
+        if len({_is_text(f[column]) for f in present if column in f.columns}) > 1
+    }
     if not mixed:
         return frames
     out = []

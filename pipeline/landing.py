@@ -79,8 +79,10 @@ class LandingIncomplete(PoisonguardError):
     @classmethod
     def of(cls, report: PassReport) -> LandingIncomplete:
         left = report.left_for_next_pass
-        error = cls(f"{len(left)} file(s) in {report.landing} could not be scanned and are left for the next "
-                    "pass: " + "; ".join(f"{landed.name}: {landed.error}" for landed in left))
+        error = cls(
+            f"{len(left)} file(s) in {report.landing} could not be scanned and are left for the next "
+            "pass: " + "; ".join(f"{landed.name}: {landed.error}" for landed in left)
+        )
         error.report = report
         return error
 
@@ -142,17 +144,30 @@ class LandingConfig:
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
-            raise ConfigError.at(self.file, f"datasets.{name}",
-                                 f"no such dataset (configured: {', '.join(sorted(self.datasets))})")
+            raise ConfigError.at(
+                self.file, f"datasets.{name}", f"no such dataset (configured: {', '.join(sorted(self.datasets))})"
+            )
         return self.datasets[name]
 
 
 _TOP_LEVEL = ("workspace", "datasets")
 _REQUIRED = ("reference", "label", "landing", "out")
 _ROLE_KEYS = ("id", "time", "text", "ignore")  # lists of column names (pipeline.roles)
-_OPTIONAL = ("suite", "holdout", "source", "cron", "interval_seconds", "timezone", "settle_seconds",
-             "claim_timeout_seconds", "max_attempts", "retries", "retry_delay_seconds", "allow_symlinks",
-             *_ROLE_KEYS)
+_OPTIONAL = (
+    "suite",
+    "holdout",
+    "source",
+    "cron",
+    "interval_seconds",
+    "timezone",
+    "settle_seconds",
+    "claim_timeout_seconds",
+    "max_attempts",
+    "retries",
+    "retry_delay_seconds",
+    "allow_symlinks",
+    *_ROLE_KEYS,
+)
 
 
 def load_config(path: str | Path) -> LandingConfig:
@@ -166,8 +181,9 @@ def load_config(path: str | Path) -> LandingConfig:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError.at(shown, None, "no such file (pass --config; examples/poisonguard.toml shows "
-                                          "the format)") from None
+        raise ConfigError.at(
+            shown, None, "no such file (pass --config; examples/poisonguard.toml shows the format)"
+        ) from None
     except IsADirectoryError:
         raise ConfigError.at(shown, None, "is a folder, not a config file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -209,15 +225,16 @@ def _dataset(fields: _Fields, name: str, table: Any, workspace: Path | None) -> 
         try:
             zoneinfo.ZoneInfo(timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError.at(fields.file, f"{where}.timezone",
-                                 f"unknown time zone {timezone!r} (an IANA name such as 'Europe/Berlin')") from None
+            raise ConfigError.at(
+                fields.file, f"{where}.timezone", f"unknown time zone {timezone!r} (an IANA name such as 'Europe/Berlin')"
+            ) from None
     defaults = PassRules()
     rules = PassRules(
         settle_seconds=fields.number(table, where, "settle_seconds", defaults.settle_seconds, minimum=0),
-        claim_timeout_seconds=fields.number(table, where, "claim_timeout_seconds", defaults.claim_timeout_seconds,
-                                            minimum=1),
-        max_attempts=int(fields.number(table, where, "max_attempts", defaults.max_attempts, minimum=1,
-                                       integer=True)),
+        claim_timeout_seconds=fields.number(
+            table, where, "claim_timeout_seconds", defaults.claim_timeout_seconds, minimum=1
+        ),
+        max_attempts=int(fields.number(table, where, "max_attempts", defaults.max_attempts, minimum=1, integer=True)),
         allow_symlinks=_allow_symlinks(fields, table, where),
     )
     return DatasetConfig(
@@ -290,14 +307,19 @@ class _Fields:
             raise self._error(where, key, f"must be a non-empty string; got {value!r}")
         return value
 
-    def number(self, table: Mapping[str, Any], where: str, key: str, default: float | None, *,
-               minimum: float, integer: bool = False) -> Any:
+    def number(
+        self, table: Mapping[str, Any], where: str, key: str, default: float | None, *, minimum: float, integer: bool = False
+    ) -> Any:
         value = table.get(key)
         if value is None:
             return default
         kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)) \
-                or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (integer and not isinstance(value, int))
+            or value < minimum
+        ):
             raise self._error(where, key, f"must be {kind} >= {minimum:g}; got {value!r}")
         return value
 
@@ -321,7 +343,7 @@ class _Fields:
     def location(self, table: Mapping[str, Any], where: str, key: str) -> str:
         value = self.text(table, where, key, required=True)
         if value.startswith("file://"):
-            return str(self._resolve(value[len("file://"):]))
+            return str(self._resolve(value[len("file://") :]))
         return value if "://" in value else str(self._resolve(value))
 
 
@@ -336,8 +358,9 @@ def prepare_landing(dataset: DatasetConfig) -> Landing:
 
     try:
         # results go to subfolders of out: only the workspace must stay clear of it
-        check_output_folder(dataset.out, workspace=Settings.from_environment(dataset.workspace).workspace,
-                            option="the folder")
+        check_output_folder(
+            dataset.out, workspace=Settings.from_environment(dataset.workspace).workspace, option="the folder"
+        )
     except PoisonguardError as exc:
         raise dataset.error("out", str(exc)) from None
     try:
@@ -345,8 +368,11 @@ def prepare_landing(dataset: DatasetConfig) -> Landing:
     except PoisonguardError as exc:
         raise dataset.error("reference", str(exc)) from None
     if dataset.label not in columns:
-        raise dataset.error("label", f"'{dataset.label}' is not a column of the reference {dataset.reference} "
-                                     f"(its columns: {', '.join(map(str, columns[:12]))})")
+        raise dataset.error(
+            "label",
+            f"'{dataset.label}' is not a column of the reference {dataset.reference} "
+            f"(its columns: {', '.join(map(str, columns[:12]))})",
+        )
     if dataset.holdout is not None:
         try:
             probe_table(dataset.holdout, "holdout")
@@ -358,16 +384,14 @@ def prepare_landing(dataset: DatasetConfig) -> Landing:
         except PoisonguardError as exc:
             raise dataset.error("suite", str(exc)) from None
         if suite.label and suite.label != dataset.label:
-            raise dataset.error("label", f"is '{dataset.label}' but the suite {dataset.suite} is for label "
-                                         f"'{suite.label}'")
+            raise dataset.error("label", f"is '{dataset.label}' but the suite {dataset.suite} is for label '{suite.label}'")
     try:
         landing = Landing(dataset.landing)
         found = landing.exists()
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise dataset.error("landing", f"cannot open {dataset.landing}: {exc}") from None
     if not found:
-        raise dataset.error("landing", f"{dataset.landing} is not a folder (create it: producers drop "
-                                       "batch files there)")
+        raise dataset.error("landing", f"{dataset.landing} is not a folder (create it: producers drop batch files there)")
     return landing
 
 
@@ -407,8 +431,13 @@ class ClaimId:
 
     @classmethod
     def new(cls, attempt: int, now: dt.datetime, *, released: bool = False) -> ClaimId:
-        return cls(now.astimezone(dt.UTC).replace(microsecond=0), attempt, 0 if released else os.getpid(),
-                   secrets.token_hex(4), this_host())
+        return cls(
+            now.astimezone(dt.UTC).replace(microsecond=0),
+            attempt,
+            0 if released else os.getpid(),
+            secrets.token_hex(4),
+            this_host(),
+        )
 
     @classmethod
     def parse(cls, text: str) -> ClaimId | None:
@@ -499,7 +528,7 @@ class Landing:
         for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
             if info.type != pafs.FileType.File or not is_batch_name(info.base_name):
                 continue
-            parts = info.path[len(base):].strip("/").split("/")
+            parts = info.path[len(base) :].strip("/").split("/")
             claim_id = ClaimId.parse(parts[0]) if len(parts) == 2 else None
             if claim_id is not None:
                 found.append(Claim(claim_id, parts[1]))
@@ -652,11 +681,23 @@ class LandedFile:
         return str(Path(self.out) / "report.html") if self.out else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "outcome": self.outcome.value, "attempt": self.attempt,
-                "location": self.location, "sha256": self.sha256, "out": self.out, "rows": self.rows,
-                "accepted": self.accepted, "quarantined": self.quarantined, "checks": dict(self.checks),
-                "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
-                "redelivered": self.redelivered, "recorded_as": self.recorded_as, "error": self.error}
+        return {
+            "name": self.name,
+            "outcome": self.outcome.value,
+            "attempt": self.attempt,
+            "location": self.location,
+            "sha256": self.sha256,
+            "out": self.out,
+            "rows": self.rows,
+            "accepted": self.accepted,
+            "quarantined": self.quarantined,
+            "checks": dict(self.checks),
+            "mlflow_run_id": self.mlflow_run_id,
+            "tracking_uri": self.tracking_uri,
+            "redelivered": self.redelivered,
+            "recorded_as": self.recorded_as,
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)
@@ -684,8 +725,16 @@ def batch_out_name(name: str, sha256: str) -> str:
     return f"{PurePosixPath(name).stem}-{sha256[:12]}"
 
 
-def run_pass(landing: Landing, rules: PassRules, *, scan: ScanFile, recorded: FindRecorded, out: Path,
-             work_dir: Path, clock: Callable[[], dt.datetime] = utc_now) -> PassReport:
+def run_pass(
+    landing: Landing,
+    rules: PassRules,
+    *,
+    scan: ScanFile,
+    recorded: FindRecorded,
+    out: Path,
+    work_dir: Path,
+    clock: Callable[[], dt.datetime] = utc_now,
+) -> PassReport:
     """One pass over a landing area. It resumes abandoned claims first, then claims and scans each
     new file, one at a time, so that a concurrent pass takes the next file rather than waiting.
 
@@ -714,8 +763,16 @@ def run_pass(landing: Landing, rules: PassRules, *, scan: ScanFile, recorded: Fi
     return PassReport(landing.location, tuple(handled))
 
 
-def _process(landing: Landing, claim: Claim, rules: PassRules, scan: ScanFile, recorded: FindRecorded,
-             out: Path, work_dir: Path, clock: Callable[[], dt.datetime]) -> LandedFile:
+def _process(
+    landing: Landing,
+    claim: Claim,
+    rules: PassRules,
+    scan: ScanFile,
+    recorded: FindRecorded,
+    out: Path,
+    work_dir: Path,
+    clock: Callable[[], dt.datetime],
+) -> LandedFile:
     copy_dir = work_dir / str(claim.id)
     sha256 = None
     try:
@@ -729,40 +786,61 @@ def _process(landing: Landing, claim: Claim, rules: PassRules, scan: ScanFile, r
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if claim.id.attempt >= rules.max_attempts:
-            return _fail(landing, claim, f"gave up after {claim.id.attempt} attempt(s); last error: {error}\n\n"
-                                         + "".join(traceback.format_exception(exc)), sha256)
+            return _fail(
+                landing,
+                claim,
+                f"gave up after {claim.id.attempt} attempt(s); last error: {error}\n\n"
+                + "".join(traceback.format_exception(exc)),
+                sha256,
+            )
         location = landing.release(claim, error, clock())
-        return LandedFile(claim.name, Outcome.RETRY, claim.id.attempt, location and landing.uri(location), sha256,
-                          error=error)
+        return LandedFile(
+            claim.name, Outcome.RETRY, claim.id.attempt, location and landing.uri(location), sha256, error=error
+        )
     finally:
         shutil.rmtree(copy_dir, ignore_errors=True)
     location = landing.finish(claim, landed.as_dict() | {"finished_at": clock().isoformat(timespec="seconds")})
     return _located(landed, landing, location)
 
 
-def _scan_unless_recorded(claim: Claim, batch: Path, sha256: str, scan: ScanFile, recorded: FindRecorded,
-                          out: Path) -> LandedFile:
+def _scan_unless_recorded(
+    claim: Claim, batch: Path, sha256: str, scan: ScanFile, recorded: FindRecorded, out: Path
+) -> LandedFile:
     # A resumed claim is scanned even when recorded: the scan then redelivers the decision and
     # repairs what its crashed attempt left undone (the ledger entry, the output folder).
     earlier = recorded(sha256) if claim.id.attempt == 1 else None
     if earlier is not None:
-        return LandedFile(claim.name, Outcome.ALREADY_RECORDED, claim.id.attempt, None, sha256,
-                          recorded_as=str(earlier))
+        return LandedFile(claim.name, Outcome.ALREADY_RECORDED, claim.id.attempt, None, sha256, recorded_as=str(earlier))
     batch_out = out / batch_out_name(claim.name, sha256)
     summary = scan(batch, batch_out)
     counts, mlflow = summary.get("counts", {}), summary.get("mlflow", {})
-    return LandedFile(claim.name, Outcome.SCANNED, claim.id.attempt, None, sha256, out=str(batch_out),
-                      rows=counts.get("rows"), accepted=counts.get("accepted"), quarantined=counts.get("quarantined"),
-                      checks=dict(summary.get("checks", {})), mlflow_run_id=mlflow.get("run_id"),
-                      tracking_uri=mlflow.get("tracking_uri"), redelivered=bool(summary.get("duplicate")))
+    return LandedFile(
+        claim.name,
+        Outcome.SCANNED,
+        claim.id.attempt,
+        None,
+        sha256,
+        out=str(batch_out),
+        rows=counts.get("rows"),
+        accepted=counts.get("accepted"),
+        quarantined=counts.get("quarantined"),
+        checks=dict(summary.get("checks", {})),
+        mlflow_run_id=mlflow.get("run_id"),
+        tracking_uri=mlflow.get("tracking_uri"),
+        redelivered=bool(summary.get("duplicate")),
+    )
 
 
 def _fail(landing: Landing, claim: Claim, error: str, sha256: str | None = None) -> LandedFile:
-    text = (f"{claim.name} failed for good at {utc_now().isoformat(timespec='seconds')} "
-            f"(attempt {claim.id.attempt}):\n{error}\n")
+    text = (
+        f"{claim.name} failed for good at {utc_now().isoformat(timespec='seconds')} (attempt {claim.id.attempt}):\n{error}\n"
+    )
     location = landing.fail(claim, text)
-    return _located(LandedFile(claim.name, Outcome.FAILED, claim.id.attempt, None, sha256,
-                               error=error.split("\n\n")[0]), landing, location)
+    return _located(
+        LandedFile(claim.name, Outcome.FAILED, claim.id.attempt, None, sha256, error=error.split("\n\n")[0]),
+        landing,
+        location,
+    )
 
 
 def _located(landed: LandedFile, landing: Landing, location: str | None) -> LandedFile:
@@ -781,10 +859,18 @@ def checks_table(report: PassReport) -> list[dict[str, Any]]:
     """One row per file: outcome, counts, and the rows each check held, for the checks that held
     rows in any file of the pass (a suite has dozens that hold none)."""
     checks = sorted({check for landed in report.files for check, held in landed.checks.items() if held})
-    return [{"file": landed.name, "batch": landed.batch_id, "outcome": landed.outcome.value, "rows": landed.rows,
-             "accepted": landed.accepted, "quarantined": landed.quarantined,
-             **{check: landed.checks.get(check, 0) for check in checks}}
-            for landed in report.files]
+    return [
+        {
+            "file": landed.name,
+            "batch": landed.batch_id,
+            "outcome": landed.outcome.value,
+            "rows": landed.rows,
+            "accepted": landed.accepted,
+            "quarantined": landed.quarantined,
+            **{check: landed.checks.get(check, 0) for check in checks},
+        }
+        for landed in report.files
+    ]
 
 
 def mlflow_run_link(tracking_uri: str | None, run_id: str | None) -> str | None:
@@ -796,8 +882,14 @@ def mlflow_run_link(tracking_uri: str | None, run_id: str | None) -> str | None:
 
 def summary_markdown(dataset: str, report: PassReport) -> str:
     counts = ", ".join(f"{report.count(outcome)} {outcome.value}" for outcome in Outcome if report.count(outcome))
-    lines = [f"## Landing pass for dataset `{dataset}`", "", f"`{report.landing}`: {counts or 'no new files'}.", "",
-             "| file | outcome | rows | quarantined | report | MLflow run |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Landing pass for dataset `{dataset}`",
+        "",
+        f"`{report.landing}`: {counts or 'no new files'}.",
+        "",
+        "| file | outcome | rows | quarantined | report | MLflow run |",
+        "|---|---|---|---|---|---|",
+    ]
     local_stores = set()
     for landed in report.files:
         report_cell = f"[report.html]({Path(landed.report).as_uri()})" if landed.report else ""
@@ -815,11 +907,15 @@ def summary_markdown(dataset: str, report: PassReport) -> str:
             outcome += f": {_cell(landed.error)}"
         elif landed.recorded_as:
             outcome += f" (batch {landed.batch_id})"
-        lines.append(f"| {_cell(landed.name)} | {outcome} | {_blank(landed.rows)} | {_blank(landed.quarantined)} "
-                     f"| {report_cell} | {run_cell} |")
+        lines.append(
+            f"| {_cell(landed.name)} | {outcome} | {_blank(landed.rows)} | {_blank(landed.quarantined)} "
+            f"| {report_cell} | {run_cell} |"
+        )
     for store in sorted(local_stores):
-        lines += ["", f"Open the runs with `mlflow ui --backend-store-uri {store}`, then "
-                      "`http://127.0.0.1:5000/#/runs/<run id>`."]
+        lines += [
+            "",
+            f"Open the runs with `mlflow ui --backend-store-uri {store}`, then `http://127.0.0.1:5000/#/runs/<run id>`.",
+        ]
     moved = [landed for landed in report.files if landed.outcome in (Outcome.FAILED, Outcome.RETRY) and landed.location]
     if moved:
         lines += ["", "Files not scanned are kept here:", ""] + [f"- `{landed.location}`" for landed in moved]

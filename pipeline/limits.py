@@ -51,8 +51,8 @@ class InputLimits:
                 values[field.name] = int(raw)
             except ValueError:
                 raise PoisonguardError(
-                    f"The environment variable {variable} must be a whole number such as {field.default}; "
-                    f"got {raw!r}.") from None
+                    f"The environment variable {variable} must be a whole number such as {field.default}; got {raw!r}."
+                ) from None
             if values[field.name] < 1:
                 raise PoisonguardError(f"The environment variable {variable} must be at least 1; got {raw!r}.")
         return cls(**values)

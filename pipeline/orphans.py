@@ -31,8 +31,11 @@ def stop_orphaned_servers(prefect_home: Path) -> list[int]:
         if process is None:
             continue
         parent, environ, command = process
-        if _SERVER_APP not in command or environ.get("PREFECT__SERVER_EPHEMERAL") != "1" \
-                or environ.get("PREFECT_HOME") != home:
+        if (
+            _SERVER_APP not in command
+            or environ.get("PREFECT__SERVER_EPHEMERAL") != "1"
+            or environ.get("PREFECT_HOME") != home
+        ):
             continue
         if parent != 1 and _is_python(parent):
             continue  # its scan is alive

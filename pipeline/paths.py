@@ -24,8 +24,9 @@ def check_workspace(workspace: Path) -> Path:
     return workspace
 
 
-def check_output_folder(out: Path, *, workspace: Path | None, inputs: Iterable[Path | None] = (),
-                        option: str = "--out") -> Path:
+def check_output_folder(
+    out: Path, *, workspace: Path | None, inputs: Iterable[Path | None] = (), option: str = "--out"
+) -> Path:
     """``out`` as a folder the command may fill: not a file, writable, not the folder of an input,
     not inside (or equal to) the workspace. ``option`` names it in messages."""
     _check_writable_folder(out, option)
@@ -35,14 +36,16 @@ def check_output_folder(out: Path, *, workspace: Path | None, inputs: Iterable[P
         if resolved == home or home in resolved.parents:
             raise PoisonguardError(
                 f"{option} {_shown(out)} is inside the workspace {_shown(workspace)}: the workspace holds the "
-                "committed files the gate verifies. Choose a folder outside it.")
+                "committed files the gate verifies. Choose a folder outside it."
+            )
     for path in inputs:
         if path is None:
             continue
         if _resolved(path).parent == resolved:
             raise PoisonguardError(
                 f"{option} {_shown(out)} is the folder of the input {_shown(path)}: its results would replace files "
-                "next to the inputs. Choose another folder.")
+                "next to the inputs. Choose another folder."
+            )
     return out
 
 
@@ -69,8 +72,7 @@ def _check_writable_folder(folder: Path, option: str) -> None:
     if not existing.is_dir():
         raise PoisonguardError(f"{option} {_shown(folder)} cannot be created: {_shown(existing)} is a file.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PoisonguardError(f"{option} {_shown(folder)} cannot be written: no write permission on "
-                               f"{_shown(existing)}.")
+        raise PoisonguardError(f"{option} {_shown(folder)} cannot be written: no write permission on {_shown(existing)}.")
 
 
 def _resolved(path: Path) -> Path:

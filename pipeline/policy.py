@@ -60,8 +60,10 @@ class QuarantinePolicy:
             if not limit.accepts(value):
                 raise InvalidParameter(f"The {key} of the quarantine policy must be {limit.describe()}. Got {value!r}.")
         if self.evidence_hold not in EVIDENCE_HOLDS:
-            raise InvalidParameter(f"The evidence_hold of the quarantine policy must be one of "
-                                   f"{', '.join(EVIDENCE_HOLDS)}. Got {self.evidence_hold!r}.")
+            raise InvalidParameter(
+                f"The evidence_hold of the quarantine policy must be one of "
+                f"{', '.join(EVIDENCE_HOLDS)}. Got {self.evidence_hold!r}."
+            )
 
     def row_target(self, spent: float = 0.0) -> float:
         """What is left of the false-quarantine target for the detectors once ``spent``, the share
@@ -80,9 +82,12 @@ class QuarantinePolicy:
         return max(self.row_target(spent), benjamini_hochberg_threshold(fused, self.false_discovery_rate))
 
     def as_dict(self) -> dict[str, float | str]:
-        return {"false_quarantine_target": self.false_quarantine_target,
-                "false_discovery_rate": self.false_discovery_rate, "verdict_alpha": self.verdict_alpha,
-                "evidence_hold": self.evidence_hold}
+        return {
+            "false_quarantine_target": self.false_quarantine_target,
+            "false_discovery_rate": self.false_discovery_rate,
+            "verdict_alpha": self.verdict_alpha,
+            "evidence_hold": self.evidence_hold,
+        }
 
 
 def fuse(pvalues: dict[str, np.ndarray], n_rows: int, factors: dict[str, float] | None = None) -> np.ndarray:

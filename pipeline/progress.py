@@ -38,8 +38,11 @@ class StageProgress:
         if self.enabled:
             stage = point.split(".", 1)[-1].replace("_", " ")
             rate = f"{self.rows / seconds:>12,.0f} rows/s" if seconds > 0 else ""
-            print(f"poisonguard: {stage:<20}{self.rows:>12,} rows {seconds:>8.1f} s{rate}   peak {peak_gib():.2f} GiB",
-                  file=self.stream or sys.stderr, flush=True)
+            print(
+                f"poisonguard: {stage:<20}{self.rows:>12,} rows {seconds:>8.1f} s{rate}   peak {peak_gib():.2f} GiB",
+                file=self.stream or sys.stderr,
+                flush=True,
+            )
 
 
 def peak_gib() -> float:

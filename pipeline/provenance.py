@@ -132,8 +132,16 @@ def start_scan_run(tracking_uri: str, experiment_id: str, run_name: str, tags: d
     return run.info.run_id
 
 
-def log_batch_input(tracking_uri: str, run_id: str, path: Path, name: str, sha256: str,
-                    frame: pd.DataFrame, context: str, tags: dict[str, str] | None = None) -> None:
+def log_batch_input(
+    tracking_uri: str,
+    run_id: str,
+    path: Path,
+    name: str,
+    sha256: str,
+    frame: pd.DataFrame,
+    context: str,
+    tags: dict[str, str] | None = None,
+) -> None:
     _mlflow()  # imports mlflow with its import-time warnings silenced
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -144,11 +152,15 @@ def log_batch_input(tracking_uri: str, run_id: str, path: Path, name: str, sha25
         source = resolve_dataset_source(str(path.resolve()))
     # MLflow's Dataset marks profile abstract but is no ABC: MetaDataset, which MLflow itself
     # instantiates, leaves it out. The same below.
-    dataset = MetaDataset(source=source, name=name,  # type: ignore[abstract]
-                          digest=sha256[:32], schema=_schema(frame))
-    input_tags = [InputTag(key="mlflow.data.context", value=context),
-                  InputTag(key="sha256", value=sha256)] + \
-                 [InputTag(key=k, value=str(v)) for k, v in (tags or {}).items()]
+    dataset = MetaDataset(
+        source=source,
+        name=name,  # type: ignore[abstract]
+        digest=sha256[:32],
+        schema=_schema(frame),
+    )
+    input_tags = [InputTag(key="mlflow.data.context", value=context), InputTag(key="sha256", value=sha256)] + [
+        InputTag(key=k, value=str(v)) for k, v in (tags or {}).items()
+    ]
     _client(tracking_uri).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), input_tags)])
 
 
@@ -170,8 +182,14 @@ def _schema(frame: pd.DataFrame):
     return Schema(specs)
 
 
-def log_results(tracking_uri: str, run_id: str, params: dict[str, Any], metrics: dict[str, float],
-                tags: dict[str, str], artifacts: list[Path]) -> None:
+def log_results(
+    tracking_uri: str,
+    run_id: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(tracking_uri)
@@ -194,8 +212,7 @@ def metric_key(name: str) -> str:
     return _METRIC_NAME.sub("_", name)[:250]
 
 
-def find_scan_runs(tracking_uri: str, sha256: str, dataset: str | None = None,
-                   status: str | None = None) -> list[Any]:
+def find_scan_runs(tracking_uri: str, sha256: str, dataset: str | None = None, status: str | None = None) -> list[Any]:
     """Runs whose ``batch_sha256`` tag is ``sha256`` (optionally for one dataset/status)."""
     client = _client(tracking_uri)
     experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
@@ -237,8 +254,9 @@ def finish_committed_run(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
-def source_history(tracking_uri: str, dataset: str, source: str, exclude_run_id: str,
-                   limit: int = 500) -> list[SourceRecord]:
+def source_history(
+    tracking_uri: str, dataset: str, source: str, exclude_run_id: str, limit: int = 500
+) -> list[SourceRecord]:
     """Rows scanned and quarantined in the source's earlier finished scans of the dataset,
     newest first. Filtered on the source in Python: it is free text and MLflow's filter
     language has no escape for quotes."""
@@ -246,12 +264,20 @@ def source_history(tracking_uri: str, dataset: str, source: str, exclude_run_id:
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=limit, order_by=["attributes.start_time DESC"])
-    return [SourceRecord(rows=int(run.data.metrics["rows_rows"]), quarantined=int(run.data.metrics["rows_quarantined"]))
-            for run in runs
-            if run.info.run_id != exclude_run_id and run.data.tags.get("source") == source
-            and "rows_rows" in run.data.metrics and "rows_quarantined" in run.data.metrics]
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        max_results=limit,
+        order_by=["attributes.start_time DESC"],
+    )
+    return [
+        SourceRecord(rows=int(run.data.metrics["rows_rows"]), quarantined=int(run.data.metrics["rows_quarantined"]))
+        for run in runs
+        if run.info.run_id != exclude_run_id
+        and run.data.tags.get("source") == source
+        and "rows_rows" in run.data.metrics
+        and "rows_quarantined" in run.data.metrics
+    ]
 
 
 def log_review(tracking_uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
@@ -289,7 +315,7 @@ def log_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
     client = _client(tracking_uri)
     items = [RunTag(k, str(v)) for k, v in _redacted(tags).items()]
     for start in range(0, len(items), _TAGS_PER_CALL):
-        client.log_batch(run_id, tags=items[start:start + _TAGS_PER_CALL])
+        client.log_batch(run_id, tags=items[start : start + _TAGS_PER_CALL])
 
 
 def meta_dataset(path: Path, name: str, sha256: str, frame: pd.DataFrame | None = None) -> Any:
@@ -302,8 +328,12 @@ def meta_dataset(path: Path, name: str, sha256: str, frame: pd.DataFrame | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(Path(path).resolve()))
-    return MetaDataset(source=source, name=name, digest=sha256[:32],  # type: ignore[abstract]
-                       schema=_schema(frame) if frame is not None else None)
+    return MetaDataset(
+        source=source,
+        name=name,
+        digest=sha256[:32],  # type: ignore[abstract]
+        schema=_schema(frame) if frame is not None else None,
+    )
 
 
 def log_dataset_inputs(tracking_uri: str, run_id: str, inputs: list[tuple[Any, str, dict[str, str]]]) -> None:
@@ -311,13 +341,16 @@ def log_dataset_inputs(tracking_uri: str, run_id: str, inputs: list[tuple[Any, s
     in the tags (``sha256``), the digest holds only its first 32 digits."""
     from mlflow.entities import DatasetInput, InputTag
 
-    entities = [DatasetInput(dataset._to_mlflow_entity(),
-                             [InputTag(key="mlflow.data.context", value=context)] +
-                             [InputTag(key=k, value=str(v)) for k, v in tags.items()])
-                for dataset, context, tags in inputs]
+    entities = [
+        DatasetInput(
+            dataset._to_mlflow_entity(),
+            [InputTag(key="mlflow.data.context", value=context)] + [InputTag(key=k, value=str(v)) for k, v in tags.items()],
+        )
+        for dataset, context, tags in inputs
+    ]
     client = _client(tracking_uri)
     for start in range(0, len(entities), _INPUTS_PER_CALL):
-        client.log_inputs(run_id, datasets=entities[start:start + _INPUTS_PER_CALL])
+        client.log_inputs(run_id, datasets=entities[start : start + _INPUTS_PER_CALL])
 
 
 def last_gate_head(tracking_uri: str, ledger_url: str) -> tuple[int, str] | None:
@@ -333,8 +366,9 @@ def last_gate_head(tracking_uri: str, ledger_url: str) -> tuple[int, str] | None
     best: tuple[int, str] | None = None
     token = None
     while True:
-        page = client.search_runs([e.experiment_id for e in experiments], filter_string=query,
-                                  max_results=1000, page_token=token)
+        page = client.search_runs(
+            [e.experiment_id for e in experiments], filter_string=query, max_results=1000, page_token=token
+        )
         for run in page:
             tags = run.data.tags
             if tags.get("ledger_url") != ledger_url or not tags.get("ledger_head_sequence", "").isdigit():
@@ -354,7 +388,10 @@ def find_gate_runs(tracking_uri: str, snapshot_sha256: str) -> list[Any]:
     experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
     if not experiments:
         return []
-    return list(client.search_runs([e.experiment_id for e in experiments],
-                                   filter_string=f"tags.stage = '{GATE_STAGE}' and "
-                                                 f"tags.snapshot_sha256 = '{snapshot_sha256}'",
-                                   order_by=["attributes.start_time DESC"]))
+    return list(
+        client.search_runs(
+            [e.experiment_id for e in experiments],
+            filter_string=f"tags.stage = '{GATE_STAGE}' and tags.snapshot_sha256 = '{snapshot_sha256}'",
+            order_by=["attributes.start_time DESC"],
+        )
+    )

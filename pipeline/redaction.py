@@ -24,9 +24,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 # Variables whose whole value is a secret.
-SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "POISONGUARD_UI_TOKEN",
-                    "POISONGUARD_CACHE_KEY", "POISONGUARD_ANCHOR_KEY", "PGPASSWORD",
-                    "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_ACCESS_KEY")
+SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "POISONGUARD_UI_TOKEN",
+    "POISONGUARD_CACHE_KEY",
+    "POISONGUARD_ANCHOR_KEY",
+    "PGPASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+)
 # Variables holding URLs whose password is a secret.
 URL_VARIABLES = ("POISONGUARD_DATABASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")
 _SECRET_KEYS = r"password|passwd|pwd|token|access_token|api_key|apikey|secret|client_secret|sig"

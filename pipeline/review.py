@@ -46,8 +46,10 @@ def batch_folder(settings: Settings, record: RowRecord, ledger: Ledger) -> Path:
     batch = ledger.get_batch(record.batch_id)
     folder = Workspace(settings.workspace).batch_dir(batch.dataset, record.batch_sha256)
     if not folder.is_dir():
-        raise PoisonguardError(f"The workspace has no folder for batch {batch.id} ({folder}); is --workspace the "
-                               "one the batch was scanned into?")
+        raise PoisonguardError(
+            f"The workspace has no folder for batch {batch.id} ({folder}); is --workspace the "
+            "one the batch was scanned into?"
+        )
     return folder
 
 
@@ -88,9 +90,11 @@ def trusted_neighbours(summary: dict[str, Any], row: pd.DataFrame, k: int = NEIG
 
     reference = read_table(path, role="reference")
     if reference.sha256 != summary["reference"]["sha256"]:
-        raise PoisonguardError(f"The reference {path} changed since the scan (sha256 {reference.sha256[:12]}… "
-                               f"≠ {summary['reference']['sha256'][:12]}…); its neighbours would not be the ones "
-                               "the detectors saw.")
+        raise PoisonguardError(
+            f"The reference {path} changed since the scan (sha256 {reference.sha256[:12]}… "
+            f"≠ {summary['reference']['sha256'][:12]}…); its neighbours would not be the ones "
+            "the detectors saw."
+        )
     spec = FeatureSpec(summary["label"], tuple(summary["features"]["numeric"]), tuple(summary["features"]["categorical"]))
     # The row is read from the scan's outputs, which hold its cells as they arrived (a CSV's text
     # where its numbers would not write back exactly): typed again as the reference is, before encoding.
@@ -113,8 +117,9 @@ def _is_number(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
-def act(settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids: Iterable[str], by: str,
-        reason: str) -> list[ReviewRecord]:
+def act(
+    settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids: Iterable[str], by: str, reason: str
+) -> list[ReviewRecord]:
     """Release or reject rows (all or none), then mirror the actions to each batch's MLflow run.
     The ledger is the record of truth: if only the mirror fails, ``MirrorFailed`` says so."""
     action = ReviewAction(action)
@@ -123,9 +128,11 @@ def act(settings: Settings, ledger: Ledger, action: ReviewAction | str, row_ids:
     try:
         _mirror_to_mlflow(settings, ledger, records)
     except Exception as error:  # MLflow unreachable, a run deleted: the review itself stands
-        raise MirrorFailed(f"{action.past_tense.capitalize()} {len(records)} row(s) in the ledger, but mirroring the "
-                           f"action to the batch's MLflow run failed ({type(error).__name__}: {error}). The ledger "
-                           "is the record of truth.") from error
+        raise MirrorFailed(
+            f"{action.past_tense.capitalize()} {len(records)} row(s) in the ledger, but mirroring the "
+            f"action to the batch's MLflow run failed ({type(error).__name__}: {error}). The ledger "
+            "is the record of truth."
+        ) from error
     return records
 
 
@@ -145,10 +152,16 @@ def _mirror_to_mlflow(settings: Settings, ledger: Ledger, records: list[ReviewRe
         batch = ledger.get_batch(batch_id)
         if not batch.mlflow_run_id:
             continue
-        tags = {f"review.row.{r.row_id.split(':')[1]}": f"{r.action.past_tense} by {r.by} at "
-                f"{r.at.isoformat(timespec='seconds')}: {r.reason}"[:5000] for r in actions}
-        metrics = {"review.pending": float(batch.pending), "review.released": float(batch.released),
-                   "review.rejected": float(batch.rejected)}
+        tags = {
+            f"review.row.{r.row_id.split(':')[1]}": f"{r.action.past_tense} by {r.by} at "
+            f"{r.at.isoformat(timespec='seconds')}: {r.reason}"[:5000]
+            for r in actions
+        }
+        metrics = {
+            "review.pending": float(batch.pending),
+            "review.released": float(batch.released),
+            "review.rejected": float(batch.rejected),
+        }
         provenance.log_review(settings.tracking_uri, batch.mlflow_run_id, tags, metrics)
 
 

@@ -65,8 +65,13 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F
 _DATE_LIKE = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}/\d{1,2}/\d{4})([ T]\d{1,2}:\d{2}.*)?\s*$")
 
 
-def infer_roles(frame: pd.DataFrame, label: str, protected: Iterable[str] = (),
-                explicit: Mapping[str, Role] | None = None, exact: pd.DataFrame | None = None) -> dict[str, Role]:
+def infer_roles(
+    frame: pd.DataFrame,
+    label: str,
+    protected: Iterable[str] = (),
+    explicit: Mapping[str, Role] | None = None,
+    exact: pd.DataFrame | None = None,
+) -> dict[str, Role]:
     """Each column's role, inferred from trusted ``frame`` (without ``row_number``); ``explicit``
     roles win. ``exact``: the same rows as they arrived (``LoadedTable.exact``), where a CSV's
     20-digit ids are still text, not floats that collapsed them into repeats. Rules, in order:
@@ -102,8 +107,12 @@ def _inferred(name: str, values: pd.Series, as_written: pd.Series | None = None)
     if _is_identifier(name, values, present):
         return Role.ID
     written_as_text = as_written is not None and not pd.api.types.is_numeric_dtype(as_written)
-    if (written_as_text and as_written is not None and pd.api.types.is_numeric_dtype(values)
-            and _is_identifier(name, as_written, as_written.dropna())):
+    if (
+        written_as_text
+        and as_written is not None
+        and pd.api.types.is_numeric_dtype(values)
+        and _is_identifier(name, as_written, as_written.dropna())
+    ):
         return Role.ID
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return Role.FEATURE
@@ -143,13 +152,13 @@ def _is_identifier(name: str, values: pd.Series, present: pd.Series) -> bool:
         as_int = text.map(int)
         return bool(text.str.len().min() > EXACT_FLOAT_DIGITS or as_int.is_monotonic_increasing)
     # codes such as "APP-000123": a letter and a digit, no spaces, short
-    return bool(text.map(lambda v: bool(_ID_TOKEN.match(v)) and any(c.isdigit() for c in v)
-                         and any(c.isalpha() for c in v)).all())
+    return bool(
+        text.map(lambda v: bool(_ID_TOKEN.match(v)) and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)).all()
+    )
 
 
 def _looks_like_times(text: pd.Series) -> bool:
-    return bool(text.map(lambda v: bool(_DATE_LIKE.match(v))).mean() >= 0.95
-                and parse_times(text).notna().mean() >= 0.95)
+    return bool(text.map(lambda v: bool(_DATE_LIKE.match(v))).mean() >= 0.95 and parse_times(text).notna().mean() >= 0.95)
 
 
 def parse_times(values: pd.Series) -> pd.Series:
@@ -186,23 +195,28 @@ def leading_zero_codes(typed: pd.DataFrame, exact: pd.DataFrame) -> list[str]:
 
 # --- roles in a suite ------------------------------------------------------------------------------
 
+
 def parse_roles(raw: Any, where: str) -> dict[str, Role]:
     """``meta.poisonguard.roles`` of a suite: ``{column: role}``."""
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        raise SuiteError(f"{where}: meta.poisonguard.roles must map column names to roles "
-                         f"({', '.join(r.value for r in Role)}).")
+        raise SuiteError(
+            f"{where}: meta.poisonguard.roles must map column names to roles ({', '.join(r.value for r in Role)})."
+        )
     roles = {}
     for column, value in raw.items():
         try:
             roles[column] = Role(value)
         except ValueError:
-            raise SuiteError(f"{where}: meta.poisonguard.roles gives column {column!r} the role {value!r}; "
-                             f"a role is one of {', '.join(r.value for r in Role)}.") from None
+            raise SuiteError(
+                f"{where}: meta.poisonguard.roles gives column {column!r} the role {value!r}; "
+                f"a role is one of {', '.join(r.value for r in Role)}."
+            ) from None
     return roles
 
 
-def explicit_roles(id: Iterable[str] = (), time: Iterable[str] = (), text: Iterable[str] = (),
-                   ignore: Iterable[str] = ()) -> dict[str, Role]:
+def explicit_roles(
+    id: Iterable[str] = (), time: Iterable[str] = (), text: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> dict[str, Role]:
     """The roles a user named (``--id app_id --time received``); a column named twice is an error."""
     roles: dict[str, Role] = {}
     for option, columns in (("id", id), ("time", time), ("text", text), ("ignore", ignore)):
@@ -237,6 +251,7 @@ def describe(roles: Mapping[str, Role]) -> list[str]:
 
 def id_text(values: pd.Series) -> pd.Series:
     """Ids compared as their text (a Parquet integer 5 and a CSV "5" are the same id); None where missing."""
+
     def text(value: Any) -> str | None:
         if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
             return None
@@ -262,9 +277,15 @@ def id_shape(ids: pd.Series) -> str | None:
     return "".join({"\x00": "[0-9]+", "\x01": "[A-Za-z]+"}.get(ch, re.escape(ch)) for ch in shapes[0])
 
 
-def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.datetime,
-                rules: RoleRules = RoleRules(), accepted_ids: Mapping[str, set[str]] | None = None,
-                id_shapes: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
+def check_roles(
+    batch: pd.DataFrame,
+    roles: Mapping[str, Role],
+    *,
+    arrival: dt.datetime,
+    rules: RoleRules = RoleRules(),
+    accepted_ids: Mapping[str, set[str]] | None = None,
+    id_shapes: Mapping[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
     """Row findings (records for ``findings.findings_frame``) for the id and time columns of
     ``batch`` (original cells, with ``row_number``): a missing id, an id of another shape than
     every trusted one (``id_shapes``), an id repeated within the batch (every row after its
@@ -276,8 +297,16 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
     rows = batch["row_number"].to_numpy()
 
     def add(position: int | np.integer, column: str, code: ReasonCode, observed: Any, message: str, check: str) -> None:
-        records.append({"row_number": int(rows[position]), "check": check, "column": column,
-                        "reason_code": code, "observed": observed, "message": message})
+        records.append(
+            {
+                "row_number": int(rows[position]),
+                "check": check,
+                "column": column,
+                "reason_code": code,
+                "observed": observed,
+                "message": message,
+            }
+        )
 
     for column, role in roles.items():
         if column not in batch.columns:
@@ -289,21 +318,41 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
             repeated = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
             known = ids.isin(earlier).to_numpy() & ~missing & ~repeated if earlier else np.zeros(len(ids), bool)
             shape = (id_shapes or {}).get(column)
-            misshapen = (~ids.fillna("").str.fullmatch(shape).to_numpy(dtype=bool) & ~missing & ~repeated & ~known
-                         if shape else np.zeros(len(ids), bool))
+            misshapen = (
+                ~ids.fillna("").str.fullmatch(shape).to_numpy(dtype=bool) & ~missing & ~repeated & ~known
+                if shape
+                else np.zeros(len(ids), bool)
+            )
             values = ids.to_numpy(dtype=object)
             for position in np.flatnonzero(misshapen):
-                add(position, column, ReasonCode.BAD_ID_FORMAT, values[position],
+                add(
+                    position,
+                    column,
+                    ReasonCode.BAD_ID_FORMAT,
+                    values[position],
                     f"{column}={_short(values[position])} does not have the form of the trusted ids ({shape})",
-                    f"id:{column}")
+                    f"id:{column}",
+                )
             for position in np.flatnonzero(missing):
                 add(position, column, ReasonCode.MISSING_ID, None, f"{column} is missing (an id column)", f"id:{column}")
             for position in np.flatnonzero(repeated):
-                add(position, column, ReasonCode.DUPLICATE_ID, values[position],
-                    f"{column}={_short(values[position])} repeats an id earlier in this batch", f"id:{column}")
+                add(
+                    position,
+                    column,
+                    ReasonCode.DUPLICATE_ID,
+                    values[position],
+                    f"{column}={_short(values[position])} repeats an id earlier in this batch",
+                    f"id:{column}",
+                )
             for position in np.flatnonzero(known):
-                add(position, column, ReasonCode.DUPLICATE_ID, values[position],
-                    f"{column}={_short(values[position])} is the id of a row already accepted", f"id:{column}")
+                add(
+                    position,
+                    column,
+                    ReasonCode.DUPLICATE_ID,
+                    values[position],
+                    f"{column}={_short(values[position])} is the id of a row already accepted",
+                    f"id:{column}",
+                )
         elif role is Role.TIME:
             parsed = parse_times(batch[column])
             raw = batch[column].to_numpy(dtype=object)
@@ -311,19 +360,38 @@ def check_roles(batch: pd.DataFrame, roles: Mapping[str, Role], *, arrival: dt.d
             future = pd.Timestamp(arrival) + pd.Timedelta(hours=rules.future_tolerance_hours)
             unparsed = present & parsed.isna().to_numpy()
             later = (parsed > future).fillna(False).to_numpy(dtype=bool)
-            older = ((parsed < pd.Timestamp(arrival) - pd.Timedelta(days=rules.max_age_days)).fillna(False)
-                     .to_numpy(dtype=bool) if rules.max_age_days is not None else np.zeros(len(raw), bool))
+            older = (
+                (parsed < pd.Timestamp(arrival) - pd.Timedelta(days=rules.max_age_days)).fillna(False).to_numpy(dtype=bool)
+                if rules.max_age_days is not None
+                else np.zeros(len(raw), bool)
+            )
             for position in np.flatnonzero(unparsed):
-                add(position, column, ReasonCode.BAD_TIME, raw[position],
-                    f"{column}={_short(raw[position])} is not a date or time", f"time:{column}")
+                add(
+                    position,
+                    column,
+                    ReasonCode.BAD_TIME,
+                    raw[position],
+                    f"{column}={_short(raw[position])} is not a date or time",
+                    f"time:{column}",
+                )
             for position in np.flatnonzero(later):
-                add(position, column, ReasonCode.FUTURE_TIME, raw[position],
-                    f"{column}={_short(raw[position])} is in the future (the batch arrived "
-                    f"{arrival:%Y-%m-%d %H:%M} UTC)", f"time:{column}")
+                add(
+                    position,
+                    column,
+                    ReasonCode.FUTURE_TIME,
+                    raw[position],
+                    f"{column}={_short(raw[position])} is in the future (the batch arrived {arrival:%Y-%m-%d %H:%M} UTC)",
+                    f"time:{column}",
+                )
             for position in np.flatnonzero(older):
-                add(position, column, ReasonCode.OUTSIDE_WINDOW, raw[position],
-                    f"{column}={_short(raw[position])} is more than {rules.max_age_days:g} days before the batch "
-                    "arrived", f"time:{column}")
+                add(
+                    position,
+                    column,
+                    ReasonCode.OUTSIDE_WINDOW,
+                    raw[position],
+                    f"{column}={_short(raw[position])} is more than {rules.max_age_days:g} days before the batch arrived",
+                    f"time:{column}",
+                )
     records.sort(key=lambda r: r["row_number"])
     return records
 

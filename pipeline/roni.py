@@ -51,9 +51,10 @@ class GroupImpact:
 
     def describe(self) -> str:
         sample = "" if self.sampled >= 1.0 else f" (fits on a {self.sampled:.1%} sample of trusted and batch rows)"
-        return (f"without the {self.rows} {self.group}, holdout accuracy {self.accuracy_with:.3f} → "
-                f"{self.accuracy_without:.3f}, log-loss {self.log_loss_with:.4f} → {self.log_loss_without:.4f}"
-                + sample)
+        return (
+            f"without the {self.rows} {self.group}, holdout accuracy {self.accuracy_with:.3f} → "
+            f"{self.accuracy_without:.3f}, log-loss {self.log_loss_with:.4f} → {self.log_loss_without:.4f}" + sample
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "harmful": self.harmful}
@@ -76,9 +77,18 @@ def classifier(path: str = DEFAULT_MODEL, **params: Any) -> ClassifierMixin:
     return model
 
 
-def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFrame | ConformedBatch, group: np.ndarray,
-                 spec: FeatureSpec, name: str, model: ClassifierMixin | None = None, max_rows: int | None = None,
-                 seed: int = 0, among: np.ndarray | None = None) -> GroupImpact:
+def group_impact(
+    trusted: pd.DataFrame,
+    holdout: pd.DataFrame,
+    batch: pd.DataFrame | ConformedBatch,
+    group: np.ndarray,
+    spec: FeatureSpec,
+    name: str,
+    model: ClassifierMixin | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    among: np.ndarray | None = None,
+) -> GroupImpact:
     """Train on trusted + batch, and on trusted + (batch − group); score both on the holdout.
 
     ``group`` is a boolean mask over ``batch`` rows; ``among`` (default: every row) the rows that
@@ -99,8 +109,10 @@ def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFra
     total = len(trusted) + len(inside) + len(outside)
     rate = 1.0 if max_rows is None or total <= max_rows else max_rows / total
     rng = np.random.default_rng(seed)
-    base = pd.concat([trusted.iloc[_draw(len(trusted), rate, rng)],
-                      batch.take(outside[_draw(len(outside), rate, rng)])], ignore_index=True)
+    base = pd.concat(
+        [trusted.iloc[_draw(len(trusted), rate, rng)], batch.take(outside[_draw(len(outside), rate, rng)])],
+        ignore_index=True,
+    )
     members, weight = inside, 1.0
     if rate < 1.0:
         if len(members) * rate < MIN_SAMPLED_GROUP and has_fit_parameter(model, "sample_weight"):
@@ -111,7 +123,8 @@ def group_impact(trusted: pd.DataFrame, holdout: pd.DataFrame, batch: pd.DataFra
     weights = np.r_[np.ones(len(base)), np.full(len(members), weight)] if weight != 1.0 else None
     (acc_with, loss_with), (acc_without, loss_without) = (
         _fit_and_score(model, with_group, holdout, spec, weights),
-        _fit_and_score(model, base, holdout, spec))
+        _fit_and_score(model, base, holdout, spec),
+    )
     return GroupImpact(name, len(inside), acc_with, acc_without, loss_with, loss_without, round(rate, 6))
 
 
@@ -123,8 +136,13 @@ def _draw(n: int, rate: float, rng: np.random.Generator) -> np.ndarray | slice:
     return np.sort(rng.choice(n, size=round(rate * n), replace=False))
 
 
-def _fit_and_score(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame, spec: FeatureSpec,
-                   sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+def _fit_and_score(
+    model: ClassifierMixin,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    spec: FeatureSpec,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[float, float]:
     pipeline = make_pipeline(make_encoder(spec), clone(model))
     weights = {} if sample_weight is None else {f"{pipeline.steps[-1][0]}__sample_weight": sample_weight}
     pipeline.fit(feature_frame(train, spec), train[spec.label].astype(str), **weights)

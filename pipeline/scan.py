@@ -132,8 +132,9 @@ def preflight(request: ScanRequest) -> None:
     _require_label(reference_columns, request)
     unknown = [c for c, _ in request.roles if c not in reference_columns]
     if unknown:
-        raise InputError(f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference "
-                         f"{request.reference}.")
+        raise InputError(
+            f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference {request.reference}."
+        )
     if request.holdout:
         probe_table(request.holdout, "holdout")
     if request.suite:
@@ -169,8 +170,9 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
     explicit = {column: Role(role) for column, role in request.roles}
     unknown = [c for c in explicit if c not in reference.columns]
     if unknown:
-        raise InputError(f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference "
-                         f"{request.reference}.")
+        raise InputError(
+            f"Column(s) {', '.join(map(repr, unknown))} given a role are not in the reference {request.reference}."
+        )
     typed, exact = reference.frame.drop(columns=[ROW_NUMBER]), reference.exact.to_pandas()
     codes = leading_zero_codes(typed, exact)
     kinds = {**column_kinds(typed), **dict.fromkeys(codes, ColumnKind.CATEGORICAL)}
@@ -180,12 +182,11 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
         kinds = _kinds_of(suite, kinds, codes)
     else:
         roles = infer_roles(typed, request.label, explicit=explicit, exact=exact)
-        suite = infer_suite(typed, request.label, name=request.dataset_name, source=str(request.reference),
-                            roles=roles, kinds=kinds)
-    if suite.label and suite.label != request.label:
-        raise PoisonguardError(
-            f"--label is '{request.label}' but the suite {suite.source} is for label '{suite.label}'."
+        suite = infer_suite(
+            typed, request.label, name=request.dataset_name, source=str(request.reference), roles=roles, kinds=kinds
         )
+    if suite.label and suite.label != request.label:
+        raise PoisonguardError(f"--label is '{request.label}' but the suite {suite.source} is for label '{suite.label}'.")
     suite = with_roles(suite, roles) if any(r in CARRIED for r in roles.values()) else suite
     kinds = {c: k for c, k in kinds.items() if roles.get(c) not in CARRIED}
     spec = FeatureSpec.from_kinds(kinds, request.label, exclude=suite.protected_columns)
@@ -200,33 +201,56 @@ def load_trusted(request: ScanRequest, settings: Settings) -> TrustedData:
         holdout, _ = conform(holdout_table.frame, kinds)
         train, origin, holdout_sha = reference_frame, str(request.holdout), holdout_table.sha256
     else:
-        train, holdout = split_holdout(reference_frame, request.label, settings.holdout_fraction,
-                                       settings.random_state)
+        train, holdout = split_holdout(reference_frame, request.label, settings.holdout_fraction, settings.random_state)
         origin, holdout_sha = "split from the reference", None
     ids = [c for c, r in roles.items() if r is Role.ID]
     # the holdout's own rule breaks: what a clean batch breaks (the verdict's invalid-values test)
     holdout_invalid = _TRUSTED_WORK.get_or_compute(
-        ("holdout invalid rows", content_key([reference.sha256,
-                                              holdout_sha or (settings.holdout_fraction, settings.random_state),
-                                              suite.document, sorted((c, k.value) for c, k in kinds.items())])),
-        lambda: invalid_rows(holdout, suite))
-    return TrustedData(reference, train, holdout, origin, holdout_sha, suite, kinds, spec,
-                       holdout_invalid, roles,
-                       _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
-                       settings.role_rules, settings.unseen_levels,
-                       {c: id_shape(exact[c]) for c in ids})
+        (
+            "holdout invalid rows",
+            content_key(
+                [
+                    reference.sha256,
+                    holdout_sha or (settings.holdout_fraction, settings.random_state),
+                    suite.document,
+                    sorted((c, k.value) for c, k in kinds.items()),
+                ]
+            ),
+        ),
+        lambda: invalid_rows(holdout, suite),
+    )
+    return TrustedData(
+        reference,
+        train,
+        holdout,
+        origin,
+        holdout_sha,
+        suite,
+        kinds,
+        spec,
+        holdout_invalid,
+        roles,
+        _known_ids(reference, ids, Workspace(settings.workspace), request.dataset_name) if ids else {},
+        settings.role_rules,
+        settings.unseen_levels,
+        {c: id_shape(exact[c]) for c in ids},
+    )
 
 
 def _kinds_of(suite: Suite, kinds: dict[str, ColumnKind], codes: list[str]) -> dict[str, ColumnKind]:
     """Under a suite, a code column read as integers is categorical only where the suite expects
     text there (a suite written before codes were told apart expects numbers)."""
-    expects_text = {e["kwargs"].get("column") for e in suite.document["expectations"]
-                    if e["type"] == "expect_column_values_to_be_in_type_list" and e["kwargs"].get("type_list") == ["str"]}
+    expects_text = {
+        e["kwargs"].get("column")
+        for e in suite.document["expectations"]
+        if e["type"] == "expect_column_values_to_be_in_type_list" and e["kwargs"].get("type_list") == ["str"]
+    }
     return {c: ColumnKind.NUMERIC if c in codes and c not in expects_text else k for c, k in kinds.items()}
 
 
-def resolve_roles(named: dict[str, Role], columns: list[str], label: str, protected: tuple[str, ...],
-                  explicit: dict[str, Role]) -> dict[str, Role]:
+def resolve_roles(
+    named: dict[str, Role], columns: list[str], label: str, protected: tuple[str, ...], explicit: dict[str, Role]
+) -> dict[str, Role]:
     """Every column's role under a suite: the suite's ``roles`` (a suite written before roles:
     label, protected, features), then what the user set explicitly."""
     roles = {c: named.get(c, Role.PROTECTED if c in protected else Role.FEATURE) for c in columns}
@@ -290,8 +314,9 @@ def split_holdout(frame: pd.DataFrame, label: str, fraction: float, seed: int) -
     return train.sort_index(), holdout.sort_index()
 
 
-def validate_batch(batch: LoadedTable, trusted: TrustedData,
-                   max_cells: int = VALIDATION_CELLS) -> tuple[ConformedBatch, ValidationOutcome]:
+def validate_batch(
+    batch: LoadedTable, trusted: TrustedData, max_cells: int = VALIDATION_CELLS
+) -> tuple[ConformedBatch, ValidationOutcome]:
     """The suite's rules, then the checks of id and time columns (``pipeline.roles``) and the
     policy for category levels the trusted data never had."""
     conformed, outcome = validate_table(batch, trusted.kinds, trusted.suite, max_cells)
@@ -304,8 +329,14 @@ def validate_batch(batch: LoadedTable, trusted: TrustedData,
         return conformed, outcome
     cells = batch.exact.select(list(judged)).to_pandas()
     cells[ROW_NUMBER] = np.arange(batch.n_rows, dtype=np.int64)
-    records = check_roles(cells, judged, arrival=now(), rules=trusted.role_rules, accepted_ids=trusted.accepted_ids,
-                          id_shapes=trusted.id_shapes)
+    records = check_roles(
+        cells,
+        judged,
+        arrival=now(),
+        rules=trusted.role_rules,
+        accepted_ids=trusted.accepted_ids,
+        id_shapes=trusted.id_shapes,
+    )
     if not records:
         return conformed, outcome
     found = findings_frame(records)
@@ -323,21 +354,30 @@ def _unseen_levels(outcome: ValidationOutcome, trusted: TrustedData) -> Validati
     unseen = (findings["reason_code"] == ReasonCode.NOT_IN_DOMAIN.value) & (findings["column"] != trusted.spec.label)
     if not unseen.any():
         return outcome
-    table = (findings[unseen].groupby("column").agg(rows=(ROW_NUMBER, "nunique"), levels=("observed", "unique"))
-             .reset_index())
+    table = findings[unseen].groupby("column").agg(rows=(ROW_NUMBER, "nunique"), levels=("observed", "unique")).reset_index()
     table["levels"] = table["levels"].map(lambda v: sorted(map(str, v))[:20])
-    described = "; ".join(f"{r.column}: {r.rows} row(s) with {', '.join(map(repr, r.levels[:5]))}"
-                          for r in table.itertuples())
-    alarm = Alarm("unseen_levels", f"category levels never seen in the trusted data (rows accepted): {described}",
-                  0.0, _jsonable(table))
+    described = "; ".join(
+        f"{r.column}: {r.rows} row(s) with {', '.join(map(repr, r.levels[:5]))}" for r in table.itertuples()
+    )
+    alarm = Alarm(
+        "unseen_levels",
+        f"category levels never seen in the trusted data (rows accepted): {described}",
+        0.0,
+        _jsonable(table),
+    )
     checks = {k: v for k, v in outcome.checks.items() if k not in set(findings.loc[unseen, "check"])}
-    return replace(outcome, row_findings=findings[~unseen].reset_index(drop=True), checks=checks,
-                   alarms=(*outcome.alarms, CheckResult("unseen_levels", table, alarm)))
+    return replace(
+        outcome,
+        row_findings=findings[~unseen].reset_index(drop=True),
+        checks=checks,
+        alarms=(*outcome.alarms, CheckResult("unseen_levels", table, alarm)),
+    )
 
 
 def fit_detectors(trusted: TrustedData, settings: Settings):
     """Detectors fitted on (at most ``settings.max_fit_rows`` of) the trusted rows, from the
     workspace's signed fit cache when the same trusted data was fitted before."""
+
     def fit():
         rows = fit_sample(trusted.train, trusted.spec.label, settings.max_fit_rows, settings.random_state)
         return fit_all(build_detectors(settings.detectors), rows, trusted.spec, trusted.holdout)
@@ -364,13 +404,18 @@ def fit_key(trusted: TrustedData, settings: Settings) -> dict[str, Any]:
     import pyod
     import sklearn
 
-    return {"reference": trusted.reference.sha256, "holdout": trusted.holdout_sha256 or trusted.holdout_origin,
-            "holdout_fraction": settings.holdout_fraction, "random_state": settings.random_state,
-            "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
-            "detectors": settings.detectors, "max_fit_rows": settings.max_fit_rows,
-            "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__,
-                         joblib.__version__], "code": detector_code_digest(),
-            "installed_detectors": installed_detector_digest(settings.detectors)}
+    return {
+        "reference": trusted.reference.sha256,
+        "holdout": trusted.holdout_sha256 or trusted.holdout_origin,
+        "holdout_fraction": settings.holdout_fraction,
+        "random_state": settings.random_state,
+        "spec": [trusted.spec.label, trusted.spec.numeric, trusted.spec.categorical],
+        "detectors": settings.detectors,
+        "max_fit_rows": settings.max_fit_rows,
+        "versions": [__version__, sklearn.__version__, pyod.__version__, np.__version__, pd.__version__, joblib.__version__],
+        "code": detector_code_digest(),
+        "installed_detectors": installed_detector_digest(settings.detectors),
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -434,8 +479,9 @@ def check_source(request: ScanRequest, earlier: list[SourceRecord], decisions: D
     return source_history(request.source, earlier, len(decisions.table), held)
 
 
-def confirm_impact(trusted: TrustedData, conformed: ConformedBatch, outcome: ValidationOutcome,
-                   decisions: Decisions, settings: Settings) -> list[GroupImpact]:
+def confirm_impact(
+    trusted: TrustedData, conformed: ConformedBatch, outcome: ValidationOutcome, decisions: Decisions, settings: Settings
+) -> list[GroupImpact]:
     """Exact RONI on groups: the batch as a whole, every row the detectors hold, and the rows
     each detector holds (a duplicate flood, a trigger group, a cluster of flips), since
     poisoning is rarely one row and a group's harm is large enough to measure.
@@ -457,13 +503,30 @@ def confirm_impact(trusted: TrustedData, conformed: ConformedBatch, outcome: Val
         groups["rows the detectors quarantined"] = row_numbers.isin(set().union(*by_detector)).to_numpy()
     if len(by_detector) > 1:
         groups.update({f"rows held by {check}": row_numbers.isin(rows).to_numpy() for check, rows in by_detector.items()})
-    return [group_impact(trusted.train, trusted.holdout, conformed, rows, trusted.spec, name, model,
-                         settings.max_impact_rows, settings.random_state, among=valid)
-            for name, rows in groups.items()]
+    return [
+        group_impact(
+            trusted.train,
+            trusted.holdout,
+            conformed,
+            rows,
+            trusted.spec,
+            name,
+            model,
+            settings.max_impact_rows,
+            settings.random_state,
+            among=valid,
+        )
+        for name, rows in groups.items()
+    ]
 
 
-def score_batch(detectors, conformed: ConformedBatch, batch_findings: list[BatchFinding],
-                chunk_rows: int = 100_000, map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
+def score_batch(
+    detectors,
+    conformed: ConformedBatch,
+    batch_findings: list[BatchFinding],
+    chunk_rows: int = 100_000,
+    map_chunks: ChunkMap = read_each,
+) -> dict[str, pd.DataFrame]:
     """Every detector's scores; the batch is read ``chunk_rows`` rows at a time, through
     ``map_chunks`` (see ``detectors.score_in_chunks``)."""
     # A batch that fails its schema is held whole; scoring columns it may not have means nothing.
@@ -474,22 +537,33 @@ def score_batch(detectors, conformed: ConformedBatch, batch_findings: list[Batch
     return scores
 
 
-def assess(conformed: ConformedBatch, outcome: ValidationOutcome, detectors, scores: dict[str, pd.DataFrame],
-           trusted: TrustedData, checks: list[CheckResult], settings: Settings) -> Verdict:
+def assess(
+    conformed: ConformedBatch,
+    outcome: ValidationOutcome,
+    detectors,
+    scores: dict[str, pd.DataFrame],
+    trusted: TrustedData,
+    checks: list[CheckResult],
+    settings: Settings,
+) -> Verdict:
     """The batch verdict (``pipeline.verdict``): every kind of evidence the scan has, tested
     against what a clean batch shows."""
     n = conformed.n_rows
     if outcome.batch_findings:
-        return combine([schema_evidence(n, [f.message for f in outcome.batch_findings])], n,
-                       settings.policy.verdict_alpha)
+        return combine([schema_evidence(n, [f.message for f in outcome.batch_findings])], n, settings.policy.verdict_alpha)
     kinds: list[KindEvidence] = []
     aligned = {name: scores[name].set_index(ROW_NUMBER).reindex(np.arange(n)) for name in detectors}
     failing = np.unique(outcome.row_findings[ROW_NUMBER].to_numpy(dtype="int64"))
     # An impossible record or an outlier is label-inconsistent too: such rows are the evidence of
     # their own kinds, not of flipped labels (kinds may still overlap: the verdict counts each row once).
     beyond = np.isin(np.arange(n), failing) | np.logical_or.reduce(
-        [aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool) for name, d in detectors.items()
-         if kind_of(d) == "outliers"] or [np.zeros(n, dtype=bool)])
+        [
+            aligned[name]["flagged"].fillna(False).to_numpy(dtype=bool)
+            for name, d in detectors.items()
+            if kind_of(d) == "outliers"
+        ]
+        or [np.zeros(n, dtype=bool)]
+    )
     for name, detector in detectors.items():
         rows = aligned[name]
         if detector.pvalue_scope == "row":
@@ -513,19 +587,34 @@ def drifted_columns(checks: list[CheckResult]) -> list[str]:
     return []
 
 
-def decide_batch(conformed: ConformedBatch, outcome: ValidationOutcome, detectors,
-                 scores: dict[str, pd.DataFrame], settings: Settings,
-                 verdict: Verdict | None = None, trusted: TrustedData | None = None) -> Decisions:
+def decide_batch(
+    conformed: ConformedBatch,
+    outcome: ValidationOutcome,
+    detectors,
+    scores: dict[str, pd.DataFrame],
+    settings: Settings,
+    verdict: Verdict | None = None,
+    trusted: TrustedData | None = None,
+) -> Decisions:
     """``decide`` over the batch: content keys a chunk at a time, and the reasons of the rows the
     detectors hold asked of them (``score_batch`` leaves row-scoped detectors' reasons out).
     Given the ``trusted`` data, the row rules' natural share of clean rows is taken from the
     detectors' part of the false-quarantine target."""
     # Exact copies are copies of what a model learns from: an id or a timestamp makes none unique.
-    keys = np.concatenate([content_keys(chunk.drop(columns=list(conformed.carried)))
-                           for chunk in conformed.chunks(settings.chunk_rows)])
-    decisions = decide(conformed.row_numbers, outcome.row_findings, outcome.batch_findings, scores, settings.policy,
-                       keys, explain_rows(detectors, scores, conformed.take), verdict,
-                       trusted.natural_invalid_share if trusted is not None else 0.0)
+    keys = np.concatenate(
+        [content_keys(chunk.drop(columns=list(conformed.carried))) for chunk in conformed.chunks(settings.chunk_rows)]
+    )
+    decisions = decide(
+        conformed.row_numbers,
+        outcome.row_findings,
+        outcome.batch_findings,
+        scores,
+        settings.policy,
+        keys,
+        explain_rows(detectors, scores, conformed.take),
+        verdict,
+        trusted.natural_invalid_share if trusted is not None else 0.0,
+    )
     check_conservation(conformed.n_rows, decisions)
     release_freed_memory(conformed.n_rows)
     return decisions
@@ -538,10 +627,21 @@ def check_conservation(n_rows: int, decisions: Decisions) -> None:
         raise RuntimeError("internal error: decisions do not cover every batch row exactly once")
 
 
-def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, trusted: TrustedData,
-                  conformed: ConformedBatch, outcome: ValidationOutcome, decisions: Decisions,
-                  impacts: list[GroupImpact], checks: list[CheckResult], holdout_suspicion: np.ndarray,
-                  run_id: str, started: dt.datetime, verdict: Verdict | None = None) -> ScanOutputs:
+def build_outputs(
+    request: ScanRequest,
+    settings: Settings,
+    batch: LoadedTable,
+    trusted: TrustedData,
+    conformed: ConformedBatch,
+    outcome: ValidationOutcome,
+    decisions: Decisions,
+    impacts: list[GroupImpact],
+    checks: list[CheckResult],
+    holdout_suspicion: np.ndarray,
+    run_id: str,
+    started: dt.datetime,
+    verdict: Verdict | None = None,
+) -> ScanOutputs:
     checks = [*checks, *outcome.alarms]
     table = decisions.table
     held = table.loc[table["quarantined"], [ROW_NUMBER, "suspicion", "reasons"]].sort_values(ROW_NUMBER)
@@ -554,13 +654,22 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "verdict": verdict.as_dict() if verdict is not None else None,
         "dataset": request.dataset_name,
         "scanned_at": started.isoformat(timespec="seconds"),
-        "batch": {"file": request.batch.name, "path": str(request.batch.resolve()), "sha256": batch.sha256,
-                  "schema_fingerprint": batch.schema_fingerprint, "rows": batch.n_rows,
-                  "source": request.source, "submitter": settings.submitter},
-        "reference": {"file": request.reference.name, "path": str(request.reference.resolve()),
-                      "sha256": trusted.reference.sha256, "rows": trusted.reference.n_rows},
-        "holdout": {"origin": trusted.holdout_origin, "sha256": trusted.holdout_sha256,
-                    "rows": len(trusted.holdout)},
+        "batch": {
+            "file": request.batch.name,
+            "path": str(request.batch.resolve()),
+            "sha256": batch.sha256,
+            "schema_fingerprint": batch.schema_fingerprint,
+            "rows": batch.n_rows,
+            "source": request.source,
+            "submitter": settings.submitter,
+        },
+        "reference": {
+            "file": request.reference.name,
+            "path": str(request.reference.resolve()),
+            "sha256": trusted.reference.sha256,
+            "rows": trusted.reference.n_rows,
+        },
+        "holdout": {"origin": trusted.holdout_origin, "sha256": trusted.holdout_sha256, "rows": len(trusted.holdout)},
         "suite": {"name": trusted.suite.name, "sha256": trusted.suite.sha256, "source": trusted.suite.source},
         "label": request.label,
         "features": {"numeric": list(trusted.spec.numeric), "categorical": list(trusted.spec.categorical)},
@@ -568,18 +677,22 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "detectors": dict(settings.detectors),
         "counts": {"rows": batch.n_rows, "accepted": batch.n_rows - len(held), "quarantined": len(held)},
         "checks": counts_by_check,
-        "batch_findings": [{"check": f.check, "reason_code": f.reason_code.value, "message": f.message}
-                           for f in outcome.batch_findings],
+        "batch_findings": [
+            {"check": f.check, "reason_code": f.reason_code.value, "message": f.message} for f in outcome.batch_findings
+        ],
         "detectors_skipped": bool(outcome.batch_findings),
-        "policy": settings.policy.as_dict() | {
+        "policy": settings.policy.as_dict()
+        | {
             "threshold": decisions.threshold,
             # the target less the share of clean rows the row rules hold anyway (the holdout's)
             "row_rule_share": trusted.natural_invalid_share,
             "detector_target": settings.policy.row_target(trusted.natural_invalid_share),
             # the share of clean trusted rows the same threshold would hold: the realised rate
             "holdout_held_share": float(np.mean(holdout_suspicion >= 1.0 - decisions.threshold - 1e-12))
-            if len(holdout_suspicion) else None,
-            "holdout_held_share_at_target": calibration.share if calibration else None},
+            if len(holdout_suspicion)
+            else None,
+            "holdout_held_share_at_target": calibration.share if calibration else None,
+        },
         "alarms": [c.alarm.as_dict() for c in alarmed if c.alarm is not None],
         "batch_checks": {c.check: _jsonable(c.table) for c in checks},
         "roni": [impact.as_dict() | {"summary": impact.describe()} for impact in impacts],
@@ -587,9 +700,15 @@ def build_outputs(request: ScanRequest, settings: Settings, batch: LoadedTable, 
         "duplicate": False,
     }
     report = render_report(summary, table, conformed.take, holdout_suspicion)
-    return ScanOutputs(rows=conformed, held=held, scores=table.drop(columns=["reasons"]),
-                       findings=decisions.findings, summary=summary, report_html=report,
-                       chunk_rows=settings.chunk_rows)
+    return ScanOutputs(
+        rows=conformed,
+        held=held,
+        scores=table.drop(columns=["reasons"]),
+        findings=decisions.findings,
+        summary=summary,
+        report_html=report,
+        chunk_rows=settings.chunk_rows,
+    )
 
 
 def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> HoldoutCalibration | None:
@@ -602,10 +721,17 @@ def holdout_calibration(holdout_suspicion: np.ndarray, target: float) -> Holdout
     held = int((holdout_suspicion >= 1.0 - target - 1e-12).sum())
     rows = len(holdout_suspicion)
     pvalue = float(stats.binom.sf(held - 1, rows, target)) if held else 1.0
-    alarm = Alarm("calibration", f"the per-row policy holds {held} of {rows} clean trusted holdout rows "
-                  f"({100 * held / rows:.1f} %) against a {100 * target:g} % target (binomial p = {pvalue:.2g}): the "
-                  "detectors' calibration does not hold on this data, so clean rows are held at more than the target",
-                  pvalue) if pvalue < 0.001 else None
+    alarm = (
+        Alarm(
+            "calibration",
+            f"the per-row policy holds {held} of {rows} clean trusted holdout rows "
+            f"({100 * held / rows:.1f} %) against a {100 * target:g} % target (binomial p = {pvalue:.2g}): the "
+            "detectors' calibration does not hold on this data, so clean rows are held at more than the target",
+            pvalue,
+        )
+        if pvalue < 0.001
+        else None
+    )
     return HoldoutCalibration(held / rows, alarm)
 
 
@@ -641,15 +767,21 @@ def result_tags(summary: dict[str, Any]) -> dict[str, str]:
     verdict = summary.get("verdict")
     if not verdict:
         return tags
-    return {**tags, "verdict": "poisoned" if verdict["poisoned"] else "clean",
-            "verdict_estimated_poisoned_rows": str(verdict["estimated_poisoned_rows"]),
-            "verdict_interval": "{}-{}".format(*verdict["interval"]),
-            "verdict_headline": verdict["headline"][:5000]}
+    return {
+        **tags,
+        "verdict": "poisoned" if verdict["poisoned"] else "clean",
+        "verdict_estimated_poisoned_rows": str(verdict["estimated_poisoned_rows"]),
+        "verdict_interval": "{}-{}".format(*verdict["interval"]),
+        "verdict_headline": verdict["headline"][:5000],
+    }
 
 
 def run_params(request: ScanRequest, settings: Settings) -> dict[str, Any]:
-    params: dict[str, Any] = {"label": request.label, "holdout_fraction": settings.holdout_fraction,
-                              "random_state": settings.random_state}
+    params: dict[str, Any] = {
+        "label": request.label,
+        "holdout_fraction": settings.holdout_fraction,
+        "random_state": settings.random_state,
+    }
     for name, detector in build_detectors(settings.detectors).items():
         for key, value in detector.get_params().items():
             params[f"detector.{name}.{key}"] = value
@@ -680,7 +812,8 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics["source.quarantine_rate"] = summary["counts"]["quarantined"] / rows if rows else 0.0
     for impact in summary.get("roni", []):
         key = {"rows of the batch": "batch", "rows the detectors quarantined": "quarantined"}.get(
-            impact["group"], impact["group"].removeprefix("rows held by detector:"))
+            impact["group"], impact["group"].removeprefix("rows held by detector:")
+        )
         metrics[f"roni.{key}.accuracy_gain_without"] = impact["accuracy_without"] - impact["accuracy_with"]
         metrics[f"roni.{key}.log_loss_gain_without"] = impact["log_loss_with"] - impact["log_loss_without"]
     return metrics
@@ -688,14 +821,35 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 def _jsonable(table: pd.DataFrame) -> list[dict[str, Any]]:
     """Records with numpy scalars made plain, so summary.json stays standard JSON."""
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in record.items()}
-            for record in table.to_dict("records")]
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in record.items()} for record in table.to_dict("records")
+    ]
 
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["ScanRequest", "TrustedData", "preflight", "confirm_impact", "ingest", "load_trusted", "validate_batch",
-           "fit_detectors", "fit_checks", "check_batch", "check_source", "trusted_suspicion", "score_batch", "decide_batch",
-           "build_outputs", "run_tags", "result_tags", "run_params", "run_metrics", "now", "assess"]
+__all__ = [
+    "ScanRequest",
+    "TrustedData",
+    "preflight",
+    "confirm_impact",
+    "ingest",
+    "load_trusted",
+    "validate_batch",
+    "fit_detectors",
+    "fit_checks",
+    "check_batch",
+    "check_source",
+    "trusted_suspicion",
+    "score_batch",
+    "decide_batch",
+    "build_outputs",
+    "run_tags",
+    "result_tags",
+    "run_params",
+    "run_metrics",
+    "now",
+    "assess",
+]

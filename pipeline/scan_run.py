@@ -111,29 +111,48 @@ def run(request: scan.ScanRequest, settings: Settings, runner: StepRunner) -> di
         return _scan(request, settings, runner, batch, workspace, progress)
 
 
-def _scan(request: scan.ScanRequest, settings: Settings, runner: StepRunner, batch: LoadedTable,
-          workspace: Workspace, progress: StageProgress) -> dict[str, Any]:
+def _scan(
+    request: scan.ScanRequest,
+    settings: Settings,
+    runner: StepRunner,
+    batch: LoadedTable,
+    workspace: Workspace,
+    progress: StageProgress,
+) -> dict[str, Any]:
     step = runner.step
     trusted = step(scan.load_trusted)(request, settings)
     progress.reached("scan.trusted_loaded")
     provenance.close_abandoned_runs(settings.tracking_uri, batch.sha256, request.dataset_name)
     checkpoint("scan.abandoned_runs_closed")
     experiment_id = provenance.ensure_experiment(settings.tracking_uri, request.dataset_name, settings.artifact_root)
-    run_id = provenance.start_scan_run(settings.tracking_uri, experiment_id, f"scan-{request.batch.name}",
-                                       scan.run_tags(request, settings, batch, trusted))
+    run_id = provenance.start_scan_run(
+        settings.tracking_uri, experiment_id, f"scan-{request.batch.name}", scan.run_tags(request, settings, batch, trusted)
+    )
     progress.reached("scan.run_started")
     try:
-        provenance.log_batch_input(settings.tracking_uri, run_id, request.batch, request.batch.name,
-                                   batch.sha256, batch.rows(0, 0), "training-candidate",
-                                   {"source": request.source, "rows": str(batch.n_rows)})
+        provenance.log_batch_input(
+            settings.tracking_uri,
+            run_id,
+            request.batch,
+            request.batch.name,
+            batch.sha256,
+            batch.rows(0, 0),
+            "training-candidate",
+            {"source": request.source, "rows": str(batch.n_rows)},
+        )
         progress.reached("scan.batch_input_logged")
         started = scan.now()
         conformed, outcome = step(scan.validate_batch)(batch, trusted)
         progress.reached("scan.validated")
         detectors = step(scan.fit_detectors)(trusted, settings)
         progress.reached("scan.detectors_fitted")
-        scores = scan.score_batch(detectors, conformed, outcome.batch_findings, settings.chunk_rows,
-                                  lambda fitted, chunks: read_chunks(runner, fitted, chunks))
+        scores = scan.score_batch(
+            detectors,
+            conformed,
+            outcome.batch_findings,
+            settings.chunk_rows,
+            lambda fitted, chunks: read_chunks(runner, fitted, chunks),
+        )
         progress.reached("scan.scored")
         checks = step(scan.check_batch)(step(scan.fit_checks)(trusted), conformed, outcome.batch_findings)
         progress.reached("scan.batch_checked")
@@ -144,9 +163,21 @@ def _scan(request: scan.ScanRequest, settings: Settings, runner: StepRunner, bat
         checks = [*checks, step(scan.check_source)(request, earlier, decisions)]
         impacts = step(scan.confirm_impact)(trusted, conformed, outcome, decisions, settings)
         progress.reached("scan.impact_confirmed")
-        outputs = step(scan.build_outputs)(request, settings, batch, trusted, conformed, outcome, decisions, impacts,
-                                           checks, step(scan.trusted_suspicion)(detectors, trusted, settings), run_id,
-                                           started, verdict)
+        outputs = step(scan.build_outputs)(
+            request,
+            settings,
+            batch,
+            trusted,
+            conformed,
+            outcome,
+            decisions,
+            impacts,
+            checks,
+            step(scan.trusted_suspicion)(detectors, trusted, settings),
+            run_id,
+            started,
+            verdict,
+        )
         outputs.summary["orchestration"] = runner.orchestration()
         progress.reached("scan.outputs_built")
         del conformed, scores, decisions  # the outputs hold what is kept
@@ -173,8 +204,7 @@ def redeliver(recorded: Path, out: Path, settings: Settings) -> dict[str, Any]:
     checkpoint("redeliver.started")
     record_in_ledger(settings, recorded)
     checkpoint("redeliver.ledger_recorded")
-    summary = copy_outputs(recorded, out, {"duplicate": True,
-                                           "redelivered_at": scan.now().isoformat(timespec="seconds")})
+    summary = copy_outputs(recorded, out, {"duplicate": True, "redelivered_at": scan.now().isoformat(timespec="seconds")})
     provenance.finish_committed_run(settings.tracking_uri, summary["mlflow"]["run_id"])
     return summary
 
@@ -186,18 +216,27 @@ def record_in_ledger(settings: Settings, folder: Path, files: dict[str, str] | N
         return ledger.record_scan_folder(folder, files)
 
 
-def stage(outputs, request: scan.ScanRequest, settings: Settings, batch, trusted,
-          run_id: str) -> tuple[Path, dict[str, str]]:
+def stage(
+    outputs, request: scan.ScanRequest, settings: Settings, batch, trusted, run_id: str
+) -> tuple[Path, dict[str, str]]:
     """Write outputs to a staging folder and log them to MLflow; returns the folder and the
     sha256 of its files."""
     staging = Workspace(settings.workspace).staging_dir(request.dataset_name, batch.sha256)
     write_outputs(outputs, staging)
     checkpoint("store.staging_written")
     files = file_hashes(staging)  # what is committed, for the ledger's chain and the scan's run
-    provenance.log_batch_input(settings.tracking_uri, run_id, request.reference, request.reference.name,
-                               trusted.reference.sha256, trusted.reference.frame, "reference")
+    provenance.log_batch_input(
+        settings.tracking_uri,
+        run_id,
+        request.reference,
+        request.reference.name,
+        trusted.reference.sha256,
+        trusted.reference.frame,
+        "reference",
+    )
     provenance.log_results(
-        settings.tracking_uri, run_id,
+        settings.tracking_uri,
+        run_id,
         params=scan.run_params(request, settings),
         metrics=scan.run_metrics(outputs.summary),
         tags={"status": "scanned", **scan.result_tags(outputs.summary), **provenance.file_tags(files)},

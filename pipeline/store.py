@@ -50,8 +50,14 @@ from pipeline.redaction import redact_data
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # a batch folder's (and lock's) name
 
-OUTPUT_FILES = ("accepted.parquet", "quarantined.parquet", "scores.parquet", "findings.parquet",
-                "summary.json", "report.html")
+OUTPUT_FILES = (
+    "accepted.parquet",
+    "quarantined.parquet",
+    "scores.parquet",
+    "findings.parquet",
+    "summary.json",
+    "report.html",
+)
 ROW_DIGESTS = "row_digests.parquet"  # workspace only
 DIGESTED_FILES = ("accepted.parquet", "quarantined.parquet")  # the rows that can reach training
 
@@ -170,8 +176,9 @@ def write_outputs(outputs: ScanOutputs, folder: Path) -> None:
     checkpoint("store.staging_half_written")
     write_parquet_atomic(outputs.scores, folder / "scores.parquet")
     write_parquet_atomic(outputs.findings, folder / "findings.parquet")
-    write_parquet_atomic(pd.concat([digest_file(folder / name) for name in DIGESTED_FILES], ignore_index=True),
-                         folder / ROW_DIGESTS)
+    write_parquet_atomic(
+        pd.concat([digest_file(folder / name) for name in DIGESTED_FILES], ignore_index=True), folder / ROW_DIGESTS
+    )
     write_text_atomic(outputs.report_html, folder / "report.html")
     checkpoint("store.staging_before_summary")
     # summary.json last: its presence marks a complete folder
@@ -193,7 +200,7 @@ def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> Non
 
     def accepted_parts() -> Iterator[pa.Table]:
         for start in range(0, max(n_rows, 1), outputs.chunk_rows):
-            keep = ~is_held[start:start + outputs.chunk_rows]
+            keep = ~is_held[start : start + outputs.chunk_rows]
             part = exact.slice(start, len(keep)).filter(pa.array(keep))
             numbers = np.arange(start, start + len(keep), dtype=np.int64)[keep]
             yield part.append_column(schema.field(ROW_NUMBER), pa.array(numbers, pa.int64()))
@@ -206,10 +213,13 @@ def _write_split(outputs: ScanOutputs, accepted: Path, quarantined: Path) -> Non
 
     def held_parts() -> Iterator[pa.Table]:
         for start in range(0, len(positions), outputs.chunk_rows):
-            chosen = positions[start:start + outputs.chunk_rows]
+            chosen = positions[start : start + outputs.chunk_rows]
             part = exact.take(pa.array(chosen)).append_column(schema.field(ROW_NUMBER), pa.array(chosen, pa.int64()))
-            columns = pa.Table.from_pandas(extra.iloc[start:start + outputs.chunk_rows].reset_index(drop=True),
-                                           schema=pa.schema(list(held_schema)[len(schema):]), preserve_index=False)
+            columns = pa.Table.from_pandas(
+                extra.iloc[start : start + outputs.chunk_rows].reset_index(drop=True),
+                schema=pa.schema(list(held_schema)[len(schema) :]),
+                preserve_index=False,
+            )
             for name, column in zip(columns.schema.names, columns.columns):
                 part = part.append_column(held_schema.field(name), column)
             yield part
@@ -245,8 +255,11 @@ def row_digests(frame: pd.DataFrame, as_text: set[str] | None = None) -> np.ndar
 
 def text_columns(frame: pd.DataFrame) -> set[str]:
     """The object columns holding anything besides text and None: digested as their text."""
-    return {column for column in frame.columns[frame.dtypes.eq(object)]
-            if not frame[column].map(lambda v: v is None or isinstance(v, str)).all()}
+    return {
+        column
+        for column in frame.columns[frame.dtypes.eq(object)]
+        if not frame[column].map(lambda v: v is None or isinstance(v, str)).all()
+    }
 
 
 def digest_file(path: Path, slice_rows: int = 65_536) -> pd.DataFrame:
@@ -266,10 +279,9 @@ def digest_file(path: Path, slice_rows: int = 65_536) -> pd.DataFrame:
 
 
 def digest_table(file: str, frame: pd.DataFrame, as_text: set[str] | None = None) -> pd.DataFrame:
-    return pd.DataFrame({"file": file, ROW_NUMBER: frame[ROW_NUMBER].astype("int64").to_numpy(),
-                         "digest": row_digests(frame, as_text)})
-
-
+    return pd.DataFrame(
+        {"file": file, ROW_NUMBER: frame[ROW_NUMBER].astype("int64").to_numpy(), "digest": row_digests(frame, as_text)}
+    )
 
 
 def copy_outputs(source: Path, destination: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -34,22 +34,39 @@ from pipeline.io import ROW_NUMBER, LoadedTable
 from pipeline.memory import release_freed_memory
 from pipeline.roles import CARRIED, Role, parse_roles
 
-NUMERIC_TYPES = ["int", "float", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                 "uint64", "float32", "float64", "Int64", "Float64"]
+NUMERIC_TYPES = [
+    "int",
+    "float",
+    "float16",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float32",
+    "float64",
+    "Int64",
+    "Float64",
+]
 # Categorical columns are handed to GX as object columns of Python str (see ``conform``), which
 # GX checks element by element; pandas 3's StringDtype fails every type_list (ECOSYSTEM.md §1.5).
 CATEGORICAL_TYPES = ["str"]
 # Above this many distinct values a text column is an identifier, not a domain worth listing.
 MAX_DOMAIN_SIZE = 50
-BATCH_LEVEL_TYPES = frozenset({
-    "expect_table_columns_to_match_set",
-    "expect_table_columns_to_match_ordered_list",
-    "expect_table_column_count_to_equal",
-    "expect_table_row_count_to_be_between",
-    "expect_column_to_exist",
-    "expect_column_values_to_be_in_type_list",
-    "expect_column_values_to_be_of_type",
-})
+BATCH_LEVEL_TYPES = frozenset(
+    {
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_column_count_to_equal",
+        "expect_table_row_count_to_be_between",
+        "expect_column_to_exist",
+        "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_be_of_type",
+    }
+)
 
 
 class ColumnKind(str, Enum):
@@ -161,8 +178,10 @@ def _check_bounds(expectation: dict[str, Any], where: str) -> None:
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
     if numbers and low > high:
-        raise SuiteError(f"{where}: kwargs.min_value ({low}) is greater than kwargs.max_value ({high}); "
-                         "no value can pass. Swap them or fix the typo.")
+        raise SuiteError(
+            f"{where}: kwargs.min_value ({low}) is greater than kwargs.max_value ({high}); "
+            "no value can pass. Swap them or fix the typo."
+        )
 
 
 def _check_poisonguard_meta(document: dict[str, Any], source: str) -> None:
@@ -191,9 +210,16 @@ def _first_problem(document: dict[str, Any], exc: Exception) -> str:
 
     for index, expectation in enumerate(document["expectations"]):
         try:
-            gx.ExpectationSuite(name="check", expectations=[
-                {"type": expectation["type"], "kwargs": expectation.get("kwargs", {}),
-                 "meta": expectation.get("meta") or {}}])
+            gx.ExpectationSuite(
+                name="check",
+                expectations=[
+                    {
+                        "type": expectation["type"],
+                        "kwargs": expectation.get("kwargs", {}),
+                        "meta": expectation.get("meta") or {},
+                    }
+                ],
+            )
         except (ValidationError, TypeError, ValueError, KeyError) as error:
             errors = getattr(error, "errors", None)
             if callable(errors):  # pydantic v1 (GX's) or v2
@@ -215,8 +241,10 @@ def _to_gx_suite(document: dict[str, Any], source: str):
     try:
         suite = gx.ExpectationSuite(
             name=document["name"],
-            expectations=[{"type": e["type"], "kwargs": e.get("kwargs", {}), "meta": e.get("meta") or {}}
-                          for e in document["expectations"]],
+            expectations=[
+                {"type": e["type"], "kwargs": e.get("kwargs", {}), "meta": e.get("meta") or {}}
+                for e in document["expectations"]
+            ],
         )
     except (ValidationError, TypeError, ValueError, KeyError) as exc:
         raise SuiteError(f"The suite {source} has an invalid expectation: {_first_problem(document, exc)}") from None
@@ -231,6 +259,7 @@ def _to_gx_suite(document: dict[str, Any], source: str):
 
 
 # --- inference -----------------------------------------------------------------------------
+
 
 def column_kinds(frame: pd.DataFrame) -> dict[str, ColumnKind]:
     """Numeric dtypes are numeric; everything else (text, bool) is categorical."""
@@ -295,8 +324,9 @@ def infer_suite(
                 low = max(0.0, low)
             # Full precision: rounded to 6 significant digits, ids 9876543210..9876543999
             # collapsed to one value and every row fell outside it.
-            expectations.append(_exp("expect_column_values_to_be_between", column=col,
-                                     min_value=float(low), max_value=float(hi + slack)))
+            expectations.append(
+                _exp("expect_column_values_to_be_between", column=col, min_value=float(low), max_value=float(hi + slack))
+            )
         elif kind is ColumnKind.CATEGORICAL or col == label:
             domain = sorted({str(v) for v in present})
             if col == label or len(domain) <= MAX_DOMAIN_SIZE:
@@ -304,8 +334,14 @@ def infer_suite(
     document: dict[str, Any] = {
         "name": name,
         "expectations": expectations,
-        "meta": {"poisonguard": {"label": label, "protected": list(protected),
-                                 "inferred_from": source, "range_margin": range_margin}},
+        "meta": {
+            "poisonguard": {
+                "label": label,
+                "protected": list(protected),
+                "inferred_from": source,
+                "range_margin": range_margin,
+            }
+        },
     }
     if roles:
         document["meta"]["poisonguard"]["roles"] = {c: roles[c].value for c in columns if c in roles}
@@ -332,8 +368,9 @@ def with_roles(suite: Suite, roles: dict[str, Role]) -> Suite:
     meta = dict(suite.document.get("meta", {}))
     settings = dict(meta.get("poisonguard", {}))
     settings["roles"] = {**settings.get("roles", {}), **{c: r.value for c, r in roles.items()}}
-    settings["protected"] = list(dict.fromkeys([*settings.get("protected", []),
-                                                *(c for c, r in roles.items() if r is Role.PROTECTED)]))
+    settings["protected"] = list(
+        dict.fromkeys([*settings.get("protected", []), *(c for c, r in roles.items() if r is Role.PROTECTED)])
+    )
     meta["poisonguard"] = settings
     return suite_from_document({**suite.document, "expectations": expectations, "meta": meta}, suite.source)
 
@@ -350,8 +387,10 @@ def _exp(type_: str, **kwargs: Any) -> dict[str, Any]:
 
 # --- conforming a batch to the reference's column kinds --------------------------------------
 
-def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind], *,
-            judge_columns: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+
+def conform(
+    frame: pd.DataFrame, kinds: dict[str, ColumnKind], *, judge_columns: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Coerce batch columns to the reference's kinds, recording every cell that did not fit.
 
     A numeric column whose text does not parse keeps the rest of its values; the cells that
@@ -378,12 +417,13 @@ def conform(frame: pd.DataFrame, kinds: dict[str, ColumnKind], *,
     return out, findings_frame(records) if records else empty_findings()
 
 
-def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str,
-                    judge_column: bool = True) -> tuple[pd.Series, list[dict]]:
+def _coerce_numeric(
+    raw: pd.Series, row_numbers: pd.Series, col: str, judge_column: bool = True
+) -> tuple[pd.Series, list[dict]]:
     records: list[dict] = []
-    if pd.api.types.is_bool_dtype(raw) or not (pd.api.types.is_numeric_dtype(raw)
-                                               or pd.api.types.is_object_dtype(raw)
-                                               or pd.api.types.is_string_dtype(raw)):
+    if pd.api.types.is_bool_dtype(raw) or not (
+        pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw)
+    ):
         return raw, records  # dates, durations, nested values: a wrong type for GX to report
     if pd.api.types.is_numeric_dtype(raw):
         numeric = raw
@@ -393,14 +433,30 @@ def _coerce_numeric(raw: pd.Series, row_numbers: pd.Series, col: str,
         if judge_column and failed.sum() > 0.5 * max(int(raw.notna().sum()), 1):
             return raw, records  # mostly text: a wrong type, reported at batch level by GX
         for idx in failed[failed].index:
-            records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NOT_A_NUMBER, raw[idx],
-                                   f"{col}={_show(raw[idx])} is not a number", col))
+            records.append(
+                _record(
+                    row_numbers[idx],
+                    f"type:{col}",
+                    ReasonCode.NOT_A_NUMBER,
+                    raw[idx],
+                    f"{col}={_show(raw[idx])} is not a number",
+                    col,
+                )
+            )
     as_float = numeric.astype("float64")
     infinite = np.isinf(as_float.to_numpy())
     if infinite.any():
         for idx in numeric.index[infinite]:
-            records.append(_record(row_numbers[idx], f"type:{col}", ReasonCode.NON_FINITE, numeric[idx],
-                                   f"{col}={numeric[idx]} is not a finite number", col))
+            records.append(
+                _record(
+                    row_numbers[idx],
+                    f"type:{col}",
+                    ReasonCode.NON_FINITE,
+                    numeric[idx],
+                    f"{col}={numeric[idx]} is not a finite number",
+                    col,
+                )
+            )
         numeric = as_float.where(~infinite, np.nan)
     return numeric, records
 
@@ -428,10 +484,17 @@ def _as_text(raw: pd.Series) -> pd.Series:
     return pd.Series([text(v) for v in raw.to_numpy(dtype=object)], index=raw.index, dtype=object)
 
 
-def _record(row_number: Any, check: str, code: ReasonCode, observed: Any, message: str,
-            column: str | None = None) -> dict[str, Any]:
-    return {"row_number": int(row_number), "check": check, "column": column, "reason_code": code,
-            "observed": observed, "message": message}
+def _record(
+    row_number: Any, check: str, code: ReasonCode, observed: Any, message: str, column: str | None = None
+) -> dict[str, Any]:
+    return {
+        "row_number": int(row_number),
+        "check": check,
+        "column": column,
+        "reason_code": code,
+        "observed": observed,
+        "message": message,
+    }
 
 
 def _show(value: Any) -> str:
@@ -440,6 +503,7 @@ def _show(value: Any) -> str:
 
 
 # --- a batch conformed a slice at a time ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ConformedBatch:
@@ -514,8 +578,9 @@ class ConformedBatch:
 VALIDATION_CELLS = 4_000_000
 
 
-def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suite,
-                   max_cells: int = VALIDATION_CELLS) -> tuple[ConformedBatch, ValidationOutcome]:
+def validate_table(
+    batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suite, max_cells: int = VALIDATION_CELLS
+) -> tuple[ConformedBatch, ValidationOutcome]:
     """Conform the batch to ``kinds`` and run ``suite`` on it, holding at most ``max_cells``
     cells of it at a time.
 
@@ -527,7 +592,7 @@ def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suit
     """
     columns = batch.columns
     per_group = max(1, max_cells // max(batch.n_rows, 1))
-    groups = [columns[i:i + per_group] for i in range(0, len(columns), per_group)] or [[]]
+    groups = [columns[i : i + per_group] for i in range(0, len(columns), per_group)] or [[]]
     expectations = suite.document["expectations"]
     shape = [e for e in expectations if len(groups) > 1 and _about_shape(e, columns)]
     owner = {column: i for i, group in enumerate(groups) for column in group}
@@ -556,12 +621,15 @@ def validate_table(batch: LoadedTable, kinds: dict[str, ColumnKind], suite: Suit
     if counted:
         outcomes.append(validate(pd.DataFrame({ROW_NUMBER: np.arange(batch.n_rows)}), _part_of(suite, counted)))
     if len(counted) < len(shape):
-        outcomes.append(validate(result.rows(0, 1), _part_of(suite, [e for e in shape if e not in counted]),
-                                 batch_rows=batch.n_rows))
+        outcomes.append(
+            validate(result.rows(0, 1), _part_of(suite, [e for e in shape if e not in counted]), batch_rows=batch.n_rows)
+        )
     release_freed_memory(batch.n_rows)
     type_order = {f"type:{column}": i for i, column in enumerate(kinds)}
-    check_order = {f"validation:{_check_name(e['type'], e.get('kwargs', {}), e.get('meta') or {})}": i
-                   for i, e in reversed(list(enumerate(expectations)))}
+    check_order = {
+        f"validation:{_check_name(e['type'], e.get('kwargs', {}), e.get('meta') or {})}": i
+        for i, e in reversed(list(enumerate(expectations)))
+    }
     return result, _merged(outcomes, type_parts, type_order, check_order)
 
 
@@ -573,8 +641,12 @@ def _named_columns(expectation: dict[str, Any]) -> list[str]:
 
 def _about_shape(expectation: dict[str, Any], columns: list[str]) -> bool:
     named = _named_columns(expectation)
-    return (expectation["type"].startswith("expect_table_") or expectation["type"] == "expect_column_to_exist"
-            or not named or any(c not in columns for c in named))
+    return (
+        expectation["type"].startswith("expect_table_")
+        or expectation["type"] == "expect_column_to_exist"
+        or not named
+        or any(c not in columns for c in named)
+    )
 
 
 def _is_number(column: pd.Series) -> bool:
@@ -585,8 +657,12 @@ def _part_of(suite: Suite, expectations: list[dict[str, Any]]) -> Suite:
     return suite_from_document({**suite.document, "expectations": expectations}, suite.source)
 
 
-def _merged(outcomes: list[ValidationOutcome], type_parts: list[pd.DataFrame], type_order: dict[str, int],
-            check_order: dict[str, int]) -> ValidationOutcome:
+def _merged(
+    outcomes: list[ValidationOutcome],
+    type_parts: list[pd.DataFrame],
+    type_order: dict[str, int],
+    check_order: dict[str, int],
+) -> ValidationOutcome:
     """One outcome from the groups', its findings in the order one pass over the whole batch
     gives them (type findings column by column, then each expectation's in the suite's order,
     rows ascending within each), so that the reasons a row is given never depend on the groups."""
@@ -619,13 +695,16 @@ def _without_echoes(row_findings: pd.DataFrame, type_findings: pd.DataFrame) -> 
     if type_findings.empty or row_findings.empty:
         return row_findings
     typed = set(zip(type_findings[ROW_NUMBER], type_findings["column"]))
-    echo = (row_findings["reason_code"] == ReasonCode.MISSING_VALUE.value) & \
-        pd.Series([cell in typed for cell in zip(row_findings[ROW_NUMBER], row_findings["column"])],
-                  index=row_findings.index, dtype=bool)
+    echo = (row_findings["reason_code"] == ReasonCode.MISSING_VALUE.value) & pd.Series(
+        [cell in typed for cell in zip(row_findings[ROW_NUMBER], row_findings["column"])],
+        index=row_findings.index,
+        dtype=bool,
+    )
     return row_findings[~echo]
 
 
 # --- running a suite -----------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def _context():
@@ -651,9 +730,11 @@ def validate(frame: pd.DataFrame, suite: Suite, batch_rows: int | None = None) -
     asset_id = next(_asset_counter)
     source = context.data_sources.add_pandas(f"poisonguard-{asset_id}")
     try:
-        batch = (source.add_dataframe_asset("batch")
-                 .add_batch_definition_whole_dataframe("whole")
-                 .get_batch(batch_parameters={"dataframe": data}))
+        batch = (
+            source.add_dataframe_asset("batch")
+            .add_batch_definition_whole_dataframe("whole")
+            .get_batch(batch_parameters={"dataframe": data})
+        )
         result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
     finally:
         context.data_sources.delete(f"poisonguard-{asset_id}")
@@ -666,8 +747,9 @@ def validate(frame: pd.DataFrame, suite: Suite, batch_rows: int | None = None) -
         check = f"validation:{_check_name(config.type, kwargs, config.meta or {})}"
         error = _raised(res.exception_info)
         if error:
-            batch_findings.append(BatchFinding(check, ReasonCode.BATCH_EXPECTATION,
-                                               f"{check} could not be evaluated: {error}"))
+            batch_findings.append(
+                BatchFinding(check, ReasonCode.BATCH_EXPECTATION, f"{check} could not be evaluated: {error}")
+            )
             continue
         if _is_row_level(config.type, kwargs, config.meta or {}):
             indices = res.result.get("unexpected_index_list") or []
@@ -742,8 +824,9 @@ def _row_finding(frame: pd.DataFrame, idx: int, type_: str, kwargs: dict, meta: 
     observed = cell(col) if col in frame.columns else None
     if type_ == "expect_column_values_to_be_between":
         code = ReasonCode.OUT_OF_RANGE
-        message = (f"{col}={_show(observed)} is outside the trusted range "
-                   f"[{kwargs.get('min_value')}, {kwargs.get('max_value')}]")
+        message = (
+            f"{col}={_show(observed)} is outside the trusted range [{kwargs.get('min_value')}, {kwargs.get('max_value')}]"
+        )
     elif type_ == "expect_column_values_to_be_in_set":
         code = ReasonCode.NOT_IN_DOMAIN
         known = kwargs.get("value_set") or []
@@ -779,12 +862,16 @@ def _batch_finding(type_: str, kwargs: dict, result: dict, check: str) -> BatchF
         return BatchFinding(check, code, "batch schema differs from the suite: " + "; ".join(parts))
     if type_ in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"):
         observed = result.get("observed_value") or "values of another type"
-        return BatchFinding(check, ReasonCode.WRONG_TYPE,
-                            f"column {kwargs.get('column')!r} holds {observed}, the suite expects "
-                            f"{kwargs.get('type_list') or kwargs.get('type_')}")
+        return BatchFinding(
+            check,
+            ReasonCode.WRONG_TYPE,
+            f"column {kwargs.get('column')!r} holds {observed}, the suite expects "
+            f"{kwargs.get('type_list') or kwargs.get('type_')}",
+        )
     observed = result.get("observed_value", result.get("unexpected_percent"))
-    return BatchFinding(check, ReasonCode.BATCH_EXPECTATION,
-                        f"batch fails {type_.removeprefix('expect_')} {kwargs} (observed {observed})")
+    return BatchFinding(
+        check, ReasonCode.BATCH_EXPECTATION, f"batch fails {type_.removeprefix('expect_')} {kwargs} (observed {observed})"
+    )
 
 
 def save_suite(suite: Suite, path: Path) -> None:

@@ -43,8 +43,14 @@ from pipeline.detectors.base import PoisonModel
 
 # The kind of poison each detector's ``detects`` names, as the verdict reports it.
 KINDS = {"label_flip": "label_flips", "outlier": "outliers", "duplicate_flood": "copies", "backdoor": "triggers"}
-KIND_WORDS = {"label_flips": "flipped labels", "outliers": "outliers", "copies": "copied or clustered rows",
-              "triggers": "backdoor-trigger rows", "invalid_values": "impossible values", "schema": "schema failures"}
+KIND_WORDS = {
+    "label_flips": "flipped labels",
+    "outliers": "outliers",
+    "copies": "copied or clustered rows",
+    "triggers": "backdoor-trigger rows",
+    "invalid_values": "impossible values",
+    "schema": "schema failures",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +83,9 @@ class KindEvidence:
         if how == "likely" and self.chance is not None:
             return int((self.chance[: self.estimate] >= 0.5).sum())
         if how == "fdr" and self.chance is not None:
-            clean_share = (np.cumsum(1.0 - self.chance[: self.estimate])
-                           / np.arange(1, min(self.estimate, len(self.chance)) + 1))
+            clean_share = np.cumsum(1.0 - self.chance[: self.estimate]) / np.arange(
+                1, min(self.estimate, len(self.chance)) + 1
+            )
             within = clean_share <= false_discovery_rate
             return int(np.flatnonzero(within).max() + 1) if within.any() else 0
         return self.estimate
@@ -89,8 +96,13 @@ class KindEvidence:
         return self.rows[:count] if self.ranked else self.rows
 
     def as_dict(self) -> dict[str, Any]:
-        return {"p_value": self.p_value, "estimated_rows": self.estimate, "interval": list(self.interval),
-                "evidence": self.evidence, "detector": self.detector}
+        return {
+            "p_value": self.p_value,
+            "estimated_rows": self.estimate,
+            "interval": list(self.interval),
+            "evidence": self.evidence,
+            "detector": self.detector,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,24 +164,39 @@ class Verdict:
 
     @property
     def evidence(self) -> list[str]:
-        return [k.evidence for k in sorted(self.by_kind.values(), key=lambda k: k.p_value)
-                if k.p_value * self.kinds_tested <= self.alpha]
+        return [
+            k.evidence
+            for k in sorted(self.by_kind.values(), key=lambda k: k.p_value)
+            if k.p_value * self.kinds_tested <= self.alpha
+        ]
 
     def headline(self) -> str:
         low, high = self.interval
         if not self.poisoned:
-            return (f"Verdict: clean (p = {self.p_value:.2g}; no kind of poisoning is in excess of what a clean "
-                    f"batch shows at alpha = {self.alpha:g}).")
-        kinds = ", ".join(f"{k.estimate} {KIND_WORDS.get(name, name)}" for name, k in self.by_kind.items()
-                          if self.significant(name))
-        return (f"Verdict: POISONED (p = {self.p_value:.2g}): an estimated {self.estimated_poisoned_rows} of "
-                f"{self.rows} rows ({low}-{high}) are poisoned: {kinds}.")
+            return (
+                f"Verdict: clean (p = {self.p_value:.2g}; no kind of poisoning is in excess of what a clean "
+                f"batch shows at alpha = {self.alpha:g})."
+            )
+        kinds = ", ".join(
+            f"{k.estimate} {KIND_WORDS.get(name, name)}" for name, k in self.by_kind.items() if self.significant(name)
+        )
+        return (
+            f"Verdict: POISONED (p = {self.p_value:.2g}): an estimated {self.estimated_poisoned_rows} of "
+            f"{self.rows} rows ({low}-{high}) are poisoned: {kinds}."
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"poisoned": self.poisoned, "p_value": self.p_value, "alpha": self.alpha,
-                "estimated_poisoned_rows": self.estimated_poisoned_rows, "interval": list(self.interval),
-                "by_kind": {name: k.as_dict() for name, k in self.by_kind.items()},
-                "evidence": self.evidence, "drift_note": self.drift_note, "headline": self.headline()}
+        return {
+            "poisoned": self.poisoned,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "estimated_poisoned_rows": self.estimated_poisoned_rows,
+            "interval": list(self.interval),
+            "by_kind": {name: k.as_dict() for name, k in self.by_kind.items()},
+            "evidence": self.evidence,
+            "drift_note": self.drift_note,
+            "headline": self.headline(),
+        }
 
 
 def kind_of(detector: Any) -> str | None:
@@ -224,8 +251,9 @@ class CellCounts:
         # (a batch whose rows this kind leaves all untested has no cell: empty arrays of the right width)
         width = len(cell_edges(1))
         edges = np.array([cell_edges(model.calibration_rows[int(c)]) for c in present]).reshape(len(present), width)
-        counts = np.array([_binned(pvalues[tested & (cells == c)], e) for c, e in zip(present, edges)],
-                          dtype="int64").reshape(len(present), len(EDGES))
+        counts = np.array(
+            [_binned(pvalues[tested & (cells == c)], e) for c, e in zip(present, edges)], dtype="int64"
+        ).reshape(len(present), len(EDGES))
         gaps = np.array([_gap_weights(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)
         poison = np.array([_poison_shape(model, int(c), e) for c, e in zip(present, edges)]).reshape(counts.shape)
         return cls(counts, edges, gaps, poison)
@@ -242,8 +270,10 @@ def _gap_weights(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarray
 def _binned(pvalues: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts per bin, each bin (lo, hi] (the first [0, hi]): a p-value of exactly 1 / (m + 1) is
     a row as suspect as the most suspect trusted row, in the first bin."""
-    return np.bincount(np.clip(np.searchsorted(edges, np.clip(pvalues, 0.0, 1.0), side="left") - 1, 0, len(edges) - 2),
-                       minlength=len(edges) - 1)
+    return np.bincount(
+        np.clip(np.searchsorted(edges, np.clip(pvalues, 0.0, 1.0), side="left") - 1, 0, len(edges) - 2),
+        minlength=len(edges) - 1,
+    )
 
 
 def obvious_shape(edges: np.ndarray) -> np.ndarray:
@@ -270,8 +300,9 @@ def _poison_shape(model: PoisonModel, cell: int, edges: np.ndarray) -> np.ndarra
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
-def excess_pvalue(pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int],
-                  thresholds: tuple[float, ...] = THRESHOLDS) -> float:
+def excess_pvalue(
+    pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int], thresholds: tuple[float, ...] = THRESHOLDS
+) -> float:
     """P-value of "these conformal p-values come from rows exchangeable with their calibration
     rows": at each threshold t, the count of p <= t against its exact null distribution, the sum
     over cells of BetaBinomial(n_c, j_c, m_c + 1 - j_c), j_c = floor(t (m_c + 1)) (a cell's rows
@@ -353,12 +384,12 @@ def fit_mixture(counts: CellCounts) -> Mixture:
     rows_per_set = float(np.average(counts.gaps.sum(axis=1), weights=counts.counts.sum(axis=1)))
     inflation = 1.0 + n / (rows_per_set + 2.0)
     inside = 2.0 * (loglik[best] - loglik) <= stats.chi2.ppf(_INTERVAL, 1) * inflation
-    return Mixture(float(_SHARE_GRID[best]), float(_SHARE_GRID[inside].min()), float(_SHARE_GRID[inside].max()),
-                   fitted)
+    return Mixture(float(_SHARE_GRID[best]), float(_SHARE_GRID[inside].min()), float(_SHARE_GRID[inside].max()), fitted)
 
 
-def posterior(pvalues: np.ndarray, cells: np.ndarray, counts: CellCounts, present: np.ndarray,
-              mixture: Mixture) -> np.ndarray:
+def posterior(
+    pvalues: np.ndarray, cells: np.ndarray, counts: CellCounts, present: np.ndarray, mixture: Mixture
+) -> np.ndarray:
     """Each row's probability of being poison under the fitted mixture: share x poison density
     over the mixture's density, at the row's bin of its cell (0 where nothing is estimated)."""
     out = np.zeros(len(pvalues))
@@ -367,14 +398,16 @@ def posterior(pvalues: np.ndarray, cells: np.ndarray, counts: CellCounts, presen
     clean = counts.clean
     for index, cell in enumerate(present):
         mine = np.flatnonzero(cells == cell)
-        bins = np.clip(np.searchsorted(counts.edges[index], np.clip(pvalues[mine], 0.0, 1.0), side="left") - 1,
-                       0, clean.shape[1] - 1)
+        bins = np.clip(
+            np.searchsorted(counts.edges[index], np.clip(pvalues[mine], 0.0, 1.0), side="left") - 1, 0, clean.shape[1] - 1
+        )
         poison = mixture.share * mixture.shapes[index, bins]
         out[mine] = poison / np.maximum(poison + (1.0 - mixture.share) * clean[index, bins], 1e-300)
     return out
 
 
 # --- one kind at a time ----------------------------------------------------------------------
+
 
 def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: PoisonModel) -> KindEvidence:
     """A row-scoped detector's kind: the excess test and the mixture estimate of its p-values,
@@ -401,12 +434,15 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
         # a clean row lands beyond every one of its cell's m trusted rows with chance 1 / (m + 1)
         beyond = (counts.counts[:, 0] * (counts.edges[:, 1] > 0)).sum()
         expected = float((counts.counts.sum(axis=1) * counts.edges[:, 1]).sum())
-        seen = (f"{int(beyond)} of {n} rows are more suspect to {name} than every trusted row, where a clean batch "
-                f"has about {expected:.1f}")
-    evidence = (f"{seen} (excess test p = {p_value:.2g}); estimated {estimate} "
-                f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})")
-    return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True,
-                        chance=chance)
+        seen = (
+            f"{int(beyond)} of {n} rows are more suspect to {name} than every trusted row, where a clean batch "
+            f"has about {expected:.1f}"
+        )
+    evidence = (
+        f"{seen} (excess test p = {p_value:.2g}); estimated {estimate} "
+        f"{KIND_WORDS.get(model.kind, model.kind)} ({interval[0]}-{interval[1]})"
+    )
+    return KindEvidence(model.kind, p_value, estimate, interval, evidence, name, ranking, ranked=True, chance=chance)
 
 
 def _plainest_excess(pvalues: np.ndarray, n: int, thresholds: tuple[float, ...]) -> tuple[float, int]:
@@ -433,11 +469,13 @@ def group_evidence(kind: str, name: str, scores: pd.DataFrame) -> KindEvidence:
     estimate = int(np.maximum(rows - expected, 0.0).sum())
     low = int(np.maximum(rows - stats.poisson.ppf(0.975, expected), 0.0).sum())
     high = int(rows.sum())
-    evidence = (f"{len(per_group)} group(s) of {KIND_WORDS[kind]} that a clean batch would not bring "
-                f"(smallest corrected p = {p_value:.2g}): {high} rows held" if len(per_group) else
-                f"no group of {KIND_WORDS[kind]} beyond what a clean batch brings (smallest corrected p = {p_value:.2g})")
-    return KindEvidence(kind, p_value, estimate, (low, high), evidence, name,
-                        held["row_number"].to_numpy(dtype="int64"))
+    evidence = (
+        f"{len(per_group)} group(s) of {KIND_WORDS[kind]} that a clean batch would not bring "
+        f"(smallest corrected p = {p_value:.2g}): {high} rows held"
+        if len(per_group)
+        else f"no group of {KIND_WORDS[kind]} beyond what a clean batch brings (smallest corrected p = {p_value:.2g})"
+    )
+    return KindEvidence(kind, p_value, estimate, (low, high), evidence, name, held["row_number"].to_numpy(dtype="int64"))
 
 
 def invalid_evidence(failing: np.ndarray, rows: int, holdout_failing: int, holdout_rows: int) -> KindEvidence:
@@ -452,15 +490,24 @@ def invalid_evidence(failing: np.ndarray, rows: int, holdout_failing: int, holdo
     p_value = float(stats.betabinom.sf(count - 1, rows, a, b)) if count else 1.0
     estimate = max(0, int(round(count - rows * a / (a + b))))
     low = max(0, int(count - stats.betabinom.ppf(0.975, rows, a, b)))
-    evidence = (f"{count} of {rows} rows break the suite's row rules, where the trusted holdout breaks them in "
-                f"{holdout_failing} of {holdout_rows} rows (p = {p_value:.2g})")
-    return KindEvidence("invalid_values", min(1.0, p_value), estimate, (low, count), evidence,
-                        rows=np.asarray(failing, dtype="int64"))
+    evidence = (
+        f"{count} of {rows} rows break the suite's row rules, where the trusted holdout breaks them in "
+        f"{holdout_failing} of {holdout_rows} rows (p = {p_value:.2g})"
+    )
+    return KindEvidence(
+        "invalid_values", min(1.0, p_value), estimate, (low, count), evidence, rows=np.asarray(failing, dtype="int64")
+    )
 
 
 def schema_evidence(rows: int, messages: list[str]) -> KindEvidence:
-    return KindEvidence("schema", 0.0, rows, (rows, rows), "the batch fails the suite's schema: " + "; ".join(messages),
-                        rows=np.arange(rows, dtype="int64"))
+    return KindEvidence(
+        "schema",
+        0.0,
+        rows,
+        (rows, rows),
+        "the batch fails the suite's schema: " + "; ".join(messages),
+        rows=np.arange(rows, dtype="int64"),
+    )
 
 
 def combine(kinds: list[KindEvidence], rows: int, alpha: float, drift_columns: list[str] | None = None) -> Verdict:
@@ -472,7 +519,9 @@ def combine(kinds: list[KindEvidence], rows: int, alpha: float, drift_columns: l
     note = None
     flips = by_kind.get("label_flips")
     if drift_columns and flips is not None and flips.p_value * max(1, len(kinds)) <= alpha:
-        note = (f"The batch's features moved away from the reference ({', '.join(drift_columns)}): rows unlike the "
-                "trusted data can look label-inconsistent without being flipped, so drift, not poisoning, may "
-                "explain part of the excess of inconsistent labels.")
+        note = (
+            f"The batch's features moved away from the reference ({', '.join(drift_columns)}): rows unlike the "
+            "trusted data can look label-inconsistent without being flipped, so drift, not poisoning, may "
+            "explain part of the excess of inconsistent labels."
+        )
     return Verdict(poisoned, p_value, alpha, rows, by_kind, note)

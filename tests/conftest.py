@@ -19,20 +19,22 @@ import pandas as pd
 import pytest
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="poisonguard-tests-"))
-os.environ.update({
-    "PREFECT_HOME": str(SESSION_DIR / "prefect"),
-    "PREFECT_LOGGING_LEVEL": "ERROR",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    # One MLflow database for the session: creating one costs 4-6 s (ECOSYSTEM.md §3).
-    "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
-    "POISONGUARD_USER": "test-steward",
-    # One fit cache for the session: most tests scan data_samples/ in a fresh workspace, and a
-    # cold fit there is 6-7 s. test_fit_cache.py covers the per-workspace cache.
-    "POISONGUARD_FIT_CACHE": str(SESSION_DIR / "fits"),
-    "POISONGUARD_CACHE_KEY": secrets.token_hex(32),
-})
+os.environ.update(
+    {
+        "PREFECT_HOME": str(SESSION_DIR / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "ERROR",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        # One MLflow database for the session: creating one costs 4-6 s (ECOSYSTEM.md §3).
+        "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
+        "POISONGUARD_USER": "test-steward",
+        # One fit cache for the session: most tests scan data_samples/ in a fresh workspace, and a
+        # cold fit there is 6-7 s. test_fit_cache.py covers the per-workspace cache.
+        "POISONGUARD_FIT_CACHE": str(SESSION_DIR / "fits"),
+        "POISONGUARD_CACHE_KEY": secrets.token_hex(32),
+    }
+)
 os.environ.pop("PREFECT_API_URL", None)
 (SESSION_DIR / "prefect").mkdir(parents=True, exist_ok=True)
 
@@ -73,9 +75,22 @@ def scan_sample(run_cli, tmp_path):
 
     def scan(batch: Path, *extra: str, dataset: str | None = None, suite: Path | None = SUITE):
         out = tmp_path / f"out-{Path(batch).stem}"
-        args = ["scan", batch, "--reference", SAMPLES / "reference.parquet", "--label", "deny",
-                "--holdout", SAMPLES / "holdout.parquet", "--workspace", tmp_path / "ws", "--out", out,
-                "--dataset", dataset or f"t-{tmp_path.name[-20:]}".replace("_", "-")]
+        args = [
+            "scan",
+            batch,
+            "--reference",
+            SAMPLES / "reference.parquet",
+            "--label",
+            "deny",
+            "--holdout",
+            SAMPLES / "holdout.parquet",
+            "--workspace",
+            tmp_path / "ws",
+            "--out",
+            out,
+            "--dataset",
+            dataset or f"t-{tmp_path.name[-20:]}".replace("_", "-"),
+        ]
         if suite is not None:
             args += ["--suite", suite]
         return run_cli(*args, *extra), out
@@ -84,8 +99,12 @@ def scan_sample(run_cli, tmp_path):
 
 
 def read_outputs(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    return (pd.read_parquet(out / "accepted.parquet"), pd.read_parquet(out / "quarantined.parquet"),
-            pd.read_parquet(out / "scores.parquet"), json.loads((out / "summary.json").read_text()))
+    return (
+        pd.read_parquet(out / "accepted.parquet"),
+        pd.read_parquet(out / "quarantined.parquet"),
+        pd.read_parquet(out / "scores.parquet"),
+        json.loads((out / "summary.json").read_text()),
+    )
 
 
 def assert_conserved(out: Path, n_rows: int) -> None:
@@ -128,8 +147,11 @@ def install_package(tmp_path, monkeypatch):
         info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-        lines = [line for group, entries in project.get("entry-points", {}).items()
-                 for line in [f"[{group}]", *(f"{k} = {v}" for k, v in entries.items()), ""]]
+        lines = [
+            line
+            for group, entries in project.get("entry-points", {}).items()
+            for line in [f"[{group}]", *(f"{k} = {v}" for k, v in entries.items()), ""]
+        ]
         (info / "entry_points.txt").write_text("\n".join(lines))
         monkeypatch.syspath_prepend(str(site))
 
@@ -158,26 +180,50 @@ def crash_harness():
 # Unit tests exercise library code in process: no scan through the CLI, no Prefect, MLflow server
 # or database. Everything else is integration (a real scan, ledger, MLflow store, Prefect flow or
 # browser). `make test-unit` runs the first tier alone; `make test` (and CI) runs both.
-UNIT_MODULES = {"test_alarms", "test_cli_startup", "test_detector_conformance", "test_detector_maths",
-                "test_group_detectors", "test_detector_registry", "test_policy", "test_validation", "test_verdict",
-                "test_layers"}
+UNIT_MODULES = {
+    "test_alarms",
+    "test_cli_startup",
+    "test_detector_conformance",
+    "test_detector_maths",
+    "test_group_detectors",
+    "test_detector_registry",
+    "test_policy",
+    "test_validation",
+    "test_verdict",
+    "test_layers",
+}
 
 
 # The modules that take longest (a minute or more each on 2 cores: subprocess scans, servers,
 # a Dask cluster), longest first. They are collected first, so that xdist's workers start on
 # them and the short modules fill in after: the suite ends when its longest worker does.
-LONGEST_MODULES = ["test_secrets", "test_dask_runner", "test_console", "test_crash_recovery", "test_landing",
-                   "test_concurrency", "test_exact_outputs", "test_fit_cache", "test_orchestration",
-                   "test_hostile_cli", "test_killed_scan_output",
-                   # and of the unit tier
-                   "test_detector_maths", "test_detector_conformance", "test_alarms"]
+LONGEST_MODULES = [
+    "test_secrets",
+    "test_dask_runner",
+    "test_console",
+    "test_crash_recovery",
+    "test_landing",
+    "test_concurrency",
+    "test_exact_outputs",
+    "test_fit_cache",
+    "test_orchestration",
+    "test_hostile_cli",
+    "test_killed_scan_output",
+    # and of the unit tier
+    "test_detector_maths",
+    "test_detector_conformance",
+    "test_alarms",
+]
 
 
 def pytest_ignore_collect(collection_path, config):
     """``-m unit`` alone (make test-unit): the other modules are not even imported, so the fast
     tier does not pay for their imports (Prefect, MLflow, browsers) on every worker."""
-    if config.getoption("markexpr") == "unit" and collection_path.name.startswith("test_") \
-            and collection_path.suffix == ".py":
+    if (
+        config.getoption("markexpr") == "unit"
+        and collection_path.name.startswith("test_")
+        and collection_path.suffix == ".py"
+    ):
         return collection_path.stem not in UNIT_MODULES or None
     return None
 

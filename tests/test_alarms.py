@@ -37,8 +37,10 @@ def spec(hmda) -> FeatureSpec:
 
 def split(frame: pd.DataFrame, seed: int, n_reference: int = 1500, n_batch: int = 400):
     order = np.random.default_rng(seed).permutation(len(frame))
-    return (frame.iloc[order[:n_reference]].reset_index(drop=True),
-            frame.iloc[order[n_reference:n_reference + n_batch]].reset_index(drop=True))
+    return (
+        frame.iloc[order[:n_reference]].reset_index(drop=True),
+        frame.iloc[order[n_reference : n_reference + n_batch]].reset_index(drop=True),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,7 @@ def _moved(result) -> list[str]:
 
 
 # --- BatchDrift ---------------------------------------------------------------------------------------
+
 
 def test_drift_is_quiet_on_a_clean_split_and_tests_every_column_once(clean, spec):
     reference, batch = clean
@@ -180,6 +183,7 @@ def test_drift_false_alarm_rate_with_a_small_reference_is_at_most_alpha():
 
 # --- SegmentShift -------------------------------------------------------------------------------------
 
+
 def _rate(frame: pd.DataFrame, value: str) -> tuple[int, int]:
     rows = frame[frame[SEGMENT] == value]
     return int((rows[LABEL] == "yes").sum()), len(rows)
@@ -243,6 +247,7 @@ def test_segment_shift_without_the_segment_or_label_column_tests_nothing(clean, 
 
 # --- source history -----------------------------------------------------------------------------------
 
+
 def test_source_history_without_earlier_batches_never_alarms():
     result = source_history("partner-a", [], rows=500, quarantined=500)
     assert result.alarm is None
@@ -289,6 +294,7 @@ def test_source_history_false_alarm_probability_is_at_most_alpha():
 
 
 # --- false alarms on real clean splits ----------------------------------------------------------------
+
 
 def test_drift_and_segment_rarely_alarm_on_clean_hmda_splits(hmda, spec):
     """Each check is family-wise at alpha = 0.01 (Bonferroni over what it tests; drift also needs

@@ -20,11 +20,26 @@ from tests.conftest import REPO, SAMPLES, SUITE, assert_conserved, read_outputs
 
 CLEAN = SAMPLES / "batch_01_clean.csv"
 N_ROWS = 140
-COLUMNS = ["deny", "pirat", "hirat", "lvrat", "chist", "mhist", "phist", "unemp", "selfemp",
-           "insurance", "condomin", "afam", "single", "hschool"]
+COLUMNS = [
+    "deny",
+    "pirat",
+    "hirat",
+    "lvrat",
+    "chist",
+    "mhist",
+    "phist",
+    "unemp",
+    "selfemp",
+    "insurance",
+    "condomin",
+    "afam",
+    "single",
+    "hschool",
+]
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
 
 def clean_text() -> pd.DataFrame:
     """The clean batch as text, cell for cell as in the file, so rewriting it changes nothing else."""
@@ -52,8 +67,7 @@ def assert_clean_error(result, caplog, *needles: str) -> str:
     assert line.startswith("poisonguard: error:"), line
     for needle in needles:
         assert needle.lower() in line.lower(), (needle, line)
-    logged = [r for r in caplog.records
-              if r.levelno >= logging.WARNING and (r.exc_info or "Traceback" in r.getMessage())]
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING and (r.exc_info or "Traceback" in r.getMessage())]
     assert not logged, [f"{r.name}: {r.getMessage()[:200]}" for r in logged]
     return line
 
@@ -63,8 +77,7 @@ def assert_no_outputs(out: Path) -> None:
 
 
 def reasons_by_row(quarantined: pd.DataFrame) -> dict[int, list[str]]:
-    return {int(r): [str(x) for x in reasons]
-            for r, reasons in zip(quarantined["row_number"], quarantined["reasons"])}
+    return {int(r): [str(x) for x in reasons] for r, reasons in zip(quarantined["row_number"], quarantined["reasons"])}
 
 
 def assert_completed(result, out: Path, n_rows: int = N_ROWS) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -88,6 +101,7 @@ def assert_whole_batch_held(out: Path, *needles: str) -> dict:
 
 # --- 1. missing file -----------------------------------------------------------------------------
 
+
 def test_missing_batch_file(scan_sample, tmp_path, caplog):
     result, out = scan_sample(tmp_path / "nowhere.csv")
     assert_clean_error(result, caplog, "does not exist", "nowhere.csv")
@@ -98,9 +112,23 @@ def test_missing_batch_file_through_the_console_script(tmp_path):
     """The only subprocess test: the installed entry point, real stderr, real exit code."""
     script = Path(sys.executable).parent / "poisonguard"
     proc = subprocess.run(
-        [str(script), "scan", str(tmp_path / "nowhere.csv"), "--reference", str(SAMPLES / "reference.parquet"),
-         "--label", "deny", "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            str(script),
+            "scan",
+            str(tmp_path / "nowhere.csv"),
+            "--reference",
+            str(SAMPLES / "reference.parquet"),
+            "--label",
+            "deny",
+            "--out",
+            str(tmp_path / "out"),
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -111,6 +139,7 @@ def test_missing_batch_file_through_the_console_script(tmp_path):
 
 
 # --- 2-4. empty, header only, not CSV at all -------------------------------------------------------
+
 
 @pytest.mark.parametrize("content", [b"", b"\n\n"], ids=["zero-bytes", "blank-lines"])
 def test_empty_file(scan_sample, tmp_path, caplog, content):
@@ -132,11 +161,15 @@ def test_header_only(scan_sample, tmp_path, caplog):
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
 
 
-@pytest.mark.parametrize("content, needle", [
-    (random.Random(7).randbytes(4096), "binary"),
-    (PNG_HEADER + random.Random(8).randbytes(512), "binary"),
-    (bytes(range(0x80, 0x100)) * 16, "UTF-8"),  # no NUL byte: caught as non-UTF-8 text
-], ids=["random-bytes", "png-header", "high-bytes-no-nul"])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (random.Random(7).randbytes(4096), "binary"),
+        (PNG_HEADER + random.Random(8).randbytes(512), "binary"),
+        (bytes(range(0x80, 0x100)) * 16, "UTF-8"),  # no NUL byte: caught as non-UTF-8 text
+    ],
+    ids=["random-bytes", "png-header", "high-bytes-no-nul"],
+)
 def test_non_csv_bytes_with_csv_suffix(scan_sample, tmp_path, caplog, content, needle):
     path = tmp_path / "image.csv"
     path.write_bytes(content)
@@ -147,6 +180,7 @@ def test_non_csv_bytes_with_csv_suffix(scan_sample, tmp_path, caplog, content, n
 
 
 # --- 5. wrong delimiter ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sep", [";", "\t"], ids=["semicolon", "tab"])
 def test_wrong_delimiter_is_named(scan_sample, tmp_path, caplog, sep):
@@ -199,13 +233,15 @@ def test_nan_and_inf_cells_quarantine_exactly_those_rows(scan_sample, tmp_path):
         assert any(expected in r for r in reasons[row]), (row, reasons[row])
         if "finite" in expected:  # the inf cell is not reported a second time as missing
             assert not any(f"{col} is missing" in r for r in reasons[row]), (row, reasons[row])
-    finite_or_missing = {row for row, rs in reasons.items()
-                         if any("not a finite number" in r or "is missing" in r for r in rs)}
+    finite_or_missing = {
+        row for row, rs in reasons.items() if any("not a finite number" in r or "is missing" in r for r in rs)
+    }
     assert finite_or_missing == set(BAD_CELLS)
     assert len(set(reasons) - set(BAD_CELLS)) <= 0.05 * N_ROWS
 
 
 # --- 8. duplicated column names --------------------------------------------------------------------
+
 
 def test_duplicated_column_name_is_named(scan_sample, tmp_path, caplog):
     lines = CLEAN.read_text().splitlines(keepends=True)
@@ -219,6 +255,7 @@ def test_duplicated_column_name_is_named(scan_sample, tmp_path, caplog):
 
 # --- 9-11. missing and unexpected columns ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("suite", [SUITE, None], ids=["hmda-suite", "inferred-suite"])
 def test_label_missing_from_batch_holds_the_whole_batch(scan_sample, tmp_path, suite):
     path = write_csv(clean_text().drop(columns=["deny"]), tmp_path / "no_label.csv")
@@ -227,8 +264,9 @@ def test_label_missing_from_batch_holds_the_whole_batch(scan_sample, tmp_path, s
     summary = assert_whole_batch_held(out, "missing column(s) 'deny'")
     # the root cause comes first, and GX's follow-on "could not be evaluated" errors are dropped
     assert summary["batch_findings"][0]["reason_code"] == "missing_column"
-    assert not any("could not be evaluated" in f["message"] and "deny" in f["check"]
-                   for f in summary["batch_findings"]), summary["batch_findings"]
+    assert not any("could not be evaluated" in f["message"] and "deny" in f["check"] for f in summary["batch_findings"]), (
+        summary["batch_findings"]
+    )
 
 
 def test_label_missing_from_reference(scan_sample, tmp_path, caplog):
@@ -250,6 +288,7 @@ def test_unknown_extra_column_holds_the_whole_batch(scan_sample, tmp_path):
 
 # --- 12. broken suites -----------------------------------------------------------------------------
 
+
 def test_suite_that_is_not_json(scan_sample, tmp_path, caplog):
     suite = tmp_path / "broken.json"
     suite.write_text(SUITE.read_text()[:200])
@@ -262,8 +301,7 @@ def _suite_with_unknown_type(tmp_path: Path) -> Path:
     text = SUITE.read_text()
     assert text.count('"expect_column_values_to_not_be_null"') >= 1
     suite = tmp_path / "unknown_type.json"
-    suite.write_text(text.replace('"expect_column_values_to_not_be_null"',
-                                  '"expect_column_values_to_be_purple"', 1))
+    suite.write_text(text.replace('"expect_column_values_to_not_be_null"', '"expect_column_values_to_be_purple"', 1))
     return suite
 
 
@@ -282,8 +320,11 @@ def test_suite_with_unknown_expectation_type_logs_no_traceback(scan_sample, tmp_
     assert_clean_error(result, caplog, "unknown expectation type")
 
 
-@pytest.mark.parametrize("document", ['["not", "an", "object"]', '{"name": "x", "expectations": [{"kwargs": {}}]}'],
-                         ids=["json-list", "expectation-without-type"])
+@pytest.mark.parametrize(
+    "document",
+    ['["not", "an", "object"]', '{"name": "x", "expectations": [{"kwargs": {}}]}'],
+    ids=["json-list", "expectation-without-type"],
+)
 def test_suite_json_of_the_wrong_shape(scan_sample, tmp_path, caplog, document):
     suite = tmp_path / "shape.json"
     suite.write_text(document)
@@ -293,6 +334,7 @@ def test_suite_json_of_the_wrong_shape(scan_sample, tmp_path, caplog, document):
 
 
 # --- 13. a numeric column of text ------------------------------------------------------------------
+
 
 def test_numeric_column_of_text_is_a_wrong_type_for_the_whole_batch(scan_sample, tmp_path):
     frame = clean_text()
@@ -315,11 +357,13 @@ def test_numeric_column_of_dates_is_a_wrong_type_for_the_whole_batch(scan_sample
     result, out = scan_sample(path)
     accepted, _quarantined, summary = assert_completed(result, out, n_rows=len(frame))
     assert accepted.empty
-    assert any(f["reason_code"] == "wrong_type" and "'pirat'" in f["message"] for f in summary["batch_findings"]), \
-        summary["batch_findings"]
+    assert any(f["reason_code"] == "wrong_type" and "'pirat'" in f["message"] for f in summary["batch_findings"]), summary[
+        "batch_findings"
+    ]
 
 
 # --- 14-15. unsupported suffix, broken Parquet -----------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", [".xlsx", ".json", ""], ids=["xlsx", "json", "no-suffix"])
 def test_unsupported_suffix(scan_sample, tmp_path, caplog, suffix):
@@ -337,8 +381,9 @@ def _truncated_parquet(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("make", [_truncated_parquet, lambda p: p.write_bytes(CLEAN.read_bytes())],
-                         ids=["truncated", "csv-named-parquet"])
+@pytest.mark.parametrize(
+    "make", [_truncated_parquet, lambda p: p.write_bytes(CLEAN.read_bytes())], ids=["truncated", "csv-named-parquet"]
+)
 def test_broken_parquet(scan_sample, tmp_path, caplog, make):
     path = tmp_path / "batch.parquet"
     make(path)
@@ -348,6 +393,7 @@ def test_broken_parquet(scan_sample, tmp_path, caplog, make):
 
 
 # --- 16. dataset names that would escape the workspace ---------------------------------------------
+
 
 @pytest.mark.parametrize("dataset", ["../evil", "..", "a/../../evil", "/tmp/evil", ".hidden"])
 def test_dataset_name_cannot_escape_the_workspace(scan_sample, tmp_path, caplog, dataset):
@@ -359,6 +405,7 @@ def test_dataset_name_cannot_escape_the_workspace(scan_sample, tmp_path, caplog,
 
 
 # --- extra: structural damage found while writing these -------------------------------------------
+
 
 def test_ragged_row(scan_sample, tmp_path, caplog):
     lines = CLEAN.read_text().splitlines(keepends=True)
@@ -378,8 +425,16 @@ def test_reserved_column_name(scan_sample, tmp_path, caplog):
 
 
 def test_a_missing_option_is_a_usage_error_in_one_line_not_an_internal_error(run_cli, tmp_path):
-    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
-                     "--out", tmp_path / "out", "--workspace", tmp_path / "ws")
+    result = run_cli(
+        "scan",
+        SAMPLES / "batch_01_clean.csv",
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--out",
+        tmp_path / "out",
+        "--workspace",
+        tmp_path / "ws",
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == ["poisonguard: error: Missing option '--label'."]
     assert not (tmp_path / "ws" / "logs").exists()
@@ -392,10 +447,21 @@ def test_an_internal_error_is_one_line_and_its_traceback_goes_to_the_given_works
         raise RuntimeError("a bug, not bad input")
 
     monkeypatch.setattr(pipeline.cli, "run_scan", broken)
-    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
-                     "--label", "deny", "--out", tmp_path / "out", "--workspace", tmp_path / "ws")
+    result = run_cli(
+        "scan",
+        SAMPLES / "batch_01_clean.csv",
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--out",
+        tmp_path / "out",
+        "--workspace",
+        tmp_path / "ws",
+    )
     assert result.exit_code == 1
     log = tmp_path / "ws" / "logs" / "last-error.txt"
     assert result.stderr.strip().splitlines() == [
-        f"poisonguard: internal error: RuntimeError: a bug, not bad input (details in {log})"]
+        f"poisonguard: internal error: RuntimeError: a bug, not bad input (details in {log})"
+    ]
     assert "Traceback" in log.read_text() and "a bug, not bad input" in log.read_text()

@@ -37,6 +37,7 @@ def test_terminal_safe_shows_control_characters_visibly(case):
 
 # --- output folders --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def folders(tmp_path):
     (tmp_path / "in").mkdir()
@@ -101,6 +102,7 @@ def test_a_message_naming_a_hostile_path_stays_one_printable_line(folders):
 
 # --- reserved names --------------------------------------------------------------------------
 
+
 def test_a_column_named_like_the_tools_batch_column_is_refused(tmp_path):
     path = tmp_path / "b.csv"
     path.write_text("deny,poisonguard_batch_id\nno,x\n")
@@ -116,18 +118,19 @@ def test_a_datasets_own_batch_id_column_is_read_as_data(tmp_path):
 
 # --- inferred ranges -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("first", [9_876_543_210, 123_456_789_012, 1.000001, 0.1 + 1e-9])
 def test_inferred_ranges_keep_full_precision(first):
     """Were rounded to 6 significant digits: 9876543210..9876543999 became 9.87654e9..9.87654e9."""
     values = [first + i for i in range(0, 790, 7)] if first > 1000 else [first + i * 1e-7 for i in range(50)]
     reference = pd.DataFrame({"id": values, "deny": ["no", "yes"] * (len(values) // 2) + ["no"] * (len(values) % 2)})
     suite = infer_suite(reference, "deny", "t", range_margin=0.0)
-    (bounds,) = [e["kwargs"] for e in suite.document["expectations"]
-                 if e["type"] == "expect_column_values_to_be_between"]
+    (bounds,) = [e["kwargs"] for e in suite.document["expectations"] if e["type"] == "expect_column_values_to_be_between"]
     assert bounds["min_value"] == min(values) and bounds["max_value"] == max(values)
 
 
 # --- the review page's sign-in throttle --------------------------------------------------------
+
 
 def test_one_client_guessing_tokens_does_not_lock_out_another(tmp_path):
     """Was global: ten wrong tokens from anyone, and every steward got 429 for a minute."""
@@ -172,8 +175,14 @@ def test_a_landing_datasets_out_inside_its_workspace_is_a_config_error(tmp_path)
     from pipeline.landing import ConfigError, DatasetConfig, prepare_landing
 
     (tmp_path / "landing").mkdir()
-    dataset = DatasetConfig(name="d", config_file="poisonguard.toml", reference=SAMPLES / "reference.parquet",
-                            label="deny", landing=str(tmp_path / "landing"), out=tmp_path / "ws" / "results",
-                            workspace=tmp_path / "ws")
+    dataset = DatasetConfig(
+        name="d",
+        config_file="poisonguard.toml",
+        reference=SAMPLES / "reference.parquet",
+        label="deny",
+        landing=str(tmp_path / "landing"),
+        out=tmp_path / "ws" / "results",
+        workspace=tmp_path / "ws",
+    )
     with pytest.raises(ConfigError, match=r"poisonguard.toml: datasets.d.out: the folder .* is inside the workspace"):
         prepare_landing(dataset)

@@ -24,8 +24,10 @@ def test_the_cli_module_imports_nothing_heavy(tmp_path):
 
 
 def test_review_list_on_an_empty_workspace_imports_nothing_heavy_and_creates_no_ledger(tmp_path):
-    run = ("import sys\nfrom pipeline.cli import app\n"
-           f"app(['review', 'list', '--workspace', {str(tmp_path / 'ws')!r}], standalone_mode=False)")
+    run = (
+        "import sys\nfrom pipeline.cli import app\n"
+        f"app(['review', 'list', '--workspace', {str(tmp_path / 'ws')!r}], standalone_mode=False)"
+    )
     assert not imported_after(run, tmp_path) & (HEAVY | {"pandas"})
     assert not (tmp_path / "ws" / "ledger.sqlite").exists()
 

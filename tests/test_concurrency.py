@@ -45,12 +45,18 @@ class Scanned:
 def scanned(tmp_path_factory) -> Scanned:
     root = tmp_path_factory.mktemp("concurrent")
     reference, holdout = root / "reference.parquet", root / "holdout.parquet"
-    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
-     .to_parquet(reference, index=False))
+    (
+        pd.read_parquet(SAMPLES / "reference.parquet")
+        .sample(n=400, random_state=0)
+        .sort_index()
+        .to_parquet(reference, index=False)
+    )
     pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout, index=False)
     workspace = root / "ws"
-    inputs = {name: harness.ScanInputs(batch=batch, reference=reference, holdout=holdout, dataset=DATASET)
-              for name, batch in (("a1", BATCH_A), ("a2", BATCH_A), ("b", BATCH_B))}
+    inputs = {
+        name: harness.ScanInputs(batch=batch, reference=reference, holdout=holdout, dataset=DATASET)
+        for name, batch in (("a1", BATCH_A), ("a2", BATCH_A), ("b", BATCH_B))
+    }
     outs = {name: root / f"out-{name}" for name in inputs}
     running = {name: harness.start_scan(inputs[name], workspace, outs[name]) for name in inputs}
     attempts = {name: scan.finish() for name, scan in running.items()}
@@ -79,8 +85,10 @@ def test_two_scans_of_one_batch_at_once_ingest_it_once(scanned):
     assert sorted([bool(first.get("duplicate")), bool(second.get("duplicate"))]) == [False, True]
     for out in (scanned.outs["a1"], scanned.outs["a2"]):
         assert_conserved(out, 140)
-    placed = [(sorted(pd.read_parquet(out / "quarantined.parquet")["row_number"]))
-              for out in (scanned.outs["a1"], scanned.outs["a2"])]
+    placed = [
+        (sorted(pd.read_parquet(out / "quarantined.parquet")["row_number"]))
+        for out in (scanned.outs["a1"], scanned.outs["a2"])
+    ]
     assert placed[0] == placed[1]
 
     settings = settings_for(scanned.workspace)
@@ -118,8 +126,7 @@ def test_scans_of_two_batches_of_one_dataset_at_once_are_both_recorded(scanned, 
     runs = provenance.find_scan_runs(settings.tracking_uri, scanned.sha256["b"], DATASET)
     assert [(r.info.run_id, r.info.status) for r in runs] == [(other["mlflow"]["run_id"], "FINISHED")]
 
-    result = pipeline.gate(DATASET, out=tmp_path / "gate", settings=settings, max_pending=1000,
-                           review_poisoned=False)
+    result = pipeline.gate(DATASET, out=tmp_path / "gate", settings=settings, max_pending=1000, review_poisoned=False)
     accepted = sum(len(pd.read_parquet(scanned.outs[name] / "accepted.parquet")) for name in ("a1", "b"))
     assert result.rows == accepted
 
@@ -130,12 +137,22 @@ def _ledger_tables(workspace: Path) -> tuple[list[tuple[int, str, str]], set[str
     engine = create_engine(f"sqlite:///{workspace / 'ledger.sqlite'}")
     try:
         with engine.connect() as connection:
-            reviews = [tuple(r) for r in connection.execute(text(
-                "SELECT e.sequence, r.row_id, r.action FROM review_actions r "
-                "JOIN ledger_entries e ON e.kind = 'review' AND e.subject = r.row_id"))]
-            accepted = {row_id for (row_id,) in connection.execute(text(
-                "SELECT id FROM row_decisions WHERE dataset = :dataset AND initial_status = 'accepted'"),
-                {"dataset": DATASET})}
+            reviews = [
+                tuple(r)
+                for r in connection.execute(
+                    text(
+                        "SELECT e.sequence, r.row_id, r.action FROM review_actions r "
+                        "JOIN ledger_entries e ON e.kind = 'review' AND e.subject = r.row_id"
+                    )
+                )
+            ]
+            accepted = {
+                row_id
+                for (row_id,) in connection.execute(
+                    text("SELECT id FROM row_decisions WHERE dataset = :dataset AND initial_status = 'accepted'"),
+                    {"dataset": DATASET},
+                )
+            }
     finally:
         engine.dispose()
     return reviews, accepted
@@ -172,15 +189,20 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
     def gate_once(k: int) -> None:
         nonlocal retries
         try:
-            result = pipeline.gate(DATASET, out=tmp_path / f"gate-{k}", settings=settings, max_pending=1000,
-                           review_poisoned=False)
+            result = pipeline.gate(
+                DATASET, out=tmp_path / f"gate-{k}", settings=settings, max_pending=1000, review_poisoned=False
+            )
         except PoisonguardError as error:
             assert "changed while the gate read it" in str(error), error
             retries += 1
             return
         rows = pd.read_parquet(result.path, columns=["poisonguard_batch_id", "row_number"])
-        released.append({"manifest": result.manifest,
-                         "rows": {f"{b}:{n}" for b, n in zip(rows["poisonguard_batch_id"], rows["row_number"])}})
+        released.append(
+            {
+                "manifest": result.manifest,
+                "rows": {f"{b}:{n}" for b, n in zip(rows["poisonguard_batch_id"], rows["row_number"])},
+            }
+        )
 
     reviewer = threading.Thread(target=review)
     reviewer.start()
@@ -203,8 +225,11 @@ def test_a_gate_racing_reviews_releases_the_ledger_state_at_its_head(scanned, tm
         released_then = {row for row, action in at_head.items() if action == "release"}
         assert gate["rows"] == accepted | released_then, f"gate at head {head}"
         assert gate["manifest"]["reviews"] == {
-            "actions": len(at_head), "released": len(released_then),
-            "rejected": len(at_head) - len(released_then), "pending": len(pending) - len(at_head)}
+            "actions": len(at_head),
+            "released": len(released_then),
+            "rejected": len(at_head) - len(released_then),
+            "pending": len(pending) - len(at_head),
+        }
     print(f"{len(released)} gates passed at heads {heads} (reviews {start + 1}..{end}), {retries} retried")
 
 

@@ -22,9 +22,15 @@ def test_the_temporary_servers_output_goes_to_its_log_not_the_console(tmp_path, 
     from pipeline.cli_prefect import _temporary_server_output_to
 
     def noisy_child(server):
-        return subprocess.Popen([sys.executable, "-c", "import sys; print('served');"
-                                 "sys.stderr.write('Traceback (most recent call last):\\n"
-                                 "asyncio.exceptions.CancelledError\\n')"])
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; print('served');"
+                "sys.stderr.write('Traceback (most recent call last):\\n"
+                "asyncio.exceptions.CancelledError\\n')",
+            ]
+        )
 
     monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", noisy_child)
     log = tmp_path / "prefect" / "temporary-server.log"
@@ -46,8 +52,18 @@ def test_a_corrupted_cache_key_file_is_one_line_and_nothing_starts(run_cli, tmp_
     monkeypatch.delenv("POISONGUARD_CACHE_KEY")
     monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")
     monkeypatch.setenv("POISONGUARD_CACHE_KEY_FILE", str(key_file))
-    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
-                     "--label", "deny", "--workspace", tmp_path / "ws", "--out", tmp_path / "out")
+    result = run_cli(
+        "scan",
+        SAMPLES / "batch_01_clean.csv",
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--workspace",
+        tmp_path / "ws",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("poisonguard: error: The fit-cache key") and "delete it" in lines[0]
@@ -58,15 +74,41 @@ def test_a_scan_and_a_gate_print_no_traceback(tmp_path):
     """The real CLI: a scan as a flow run, Prefect's temporary server and all (its shutdown
     printed a traceback), and a gate run in process, as a one-off gate without a server is."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
-    env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(tmp_path / "ws"),
-            "POISONGUARD_ORCHESTRATOR": "prefect"}
-    scan = subprocess.run([str(POISONGUARD), "scan", SAMPLES / "batch_01_clean.csv", "--reference",
-                           SAMPLES / "reference.parquet", "--holdout", SAMPLES / "holdout.parquet", "--suite", SUITE,
-                           "--label", "deny", "--dataset", "console", "--out", tmp_path / "out"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    gate = subprocess.run([str(POISONGUARD), "gate", "--dataset", "console", "--out", tmp_path / "gate",
-                           "--max-pending", "1000"], env={**env, "POISONGUARD_ORCHESTRATOR": "plain"}, cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
+    env |= {"OMP_NUM_THREADS": "1", "POISONGUARD_WORKSPACE": str(tmp_path / "ws"), "POISONGUARD_ORCHESTRATOR": "prefect"}
+    scan = subprocess.run(
+        [
+            str(POISONGUARD),
+            "scan",
+            SAMPLES / "batch_01_clean.csv",
+            "--reference",
+            SAMPLES / "reference.parquet",
+            "--holdout",
+            SAMPLES / "holdout.parquet",
+            "--suite",
+            SUITE,
+            "--label",
+            "deny",
+            "--dataset",
+            "console",
+            "--out",
+            tmp_path / "out",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    gate = subprocess.run(
+        [str(POISONGUARD), "gate", "--dataset", "console", "--out", tmp_path / "gate", "--max-pending", "1000"],
+        env={**env, "POISONGUARD_ORCHESTRATOR": "plain"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     for done in (scan, gate):
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stderr == "" and "Traceback" not in done.stdout

@@ -36,8 +36,12 @@ harness = crash_harness()
 def small_trusted(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("trusted")
     reference, holdout = folder / "reference.parquet", folder / "holdout.parquet"
-    (pd.read_parquet(SAMPLES / "reference.parquet").sample(n=400, random_state=0).sort_index()
-     .to_parquet(reference, index=False))
+    (
+        pd.read_parquet(SAMPLES / "reference.parquet")
+        .sample(n=400, random_state=0)
+        .sort_index()
+        .to_parquet(reference, index=False)
+    )
     pd.read_parquet(SAMPLES / "holdout.parquet").sample(n=200, random_state=0).sort_index().to_parquet(holdout, index=False)
     return reference, holdout
 
@@ -70,13 +74,21 @@ def test_a_scan_killed_at_two_crash_points_recovers_on_the_next_run(tmp_path, sm
     assert first.process.wait(timeout=harness.SCAN_TIMEOUT_S) == -9
     try:
         assert harness.session_members(first.process.pid) == {}
-        assert harness.left_behind(workspace, inputs) == {"runs": {"RUNNING": 1}, "staging": 0, "committed": False,
-                                                          "in_ledger": False}
+        assert harness.left_behind(workspace, inputs) == {
+            "runs": {"RUNNING": 1},
+            "staging": 0,
+            "committed": False,
+            "in_ledger": False,
+        }
 
         second = harness.run_scan(inputs, workspace, out, harness.Kill("scan.committed"))
         assert second.killed, second.output_tail
-        assert second.left_behind == {"runs": {"FAILED": 1, "RUNNING": 1}, "staging": 0, "committed": True,
-                                      "in_ledger": False}
+        assert second.left_behind == {
+            "runs": {"FAILED": 1, "RUNNING": 1},
+            "staging": 0,
+            "committed": True,
+            "in_ledger": False,
+        }
     finally:
         harness.end_session(first.process.pid)
 
@@ -109,4 +121,3 @@ def test_staging_folders_of_killed_scans_are_removed_and_those_of_running_scans_
         assert in_progress.exists()
         assert not earlier_of_this.exists()  # a scan holding this batch's lock owns every staging of it
         assert mine.exists()
-

@@ -32,8 +32,7 @@ def test_scores_in_chunks_equal_scores_of_the_whole_batch_and_reasons_asked_afte
     spec = FeatureSpec.from_kinds(kinds, "deny")
     detectors = fit_all(build_detectors(DEFAULT_DETECTORS), reference, spec)
     whole = score_all(detectors, batch)
-    chunked = score_in_chunks(detectors, (batch.iloc[start:start + 97] for start in range(0, len(batch), 97)),
-                              batch.take)
+    chunked = score_in_chunks(detectors, (batch.iloc[start : start + 97] for start in range(0, len(batch), 97)), batch.take)
     assert list(chunked) == list(whole)
     explain = explain_rows(detectors, chunked, batch.take)
     rows = np.arange(len(batch))

@@ -28,7 +28,8 @@ def trials():
     return trial
 
 
-@pytest.mark.parametrize("name,check", [(n, c) for n in BUILTIN for c in CHECKS],
-                         ids=[f"{n}:{c}" for n in BUILTIN for c in CHECKS])
+@pytest.mark.parametrize(
+    "name,check", [(n, c) for n in BUILTIN for c in CHECKS], ids=[f"{n}:{c}" for n in BUILTIN for c in CHECKS]
+)
 def test_detector_contract(name, check, trials):
     run_check(check, trials(name))

@@ -78,6 +78,7 @@ def test_every_pyod_method_flags_a_far_outlier(method):
 
 # --- label consistency ---------------------------------------------------------------------------
 
+
 def _blobs(n_a: int, n_b: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     values = np.vstack([rng.normal(0.0, 1.0, size=(n_a, 2)), rng.normal(5.0, 1.0, size=(n_b, 2))])
@@ -144,6 +145,7 @@ def test_marginal_calibration_sees_flips_into_a_noisy_minority_class():
 
 # --- RONI ----------------------------------------------------------------------------------------
 
+
 def test_logistic_influence_predicts_the_holdout_change_of_exact_retraining():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -162,8 +164,9 @@ def test_logistic_influence_predicts_the_holdout_change_of_exact_retraining():
     exact = []
     for x_i, y_i in zip(X_new, y_new):
         sample_weight = np.append(np.ones(len(X)), weight)
-        model = LogisticRegression(C=C, max_iter=2000).fit(np.vstack([X, x_i]), np.append(y, y_i),
-                                                          sample_weight=sample_weight)
+        model = LogisticRegression(C=C, max_iter=2000).fit(
+            np.vstack([X, x_i]), np.append(y, y_i), sample_weight=sample_weight
+        )
         exact.append(log_loss(y_h, model.predict_proba(X_h)) - base)
     assert np.corrcoef(predicted, exact)[0, 1] > 0.9
 

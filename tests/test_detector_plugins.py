@@ -22,13 +22,21 @@ NAME, TARGET = next(iter(PROJECT["entry-points"]["poisonguard.detectors"].items(
 
 def test_a_scan_runs_an_installed_packages_detector_and_caches_its_fit(install_package, tmp_path, monkeypatch):
     install_package(PROJECT, {TARGET.partition(":")[0]: BLOCKS[0]})
-    settings = dataclasses.replace(Settings.from_environment(tmp_path / "ws"),
-                                   detectors={**DEFAULT_DETECTORS, NAME: {"alpha": 0.01}})
+    settings = dataclasses.replace(
+        Settings.from_environment(tmp_path / "ws"), detectors={**DEFAULT_DETECTORS, NAME: {"alpha": 0.01}}
+    )
 
     def scan_batch(name: str) -> tuple[dict, pd.DataFrame]:
         out = tmp_path / f"out-{name}"
-        request = ScanRequest(batch=SAMPLES / name, reference=SAMPLES / "reference.parquet", label="deny", out=out,
-                              suite=SUITE, holdout=SAMPLES / "holdout.parquet", dataset="plugin-detector")
+        request = ScanRequest(
+            batch=SAMPLES / name,
+            reference=SAMPLES / "reference.parquet",
+            label="deny",
+            out=out,
+            suite=SUITE,
+            holdout=SAMPLES / "holdout.parquet",
+            dataset="plugin-detector",
+        )
         with PlainRunner() as runner:
             summary = run(request, settings, runner)
         return summary, pd.read_parquet(out / "scores.parquet")

@@ -71,8 +71,10 @@ def test_parameters_come_from_the_signature_and_unknown_ones_are_named():
     assert detector.get_params() == {"alpha": 0.01, "min_group": 7}
     copied = clone(detector)
     assert copied is not detector and copied.get_params() == detector.get_params()
-    with pytest.raises(InvalidParameter, match=re.escape("TriggerPattern has no parameter 'min_grop'; its parameters are: "
-                                                         "alpha, min_group.")):
+    with pytest.raises(
+        InvalidParameter,
+        match=re.escape("TriggerPattern has no parameter 'min_grop'; its parameters are: alpha, min_group."),
+    ):
         detector.set_params(min_grop=3)
     with pytest.raises(PoisonguardError, match="Detector 'trigger': TriggerPattern has no parameter 'x'"):
         build_detectors({"trigger": {"x": 1}})
@@ -82,8 +84,10 @@ def test_a_second_detector_with_a_taken_name_is_refused():
     class Another(DETECTORS["outliers"]):
         pass
 
-    with pytest.raises(DetectorRegistryError, match=re.escape("Two detectors are named 'outliers': "
-                                                              "pipeline.detectors.outliers.FeatureOutlier and")):
+    with pytest.raises(
+        DetectorRegistryError,
+        match=re.escape("Two detectors are named 'outliers': pipeline.detectors.outliers.FeatureOutlier and"),
+    ):
         register_detector(Another)
     assert DETECTORS["outliers"].__name__ == "FeatureOutlier"
 
@@ -99,40 +103,63 @@ def test_an_installed_package_is_found_by_its_entry_point_and_passes_check_detec
 
 
 def test_built_in_detectors_never_load_entry_points(install_package):
-    install_package({"name": "broken-detector", "version": "1.0",
-                     "entry-points": {"poisonguard.detectors": {"broken": "broken_detector:Broken"}}},
-                    {"broken_detector": "raise ImportError('needs libfoo')\n"})
+    install_package(
+        {
+            "name": "broken-detector",
+            "version": "1.0",
+            "entry-points": {"poisonguard.detectors": {"broken": "broken_detector:Broken"}},
+        },
+        {"broken_detector": "raise ImportError('needs libfoo')\n"},
+    )
     assert set(build_detectors(DEFAULT_DETECTORS)) == set(DEFAULT_DETECTORS)
 
 
 def test_a_package_that_fails_to_load_is_one_line_naming_it(install_package):
-    install_package({"name": "broken-detector", "version": "1.0",
-                     "entry-points": {"poisonguard.detectors": {"broken": "broken_detector:Broken"}}},
-                    {"broken_detector": "raise ImportError('needs libfoo\\nand more')\n"})
+    install_package(
+        {
+            "name": "broken-detector",
+            "version": "1.0",
+            "entry-points": {"poisonguard.detectors": {"broken": "broken_detector:Broken"}},
+        },
+        {"broken_detector": "raise ImportError('needs libfoo\\nand more')\n"},
+    )
     with pytest.raises(DetectorRegistryError) as failed:
         build_detectors({"broken": {}})
     message = str(failed.value)
     assert "\n" not in message
-    assert message.startswith("The detector 'broken' (broken_detector:Broken in broken-detector 1.0) failed to load: "
-                              "ImportError: needs libfoo and more.")
+    assert message.startswith(
+        "The detector 'broken' (broken_detector:Broken in broken-detector 1.0) failed to load: "
+        "ImportError: needs libfoo and more."
+    )
 
 
-@pytest.mark.parametrize("entry_points,expected", [
-    ({"outliers": "clash_a:X", "mine": "clash_a:X"}, "declares a detector 'outliers' (clash_a:X), the name of "
-                                                     "poisonguard's own FeatureOutlier"),
-    ({"mine": "clash_a:X"}, "Two installed packages declare a detector 'mine'"),
-], ids=["builtin_name", "two_packages"])
+@pytest.mark.parametrize(
+    "entry_points,expected",
+    [
+        (
+            {"outliers": "clash_a:X", "mine": "clash_a:X"},
+            "declares a detector 'outliers' (clash_a:X), the name of poisonguard's own FeatureOutlier",
+        ),
+        ({"mine": "clash_a:X"}, "Two installed packages declare a detector 'mine'"),
+    ],
+    ids=["builtin_name", "two_packages"],
+)
 def test_entry_points_that_claim_a_taken_name_fail_clearly(install_package, entry_points, expected):
-    install_package({"name": "clash-a", "version": "1.0", "entry-points": {"poisonguard.detectors": entry_points}},
-                    {"clash_a": ""})
-    install_package({"name": "clash-b", "version": "1.0",
-                     "entry-points": {"poisonguard.detectors": {"mine": "clash_b:Y"}}}, {"clash_b": ""})
+    install_package(
+        {"name": "clash-a", "version": "1.0", "entry-points": {"poisonguard.detectors": entry_points}}, {"clash_a": ""}
+    )
+    install_package(
+        {"name": "clash-b", "version": "1.0", "entry-points": {"poisonguard.detectors": {"mine": "clash_b:Y"}}},
+        {"clash_b": ""},
+    )
     with pytest.raises(DetectorRegistryError, match=re.escape(expected)):
         detector_class("mine")
 
 
 def test_an_unknown_name_lists_the_built_in_and_installed_detectors(install_package):
     install_package(PROJECT, {EXAMPLE_MODULE: BLOCKS[0]})
-    with pytest.raises(DetectorRegistryError, match=f"Unknown detector 'outlier'; known detectors: .*outliers.*; "
-                                                    f"installed: {EXAMPLE_NAME}\\."):
+    with pytest.raises(
+        DetectorRegistryError,
+        match=f"Unknown detector 'outlier'; known detectors: .*outliers.*; installed: {EXAMPLE_NAME}\\.",
+    ):
         build_detectors({"outlier": {}})

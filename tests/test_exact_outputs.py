@@ -20,18 +20,23 @@ from pipeline.validation import column_kinds, infer_suite, validate_table
 
 # Hostile cells, one column each kind of trouble. The CSV is written by hand: quoting is the point.
 HOSTILE_CSV = (
-    'zip,app_id,word,note,amount,label\n'
+    "zip,app_id,word,note,amount,label\n"
     '00501,10000000000000000001,NaN,"Zoë, naïve ☃",1.50,yes\n'
-    '02134,10000000000000000002,null,,2.0,no\n'
+    "02134,10000000000000000002,null,,2.0,no\n"
     '90210,10000000000000000003,"","line one\nline two",1e308,yes\n'
-    '00007,99999999999999999999,NA,日本語,0.1,no\n'
+    "00007,99999999999999999999,NA,日本語,0.1,no\n"
     '10001,10000000000000000005,N/A," spaces ",-0,yes\n'
 )
 # The file's cells as they are written: None for an unquoted empty cell, "" for a quoted one.
 EXPECTED_TEXT = {
     "zip": ["00501", "02134", "90210", "00007", "10001"],
-    "app_id": ["10000000000000000001", "10000000000000000002", "10000000000000000003", "99999999999999999999",
-               "10000000000000000005"],
+    "app_id": [
+        "10000000000000000001",
+        "10000000000000000002",
+        "10000000000000000003",
+        "99999999999999999999",
+        "10000000000000000005",
+    ],
     "word": ["NaN", "null", "", "NA", "N/A"],
     "note": ["Zoë, naïve ☃", None, "line one\nline two", "日本語", " spaces "],
     "amount": ["1.50", "2.0", "1e308", "0.1", "-0"],
@@ -46,10 +51,22 @@ def _scan_outputs(path, out, held_rows=(1, 3)):
     kinds = column_kinds(batch.frame)
     suite = infer_suite(batch.frame.drop(columns=[ROW_NUMBER]), "label", "t")
     conformed, _ = validate_table(batch, kinds, suite)
-    held = pd.DataFrame({ROW_NUMBER: np.array(held_rows, dtype=np.int64), "suspicion": [1.0] * len(held_rows),
-                         "reasons": [["held for the test"]] * len(held_rows)})
-    outputs = ScanOutputs(rows=conformed, held=held, scores=pd.DataFrame({ROW_NUMBER: np.arange(batch.n_rows)}),
-                          findings=empty_findings(), summary={}, report_html="", chunk_rows=2)
+    held = pd.DataFrame(
+        {
+            ROW_NUMBER: np.array(held_rows, dtype=np.int64),
+            "suspicion": [1.0] * len(held_rows),
+            "reasons": [["held for the test"]] * len(held_rows),
+        }
+    )
+    outputs = ScanOutputs(
+        rows=conformed,
+        held=held,
+        scores=pd.DataFrame({ROW_NUMBER: np.arange(batch.n_rows)}),
+        findings=empty_findings(),
+        summary={},
+        report_html="",
+        chunk_rows=2,
+    )
     write_outputs(outputs, out)
     return batch, pq.read_table(out / "accepted.parquet"), pq.read_table(out / "quarantined.parquet")
 
@@ -86,15 +103,25 @@ def test_a_csv_column_whose_numbers_write_back_exactly_stays_numeric(tmp_path):
 
 def test_parquet_outputs_keep_values_and_types(tmp_path):
     big = [2**64 - 1, 2**63 + 7, None, 1, 2**63]
-    table = pa.table({
-        "big_id": pa.array(big, pa.uint64()),
-        "zip": pa.array(["00501", "", None, "NaN", "☃"]),
-        "price": pa.array([decimal.Decimal("1.10"), decimal.Decimal("0.005"), None, decimal.Decimal("-3"),
-                           decimal.Decimal("12345678901234567.89")], pa.decimal128(20, 3)),
-        "when": pa.array(pd.to_datetime(["2026-01-01T10:00Z"] * 4 + [None], utc=True)),
-        "small": pa.array([1, 2, 3, None, 5], pa.int8()),
-        "label": pa.array(["yes", "no", "yes", "no", "yes"]),
-    })
+    table = pa.table(
+        {
+            "big_id": pa.array(big, pa.uint64()),
+            "zip": pa.array(["00501", "", None, "NaN", "☃"]),
+            "price": pa.array(
+                [
+                    decimal.Decimal("1.10"),
+                    decimal.Decimal("0.005"),
+                    None,
+                    decimal.Decimal("-3"),
+                    decimal.Decimal("12345678901234567.89"),
+                ],
+                pa.decimal128(20, 3),
+            ),
+            "when": pa.array(pd.to_datetime(["2026-01-01T10:00Z"] * 4 + [None], utc=True)),
+            "small": pa.array([1, 2, 3, None, 5], pa.int8()),
+            "label": pa.array(["yes", "no", "yes", "no", "yes"]),
+        }
+    )
     path = tmp_path / "hostile.parquet"
     pq.write_table(table, path)
     _, accepted, quarantined = _scan_outputs(path, tmp_path / "out")
@@ -139,6 +166,7 @@ def test_frames_of_one_type_are_left_as_they_are():
 
 # --- through a real scan and the gate ------------------------------------------------------------
 
+
 def test_the_gates_training_snapshot_carries_the_cells_that_arrived(run_cli, tmp_path):
     """A CSV batch (zips with leading zeros, 20-digit ids, a quoted "NaN" word) and a Parquet
     batch of the same dataset (typed zips): the snapshot holds each batch's cells as they came."""
@@ -156,17 +184,38 @@ def test_the_gates_training_snapshot_carries_the_cells_that_arrived(run_cli, tmp
     batch.to_csv(tmp_path / "batch.csv", index=False)
     typed = pd.read_csv(samples / "batch_01_clean.csv").iloc[40:60].reset_index(drop=True)
     typed.insert(0, "app_id", [str(10**19 + 20_000 + i) for i in range(len(typed))])
-    typed["zip"] = np.array([501, 2134, 90210] * 7)[:len(typed)]
+    typed["zip"] = np.array([501, 2134, 90210] * 7)[: len(typed)]
     typed.to_parquet(tmp_path / "typed.parquet", index=False)
-    common = ["--reference", tmp_path / "reference.csv", "--label", "deny", "--workspace", tmp_path / "ws",
-              "--dataset", "exact", "--id", "app_id"]
+    common = [
+        "--reference",
+        tmp_path / "reference.csv",
+        "--label",
+        "deny",
+        "--workspace",
+        tmp_path / "ws",
+        "--dataset",
+        "exact",
+        "--id",
+        "app_id",
+    ]
     for name in ("batch.csv", "typed.parquet"):
         scanned = run_cli("scan", tmp_path / name, *common, "--out", tmp_path / f"out-{name}")
         assert scanned.exit_code == 0, scanned.stderr
-    pending = sum(json.loads((tmp_path / f"out-{n}" / "summary.json").read_text())["counts"]["quarantined"]
-                  for n in ("batch.csv", "typed.parquet"))
-    gated = run_cli("gate", "--dataset", "exact", "--workspace", tmp_path / "ws", "--out", tmp_path / "snap",
-                    "--max-pending", str(pending))
+    pending = sum(
+        json.loads((tmp_path / f"out-{n}" / "summary.json").read_text())["counts"]["quarantined"]
+        for n in ("batch.csv", "typed.parquet")
+    )
+    gated = run_cli(
+        "gate",
+        "--dataset",
+        "exact",
+        "--workspace",
+        tmp_path / "ws",
+        "--out",
+        tmp_path / "snap",
+        "--max-pending",
+        str(pending),
+    )
     assert gated.exit_code == 0, gated.stderr
     snapshot = pq.read_table(tmp_path / "snap" / "snapshot.parquet").to_pandas()
     assert pa.types.is_string(pq.read_schema(tmp_path / "snap" / "snapshot.parquet").field("zip").type)
@@ -194,10 +243,18 @@ def test_the_review_pages_neighbours_read_a_row_whose_cells_were_kept_as_text(tm
     from pipeline.review import trusted_neighbours
 
     path = tmp_path / "reference.csv"
-    pd.DataFrame({"x": [1.0, 2.0, 3.0, 10.0, 2.25, 1.5], "zip": ["00501", "02134", "00501", "02134", "90210", "00501"],
-                  "y": ["a", "b", "a", "b", "a", "b"]}).to_csv(path, index=False)
-    summary = {"reference": {"path": str(path), "sha256": read_table(path).sha256}, "label": "y",
-               "features": {"numeric": ["x"], "categorical": ["zip"]}}
+    pd.DataFrame(
+        {
+            "x": [1.0, 2.0, 3.0, 10.0, 2.25, 1.5],
+            "zip": ["00501", "02134", "00501", "02134", "90210", "00501"],
+            "y": ["a", "b", "a", "b", "a", "b"],
+        }
+    ).to_csv(path, index=False)
+    summary = {
+        "reference": {"path": str(path), "sha256": read_table(path).sha256},
+        "label": "y",
+        "features": {"numeric": ["x"], "categorical": ["zip"]},
+    }
     # as quarantined.parquet holds it: the zip's text, a number written "2.10"
     row = pd.DataFrame({"x": ["2.10"], "zip": ["90210"], "y": ["b"], ROW_NUMBER: [0]})
     nearest = trusted_neighbours(summary, row, k=1)

@@ -39,15 +39,33 @@ def record_batch(workspace: Path) -> str:
     from pipeline.ledger import Ledger
 
     numbers = [0, 1, 2]
-    scores = pd.DataFrame({"row_number": numbers, "suspicion": [0.1, 0.99, 0.2], "quarantined": [False, True, False],
-                           "outliers": [0.1, 0.99, 0.2], "outliers_raw": [1.0, 9.0, 2.0]})
-    quarantined = pd.DataFrame({"row_number": [1], "income": [50.0], "suspicion": [0.99],
-                                "reasons": [["value outside the trusted range"]]})
-    summary = {"dataset": "hmda", "scanned_at": "2026-11-26T10:15:00+00:00",
-               "batch": {"file": "b.csv", "path": "/data/b.csv", "sha256": "ab" * 32, "rows": 3,
-                         "source": "feed", "submitter": "carol"},
-               "counts": {"rows": 3, "accepted": 2, "quarantined": 1},
-               "mlflow": {"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///mlflow.db"}, "duplicate": False}
+    scores = pd.DataFrame(
+        {
+            "row_number": numbers,
+            "suspicion": [0.1, 0.99, 0.2],
+            "quarantined": [False, True, False],
+            "outliers": [0.1, 0.99, 0.2],
+            "outliers_raw": [1.0, 9.0, 2.0],
+        }
+    )
+    quarantined = pd.DataFrame(
+        {"row_number": [1], "income": [50.0], "suspicion": [0.99], "reasons": [["value outside the trusted range"]]}
+    )
+    summary = {
+        "dataset": "hmda",
+        "scanned_at": "2026-11-26T10:15:00+00:00",
+        "batch": {
+            "file": "b.csv",
+            "path": "/data/b.csv",
+            "sha256": "ab" * 32,
+            "rows": 3,
+            "source": "feed",
+            "submitter": "carol",
+        },
+        "counts": {"rows": 3, "accepted": 2, "quarantined": 1},
+        "mlflow": {"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///mlflow.db"},
+        "duplicate": False,
+    }
     workspace.mkdir(parents=True, exist_ok=True)
     start = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
     with Ledger.open(f"sqlite:///{workspace / 'ledger.sqlite'}", clock=lambda: start) as ledger:
@@ -66,56 +84,135 @@ CASES = [
     Case("option out of range", lambda t: ["ui", "--port", "0", *ws(t)], 2, "--port"),
     # --- profile -------------------------------------------------------------------------------
     Case("profile ok", lambda t: ["profile", REFERENCE, "--label", "deny", "--out", t / "suite.json"], 0),
-    Case("profile label missing", lambda t: ["profile", REFERENCE, "--label", "nope", "--out", t / "s.json"], 2,
-         "The label column 'nope' is not in the reference"),
-    Case("profile protected missing", lambda t: ["profile", REFERENCE, "--label", "deny", "--protected", "nope",
-                                                 "--out", t / "s.json"], 2, "not in the reference"),
+    Case(
+        "profile label missing",
+        lambda t: ["profile", REFERENCE, "--label", "nope", "--out", t / "s.json"],
+        2,
+        "The label column 'nope' is not in the reference",
+    ),
+    Case(
+        "profile protected missing",
+        lambda t: ["profile", REFERENCE, "--label", "deny", "--protected", "nope", "--out", t / "s.json"],
+        2,
+        "not in the reference",
+    ),
     # on copies in the test's folder: on the old code these overwrote their input
-    Case("profile out is its reference", lambda t: ["profile", t / "in" / "ref.parquet", "--label", "deny",
-                                                    "--out", t / "in" / "ref.parquet"], 2, "is the input"),
+    Case(
+        "profile out is its reference",
+        lambda t: ["profile", t / "in" / "ref.parquet", "--label", "deny", "--out", t / "in" / "ref.parquet"],
+        2,
+        "is the input",
+    ),
     Case("profile out is a folder", lambda t: ["profile", REFERENCE, "--label", "deny", "--out", t], 2, "is a folder"),
-    Case("profile reference missing", lambda t: ["profile", t / "none.csv", "--label", "deny", "--out", t / "s.json"],
-         2, "none.csv"),
+    Case(
+        "profile reference missing",
+        lambda t: ["profile", t / "none.csv", "--label", "deny", "--out", t / "s.json"],
+        2,
+        "none.csv",
+    ),
     # --- scan: bad paths, refused before any work ----------------------------------------------
-    Case("scan batch missing", lambda t: ["scan", t / "none.csv", "--reference", REFERENCE, "--label", "deny",
-                                          "--out", t / "out", *ws(t)], 2, "none.csv"),
-    Case("scan out is a file", lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny",
-                                          "--out", t / "file.txt", *ws(t)], 2, "is a file, not a folder"),
-    Case("scan out is the inputs' folder", lambda t: ["scan", t / "in" / "batch.csv", "--reference",
-                                                      t / "in" / "ref.parquet", "--label", "deny", "--out", t / "in",
-                                                      *ws(t)], 2, "is the folder of the input"),
-    Case("scan out inside the workspace", lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny",
-                                                     "--out", t / "ws" / "out", *ws(t)], 2, "is inside the workspace"),
-    Case("scan out under a file", lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny",
-                                             "--out", t / "file.txt" / "out", *ws(t)], 2, "cannot be created"),
-    Case("scan workspace is a file", lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny",
-                                                "--out", t / "out", "--workspace", t / "file.txt"], 2,
-         "--workspace"),
+    Case(
+        "scan batch missing",
+        lambda t: ["scan", t / "none.csv", "--reference", REFERENCE, "--label", "deny", "--out", t / "out", *ws(t)],
+        2,
+        "none.csv",
+    ),
+    Case(
+        "scan out is a file",
+        lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny", "--out", t / "file.txt", *ws(t)],
+        2,
+        "is a file, not a folder",
+    ),
+    Case(
+        "scan out is the inputs' folder",
+        lambda t: [
+            "scan",
+            t / "in" / "batch.csv",
+            "--reference",
+            t / "in" / "ref.parquet",
+            "--label",
+            "deny",
+            "--out",
+            t / "in",
+            *ws(t),
+        ],
+        2,
+        "is the folder of the input",
+    ),
+    Case(
+        "scan out inside the workspace",
+        lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny", "--out", t / "ws" / "out", *ws(t)],
+        2,
+        "is inside the workspace",
+    ),
+    Case(
+        "scan out under a file",
+        lambda t: ["scan", BATCH, "--reference", REFERENCE, "--label", "deny", "--out", t / "file.txt" / "out", *ws(t)],
+        2,
+        "cannot be created",
+    ),
+    Case(
+        "scan workspace is a file",
+        lambda t: [
+            "scan",
+            BATCH,
+            "--reference",
+            REFERENCE,
+            "--label",
+            "deny",
+            "--out",
+            t / "out",
+            "--workspace",
+            t / "file.txt",
+        ],
+        2,
+        "--workspace",
+    ),
     Case("demo out is a file", lambda t: ["demo", "--out", t / "file.txt", *ws(t)], 2, "cannot be created"),
     # --- review and verify ---------------------------------------------------------------------
     Case("review list, empty ledger", lambda t: ["review", "list", *ws(t)], 0),
     Case("review list, one batch", lambda t: ["review", "list", *ws(t)], 0, ledger="recorded"),
     Case("review show batch", lambda t: ["review", "show", "abababababab", *ws(t)], 0, ledger="recorded"),
     Case("review show unknown batch", lambda t: ["review", "show", "cdcdcdcdcdcd", *ws(t)], 2, "cdcdcdcdcdcd"),
-    Case("review release, empty --by", lambda t: ["review", "release", "abababababab:1", "--by", " ",
-                                                  "--reason", "x", *ws(t)], 2, "--by and --reason must not be empty",
-         ledger="recorded"),
-    Case("review reject, unknown row", lambda t: ["review", "reject", "abababababab:7", "--by", "a", "--reason", "x",
-                                                  *ws(t)], 2, "abababababab:7", ledger="recorded"),
+    Case(
+        "review release, empty --by",
+        lambda t: ["review", "release", "abababababab:1", "--by", " ", "--reason", "x", *ws(t)],
+        2,
+        "--by and --reason must not be empty",
+        ledger="recorded",
+    ),
+    Case(
+        "review reject, unknown row",
+        lambda t: ["review", "reject", "abababababab:7", "--by", "a", "--reason", "x", *ws(t)],
+        2,
+        "abababababab:7",
+        ledger="recorded",
+    ),
     Case("verify intact", lambda t: ["verify", *ws(t)], 0, ledger="recorded"),
     Case("verify tampered", lambda t: ["verify", *ws(t)], 3, "poisonguard: tampered:", ledger="tampered"),
     # --- gate: bad paths, refused before Prefect starts -----------------------------------------
-    Case("gate out is a file", lambda t: ["gate", "--dataset", "hmda", "--out", t / "file.txt", *ws(t)], 2,
-         "is a file, not a folder"),
-    Case("gate out inside the workspace", lambda t: ["gate", "--dataset", "hmda", "--out", t / "ws" / "snap",
-                                                     *ws(t)], 2, "is inside the workspace"),
-    Case("gate bad dataset name", lambda t: ["gate", "--dataset", "../x", "--out", t / "snap", *ws(t)], 2,
-         "dataset name"),
+    Case(
+        "gate out is a file",
+        lambda t: ["gate", "--dataset", "hmda", "--out", t / "file.txt", *ws(t)],
+        2,
+        "is a file, not a folder",
+    ),
+    Case(
+        "gate out inside the workspace",
+        lambda t: ["gate", "--dataset", "hmda", "--out", t / "ws" / "snap", *ws(t)],
+        2,
+        "is inside the workspace",
+    ),
+    Case("gate bad dataset name", lambda t: ["gate", "--dataset", "../x", "--out", t / "snap", *ws(t)], 2, "dataset name"),
     # --- services --------------------------------------------------------------------------------
     Case("ui on a public address", lambda t: ["ui", "--host", "0.0.0.0", *ws(t)], 2, "Refusing to listen on 0.0.0.0"),
     Case("serve, no config", lambda t: ["serve", "--config", t / "none.toml"], 2, "none.toml"),
-    Case("ingest-landing, no config", lambda t: ["ingest-landing", "--config", t / "none.toml", "--dataset", "d"], 2,
-         "none.toml"),
+    Case(
+        "ingest-landing, no config",
+        lambda t: ["ingest-landing", "--config", t / "none.toml", "--dataset", "d"],
+        2,
+        "none.toml",
+    ),
 ]
 
 
@@ -149,8 +246,9 @@ def test_a_refused_scan_leaves_no_output_and_no_workspace_behind(run_cli, tmp_pa
     (tmp_path / "in").mkdir()
     reference = tmp_path / "in" / "accepted.parquet"  # the name of one of the scan's outputs
     reference.write_bytes(REFERENCE.read_bytes())
-    result = run_cli("scan", BATCH, "--reference", reference, "--label", "deny", "--out", tmp_path / "in",
-                     "--workspace", tmp_path / "ws")
+    result = run_cli(
+        "scan", BATCH, "--reference", reference, "--label", "deny", "--out", tmp_path / "in", "--workspace", tmp_path / "ws"
+    )
     assert result.exit_code == 2
     assert "is the folder of the input" in result.stderr
     assert not (tmp_path / "ws").exists()

@@ -63,7 +63,7 @@ def test_an_entry_with_a_forged_tag_is_refitted_and_never_unpickled(tmp_path):
     payload, tag = cache._paths(cache.key(PARTS))
     marker = tmp_path / "pwned"
     payload.write_bytes(pickle.dumps(_Planted(marker)))  # an attacker who can write the folder
-    tag.write_text("0" * 64)                              # but does not hold the key
+    tag.write_text("0" * 64)  # but does not hold the key
 
     assert cache.get_or_fit(PARTS, fits)["call"] == 2
     assert not marker.exists()
@@ -120,8 +120,14 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
     from pipeline.config import Settings
 
-    request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
-                               label="deny", out=tmp_path / "out", suite=SUITE, holdout=SAMPLES / "holdout.parquet")
+    request = scan.ScanRequest(
+        batch=SAMPLES / "batch_02_label_flips.csv",
+        reference=SAMPLES / "reference.parquet",
+        label="deny",
+        out=tmp_path / "out",
+        suite=SUITE,
+        holdout=SAMPLES / "holdout.parquet",
+    )
     settings = Settings.from_environment(tmp_path / "ws")
     trusted = scan.load_trusted(request, settings)
     conformed, outcome = scan.validate_batch(scan.ingest(request), trusted)
@@ -142,8 +148,9 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
 
     monkeypatch.setattr(scan, "fit_all", no_refit)
     other = Settings.from_environment(tmp_path / "another-ws")
-    assert (scan.fit_detectors(scan.load_trusted(request, other), other).keys()
-            == scan.fit_detectors(trusted, settings).keys())
+    assert (
+        scan.fit_detectors(scan.load_trusted(request, other), other).keys() == scan.fit_detectors(trusted, settings).keys()
+    )
 
 
 def test_a_large_reference_is_fitted_on_a_stratified_sample(tmp_path):
@@ -167,6 +174,7 @@ def test_an_empty_or_short_key_file_is_refused_not_used(tmp_path):
 
 
 # --- the workspace writer's three attacks (issue 22): none of them runs the planted code ------
+
 
 def _plant(workspace: Path, marker: Path, signing_key: bytes | None) -> None:
     """Write a pickle that runs code when loaded into the entry the scan will look up, signed
@@ -221,8 +229,12 @@ def test_a_key_file_inside_the_workspace_means_no_cache(tmp_path):
     cache off: a key the workspace writer can read would sign their pickles."""
     workspace = tmp_path / "ws"
     assert FitCache.for_workspace(workspace, {"HOME": str(workspace)}) is None
-    assert FitCache.for_workspace(workspace, {"HOME": str(tmp_path / "home"),
-                                              "POISONGUARD_CACHE_KEY_FILE": str(workspace / "k")}) is None
+    assert (
+        FitCache.for_workspace(
+            workspace, {"HOME": str(tmp_path / "home"), "POISONGUARD_CACHE_KEY_FILE": str(workspace / "k")}
+        )
+        is None
+    )
 
 
 def test_a_scan_through_the_cli_does_not_run_a_pickle_planted_in_its_workspace(tmp_path, scan_sample, monkeypatch):
@@ -237,10 +249,17 @@ def test_a_scan_through_the_cli_does_not_run_a_pickle_planted_in_its_workspace(t
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     workspace, marker = tmp_path / "ws", tmp_path / "pwned"
-    request = scan.ScanRequest(batch=SAMPLES / "batch_02_label_flips.csv", reference=SAMPLES / "reference.parquet",
-                               label="deny", out=tmp_path / "o", suite=SUITE, holdout=SAMPLES / "holdout.parquet")
-    parts = scan.fit_key(scan.load_trusted(request, Settings.from_environment(workspace)),
-                         Settings.from_environment(workspace))
+    request = scan.ScanRequest(
+        batch=SAMPLES / "batch_02_label_flips.csv",
+        reference=SAMPLES / "reference.parquet",
+        label="deny",
+        out=tmp_path / "o",
+        suite=SUITE,
+        holdout=SAMPLES / "holdout.parquet",
+    )
+    parts = scan.fit_key(
+        scan.load_trusted(request, Settings.from_environment(workspace)), Settings.from_environment(workspace)
+    )
     attacker = FitCache(tmp_path / "home" / ".cache" / "poisonguard" / "fits", _old_workspace_key(workspace))
     payload, tag = attacker._paths(attacker.key(parts))
     payload.parent.mkdir(parents=True, exist_ok=True)

@@ -56,9 +56,18 @@ TIGHT_LIMITS = InputLimits(max_file_bytes=4 << 20, max_columns=40, max_field_cha
 DEFAULT_LIMITS = InputLimits()
 SECONDS_PER_CASE = 20.0  # far above any case's time on 2 busy cores: only a runaway fails it
 
-FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.large_base_example, HealthCheck.filter_too_much])
+FUZZ_SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.filter_too_much,
+    ],
+)
 
 # What a refusal says, from the messages of pipeline/io.py: the benchmark counts outcomes by these.
 REFUSAL_CLASSES = (
@@ -91,6 +100,7 @@ def refusal_class(message: str) -> str:
 
 # --- what a generated file is, and the one check every file goes through -------------------------
 
+
 @dataclass(frozen=True)
 class GeneratedFile:
     """A file to read, with what reading it must give when the generator knows."""
@@ -102,8 +112,10 @@ class GeneratedFile:
     rows: int | None = None  # and its row count
 
     def __repr__(self) -> str:  # hypothesis prints failing examples; a 2 MB repr helps no one
-        return (f"GeneratedFile(name={self.name!r}, {len(self.data):,} bytes, data[:300]={self.data[:300]!r}, "
-                f"limits={self.limits}, columns={self.columns}, rows={self.rows})")
+        return (
+            f"GeneratedFile(name={self.name!r}, {len(self.data):,} bytes, data[:300]={self.data[:300]!r}, "
+            f"limits={self.limits}, columns={self.columns}, rows={self.rows})"
+        )
 
 
 def assert_one_clear_line(message: str, path: Path) -> None:
@@ -146,21 +158,97 @@ def _read_outcome(document: GeneratedFile, path: Path) -> str:
 
 # --- strategies: pieces ----------------------------------------------------------------------------
 
-EXTREME_NUMBERS = ["1e308", "-1e308", "1.7976931348623157e308", "1e309", "-1e309", "5e-324", "1e-400", "-0",
-                   "-0.0", "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "9223372036854775807",
-                   "9223372036854775808", "-9223372036854775809", "18446744073709551616", "0x1F", "1_000",
-                   "1,5", " 1 ", "+1", ".5", "5.", "1e", "--1", "١٢٣"]
-TRICKY_TEXT = ["", " ", '"', '""', ",", "\n", "\r\n", "\r", "a\nb", '"quoted", with comma', "NULL", "NA", "N/A",
-               "None", "true", "False", "2020-01-01", "2020-13-45", "12:00:00", "\ufeff", "\u202e", "\x00", "\t",
-               "<script>alert(1)</script>", "=cmd|' /C calc'!A0", "Ünïcödé", "名前", "😀", "\\", "'"]
-TRICKY_NAMES = ["deny", "pirat", "", " ", "  x  ", "a;b", "a\tb", "a|b", "é", "名前", "\ufeffdeny", "a\nb", "a,b",
-                '"q"', "__index_level_0__", "\u202eevil", "zero\u200bwidth", "1", "None", *RESERVED_COLUMNS]
+EXTREME_NUMBERS = [
+    "1e308",
+    "-1e308",
+    "1.7976931348623157e308",
+    "1e309",
+    "-1e309",
+    "5e-324",
+    "1e-400",
+    "-0",
+    "-0.0",
+    "nan",
+    "NaN",
+    "-nan",
+    "inf",
+    "-inf",
+    "Infinity",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775809",
+    "18446744073709551616",
+    "0x1F",
+    "1_000",
+    "1,5",
+    " 1 ",
+    "+1",
+    ".5",
+    "5.",
+    "1e",
+    "--1",
+    "١٢٣",
+]
+TRICKY_TEXT = [
+    "",
+    " ",
+    '"',
+    '""',
+    ",",
+    "\n",
+    "\r\n",
+    "\r",
+    "a\nb",
+    '"quoted", with comma',
+    "NULL",
+    "NA",
+    "N/A",
+    "None",
+    "true",
+    "False",
+    "2020-01-01",
+    "2020-13-45",
+    "12:00:00",
+    "\ufeff",
+    "\u202e",
+    "\x00",
+    "\t",
+    "<script>alert(1)</script>",
+    "=cmd|' /C calc'!A0",
+    "Ünïcödé",
+    "名前",
+    "😀",
+    "\\",
+    "'",
+]
+TRICKY_NAMES = [
+    "deny",
+    "pirat",
+    "",
+    " ",
+    "  x  ",
+    "a;b",
+    "a\tb",
+    "a|b",
+    "é",
+    "名前",
+    "\ufeffdeny",
+    "a\nb",
+    "a,b",
+    '"q"',
+    "__index_level_0__",
+    "\u202eevil",
+    "zero\u200bwidth",
+    "1",
+    "None",
+    *RESERVED_COLUMNS,
+]
 FILE_STEMS = st.one_of(
-    st.sampled_from(["batch", "b a t c h", "..", "...batch", "-batch", "batch\nnext line", "bätch", "名前",
-                     "\u202etxt.exe", "x" * 200]),
+    st.sampled_from(
+        ["batch", "b a t c h", "..", "...batch", "-batch", "batch\nnext line", "bätch", "名前", "\u202etxt.exe", "x" * 200]
+    ),
     st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=30),
 ).filter(lambda stem: stem not in (".", "..") and len(stem.encode()) <= 200)
-
 
 
 def mostly(common: st.SearchStrategy, rare: st.SearchStrategy, one_in: int) -> st.SearchStrategy:
@@ -169,14 +257,19 @@ def mostly(common: st.SearchStrategy, rare: st.SearchStrategy, one_in: int) -> s
     return st.integers(0, one_in - 1).flatmap(lambda i: rare if i == 0 else common)
 
 
-numbers_as_text = st.one_of(st.integers(-2**70, 2**70).map(str), st.floats().map(repr),
-                            st.sampled_from(EXTREME_NUMBERS))
-short_text = mostly(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12),
-                    st.one_of(st.sampled_from(TRICKY_TEXT), st.text(max_size=12)), one_in=3)
+numbers_as_text = st.one_of(st.integers(-(2**70), 2**70).map(str), st.floats().map(repr), st.sampled_from(EXTREME_NUMBERS))
+short_text = mostly(
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12),
+    st.one_of(st.sampled_from(TRICKY_TEXT), st.text(max_size=12)),
+    one_in=3,
+)
 # Rare by construction (one branch of many) because they are slow to write: fields that cross
 # the tight limit, and fields over pyarrow's 1 MiB block, which need the one-block re-read.
-huge_text = st.builds(lambda char, n: char * n, st.sampled_from(["x", "é", '"', "\n", ","]),
-                      st.sampled_from([2999, 3000, 3001, 70_000, 1_100_000]))
+huge_text = st.builds(
+    lambda char, n: char * n,
+    st.sampled_from(["x", "é", '"', "\n", ","]),
+    st.sampled_from([2999, 3000, 3001, 70_000, 1_100_000]),
+)
 CELL_KINDS = {
     "numeric": numbers_as_text,
     "text": short_text,
@@ -187,9 +280,13 @@ CELL_KINDS = {
 }
 column_names = mostly(
     st.text(st.characters(whitelist_categories=("Lu", "Ll", "Lo", "Nd")), min_size=1, max_size=10),
-    st.one_of(st.sampled_from(TRICKY_NAMES), st.text(max_size=10),
-              st.builds(lambda n: "n" * n, st.sampled_from([2999, 3000, 3001]))),
-    one_in=6)
+    st.one_of(
+        st.sampled_from(TRICKY_NAMES),
+        st.text(max_size=10),
+        st.builds(lambda n: "n" * n, st.sampled_from([2999, 3000, 3001])),
+    ),
+    one_in=6,
+)
 
 
 def draw_names(draw, least: int, most: int) -> list[str]:
@@ -204,6 +301,7 @@ def draw_names(draw, least: int, most: int) -> list[str]:
 def csv_line(cells: list[str], quote_all: bool) -> str:
     """One CSV record as RFC 4180 has it. Python's csv module leaves a lone '\r' unquoted when the
     line ends in '\n', which every other reader takes for a line break."""
+
     def field(cell: str) -> str:
         if quote_all or any(ch in cell for ch in ',"\r\n') or (cell == "" and len(cells) == 1):
             return '"' + cell.replace('"', '""') + '"'
@@ -218,17 +316,20 @@ def _file_name(draw, suffixes: list[str]) -> str:
 
 def _names_are_valid(names: list[str], limits: InputLimits, csv_file: bool) -> bool:
     hidden = ("Cc", "Cf", "Zl", "Zp", "Cs")
-    return (len(names) <= limits.max_columns
-            and len(set(names)) == len(names)
-            and all(name.strip() for name in names)
-            and not RESERVED_COLUMNS.intersection(names)
-            and not any(re.fullmatch(r"__index_level_\d+__", name) for name in names)
-            and all(len(name) <= limits.max_field_chars for name in names)
-            and not any(unicodedata.category(ch) in hidden for name in names for ch in name)
-            and not (csv_file and len(names) == 1 and any(d in names[0] for d in ";\t|")))
+    return (
+        len(names) <= limits.max_columns
+        and len(set(names)) == len(names)
+        and all(name.strip() for name in names)
+        and not RESERVED_COLUMNS.intersection(names)
+        and not any(re.fullmatch(r"__index_level_\d+__", name) for name in names)
+        and all(len(name) <= limits.max_field_chars for name in names)
+        and not any(unicodedata.category(ch) in hidden for name in names for ch in name)
+        and not (csv_file and len(names) == 1 and any(d in names[0] for d in ";\t|"))
+    )
 
 
 # --- strategies: whole files -----------------------------------------------------------------------
+
 
 @st.composite
 def random_files(draw) -> GeneratedFile:
@@ -265,8 +366,9 @@ def csv_files(draw) -> GeneratedFile:
     encoding = draw(st.sampled_from(["utf-8"] * 6 + ["utf-8-sig"] * 2 + ["utf-16", "cp1252", "mixed"]))
     if encoding == "mixed":  # the header and every other row in UTF-8, the rest in cp1252
         lines = text.split(terminator)
-        data = terminator.encode().join(line.encode("utf-8" if i % 2 == 0 else "cp1252", errors="replace")
-                                        for i, line in enumerate(lines))
+        data = terminator.encode().join(
+            line.encode("utf-8" if i % 2 == 0 else "cp1252", errors="replace") for i, line in enumerate(lines)
+        )
     else:
         data = text.encode(encoding, errors="replace")
     seen_names = list(names)
@@ -279,29 +381,59 @@ def csv_files(draw) -> GeneratedFile:
     except UnicodeDecodeError:
         decoded, is_utf8 = "", False
     total_rows = n_rows * repeat
-    well_formed = (is_utf8 and "\x00" not in decoded and total_rows >= 1
-                   and total_rows <= limits.max_rows and len(data) <= limits.max_file_bytes
-                   and _names_are_valid(seen_names, limits, csv_file=True)
-                   and all(len(cell) <= limits.max_field_chars for row in rows for cell in row))
-    return GeneratedFile(_file_name(draw, [".csv", ".CSV"]), data, limits,
-                         tuple(seen_names) if well_formed else None, total_rows if well_formed else None)
+    well_formed = (
+        is_utf8
+        and "\x00" not in decoded
+        and total_rows >= 1
+        and total_rows <= limits.max_rows
+        and len(data) <= limits.max_file_bytes
+        and _names_are_valid(seen_names, limits, csv_file=True)
+        and all(len(cell) <= limits.max_field_chars for row in rows for cell in row)
+    )
+    return GeneratedFile(
+        _file_name(draw, [".csv", ".CSV"]),
+        data,
+        limits,
+        tuple(seen_names) if well_formed else None,
+        total_rows if well_formed else None,
+    )
 
 
 def _arrow_column(draw, n_rows: int) -> tuple[pa.Array, bool]:
     """A column of one Arrow type, nulls included; True when ingestion must accept it."""
-    kind = draw(st.sampled_from(["int", "float", "string", "bool", "null", "timestamp", "date", "decimal",
-                                 "dictionary", "binary", "uint64", "float16", "large_string", "list", "struct"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "int",
+                "float",
+                "string",
+                "bool",
+                "null",
+                "timestamp",
+                "date",
+                "decimal",
+                "dictionary",
+                "binary",
+                "uint64",
+                "float16",
+                "large_string",
+                "list",
+                "struct",
+            ]
+        )
+    )
 
     def values(strategy):
         return draw(st.lists(st.one_of(st.none(), strategy), min_size=n_rows, max_size=n_rows))
 
     if kind == "int":
-        return pa.array(values(st.integers(-2**63, 2**63 - 1)), pa.int64()), True
+        return pa.array(values(st.integers(-(2**63), 2**63 - 1)), pa.int64()), True
     if kind == "float":
         return pa.array(values(st.floats(width=64)), pa.float64()), True
     if kind in ("string", "large_string", "dictionary"):
-        array = pa.array(values(mostly(short_text, huge_text, one_in=8)),
-                         pa.large_string() if kind == "large_string" else pa.string())
+        array = pa.array(
+            values(mostly(short_text, huge_text, one_in=8)), pa.large_string() if kind == "large_string" else pa.string()
+        )
         return (array.dictionary_encode() if kind == "dictionary" else array), True
     if kind == "bool":
         return pa.array(values(st.booleans()), pa.bool_()), True
@@ -312,7 +444,7 @@ def _arrow_column(draw, n_rows: int) -> tuple[pa.Array, bool]:
     if kind == "date":
         return pa.array(values(st.dates()), pa.date32()), True
     if kind == "decimal":
-        places = st.decimals(min_value=-10**9, max_value=10**9, places=3, allow_nan=False, allow_infinity=False)
+        places = st.decimals(min_value=-(10**9), max_value=10**9, places=3, allow_nan=False, allow_infinity=False)
         return pa.array(values(places), pa.decimal128(13, 3)), True
     if kind == "binary":
         return pa.array(values(st.binary(max_size=20)), pa.binary()), True
@@ -350,9 +482,17 @@ def parquet_files(draw) -> GeneratedFile:
         arrays += [pa.array(np.zeros(n_rows))] * extra
         names += [f"extra_{i}" for i in range(extra)]
     table = pa.Table.from_arrays(arrays, names=names)
-    metadata = draw(st.sampled_from([None, b"{not json", json.dumps(
-        {"index_columns": ["nowhere"], "columns": [], "column_indexes": [{"name": None, "pandas_type": "int64"}]}
-    ).encode()]))
+    metadata = draw(
+        st.sampled_from(
+            [
+                None,
+                b"{not json",
+                json.dumps(
+                    {"index_columns": ["nowhere"], "columns": [], "column_indexes": [{"name": None, "pandas_type": "int64"}]}
+                ).encode(),
+            ]
+        )
+    )
     if metadata is not None:  # a pandas metadata block the file's writer chose
         table = table.replace_schema_metadata({b"pandas": metadata})
     row_group_size = draw(st.sampled_from([None, 1, 7]))
@@ -360,24 +500,40 @@ def parquet_files(draw) -> GeneratedFile:
         table = pa.concat_tables([table] * draw(st.sampled_from([200, 2_100])))  # up to 31,500 rows
         row_group_size = None  # thousands of one-row groups make a 100 MB footer: slow, not hostile
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=draw(st.sampled_from(["snappy", "zstd", "none", "gzip"])),
-                   row_group_size=row_group_size, use_dictionary=draw(st.booleans()))
+    pq.write_table(
+        table,
+        sink,
+        compression=draw(st.sampled_from(["snappy", "zstd", "none", "gzip"])),
+        row_group_size=row_group_size,
+        use_dictionary=draw(st.booleans()),
+    )
     data = sink.getvalue().to_pybytes()
     damage = draw(st.sampled_from(["none", "none", "truncate", "flip"]))
     if damage == "truncate":
-        data = data[:draw(st.integers(0, len(data) - 1))]
+        data = data[: draw(st.integers(0, len(data) - 1))]
     elif damage == "flip":
         for position in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=4)):
-            data = data[:position] + bytes([data[position] ^ draw(st.integers(1, 255))]) + data[position + 1:]
-    well_formed = (damage == "none" and table.num_rows >= 1 and table.num_rows <= limits.max_rows
-                   and len(data) <= limits.max_file_bytes and all(ok for _, ok in columns)
-                   and _names_are_valid(names, limits, csv_file=False)
-                   and all(_longest_cell(array) <= limits.max_field_chars for array in arrays))
-    return GeneratedFile(_file_name(draw, [".parquet", ".pq"]), data, limits,
-                         tuple(names) if well_formed else None, table.num_rows if well_formed else None)
+            data = data[:position] + bytes([data[position] ^ draw(st.integers(1, 255))]) + data[position + 1 :]
+    well_formed = (
+        damage == "none"
+        and table.num_rows >= 1
+        and table.num_rows <= limits.max_rows
+        and len(data) <= limits.max_file_bytes
+        and all(ok for _, ok in columns)
+        and _names_are_valid(names, limits, csv_file=False)
+        and all(_longest_cell(array) <= limits.max_field_chars for array in arrays)
+    )
+    return GeneratedFile(
+        _file_name(draw, [".parquet", ".pq"]),
+        data,
+        limits,
+        tuple(names) if well_formed else None,
+        table.num_rows if well_formed else None,
+    )
 
 
 # --- ingestion properties --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def folder():
@@ -405,12 +561,36 @@ def test_parquet_is_read_whole_or_refused_in_one_line(folder, document):
 
 # --- the scan: validation, detectors, decision, outputs --------------------------------------------
 
-HMDA_COLUMNS = ["deny", "pirat", "hirat", "lvrat", "chist", "mhist", "phist", "unemp", "selfemp", "insurance",
-                "condomin", "afam", "single", "hschool"]
+HMDA_COLUMNS = [
+    "deny",
+    "pirat",
+    "hirat",
+    "lvrat",
+    "chist",
+    "mhist",
+    "phist",
+    "unemp",
+    "selfemp",
+    "insurance",
+    "condomin",
+    "afam",
+    "single",
+    "hschool",
+]
 # Half the batches keep their columns, so that row-level findings and detectors get their turn:
 # most column edits hold the whole batch.
-COLUMN_EDITS = ["none"] * 10 + ["drop", "extra", "rename", "all-empty", "reorder", "text-column", "mixed-column",
-                                "duplicate-name", "unicode-name", "extreme-floats"]
+COLUMN_EDITS = ["none"] * 10 + [
+    "drop",
+    "extra",
+    "rename",
+    "all-empty",
+    "reorder",
+    "text-column",
+    "mixed-column",
+    "duplicate-name",
+    "unicode-name",
+    "extreme-floats",
+]
 
 
 def clean_text() -> pd.DataFrame:
@@ -425,10 +605,14 @@ def scan_batches(draw) -> GeneratedFile:
     if draw(st.integers(0, 3)) == 0:  # a flood: some rows copied many times
         rows += draw(st.lists(st.sampled_from(rows), min_size=1, max_size=3)) * draw(st.sampled_from([5, 30]))
     frame = clean.iloc[rows].reset_index(drop=True)
-    hostile = mostly(st.one_of(st.sampled_from(EXTREME_NUMBERS + TRICKY_TEXT), st.text(max_size=8)),
-                     st.sampled_from(["x" * 3001, "1" * 400]), one_in=12)  # 3,001: over the tight field limit
-    for row, column, value in draw(st.lists(st.tuples(st.integers(0, len(frame) - 1), st.sampled_from(HMDA_COLUMNS),
-                                                      hostile), max_size=10)):
+    hostile = mostly(
+        st.one_of(st.sampled_from(EXTREME_NUMBERS + TRICKY_TEXT), st.text(max_size=8)),
+        st.sampled_from(["x" * 3001, "1" * 400]),
+        one_in=12,
+    )  # 3,001: over the tight field limit
+    for row, column, value in draw(
+        st.lists(st.tuples(st.integers(0, len(frame) - 1), st.sampled_from(HMDA_COLUMNS), hostile), max_size=10)
+    ):
         frame.loc[row, column] = value
     edit = draw(st.sampled_from(COLUMN_EDITS))
     column = draw(st.sampled_from(HMDA_COLUMNS))
@@ -451,8 +635,9 @@ def scan_batches(draw) -> GeneratedFile:
     elif edit == "unicode-name":
         frame = frame.rename(columns={column: f"{column}\u00e9\u540d"})
     elif edit == "extreme-floats":
-        frame[column] = [draw(st.sampled_from(["1e308", "-1e308", "5e-324", "1e309", "0", "-0.0"]))
-                         for _ in range(len(frame))]
+        frame[column] = [
+            draw(st.sampled_from(["1e308", "-1e308", "5e-324", "1e309", "0", "-0.0"])) for _ in range(len(frame))
+        ]
     form = draw(st.sampled_from(["csv", "csv", "csv-bom-crlf", "parquet"]))
     if form == "parquet":
         typed = frame.copy()
@@ -465,8 +650,10 @@ def scan_batches(draw) -> GeneratedFile:
         try:
             typed.to_parquet(sink, index=False)
         except ValueError:  # pandas refuses duplicate names; write the text through Arrow
-            pq.write_table(pa.Table.from_arrays([pa.array(frame.iloc[:, i]) for i in range(frame.shape[1])],
-                                                names=list(frame.columns)), sink)
+            pq.write_table(
+                pa.Table.from_arrays([pa.array(frame.iloc[:, i]) for i in range(frame.shape[1])], names=list(frame.columns)),
+                sink,
+            )
         data, suffix = sink.getvalue(), ".parquet"
     else:
         text = frame.to_csv(index=False, lineterminator="\r\n" if form == "csv-bom-crlf" else "\n")
@@ -488,9 +675,12 @@ class FittedScan:
 
 # Every default detector, with its cheapest model: the properties are about what happens to rows
 # on their way through, not detection power, and the default models take a minute to fit.
-LIGHT_DETECTORS = {"outliers": {"method": "hbos", "n_folds": 2},
-                   "label_consistency": {"model": "logistic", "n_folds": 2},
-                   "trigger": {}, "duplicates": {}}
+LIGHT_DETECTORS = {
+    "outliers": {"method": "hbos", "n_folds": 2},
+    "label_consistency": {"model": "logistic", "n_folds": 2},
+    "trigger": {},
+    "duplicates": {},
+}
 
 
 def fit_small_scan(folder: Path) -> FittedScan:
@@ -498,14 +688,26 @@ def fit_small_scan(folder: Path) -> FittedScan:
     reference, holdout = folder / "reference.parquet", folder / "holdout.parquet"
     pd.read_parquet(SAMPLES / "reference.parquet").sample(240, random_state=0).to_parquet(reference, index=False)
     pd.read_parquet(SAMPLES / "holdout.parquet").sample(80, random_state=0).to_parquet(holdout, index=False)
-    request = scan.ScanRequest(batch=CLEAN_BATCH, reference=reference, label="deny", out=folder / "out",
-                               suite=SUITE, holdout=holdout, dataset="fuzz")
-    settings_ = dataclasses.replace(Settings.from_environment(folder / "workspace", environ={}),
-                                    detectors=LIGHT_DETECTORS)
+    request = scan.ScanRequest(
+        batch=CLEAN_BATCH,
+        reference=reference,
+        label="deny",
+        out=folder / "out",
+        suite=SUITE,
+        holdout=holdout,
+        dataset="fuzz",
+    )
+    settings_ = dataclasses.replace(Settings.from_environment(folder / "workspace", environ={}), detectors=LIGHT_DETECTORS)
     trusted = scan.load_trusted(request, settings_)
     detectors = scan.fit_detectors(trusted, settings_)
-    return FittedScan(request, settings_, trusted, detectors, scan.fit_checks(trusted),
-                      scan.trusted_suspicion(detectors, trusted, settings_))
+    return FittedScan(
+        request,
+        settings_,
+        trusted,
+        detectors,
+        scan.fit_checks(trusted),
+        scan.trusted_suspicion(detectors, trusted, settings_),
+    )
 
 
 def check_scan(document: GeneratedFile, fitted: FittedScan, folder: Path, *, group_roni: bool = False) -> str:
@@ -535,8 +737,20 @@ def _scan_outcome(document: GeneratedFile, fitted: FittedScan, path: Path, out: 
     checks = scan.check_batch(fitted.checks, conformed, outcome.batch_findings)
     decisions = scan.decide_batch(conformed, outcome, fitted.detectors, scores, settings_)
     impacts = scan.confirm_impact(trusted, conformed, outcome, decisions, settings_) if group_roni else []
-    outputs = scan.build_outputs(request, settings_, batch, trusted, conformed, outcome, decisions, impacts,
-                                 checks, fitted.holdout_suspicion, "fuzz-run", scan.now())
+    outputs = scan.build_outputs(
+        request,
+        settings_,
+        batch,
+        trusted,
+        conformed,
+        outcome,
+        decisions,
+        impacts,
+        checks,
+        fitted.holdout_suspicion,
+        "fuzz-run",
+        scan.now(),
+    )
     write_outputs(outputs, out)
     assert_every_row_accounted_for(out, document.rows)
     return "scanned: whole batch held" if outcome.batch_findings else "scanned"
@@ -581,6 +795,7 @@ def test_a_huge_finite_number_is_quarantined_not_a_crash(fitted, folder):
 
 # --- resource limits -------------------------------------------------------------------------------
 
+
 def write_csv(path: Path, columns: int = 3, rows: int = 4, cell: str = "1") -> Path:
     header = ",".join(f"c{i}" for i in range(columns))
     path.write_text(header + "\n" + "".join(",".join([cell] * columns) + "\n" for _ in range(rows)))
@@ -603,8 +818,7 @@ def test_file_size_limit_is_checked_before_reading(tmp_path):
     with pytest.raises(InputError) as error:
         read_table(path, limits=DEFAULT_LIMITS)
     assert time.perf_counter() - started < 1.0  # refused from its size, not after reading 3 GiB
-    assert_limit_error(error, path, "3,221,225,472 bytes", "limit of 2,147,483,648 bytes",
-                       "POISONGUARD_MAX_FILE_BYTES")
+    assert_limit_error(error, path, "3,221,225,472 bytes", "limit of 2,147,483,648 bytes", "POISONGUARD_MAX_FILE_BYTES")
     with pytest.raises(InputError, match="POISONGUARD_MAX_FILE_BYTES"):
         probe_table(path, limits=DEFAULT_LIMITS)
 
@@ -648,8 +862,9 @@ def test_a_header_of_commas_is_refused_before_parsing(tmp_path):
     for read in (read_table, probe_table):
         with pytest.raises(InputError) as error:
             read(path)
-        assert_limit_error(error, path, "has more than 10,000 columns, over the limit of 1,000 columns",
-                           "POISONGUARD_MAX_COLUMNS")
+        assert_limit_error(
+            error, path, "has more than 10,000 columns, over the limit of 1,000 columns", "POISONGUARD_MAX_COLUMNS"
+        )
     assert time.perf_counter() - started < 2.0
 
 
@@ -666,8 +881,13 @@ def test_field_length_limit_names_the_cell(tmp_path, monkeypatch, suffix):
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
     with pytest.raises(InputError) as error:
         read_table(path)
-    assert_limit_error(error, path, "a cell of 100,001 characters (column 'notes', row 1)",
-                       "limit of 100,000 characters", "POISONGUARD_MAX_FIELD_CHARS")
+    assert_limit_error(
+        error,
+        path,
+        "a cell of 100,001 characters (column 'notes', row 1)",
+        "limit of 100,000 characters",
+        "POISONGUARD_MAX_FIELD_CHARS",
+    )
     monkeypatch.setenv("POISONGUARD_MAX_FIELD_CHARS", "100001")
     assert read_table(path).n_rows == 3
 
@@ -706,8 +926,10 @@ def test_a_parquet_file_of_many_rows_is_refused_from_its_footer(tmp_path):
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("raw, needle", [("lots", "must be a whole number"), ("0", "at least 1"),
-                                         ("-5", "at least 1"), ("1.5", "must be a whole number")])
+@pytest.mark.parametrize(
+    "raw, needle",
+    [("lots", "must be a whole number"), ("0", "at least 1"), ("-5", "at least 1"), ("1.5", "must be a whole number")],
+)
 def test_limit_variables_must_be_whole_positive_numbers(raw, needle):
     with pytest.raises(PoisonguardError, match=needle) as error:
         InputLimits.from_environment({"POISONGUARD_MAX_COLUMNS": raw})
@@ -716,10 +938,15 @@ def test_limit_variables_must_be_whole_positive_numbers(raw, needle):
 
 def test_limits_defaults_and_environment():
     assert InputLimits.from_environment({}) == InputLimits(2 << 30, 1000, 100_000, 10_000_000)
-    limits = InputLimits.from_environment({"POISONGUARD_MAX_FILE_BYTES": "1024", "POISONGUARD_MAX_COLUMNS": "5",
-                                           "POISONGUARD_MAX_FIELD_CHARS": " 7 ", "POISONGUARD_MAX_ROWS": ""})
-    assert (limits.max_file_bytes, limits.max_columns, limits.max_field_chars, limits.max_rows) == \
-        (1024, 5, 7, 10_000_000)
+    limits = InputLimits.from_environment(
+        {
+            "POISONGUARD_MAX_FILE_BYTES": "1024",
+            "POISONGUARD_MAX_COLUMNS": "5",
+            "POISONGUARD_MAX_FIELD_CHARS": " 7 ",
+            "POISONGUARD_MAX_ROWS": "",
+        }
+    )
+    assert (limits.max_file_bytes, limits.max_columns, limits.max_field_chars, limits.max_rows) == (1024, 5, 7, 10_000_000)
     with pytest.raises(PoisonguardError, match="max_rows"):
         InputLimits(max_rows=0)
 
@@ -727,8 +954,18 @@ def test_limits_defaults_and_environment():
 def test_scan_refuses_a_batch_over_a_limit_in_one_line(run_cli, tmp_path, monkeypatch):
     """Through the CLI: the limit is enforced at preflight, before Prefect or MLflow start."""
     monkeypatch.setenv("POISONGUARD_MAX_COLUMNS", "10")
-    result = run_cli("scan", CLEAN_BATCH, "--reference", SAMPLES / "reference.parquet", "--label", "deny",
-                     "--workspace", tmp_path / "ws", "--out", tmp_path / "out")
+    result = run_cli(
+        "scan",
+        CLEAN_BATCH,
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--workspace",
+        tmp_path / "ws",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("poisonguard: error: The batch file"), result.stderr
@@ -738,15 +975,18 @@ def test_scan_refuses_a_batch_over_a_limit_in_one_line(run_cli, tmp_path, monkey
 
 # --- regressions: what the properties above found ----------------------------------------------
 
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
-@pytest.mark.parametrize("metadata", [b"{not json", json.dumps({"index_columns": ["nowhere"], "columns": [],
-                                                                "column_indexes": []}).encode()],
-                         ids=["not-json", "index-column-that-does-not-exist"])
+@pytest.mark.parametrize(
+    "metadata",
+    [b"{not json", json.dumps({"index_columns": ["nowhere"], "columns": [], "column_indexes": []}).encode()],
+    ids=["not-json", "index-column-that-does-not-exist"],
+)
 def test_pandas_metadata_of_the_file_is_ignored(tmp_path, metadata):
     """Were a KeyError traceback (pandas trusted the block to name real index columns) and a
     refusal of a readable table ("columns pandas cannot hold: Expecting property name ...")."""
@@ -771,8 +1011,10 @@ def test_a_pandas_internal_column_name_is_refused_not_dropped(tmp_path, suffix):
         frame.rename_axis("__index_level_0__").to_csv(path)
     else:
         frame.to_parquet(path)  # pandas stores the unnamed index as a column '__index_level_0__'
-    with pytest.raises(InputError, match="has column '__index_level_0__', the name pandas gives an unnamed row "
-                                         "index: write the file with to_parquet"):
+    with pytest.raises(
+        InputError,
+        match="has column '__index_level_0__', the name pandas gives an unnamed row index: write the file with to_parquet",
+    ):
         read_table(path)
 
 
@@ -783,9 +1025,15 @@ def test_column_names_are_strings_whatever_the_metadata_says(tmp_path):
     assert read_table(path).columns == ["0", "1"]
 
 
-@pytest.mark.parametrize("array", [pa.array([[1.0], [2.0]]), pa.array([{"x": 1}, {"x": 2}]),
-                                   pa.array([[("k", 1)], [("k", 2)]], pa.map_(pa.string(), pa.int64()))],
-                         ids=["list", "struct", "map"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        pa.array([[1.0], [2.0]]),
+        pa.array([{"x": 1}, {"x": 2}]),
+        pa.array([[("k", 1)], [("k", 2)]], pa.map_(pa.string(), pa.int64())),
+    ],
+    ids=["list", "struct", "map"],
+)
 def test_nested_columns_are_refused(tmp_path, array):
     """Were a TypeError traceback (unhashable type) from validation of a numeric column."""
     path = tmp_path / "nested.parquet"
@@ -825,8 +1073,11 @@ def test_a_header_longer_than_pyarrow_block_is_read(tmp_path):
     assert probe_table(path, limits=InputLimits(max_field_chars=2_000_000))[1] == "b"
 
 
-@pytest.mark.parametrize("name", ["a\nb", "\u202eyned", "zero\u200bwidth", "nul\x00"],
-                         ids=["newline", "right-to-left-override", "zero-width-space", "nul"])
+@pytest.mark.parametrize(
+    "name",
+    ["a\nb", "\u202eyned", "zero\u200bwidth", "nul\x00"],
+    ids=["newline", "right-to-left-override", "zero-width-space", "nul"],
+)
 def test_column_names_with_hidden_characters_are_refused(tmp_path, name):
     path = tmp_path / "hidden.parquet"
     pq.write_table(pa.table({name: [1], "b": [2]}), path)
@@ -842,8 +1093,11 @@ def test_utf16_is_named(tmp_path):
         read_table(path)
 
 
-@pytest.mark.parametrize("name, needle", [("bad\x00name.csv", "does not exist"),
-                                          ("x" * 300 + ".csv", "cannot be opened")], ids=["nul-byte", "name-too-long"])
+@pytest.mark.parametrize(
+    "name, needle",
+    [("bad\x00name.csv", "does not exist"), ("x" * 300 + ".csv", "cannot be opened")],
+    ids=["nul-byte", "name-too-long"],
+)
 def test_unopenable_paths_are_refused_in_one_line(tmp_path, name, needle):
     """The long name was an OSError traceback (File name too long)."""
     for read in (read_table, probe_table):

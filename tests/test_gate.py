@@ -57,9 +57,17 @@ def scanned(tmp_path_factory) -> Scanned:
     # One OpenMP thread: on 2 shared cores, the detectors' gradient boosting would otherwise spin
     # its threads against other processes' and the scan take minutes rather than tens of seconds.
     with threadpool_limits(limits=1):
-        summary = run_scan(batch=SAMPLES / name, reference=SAMPLES / "reference.parquet", label="deny",
-                           out=root / "out", suite=SUITE, holdout=SAMPLES / "holdout.parquet",
-                           source="partner-g", dataset=DATASET, workspace=root / "ws")
+        summary = run_scan(
+            batch=SAMPLES / name,
+            reference=SAMPLES / "reference.parquet",
+            label="deny",
+            out=root / "out",
+            suite=SUITE,
+            holdout=SAMPLES / "holdout.parquet",
+            source="partner-g",
+            dataset=DATASET,
+            workspace=root / "ws",
+        )
     settings = Settings.from_environment(root / "ws")
     with open_ledger(settings) as ledger:
         held = [r.id for r in ledger.list_rows(dataset=DATASET, status="pending")]
@@ -98,9 +106,13 @@ def gate_runs(workspace: Path) -> list[Any]:
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(EXPERIMENT)
     ledger = f"sqlite:///{workspace.resolve() / 'ledger.sqlite'}"
-    return [r for r in client.search_runs([experiment.experiment_id], "tags.stage = 'gate'",
-                                          order_by=["attributes.start_time DESC"])
-            if r.data.tags.get("ledger_url") == ledger]
+    return [
+        r
+        for r in client.search_runs(
+            [experiment.experiment_id], "tags.stage = 'gate'", order_by=["attributes.start_time DESC"]
+        )
+        if r.data.tags.get("ledger_url") == ledger
+    ]
 
 
 def sha256_of(path: Path) -> str:
@@ -109,16 +121,35 @@ def sha256_of(path: Path) -> str:
 
 # --- a clean state ---------------------------------------------------------------------------
 
+
 def test_a_clean_state_releases_the_same_snapshot_every_time(run_cli, scanned, tmp_path):
     import pipeline
     from pipeline.config import Settings
 
-    first = run_cli("gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path / "one",
-                    "--max-pending", scanned.pending)
+    first = run_cli(
+        "gate",
+        "--dataset",
+        DATASET,
+        "--workspace",
+        scanned.workspace,
+        "--out",
+        tmp_path / "one",
+        "--max-pending",
+        scanned.pending,
+    )
     assert first.exit_code == 0, first.stderr
     assert "Gate passed" in first.stdout and first.stderr == ""
-    again = run_cli("gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path / "two",
-                    "--max-pending", scanned.pending)
+    again = run_cli(
+        "gate",
+        "--dataset",
+        DATASET,
+        "--workspace",
+        scanned.workspace,
+        "--out",
+        tmp_path / "two",
+        "--max-pending",
+        scanned.pending,
+    )
     assert again.exit_code == 0, again.stderr
     snapshot = tmp_path / "one" / "snapshot.parquet"
     assert sha256_of(snapshot) == sha256_of(tmp_path / "two" / "snapshot.parquet")  # hashed twice: same bytes
@@ -127,8 +158,9 @@ def test_a_clean_state_releases_the_same_snapshot_every_time(run_cli, scanned, t
     assert manifest["snapshot"]["sha256"] == sha256_of(snapshot) and sha256_of(snapshot) in first.stdout
 
     # the library function (no Prefect) gives the same bytes as the flow
-    result = pipeline.gate(DATASET, out=tmp_path / "lib", max_pending=scanned.pending,
-                           settings=Settings.from_environment(scanned.workspace))
+    result = pipeline.gate(
+        DATASET, out=tmp_path / "lib", max_pending=scanned.pending, settings=Settings.from_environment(scanned.workspace)
+    )
     assert result.sha256 == manifest["snapshot"]["sha256"] == sha256_of(result.path)
     assert result.dataset.digest == result.sha256[:32]
 
@@ -155,8 +187,9 @@ def test_a_clean_state_releases_the_same_snapshot_every_time(run_cli, scanned, t
 
 
 def test_released_rows_reach_the_snapshot_rejected_and_pending_ones_do_not(run_cli, scanned, tmp_path):
-    result = run_cli("gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path,
-                     "--max-pending", scanned.pending)
+    result = run_cli(
+        "gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path, "--max-pending", scanned.pending
+    )
     assert result.exit_code == 0, result.stderr
     snapshot = pd.read_parquet(tmp_path / "snapshot.parquet")
     ids = {f"{b}:{n}" for b, n in zip(snapshot["poisonguard_batch_id"], snapshot["row_number"])}
@@ -167,8 +200,18 @@ def test_released_rows_reach_the_snapshot_rejected_and_pending_ones_do_not(run_c
     assert "suspicion" not in snapshot.columns and "reasons" not in snapshot.columns
     assert list(snapshot["row_number"]) == sorted(snapshot["row_number"])  # released rows in their place
 
-    dropped = run_cli("gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path / "bare",
-                      "--max-pending", scanned.pending, "--drop-provenance")
+    dropped = run_cli(
+        "gate",
+        "--dataset",
+        DATASET,
+        "--workspace",
+        scanned.workspace,
+        "--out",
+        tmp_path / "bare",
+        "--max-pending",
+        scanned.pending,
+        "--drop-provenance",
+    )
     assert dropped.exit_code == 0, dropped.stderr
     bare = pd.read_parquet(tmp_path / "bare" / "snapshot.parquet")
     assert list(bare.columns) == [c for c in snapshot.columns if c not in ("poisonguard_batch_id", "row_number")]
@@ -177,8 +220,17 @@ def test_released_rows_reach_the_snapshot_rejected_and_pending_ones_do_not(run_c
 
 def test_rows_awaiting_review_beyond_max_pending_refuse(run_cli, scanned, tmp_path):
     (tmp_path / "snapshot.parquet").write_bytes(b"an earlier snapshot")
-    result = run_cli("gate", "--dataset", DATASET, "--workspace", scanned.workspace, "--out", tmp_path,
-                     "--max-pending", scanned.pending - 1)
+    result = run_cli(
+        "gate",
+        "--dataset",
+        DATASET,
+        "--workspace",
+        scanned.workspace,
+        "--out",
+        tmp_path,
+        "--max-pending",
+        scanned.pending - 1,
+    )
     assert result.exit_code == 3
     assert f"{scanned.pending} row(s) of dataset '{DATASET}' await review (allowed: {scanned.pending - 1})" in result.stderr
     assert not (tmp_path / "snapshot.parquet").exists()  # nothing released, not even an old snapshot
@@ -188,6 +240,7 @@ def test_rows_awaiting_review_beyond_max_pending_refuse(run_cli, scanned, tmp_pa
 
 
 # --- tampering -------------------------------------------------------------------------------
+
 
 def _edit_cell(folder: Path, name: str = "accepted.parquet") -> int:
     frame = pd.read_parquet(folder / name)
@@ -208,8 +261,12 @@ def rejected_row_moved_into_accepted(ws: Path, s: Scanned) -> list[str]:
     row = quarantined[quarantined["row_number"] == number].drop(columns=["suspicion", "reasons"])
     pd.concat([accepted, row], ignore_index=True).to_parquet(folder / "accepted.parquet", index=False)
     quarantined[quarantined["row_number"] != number].to_parquet(folder / "quarantined.parquet", index=False)
-    return ["accepted.parquet was changed since acceptance", f"row(s) added {s.rejected[0]}",
-            "quarantined.parquet was changed since acceptance", f"row(s) removed {s.rejected[0]}"]
+    return [
+        "accepted.parquet was changed since acceptance",
+        f"row(s) added {s.rejected[0]}",
+        "quarantined.parquet was changed since acceptance",
+        f"row(s) removed {s.rejected[0]}",
+    ]
 
 
 def file_deleted(ws: Path, s: Scanned) -> list[str]:
@@ -244,8 +301,13 @@ def file_hash_rewritten_in_the_database(ws: Path, s: Scanned) -> list[str]:
 
 
 TAMPERING: list[Callable[[Path, Scanned], list[str]]] = [
-    cell_edited, rejected_row_moved_into_accepted, file_deleted, file_added_to_a_batch, batch_folder_added,
-    review_flipped_in_the_database, file_hash_rewritten_in_the_database,
+    cell_edited,
+    rejected_row_moved_into_accepted,
+    file_deleted,
+    file_added_to_a_batch,
+    batch_folder_added,
+    review_flipped_in_the_database,
+    file_hash_rewritten_in_the_database,
 ]
 
 
@@ -253,8 +315,9 @@ TAMPERING: list[Callable[[Path, Scanned], list[str]]] = [
 def test_tampering_refuses_names_what_changed_and_raises_an_alarm(run_cli, scanned, tmp_path, tamper):
     workspace = copy_workspace(scanned, tmp_path / "ws")
     expected = tamper(workspace, scanned)
-    result = run_cli("gate", "--dataset", DATASET, "--workspace", workspace, "--out", tmp_path / "out",
-                     "--max-pending", scanned.pending)
+    result = run_cli(
+        "gate", "--dataset", DATASET, "--workspace", workspace, "--out", tmp_path / "out", "--max-pending", scanned.pending
+    )
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "nothing was released" in result.stderr and "Traceback" not in result.stderr
     for message in expected:
@@ -269,8 +332,17 @@ def test_tampering_refuses_names_what_changed_and_raises_an_alarm(run_cli, scann
 
 def test_newest_ledger_entries_cut_off_are_caught_by_the_head_kept_in_mlflow(run_cli, scanned, tmp_path):
     workspace = copy_workspace(scanned, tmp_path / "ws")
-    args = ("gate", "--dataset", DATASET, "--workspace", workspace, "--out", tmp_path / "out",
-            "--max-pending", scanned.pending)
+    args = (
+        "gate",
+        "--dataset",
+        DATASET,
+        "--workspace",
+        workspace,
+        "--out",
+        tmp_path / "out",
+        "--max-pending",
+        scanned.pending,
+    )
     assert run_cli(*args).exit_code == 0  # this gate logs the head of this copy's ledger
     ((last, subject),) = sql(workspace, "SELECT sequence, subject FROM ledger_entries ORDER BY sequence DESC LIMIT 1")
     sql(workspace, "DELETE FROM ledger_entries WHERE sequence = :n", n=last)
@@ -282,6 +354,7 @@ def test_newest_ledger_entries_cut_off_are_caught_by_the_head_kept_in_mlflow(run
 
 # --- lineage ---------------------------------------------------------------------------------
 
+
 def test_a_registered_model_leads_back_to_its_batches_and_their_scans(scanned, tmp_path):
     """model version → run → input digest = snapshot sha256 → gate run → manifest → batch
     sha256s → scan runs (tags.batch_sha256) → the reviews mirrored there; MLflow's API only."""
@@ -291,22 +364,41 @@ def test_a_registered_model_leads_back_to_its_batches_and_their_scans(scanned, t
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     name = f"gate-test-{uuid.uuid4().hex[:8]}"
-    trained = example.main(["--workspace", str(scanned.workspace), "--dataset", DATASET, "--out", str(tmp_path),
-                            "--max-pending", str(scanned.pending), "--model-name", name,
-                            "--experiment", f"{name}-training"])
+    trained = example.main(
+        [
+            "--workspace",
+            str(scanned.workspace),
+            "--dataset",
+            DATASET,
+            "--out",
+            str(tmp_path),
+            "--max-pending",
+            str(scanned.pending),
+            "--model-name",
+            name,
+            "--experiment",
+            f"{name}-training",
+        ]
+    )
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     version = client.get_model_version(name, trained["version"])
     training_run = client.get_run(version.run_id)
-    (snapshot_input,) = [d for d in training_run.inputs.dataset_inputs
-                         if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"]
+    (snapshot_input,) = [
+        d
+        for d in training_run.inputs.dataset_inputs
+        if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"
+    ]
     snapshot_sha256 = {t.key: t.value for t in snapshot_input.tags}["sha256"]
     assert snapshot_input.dataset.digest == snapshot_sha256[:32]
     assert snapshot_sha256 == sha256_of(tmp_path / "snapshot.parquet")
 
     experiments = [e.experiment_id for e in client.search_experiments()]
-    gate_run = client.search_runs(experiments, f"tags.stage = 'gate' and tags.snapshot_sha256 = '{snapshot_sha256}'",
-                                  order_by=["attributes.start_time DESC"])[0]
+    gate_run = client.search_runs(
+        experiments,
+        f"tags.stage = 'gate' and tags.snapshot_sha256 = '{snapshot_sha256}'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
     manifest = json.loads(Path(client.download_artifacts(gate_run.info.run_id, "manifest.json")).read_text())
     assert manifest["snapshot"]["sha256"] == snapshot_sha256
     batch_sha256s = {b["sha256"] for b in manifest["batches"]}
@@ -327,6 +419,7 @@ def test_a_registered_model_leads_back_to_its_batches_and_their_scans(scanned, t
 
 
 # --- ledgers from before file hashes, and the pieces -----------------------------------------
+
 
 @pytest.fixture(params=["sqlite"] + (["postgresql"] if PG_URL else []))
 def old_ledger_url(request, tmp_path):
@@ -354,21 +447,42 @@ def old_ledger_url(request, tmp_path):
     config = alembic.config.Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     sha256 = "ab" * 32
-    payload = {"id": sha256[:12], "sha256": sha256, "dataset": DATASET, "file": "old.csv", "source": "feed",
-               "submitter": "carol", "mlflow_run_id": None, "scanned_at": "2026-11-01T09:00:00.000000+00:00",
-               "rows": 0, "accepted": 0, "quarantined": 0}
+    payload = {
+        "id": sha256[:12],
+        "sha256": sha256,
+        "dataset": DATASET,
+        "file": "old.csv",
+        "source": "feed",
+        "submitter": "carol",
+        "mlflow_run_id": None,
+        "scanned_at": "2026-11-01T09:00:00.000000+00:00",
+        "rows": 0,
+        "accepted": 0,
+        "quarantined": 0,
+    }
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         alembic.command.upgrade(config, "0001")
-        connection.execute(text(
-            "INSERT INTO batches (id, sha256, dataset, file, source, submitter, mlflow_run_id, scanned_at, rows, "
-            "accepted, quarantined) VALUES (:id, :sha256, :dataset, :file, :source, :submitter, NULL, :at, 0, 0, 0)"),
-            payload | {"at": "2026-11-01 09:00:00+00:00"})
-        connection.execute(text(
-            "INSERT INTO ledger_entries (sequence, kind, subject, payload_digest, recorded, prev_hash, entry_hash) "
-            "VALUES (1, 'batch', :id, :digest, :recorded, :prev, :hash)"),
-            {"id": payload["id"], "digest": digest(payload), "recorded": json.dumps(payload), "prev": GENESIS_HASH,
-             "hash": entry_hash(GENESIS_HASH, 1, "batch", payload["id"], digest(payload))})
+        connection.execute(
+            text(
+                "INSERT INTO batches (id, sha256, dataset, file, source, submitter, mlflow_run_id, scanned_at, rows, "
+                "accepted, quarantined) VALUES (:id, :sha256, :dataset, :file, :source, :submitter, NULL, :at, 0, 0, 0)"
+            ),
+            payload | {"at": "2026-11-01 09:00:00+00:00"},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ledger_entries (sequence, kind, subject, payload_digest, recorded, prev_hash, entry_hash) "
+                "VALUES (1, 'batch', :id, :digest, :recorded, :prev, :hash)"
+            ),
+            {
+                "id": payload["id"],
+                "digest": digest(payload),
+                "recorded": json.dumps(payload),
+                "prev": GENESIS_HASH,
+                "hash": entry_hash(GENESIS_HASH, 1, "batch", payload["id"], digest(payload)),
+            },
+        )
     engine.dispose()
     yield url, payload
     if cleanup:
@@ -414,16 +528,29 @@ def test_the_gate_is_a_prefect_flow_and_a_refusal_exits_3():
 
 # --- a batch called poisoned ----------------------------------------------------------------------
 
+
 def _poisoned_case(released: int, pending: int):
     import datetime as dt
 
     from pipeline.gating import GateRequest, LedgerState, VerifiedBatch, WorkspaceCheck
     from pipeline.ledger.records import BatchRecord
 
-    record = BatchRecord(id="0123456789ab", sha256="0123456789ab" + "0" * 52, dataset=DATASET, file="flips.csv",
-                         source="partner", submitter="mallory", mlflow_run_id=None,
-                         scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), rows=140, accepted=110,
-                         quarantined=30, pending=pending, released=released, rejected=30 - pending - released)
+    record = BatchRecord(
+        id="0123456789ab",
+        sha256="0123456789ab" + "0" * 52,
+        dataset=DATASET,
+        file="flips.csv",
+        source="partner",
+        submitter="mallory",
+        mlflow_run_id=None,
+        scanned_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+        rows=140,
+        accepted=110,
+        quarantined=30,
+        pending=pending,
+        released=released,
+        rejected=30 - pending - released,
+    )
     headline = "Verdict: POISONED (p = 7.1e-07): an estimated 28 of 140 rows (13-47) are poisoned: 28 flipped labels."
     batch = VerifiedBatch(record, pd.DataFrame(), pd.DataFrame(), headline)
     state = LedgerState(DATASET, "sqlite://", (record,), {}, pending, None, None, ())

@@ -43,6 +43,7 @@ MIXED_SPEC = FeatureSpec(label="label", numeric=tuple(f"x{i}" for i in range(5))
 
 # --- the shared predictive tail ------------------------------------------------------------------
 
+
 def test_upper_tail_is_the_beta_binomial_tail_where_it_matters_and_never_below_it():
     """The negative binomial stands in for the beta-binomial predictive: never smaller in the tail
     (p < 0.01), so it cannot raise an alarm the beta-binomial would not, and within a factor 1.4
@@ -53,8 +54,9 @@ def test_upper_tail_is_the_beta_binomial_tail_where_it_matters_and_never_below_i
                 counts = np.arange(1, n_batch + 1, max(1, n_batch // 25))
                 ours = upper_tail_pvalue(counts, np.full(len(counts), ref_count), n_batch, n_reference)
                 a, b = ref_count + 0.5, n_reference - ref_count + 0.5
-                exact = np.array([np.exp(logsumexp(betabinom.logpmf(np.arange(k, n_batch + 1), n_batch, a, b)))
-                                  for k in counts])
+                exact = np.array(
+                    [np.exp(logsumexp(betabinom.logpmf(np.arange(k, n_batch + 1), n_batch, a, b))) for k in counts]
+                )
                 tail = (exact < 0.01) & (exact > 1e-250)
                 assert (ours[tail] >= exact[tail]).all()
                 close = tail & (counts <= 0.02 * n_batch)
@@ -65,6 +67,7 @@ def test_upper_tail_is_the_beta_binomial_tail_where_it_matters_and_never_below_i
 
 
 # --- TriggerPattern --------------------------------------------------------------------------------
+
 
 def test_numeric_bins_give_the_tails_their_own_bins_and_collapse_ties():
     values = pd.Series(np.arange(1, 1001, dtype=float))
@@ -82,8 +85,7 @@ def test_numeric_bins_give_the_tails_their_own_bins_and_collapse_ties():
 def test_categorical_bins_keep_unseen_and_missing_values_apart():
     binning = Binning.categorical("colour", pd.Series(["red", "blue", "red", None]))
     assert binning.codes(pd.Series(["blue", "red", "mauve", None])).tolist() == [0, 1, 2, 3]
-    assert binning.words == ("colour = 'blue'", "colour = 'red'", "colour not seen in the reference",
-                             "colour missing")
+    assert binning.words == ("colour = 'blue'", "colour = 'red'", "colour not seen in the reference", "colour missing")
 
 
 def _trigger_case(n_planted: int, planted_labels: list[str] | None = None, seed: int = 0):
@@ -107,7 +109,8 @@ def test_trigger_flags_exactly_the_planted_group_and_spells_the_pattern_out():
     same = ((reference["x2"] > q99) & (reference["x3"] <= q01) & bad).sum()
     assert result["reason"].iloc[-1] == (
         f"20 rows with x2 in its top 1 % (> {q99:.4g}) and x3 in its bottom 1 % (<= {q01:.4g}), all labelled "
-        f"'bad'; reference frequency {100 * same / bad.sum():.2g} % ({same} of {bad.sum():,} rows labelled 'bad')")
+        f"'bad'; reference frequency {100 * same / bad.sum():.2g} % ({same} of {bad.sum():,} rows labelled 'bad')"
+    )
     # compared with trusted rows of its own label: batch and reference rows labelled 'bad'
     expected = upper_tail_pvalue(np.array([20]), np.array([same]), (batch["label"] == "bad").sum(), bad.sum())[0]
     np.testing.assert_allclose(result["score"].to_numpy()[planted], -np.log10(expected))
@@ -142,8 +145,10 @@ def test_a_rare_combination_with_mixed_labels_is_less_suspect_than_one_all_label
     reference, alike, planted = _trigger_case(20)
     _, mixed, _ = _trigger_case(20, planted_labels=["bad"] * 6 + ["good"] * 14)
     detector = TriggerPattern().fit(reference, MIXED_SPEC)
-    assert detector.score(mixed)["score"].to_numpy()[planted].max() < \
-        detector.score(alike)["score"].to_numpy()[planted].min() - 5
+    assert (
+        detector.score(mixed)["score"].to_numpy()[planted].max()
+        < detector.score(alike)["score"].to_numpy()[planted].min() - 5
+    )
 
 
 def test_a_batch_with_another_label_mix_is_not_a_trigger():
@@ -153,8 +158,14 @@ def test_a_batch_with_another_label_mix_is_not_a_trigger():
     reference, pool = _mixed(2000, rng), _mixed(6000, rng)
     bad = pool.index[pool["label"] == "bad"]
     share = (reference["label"] == "bad").mean()
-    batch = _numbered(pd.concat([pool.loc[bad[: int(1000 * 2 * share)]],
-                                 pool.loc[pool.index[pool["label"] == "good"][: int(1000 * (1 - 2 * share))]]]))
+    batch = _numbered(
+        pd.concat(
+            [
+                pool.loc[bad[: int(1000 * 2 * share)]],
+                pool.loc[pool.index[pool["label"] == "good"][: int(1000 * (1 - 2 * share))]],
+            ]
+        )
+    )
     assert (batch["label"] == "bad").mean() == pytest.approx(2 * share, abs=0.01)
     assert not TriggerPattern().fit(reference, MIXED_SPEC).score(batch)["flagged"].any()
 
@@ -174,6 +185,7 @@ def test_trigger_min_group_sets_the_smallest_group_tested():
 
 
 # --- DuplicateFlood -----------------------------------------------------------------------------
+
 
 def _blobs(n: int, rng: np.random.Generator) -> pd.DataFrame:
     label = rng.random(n) < 0.5
@@ -212,7 +224,8 @@ def test_an_exact_flood_with_a_flipped_label_is_flagged_and_the_original_is_not(
     assert result["reason"].iloc[-1] == (
         "one of 20 identical rows with this label in this batch; the reference has 0 rows identical to it; a clean "
         f"batch brings this many with probability {expected:.2g} ({2 * expected:.2g} corrected over 1 testable "
-        "group); labelled 'B' while 10/10 nearest trusted rows say 'A'")
+        "group); labelled 'B' while 10/10 nearest trusted rows say 'A'"
+    )
     assert (result["group"].to_numpy()[copies] == result["group"].iloc[-1]).all()
     assert (result["group_expected"].to_numpy()[copies] == 0).all()
 
@@ -231,8 +244,14 @@ def test_copies_whose_label_agrees_with_their_neighbours_are_not_called_mislabel
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     template = np.flatnonzero(batch["label"] == "A")[0]  # the row they copy, same label: one more copy
     assert np.flatnonzero(result["flagged"]).tolist() == [template, *np.flatnonzero(copies)]
-    assert result["reason"].iloc[-1].startswith("one of 21 identical rows with this label in this batch; the "
-                                                "reference has 0 rows identical to it; a clean batch brings")
+    assert (
+        result["reason"]
+        .iloc[-1]
+        .startswith(
+            "one of 21 identical rows with this label in this batch; the "
+            "reference has 0 rows identical to it; a clean batch brings"
+        )
+    )
     assert "labelled" not in result["reason"].iloc[-1]
 
 
@@ -292,12 +311,16 @@ def test_rows_without_a_label_are_compared_with_every_row():
     batch.loc[copies, "label"] = None
     result = DuplicateFlood().fit(reference, BLOB_SPEC).score(batch)
     assert result["flagged"].to_numpy().tolist() == copies.tolist()
-    assert result["reason"].iloc[-1].startswith("one of 20 identical rows in this batch; the reference has 0 rows "
-                                                "identical to it; a clean batch brings")
+    assert (
+        result["reason"]
+        .iloc[-1]
+        .startswith("one of 20 identical rows in this batch; the reference has 0 rows identical to it; a clean batch brings")
+    )
 
 
 def _described(points: np.ndarray, axes: np.ndarray, loaded: list[int]) -> _Rows:
     """Rows as a batch summary describes them; ``loaded`` records how many are fetched whole."""
+
     def load(positions):
         loaded.append(len(positions))
         return points[positions]
@@ -333,6 +356,7 @@ def test_tarone_counts_only_the_groups_that_could_be_significant():
 
 
 # --- false alarms on clean batches ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("detector", [TriggerPattern, DuplicateFlood])
 def test_clean_batches_drawn_like_the_reference_raise_at_most_alpha_alarms(detector):

@@ -96,8 +96,11 @@ def test_ten_digit_ids_hold_no_row(matrix):
     _, root = matrix
     suite = json.loads((root / "suites" / "hostile.json").read_text())
     assert suite["meta"]["poisonguard"]["roles"]["loan_id"] == "id"
-    assert not [e for e in suite["expectations"]
-                if e["type"] == "expect_column_values_to_be_between" and e["kwargs"].get("column") == "loan_id"]
+    assert not [
+        e
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_between" and e["kwargs"].get("column") == "loan_id"
+    ]
     findings = pd.read_parquet(root / "out" / "scan" / "findings.parquet")
     assert not (findings["column"] == "loan_id").any()
     quarantined = pd.read_parquet(root / "out" / "scan" / "quarantined.parquet")

@@ -43,10 +43,27 @@ def test_a_killed_scans_output_ends_when_the_scan_dies(tmp_path):
     home = tmp_path / "prefect"
     # a flow run on Prefect's temporary server (a one-off scan without a server starts none)
     env = {**os.environ, "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1", "POISONGUARD_ORCHESTRATOR": "prefect"}
-    command = [sys.executable, "-m", "pipeline.cli", "scan", str(SAMPLES / "batch_01_clean.csv"),
-               "--reference", str(SAMPLES / "reference.parquet"), "--holdout", str(SAMPLES / "holdout.parquet"),
-               "--suite", str(SUITE), "--label", "deny", "--dataset", "killed", "--workspace", str(tmp_path / "ws"),
-               "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "scan",
+        str(SAMPLES / "batch_01_clean.csv"),
+        "--reference",
+        str(SAMPLES / "reference.parquet"),
+        "--holdout",
+        str(SAMPLES / "holdout.parquet"),
+        "--suite",
+        str(SUITE),
+        "--label",
+        "deny",
+        "--dataset",
+        "killed",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     scan = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 180

@@ -103,11 +103,13 @@ def dead_pid() -> int:
     return process.pid
 
 
-def stale_claim(landing: Path, name: str, content: bytes, attempt: int = 1, pid: int | None = None,
-                error: str | None = None) -> Path:
+def stale_claim(
+    landing: Path, name: str, content: bytes, attempt: int = 1, pid: int | None = None, error: str | None = None
+) -> Path:
     """A claim as a dead worker leaves it in inflight/."""
-    claim_id = ClaimId(dt.datetime.now(dt.UTC).replace(microsecond=0), attempt,
-                       dead_pid() if pid is None else pid, "0badc0de", this_host())
+    claim_id = ClaimId(
+        dt.datetime.now(dt.UTC).replace(microsecond=0), attempt, dead_pid() if pid is None else pid, "0badc0de", this_host()
+    )
     folder = landing / ".poisonguard" / "inflight" / str(claim_id)
     folder.mkdir(parents=True)
     (folder / name).write_bytes(content)
@@ -169,8 +171,11 @@ class Landed:
     def results(self, which_pass: int) -> dict[str, dict[str, Any]]:
         """File name -> its result.json, for the files one pass processed (a name can land twice)."""
         first = list(self.first_processed.values())
-        paths = first if which_pass == 1 else [p for p in batch_files(self.landing / ".poisonguard" / "processed")
-                                               if p not in first]
+        paths = (
+            first
+            if which_pass == 1
+            else [p for p in batch_files(self.landing / ".poisonguard" / "processed") if p not in first]
+        )
         return {p.name: json.loads(p.with_name(p.name + ".result.json").read_text()) for p in paths}
 
 
@@ -190,8 +195,9 @@ def landed(tmp_path_factory) -> Landed:
     # A worker claims batch 05 (the only file yet) and is killed while scanning it.
     shutil.copyfile(SAMPLES / "batch_05_clean.parquet", landing / "batch_05_clean.parquet")
     marker = root / "claimed"
-    worker = subprocess.Popen([sys.executable, "-c", HANGING_WORKER, str(landing), str(marker), str(root / "work")],
-                              cwd=REPO)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", HANGING_WORKER, str(landing), str(marker), str(root / "work")], cwd=REPO
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert worker.poll() is None and time.monotonic() < deadline, "the worker never claimed the file"
@@ -230,8 +236,9 @@ def landed(tmp_path_factory) -> Landed:
         shutil.copyfile(SAMPLES / "batch_04_extra_column.csv", landing / "resent.csv")
         stale_claim(landing, "batch_04_after_commit.csv", (SAMPLES / "batch_04_extra_column.csv").read_bytes())
         second = run_cli("ingest-landing", "--config", config, "--dataset", DATASET)
-    return Landed(root, landing, shas, killed_claim, worker.pid, ledger_failures, first, first_processed,
-                  first_failed, second)
+    return Landed(
+        root, landing, shas, killed_claim, worker.pid, ledger_failures, first, first_processed, first_failed, second
+    )
 
 
 def cli_lines(run: CliRun) -> dict[str, str]:
@@ -246,8 +253,10 @@ def test_first_pass_scans_each_landed_batch_once(landed):
     for name in FIRST:  # batch 01's retry delivered the decision its failed attempt had committed
         again = " (decision recorded earlier, delivered again)" if name == "batch_01_clean.csv" else ""
         assert lines[name].startswith(f"scanned{again}, batch {landed.shas[name][:12]}: {ROWS[name]} rows"), lines[name]
-    assert lines["batch_01_copy.csv"] == (f"already scanned as batch {landed.shas['batch_01_clean.csv'][:12]}; "
-                                          f"nothing ingested again. Moved to {landed.first_processed['batch_01_copy.csv']}")
+    assert lines["batch_01_copy.csv"] == (
+        f"already scanned as batch {landed.shas['batch_01_clean.csv'][:12]}; "
+        f"nothing ingested again. Moved to {landed.first_processed['batch_01_copy.csv']}"
+    )
     assert lines["garbage.csv"].startswith("failed: The batch file ")
     assert sorted(landed.first_processed) == sorted([*FIRST, "batch_01_copy.csv"])
     assert sorted(landed.first_failed) == ["garbage.csv"]
@@ -265,7 +274,8 @@ def test_first_pass_scans_each_landed_batch_once(landed):
     with open_ledger(settings) as ledger:
         batches = ledger.list_batches(DATASET)
     assert sorted((b.sha256, b.rows, b.source) for b in batches) == sorted(
-        (landed.shas[name], rows, "partner-l") for name, rows in ROWS.items())
+        (landed.shas[name], rows, "partner-l") for name, rows in ROWS.items()
+    )
     for name, sha256 in landed.shas.items():
         assert len(find_scan_runs(settings.tracking_uri, sha256, DATASET)) == 1, name
 
@@ -273,8 +283,14 @@ def test_first_pass_scans_each_landed_batch_once(landed):
     for name, rows in ROWS.items():
         summary = json.loads((landed.out / f"{Path(name).stem}-{landed.shas[name][:12]}" / "summary.json").read_text())
         assert summary["counts"]["rows"] == rows and summary["batch"]["sha256"] == landed.shas[name]
-    assert json.loads((landed.out / f"batch_04_extra_column-{landed.shas['batch_04_extra_column.csv'][:12]}"
-                       / "summary.json").read_text())["counts"]["quarantined"] == 120
+    assert (
+        json.loads(
+            (
+                landed.out / f"batch_04_extra_column-{landed.shas['batch_04_extra_column.csv'][:12]}" / "summary.json"
+            ).read_text()
+        )["counts"]["quarantined"]
+        == 120
+    )
 
 
 def test_files_that_are_not_batches_stay_where_they_landed(landed):
@@ -330,11 +346,11 @@ def test_batches_dropped_again_are_not_ingested_again(landed):
     result = landed.results(2)["batch_04_after_commit.csv"]
     assert (result["attempt"], result["redelivered"]) == (2, True)
     assert sorted(landed.results(2)) == ["batch_01_clean.csv", "batch_04_after_commit.csv", "resent.csv"]
-    assert [landed.results(2)[name]["outcome"] for name in ("batch_01_clean.csv", "resent.csv")] == [
-        "already recorded"] * 2
+    assert [landed.results(2)[name]["outcome"] for name in ("batch_01_clean.csv", "resent.csv")] == ["already recorded"] * 2
     # two results for batch_01_clean.csv: its first landing and the drop again (same file name)
-    assert sorted(p.name for p in batch_files(landed.landing / ".poisonguard" / "processed")).count(
-        "batch_01_clean.csv") == 2
+    assert (
+        sorted(p.name for p in batch_files(landed.landing / ".poisonguard" / "processed")).count("batch_01_clean.csv") == 2
+    )
 
     from pipeline.config import Settings
     from pipeline.provenance import find_scan_runs
@@ -344,13 +360,15 @@ def test_batches_dropped_again_are_not_ingested_again(landed):
     with open_ledger(settings) as ledger:
         assert sorted(b.sha256 for b in ledger.list_batches(DATASET)) == sorted(landed.shas.values())
     assert sorted(p.name for p in (landed.workspace / "datasets" / DATASET / "batches").iterdir()) == sorted(
-        landed.shas.values())
+        landed.shas.values()
+    )
     for sha256 in landed.shas.values():
         assert len(find_scan_runs(settings.tracking_uri, sha256, DATASET)) == 1
     # already recorded bytes get no output folder; the resumed claim gets its decision delivered
     assert sorted(p.name for p in landed.out.iterdir()) == sorted(
         [f"{Path(n).stem}-{landed.shas[n][:12]}" for n in ROWS]
-        + [f"batch_04_after_commit-{landed.shas['batch_04_extra_column.csv'][:12]}"])
+        + [f"batch_04_after_commit-{landed.shas['batch_04_extra_column.csv'][:12]}"]
+    )
 
 
 def test_each_pass_leaves_a_checks_table_and_a_summary_in_prefect(landed):
@@ -385,8 +403,12 @@ def test_each_pass_leaves_a_checks_table_and_a_summary_in_prefect(landed):
 
 
 def fake_summary(batch: Path) -> dict[str, Any]:
-    return {"counts": {"rows": 1, "accepted": 1, "quarantined": 0}, "checks": {}, "duplicate": False,
-            "mlflow": {"run_id": f"run-{batch.name}", "tracking_uri": "http://mlflow:5000"}}
+    return {
+        "counts": {"rows": 1, "accepted": 1, "quarantined": 0},
+        "checks": {},
+        "duplicate": False,
+        "mlflow": {"run_id": f"run-{batch.name}", "tracking_uri": "http://mlflow:5000"},
+    }
 
 
 def drop(landing: Path, count: int) -> list[str]:
@@ -411,14 +433,20 @@ def test_two_passes_at_once_scan_each_file_once(tmp_path):
                 scanned.append((thread, batch.name))
             time.sleep(0.005)
             return fake_summary(batch)
+
         return scan
 
     reports: dict[str, PassReport] = {}
 
     def one_pass(thread: str) -> None:
-        reports[thread] = run_pass(Landing(str(tmp_path / "landing")), PassRules(settle_seconds=0),
-                                   scan=scan_in(thread), recorded=lambda sha256: None, out=tmp_path / "out",
-                                   work_dir=tmp_path / "work")
+        reports[thread] = run_pass(
+            Landing(str(tmp_path / "landing")),
+            PassRules(settle_seconds=0),
+            scan=scan_in(thread),
+            recorded=lambda sha256: None,
+            out=tmp_path / "out",
+            work_dir=tmp_path / "work",
+        )
 
     threads = [threading.Thread(target=one_pass, args=(name,)) for name in ("a", "b")]
     for thread in threads:
@@ -444,18 +472,31 @@ def test_transient_failure_releases_the_claim_for_the_next_pass(tmp_path):
         return fake_summary(batch)
 
     rules = PassRules(settle_seconds=0, max_attempts=3)
-    first = run_pass(Landing(str(landing)), rules, scan=scan, recorded=lambda sha256: None, out=tmp_path / "out",
-                     work_dir=tmp_path / "work")
+    first = run_pass(
+        Landing(str(landing)),
+        rules,
+        scan=scan,
+        recorded=lambda sha256: None,
+        out=tmp_path / "out",
+        work_dir=tmp_path / "work",
+    )
     assert [(f.outcome, f.attempt, f.error) for f in first.files] == [
-        (Outcome.RETRY, 1, "ConnectionError: MLflow tracking server unreachable")]
+        (Outcome.RETRY, 1, "ConnectionError: MLflow tracking server unreachable")
+    ]
     released = batch_files(landing / ".poisonguard" / "inflight")
     assert [p.name for p in released] == ["batch_00.csv"]
     claim = ClaimId.parse(released[0].parent.name)
     assert claim is not None and (claim.pid, claim.attempt) == (0, 1)
     assert "unreachable" in (released[0].parent / "batch_00.csv.error.txt").read_text()
 
-    second = run_pass(Landing(str(landing)), rules, scan=scan, recorded=lambda sha256: None, out=tmp_path / "out",
-                      work_dir=tmp_path / "work")
+    second = run_pass(
+        Landing(str(landing)),
+        rules,
+        scan=scan,
+        recorded=lambda sha256: None,
+        out=tmp_path / "out",
+        work_dir=tmp_path / "work",
+    )
     assert [(f.outcome, f.attempt) for f in second.files] == [(Outcome.SCANNED, 2)]
     assert attempts == ["batch_00.csv", "batch_00.csv"]
     assert list(state_files(landing, "processed")) == ["batch_00.csv"]
@@ -470,8 +511,14 @@ def test_a_claim_that_keeps_failing_goes_to_failed_after_max_attempts(tmp_path):
     def scan(batch: Path, out: Path) -> dict[str, Any]:
         raise AssertionError("a file past max_attempts is not scanned again")
 
-    report = run_pass(Landing(str(landing)), PassRules(settle_seconds=0, max_attempts=3), scan=scan,
-                      recorded=lambda sha256: None, out=tmp_path / "out", work_dir=tmp_path / "work")
+    report = run_pass(
+        Landing(str(landing)),
+        PassRules(settle_seconds=0, max_attempts=3),
+        scan=scan,
+        recorded=lambda sha256: None,
+        out=tmp_path / "out",
+        work_dir=tmp_path / "work",
+    )
     assert [(f.name, f.outcome) for f in report.files] == [("poison_pill.csv", Outcome.FAILED)]
     failed = state_files(landing, "failed")["poison_pill.csv"]
     assert failed.read_bytes() == b"a,b\n1,2\n"
@@ -488,12 +535,28 @@ def test_a_live_claim_is_left_to_its_holder(tmp_path):
         raise AssertionError("another pass holds this claim")
 
     rules = PassRules(settle_seconds=0, claim_timeout_seconds=600)
-    assert run_pass(Landing(str(landing)), rules, scan=scan, recorded=lambda sha256: None, out=tmp_path / "out",
-                    work_dir=tmp_path / "work").files == ()
+    assert (
+        run_pass(
+            Landing(str(landing)),
+            rules,
+            scan=scan,
+            recorded=lambda sha256: None,
+            out=tmp_path / "out",
+            work_dir=tmp_path / "work",
+        ).files
+        == ()
+    )
     # past the timeout the holder is taken as gone (a pid reused, or a host this one cannot ask)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=601)
-    report = run_pass(Landing(str(landing)), rules, scan=lambda b, o: fake_summary(b), recorded=lambda sha256: None,
-                      out=tmp_path / "out", work_dir=tmp_path / "work", clock=lambda: later)
+    report = run_pass(
+        Landing(str(landing)),
+        rules,
+        scan=lambda b, o: fake_summary(b),
+        recorded=lambda sha256: None,
+        out=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        clock=lambda: later,
+    )
     assert [(f.name, f.outcome, f.attempt) for f in report.files] == [("busy.csv", Outcome.SCANNED, 2)]
 
 
@@ -502,8 +565,9 @@ def test_a_file_still_being_written_waits_until_it_settles(tmp_path):
     drop(landing, 1)
     rules = PassRules(settle_seconds=30)
     now = dt.datetime.now(dt.UTC)
-    kwargs: dict[str, Any] = dict(scan=lambda b, o: fake_summary(b), recorded=lambda sha256: None, out=tmp_path / "out",
-                                  work_dir=tmp_path / "work")
+    kwargs: dict[str, Any] = dict(
+        scan=lambda b, o: fake_summary(b), recorded=lambda sha256: None, out=tmp_path / "out", work_dir=tmp_path / "work"
+    )
     assert run_pass(Landing(str(landing)), rules, clock=lambda: now, **kwargs).files == ()
     assert (landing / "batch_00.csv").exists()
     later = now + dt.timedelta(seconds=31)
@@ -522,13 +586,20 @@ def test_a_landing_bucket_is_scanned_from_a_local_copy(tmp_path):
         seen.append((str(batch), batch.read_bytes()))
         return fake_summary(batch)
 
-    report = run_pass(Landing("memory://bucket-test/in"), PassRules(settle_seconds=0), scan=scan,
-                      recorded=lambda sha256: None, out=tmp_path / "out", work_dir=tmp_path / "work")
+    report = run_pass(
+        Landing("memory://bucket-test/in"),
+        PassRules(settle_seconds=0),
+        scan=scan,
+        recorded=lambda sha256: None,
+        out=tmp_path / "out",
+        work_dir=tmp_path / "work",
+    )
     assert seen == [(str(tmp_path / "work" / seen[0][0].split("/")[-2] / "batch.csv"), b"deny,pirat\nno,0.2\n")]
     assert not Path(seen[0][0]).exists()  # the local copy is gone after the scan
     landed_file: LandedFile = report.files[0]
     assert landed_file.location is not None and landed_file.location.startswith(
-        "memory://bucket-test/in/.poisonguard/processed/")
+        "memory://bucket-test/in/.poisonguard/processed/"
+    )
     processed = [p for p in bucket.find("/bucket-test") if p.endswith("batch.csv")]
     assert len(processed) == 1 and "/.poisonguard/processed/" in processed[0]
     assert bucket.cat(processed[0]) == b"deny,pirat\nno,0.2\n"
@@ -545,33 +616,52 @@ out = "out"
 """
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "poisonguard.toml: datasets: missing; add one [datasets.NAME] table per dataset"),
-    ("datasets = 3", "poisonguard.toml: datasets: must hold one [datasets.NAME] table per dataset"),
-    ("[datasets.hmda\n", "poisonguard.toml: not valid TOML: "),
-    ("workspace = 'ws'\nworkspaces = 'x'\n" + VALID, "poisonguard.toml: workspaces: unknown setting (known: workspace, "
-                                                      "datasets)"),
-    (VALID.replace('label = "deny"\n', ""), "poisonguard.toml: datasets.hmda.label: missing"),
-    (VALID.replace('label = "deny"', "label = 3"), "poisonguard.toml: datasets.hmda.label: must be a non-empty string; "
-                                                   "got 3"),
-    (VALID.replace('label = "deny"', 'lable = "deny"'), "poisonguard.toml: datasets.hmda.lable: unknown setting"),
-    (VALID.replace("reference.parquet", "nope.parquet"), f"poisonguard.toml: datasets.hmda.reference: {SAMPLES}/"
-                                                         "nope.parquet does not exist"),
-    (VALID + 'suite = "."\n', "poisonguard.toml: datasets.hmda.suite: "),
-    (VALID.replace('out = "out"\n', ""), "poisonguard.toml: datasets.hmda.out: missing"),
-    (VALID.replace('"out"', '"s3://bucket/out"'), "poisonguard.toml: datasets.hmda.out: must be a local path; got "
-                                                  "'s3://bucket/out'"),
-    (VALID + 'cron = "0 * * * *"\ninterval_seconds = 60\n', "poisonguard.toml: datasets.hmda.cron: set cron or "
-                                                            "interval_seconds, not both"),
-    (VALID + "interval_seconds = 0\n", "poisonguard.toml: datasets.hmda.interval_seconds: must be a number >= 1; got 0"),
-    (VALID + "max_attempts = 1.5\n", "poisonguard.toml: datasets.hmda.max_attempts: must be an integer >= 1; got 1.5"),
-    (VALID + "settle_seconds = true\n", "poisonguard.toml: datasets.hmda.settle_seconds: must be a number >= 0; got "
-                                        "True"),
-    (VALID + 'timezone = "Mars/Olympus"\n', "poisonguard.toml: datasets.hmda.timezone: unknown time zone "
-                                            "'Mars/Olympus'"),
-    (VALID.replace("[datasets.hmda]", '[datasets."../escape"]'), "poisonguard.toml: datasets.../escape: The dataset "
-                                                                 "name '../escape' may only contain"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "poisonguard.toml: datasets: missing; add one [datasets.NAME] table per dataset"),
+        ("datasets = 3", "poisonguard.toml: datasets: must hold one [datasets.NAME] table per dataset"),
+        ("[datasets.hmda\n", "poisonguard.toml: not valid TOML: "),
+        (
+            "workspace = 'ws'\nworkspaces = 'x'\n" + VALID,
+            "poisonguard.toml: workspaces: unknown setting (known: workspace, datasets)",
+        ),
+        (VALID.replace('label = "deny"\n', ""), "poisonguard.toml: datasets.hmda.label: missing"),
+        (
+            VALID.replace('label = "deny"', "label = 3"),
+            "poisonguard.toml: datasets.hmda.label: must be a non-empty string; got 3",
+        ),
+        (VALID.replace('label = "deny"', 'lable = "deny"'), "poisonguard.toml: datasets.hmda.lable: unknown setting"),
+        (
+            VALID.replace("reference.parquet", "nope.parquet"),
+            f"poisonguard.toml: datasets.hmda.reference: {SAMPLES}/nope.parquet does not exist",
+        ),
+        (VALID + 'suite = "."\n', "poisonguard.toml: datasets.hmda.suite: "),
+        (VALID.replace('out = "out"\n', ""), "poisonguard.toml: datasets.hmda.out: missing"),
+        (
+            VALID.replace('"out"', '"s3://bucket/out"'),
+            "poisonguard.toml: datasets.hmda.out: must be a local path; got 's3://bucket/out'",
+        ),
+        (
+            VALID + 'cron = "0 * * * *"\ninterval_seconds = 60\n',
+            "poisonguard.toml: datasets.hmda.cron: set cron or interval_seconds, not both",
+        ),
+        (VALID + "interval_seconds = 0\n", "poisonguard.toml: datasets.hmda.interval_seconds: must be a number >= 1; got 0"),
+        (VALID + "max_attempts = 1.5\n", "poisonguard.toml: datasets.hmda.max_attempts: must be an integer >= 1; got 1.5"),
+        (
+            VALID + "settle_seconds = true\n",
+            "poisonguard.toml: datasets.hmda.settle_seconds: must be a number >= 0; got True",
+        ),
+        (
+            VALID + 'timezone = "Mars/Olympus"\n',
+            "poisonguard.toml: datasets.hmda.timezone: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            VALID.replace("[datasets.hmda]", '[datasets."../escape"]'),
+            "poisonguard.toml: datasets.../escape: The dataset name '../escape' may only contain",
+        ),
+    ],
+)
 def test_config_errors_name_the_file_and_the_field(tmp_path, monkeypatch, text, message):
     monkeypatch.chdir(tmp_path)
     Path("poisonguard.toml").write_text(text)
@@ -588,10 +678,17 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     config = load_config("conf/poisonguard.toml")
     hmda = config.dataset("hmda")
     assert (hmda.landing, hmda.out, hmda.interval_seconds, hmda.source) == (
-        str(tmp_path / "conf" / "landing"), tmp_path / "conf" / "out", 900, "unknown")
+        str(tmp_path / "conf" / "landing"),
+        tmp_path / "conf" / "out",
+        900,
+        "unknown",
+    )
     assert hmda.rules == PassRules() and (hmda.retries, hmda.retry_delay_seconds) == (3, 10.0)
-    with pytest.raises(ConfigError, match=r"^conf/poisonguard.toml: datasets.other: no such dataset \(configured: "
-                                          r"hmda\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^conf/poisonguard.toml: datasets.other: no such dataset \(configured: "
+        r"hmda\)$",
+    ):
         config.dataset("other")
     (tmp_path / "conf" / "poisonguard.toml").write_text(VALID.replace('"landing"', '"file://incoming"'))
     hmda = load_config("conf/poisonguard.toml").dataset("hmda")
@@ -601,8 +698,11 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
 def test_config_problems_found_before_a_pass_claims_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("poisonguard.toml").write_text(VALID.replace('"deny"', '"denied"'))
-    with pytest.raises(ConfigError, match=r"^poisonguard.toml: datasets.hmda.label: 'denied' is not a column of the "
-                                          r"reference"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^poisonguard.toml: datasets.hmda.label: 'denied' is not a column of the "
+        r"reference",
+    ):
         prepare_landing(load_config("poisonguard.toml").dataset("hmda"))
     Path("poisonguard.toml").write_text(VALID)
     with pytest.raises(ConfigError, match=r"^poisonguard.toml: datasets.hmda.landing: .*/landing is not a folder"):
@@ -613,8 +713,7 @@ def test_config_problems_found_before_a_pass_claims_anything(tmp_path, monkeypat
 
 def test_the_example_config_points_at_the_samples():
     hmda = load_config(REPO / "examples" / "poisonguard.toml").dataset("hmda")
-    assert (hmda.reference, hmda.holdout, hmda.suite) == (
-        SAMPLES / "reference.parquet", SAMPLES / "holdout.parquet", SUITE)
+    assert (hmda.reference, hmda.holdout, hmda.suite) == (SAMPLES / "reference.parquet", SAMPLES / "holdout.parquet", SUITE)
     assert (hmda.label, hmda.cron, hmda.timezone) == ("deny", "*/15 * * * *", "Europe/Berlin")
 
 
@@ -640,14 +739,19 @@ def test_serve_deploys_each_landing_on_its_schedule_and_each_gate_on_demand(tmp_
     from pipeline.cli_serve import build_deployments
 
     config = tmp_path / "poisonguard.toml"
-    config.write_text(VALID + 'cron = "*/15 * * * *"\ntimezone = "Europe/Berlin"\n'
-                      + VALID.replace("hmda", "loans") + "interval_seconds = 300\n")
+    config.write_text(
+        VALID
+        + 'cron = "*/15 * * * *"\ntimezone = "Europe/Berlin"\n'
+        + VALID.replace("hmda", "loans")
+        + "interval_seconds = 300\n"
+    )
     deployments = build_deployments(load_config(config), config)
     assert [(d.flow_name, d.name, d.entrypoint) for d in deployments] == [
         ("poisonguard-landing", "hmda", "flows.landing.landing_flow"),
         ("poisonguard-gate-dataset", "hmda", "flows.landing.gate_dataset_flow"),
         ("poisonguard-landing", "loans", "flows.landing.landing_flow"),
-        ("poisonguard-gate-dataset", "loans", "flows.landing.gate_dataset_flow")]
+        ("poisonguard-gate-dataset", "loans", "flows.landing.gate_dataset_flow"),
+    ]
     hmda, hmda_gate, loans, loans_gate = deployments
     assert (hmda.schedules[0].schedule.cron, hmda.schedules[0].schedule.timezone) == ("*/15 * * * *", "Europe/Berlin")
     assert loans.schedules[0].schedule.interval == dt.timedelta(seconds=300)
@@ -666,14 +770,17 @@ def test_a_pass_whose_scans_cannot_reach_mlflow_exits_1_and_keeps_the_file(tmp_p
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     Path("landing").mkdir()
     shutil.copyfile(SAMPLES / "batch_05_clean.parquet", "landing/batch_05_clean.parquet")
-    Path("poisonguard.toml").write_text(VALID.replace("[datasets.hmda]", 'workspace = "ws"\n\n[datasets.hmda]')
-                                        + "settle_seconds = 0\nretries = 1\nretry_delay_seconds = 0\n")
+    Path("poisonguard.toml").write_text(
+        VALID.replace("[datasets.hmda]", 'workspace = "ws"\n\n[datasets.hmda]')
+        + "settle_seconds = 0\nretries = 1\nretry_delay_seconds = 0\n"
+    )
     result = run_cli("ingest-landing", "--dataset", "hmda")
     assert result.exit_code == 1, result.stderr
     assert result.stdout.splitlines()[1].startswith("  batch_05_clean.parquet: left for the next pass (attempt 1): ")
     assert len(result.errors) == 1 and result.errors[0].startswith(
         f"poisonguard: error: 1 file(s) in {tmp_path / 'landing'} could not be scanned and are left for the next "
-        "pass: batch_05_clean.parquet: MlflowException: "), result.stderr
+        "pass: batch_05_clean.parquet: MlflowException: "
+    ), result.stderr
     released = batch_files(tmp_path / "landing" / ".poisonguard" / "inflight")
     assert [p.name for p in released] == ["batch_05_clean.parquet"]
     claim = ClaimId.parse(released[0].parent.name)

@@ -40,19 +40,25 @@ def edge_files(tmp_path_factory) -> dict[str, Path]:
     late[2700] = "7"
     flags = pd.Series(rng.random(n) > 0.5, dtype=object)
     flags[2800] = None
-    pd.DataFrame({"text_late": ints, "decimal_late": decimals, "value_late": late, "flag": flags,
-                  "x": rng.random(n)}).to_csv(folder / "edge.csv", index=False)
+    pd.DataFrame(
+        {"text_late": ints, "decimal_late": decimals, "value_late": late, "flag": flags, "x": rng.random(n)}
+    ).to_csv(folder / "edge.csv", index=False)
     counts = pd.array(rng.integers(0, 9, n), dtype="Int64")
     counts[2900] = pd.NA
-    pd.DataFrame({"count": counts, "grade": pd.Categorical(rng.choice(["a", "b", "c"], n)),
-                  "flag": pd.array(np.where(np.arange(n) == 10, None, rng.random(n) > 0.5), dtype="boolean"),
-                  "at": pd.date_range("2020-01-01", periods=n, freq="h")}).to_parquet(folder / "edge.parquet",
-                                                                                        row_group_size=700)
+    pd.DataFrame(
+        {
+            "count": counts,
+            "grade": pd.Categorical(rng.choice(["a", "b", "c"], n)),
+            "flag": pd.array(np.where(np.arange(n) == 10, None, rng.random(n) > 0.5), dtype="boolean"),
+            "at": pd.date_range("2020-01-01", periods=n, freq="h"),
+        }
+    ).to_parquet(folder / "edge.parquet", row_group_size=700)
     return {"csv": folder / "edge.csv", "parquet": folder / "edge.parquet"}
 
 
-@pytest.mark.parametrize("name", ["csv", "parquet", "batch_03_impossible_and_outliers.csv",
-                                  "batch_05_clean.parquet", "reference.parquet"])
+@pytest.mark.parametrize(
+    "name", ["csv", "parquet", "batch_03_impossible_and_outliers.csv", "batch_05_clean.parquet", "reference.parquet"]
+)
 def test_a_spooled_file_is_the_table_a_read_into_memory_gives(name, edge_files, tmp_path, monkeypatch):
     monkeypatch.setattr(io, "_SPOOL_CSV_BLOCK", SMALL_CSV_BLOCK)
     path = edge_files.get(name) or SAMPLES / name
@@ -64,8 +70,7 @@ def test_a_spooled_file_is_the_table_a_read_into_memory_gives(name, edge_files, 
     assert list((tmp_path / "spool").iterdir()) == [], "the spool is removed once it is mapped"
 
 
-def test_csv_columns_that_change_type_late_are_widened_as_a_whole_read_widens_them(edge_files, tmp_path,
-                                                                                   monkeypatch):
+def test_csv_columns_that_change_type_late_are_widened_as_a_whole_read_widens_them(edge_files, tmp_path, monkeypatch):
     monkeypatch.setattr(io, "_SPOOL_CSV_BLOCK", SMALL_CSV_BLOCK)
     with pytest.raises(pa.ArrowInvalid, match="CSV conversion error"):  # what the streaming reader alone does
         pacsv.open_csv(edge_files["csv"], read_options=pacsv.ReadOptions(block_size=SMALL_CSV_BLOCK)).read_all()
@@ -103,9 +108,15 @@ def test_a_killed_scans_spool_is_removed_and_a_live_scans_is_kept(tmp_path):
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trusted")
-    request = scan.ScanRequest(batch=SAMPLES / "batch_01_clean.csv", reference=SAMPLES / "reference.parquet",
-                               label="deny", out=folder / "out", suite=SUITE, holdout=SAMPLES / "holdout.parquet",
-                               dataset="large")
+    request = scan.ScanRequest(
+        batch=SAMPLES / "batch_01_clean.csv",
+        reference=SAMPLES / "reference.parquet",
+        label="deny",
+        out=folder / "out",
+        suite=SUITE,
+        holdout=SAMPLES / "holdout.parquet",
+        dataset="large",
+    )
     settings = Settings.from_environment(folder / "workspace", environ={})
     return request, settings, scan.load_trusted(request, settings)
 
@@ -114,8 +125,10 @@ def _awkward_batch(path: Path) -> Path:
     """The sample batches with impossible values and outliers and with label flips, one after
     the other, plus: a numeric column that is mostly text, nulls in a column the suite below
     allows a few of, and a repeated id 250 rows apart."""
-    frame = pd.concat([pd.read_csv(SAMPLES / "batch_03_impossible_and_outliers.csv"),
-                       pd.read_csv(SAMPLES / "batch_02_label_flips.csv")], ignore_index=True)
+    frame = pd.concat(
+        [pd.read_csv(SAMPLES / "batch_03_impossible_and_outliers.csv"), pd.read_csv(SAMPLES / "batch_02_label_flips.csv")],
+        ignore_index=True,
+    )
     frame["pirat"] = frame["pirat"].astype(object)
     frame.loc[frame.index[:200], "pirat"] = "unknown"
     frame.loc[frame.index[::15], "lvrat"] = None
@@ -140,8 +153,7 @@ def _awkward_suite():
 
 
 @pytest.mark.parametrize("batch_name", ["awkward", "batch_04_extra_column.csv"])
-def test_validating_a_few_whole_columns_at_a_time_finds_what_validating_the_batch_finds(batch_name, trusted,
-                                                                                         tmp_path):
+def test_validating_a_few_whole_columns_at_a_time_finds_what_validating_the_batch_finds(batch_name, trusted, tmp_path):
     _, _, fitted = trusted
     path = _awkward_batch(tmp_path / "awkward.csv") if batch_name == "awkward" else SAMPLES / batch_name
     suite = _awkward_suite() if batch_name == "awkward" else load_suite(SUITE)
@@ -158,10 +170,15 @@ def test_validating_a_few_whole_columns_at_a_time_finds_what_validating_the_batc
     pd.testing.assert_frame_equal(piece_rows.frame, whole_rows.frame, check_exact=True)
     if batch_name == "awkward":  # each kind of whole-column judgement was made
         assert {f.check for f in whole.batch_findings} >= {
-            "validation:column_values_to_be_in_type_list:pirat", "validation:column_values_to_not_be_null:lvrat",
-            "validation:table_row_count_to_be_between"}
-        assert set(whole.row_findings.loc[whole.row_findings["check"] == "validation:column_values_to_be_unique:loan_id",
-                                          ROW_NUMBER]) == {10, 260}
+            "validation:column_values_to_be_in_type_list:pirat",
+            "validation:column_values_to_not_be_null:lvrat",
+            "validation:table_row_count_to_be_between",
+        }
+        assert set(
+            whole.row_findings.loc[
+                whole.row_findings["check"] == "validation:column_values_to_be_unique:loan_id", ROW_NUMBER
+            ]
+        ) == {10, 260}
     else:
         assert [f.reason_code.value for f in whole.batch_findings][:1] == ["unexpected_column"]
 
@@ -174,16 +191,30 @@ def _scan_to(folder: Path, request, settings, trusted_data, max_cells: int) -> d
     checks = scan.check_batch(scan.fit_checks(trusted_data), conformed, outcome.batch_findings)
     decisions = scan.decide_batch(conformed, outcome, detectors, scores, settings)
     impacts = scan.confirm_impact(trusted_data, conformed, outcome, decisions, settings)
-    outputs = scan.build_outputs(request, settings, batch, trusted_data, conformed, outcome, decisions, impacts,
-                                 checks, np.array([]), "run", scan.now())
+    outputs = scan.build_outputs(
+        request,
+        settings,
+        batch,
+        trusted_data,
+        conformed,
+        outcome,
+        decisions,
+        impacts,
+        checks,
+        np.array([]),
+        "run",
+        scan.now(),
+    )
     write_outputs(outputs, folder)
     return outputs.summary
 
 
 def test_a_batch_read_in_pieces_is_decided_and_written_exactly_as_a_batch_held_whole(trusted, tmp_path):
     request, settings, fitted = trusted
-    frame = pd.concat([pd.read_csv(SAMPLES / "batch_03_impossible_and_outliers.csv"),
-                       pd.read_csv(SAMPLES / "batch_02_label_flips.csv")], ignore_index=True)
+    frame = pd.concat(
+        [pd.read_csv(SAMPLES / "batch_03_impossible_and_outliers.csv"), pd.read_csv(SAMPLES / "batch_02_label_flips.csv")],
+        ignore_index=True,
+    )
     frame.to_parquet(tmp_path / "batch.parquet", index=False)
     request = dataclasses.replace(request, batch=tmp_path / "batch.parquet")
     whole = _scan_to(tmp_path / "whole", request, settings, fitted, 10**9)
@@ -192,8 +223,11 @@ def test_a_batch_read_in_pieces_is_decided_and_written_exactly_as_a_batch_held_w
     assert (settings.workspace / "spool").is_dir(), "the batch was spooled"
     assert list((settings.workspace / "spool").iterdir()) == []
     for name in ("accepted", "quarantined", "scores", "findings"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pieces" / f"{name}.parquet"),
-                                      pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "pieces" / f"{name}.parquet"),
+            pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"),
+            check_exact=True,
+        )
     for key in ("counts", "checks", "batch_findings", "alarms", "roni"):
         assert pieces[key] == whole[key], key
     assert 0 < whole["counts"]["quarantined"] < len(frame)

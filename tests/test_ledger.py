@@ -53,6 +53,7 @@ def test_postgresql_is_tested_when_configured():
 
 # --- fixtures ------------------------------------------------------------------------------
 
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path) -> Iterator[str]:
     """A ledger URL nobody else uses: a SQLite file in the test's folder, or on PostgreSQL a
@@ -99,31 +100,48 @@ def raw_sql(database_url):
     engine.dispose()
 
 
-def scan_outputs(sha256: str = SHA_A, dataset: str = "hmda", rows: int = 6, held: tuple[int, ...] = (1, 3, 4),
-                 file: str = "batch_02_label_flips.csv") -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+def scan_outputs(
+    sha256: str = SHA_A,
+    dataset: str = "hmda",
+    rows: int = 6,
+    held: tuple[int, ...] = (1, 3, 4),
+    file: str = "batch_02_label_flips.csv",
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """summary, scores and quarantined rows as a scan writes them."""
     numbers = list(range(rows))
-    scores = pd.DataFrame({
-        "row_number": numbers,
-        "suspicion": [0.995 if r in held else r / 100 for r in numbers],
-        "quarantined": [r in held for r in numbers],
-        "outliers": [float("nan") if r == 4 else r / 50 for r in numbers],  # a detector that skipped a row
-        "outliers_raw": [r * 1.5 for r in numbers],
-        "label_consistency": [0.995 if r in held else 0.2 for r in numbers],
-        "label_consistency_raw": [0.7 if r in held else 0.1 for r in numbers],
-    })
-    quarantined = pd.DataFrame({
-        "row_number": list(held),
-        "income": [50.0] * len(held),
-        "suspicion": [0.995] * len(held),
-        "reasons": [[f"label 'no' but 9/10 nearest trusted neighbours say 'yes' (row {r})",
-                     "value outside the trusted range"] for r in held],
-    })
+    scores = pd.DataFrame(
+        {
+            "row_number": numbers,
+            "suspicion": [0.995 if r in held else r / 100 for r in numbers],
+            "quarantined": [r in held for r in numbers],
+            "outliers": [float("nan") if r == 4 else r / 50 for r in numbers],  # a detector that skipped a row
+            "outliers_raw": [r * 1.5 for r in numbers],
+            "label_consistency": [0.995 if r in held else 0.2 for r in numbers],
+            "label_consistency_raw": [0.7 if r in held else 0.1 for r in numbers],
+        }
+    )
+    quarantined = pd.DataFrame(
+        {
+            "row_number": list(held),
+            "income": [50.0] * len(held),
+            "suspicion": [0.995] * len(held),
+            "reasons": [
+                [f"label 'no' but 9/10 nearest trusted neighbours say 'yes' (row {r})", "value outside the trusted range"]
+                for r in held
+            ],
+        }
+    )
     summary = {
         "dataset": dataset,
         "scanned_at": "2026-11-26T10:15:00+00:00",
-        "batch": {"file": file, "path": f"/data/{file}", "sha256": sha256, "rows": rows,
-                  "source": "partner-feed", "submitter": "carol"},
+        "batch": {
+            "file": file,
+            "path": f"/data/{file}",
+            "sha256": sha256,
+            "rows": rows,
+            "source": "partner-feed",
+            "submitter": "carol",
+        },
         "counts": {"rows": rows, "accepted": rows - len(held), "quarantined": len(held)},
         "mlflow": {"run_id": "0123456789abcdef", "tracking_uri": "sqlite:///mlflow.db"},
         "duplicate": False,
@@ -136,6 +154,7 @@ def snapshot(ledger: Ledger) -> tuple[Any, ...]:
 
 
 # --- schema and migrations -----------------------------------------------------------------
+
 
 def test_migrations_create_the_schema_from_nothing_and_reopening_changes_nothing(database_url, raw_sql):
     with Ledger.open(database_url) as ledger:
@@ -184,8 +203,10 @@ def test_a_ledger_whose_revision_is_in_alembic_version_moves_it_to_its_own_table
     with Ledger.open(database_url) as ledger:
         ledger.record_scan(*scan_outputs())
     raw_sql("DROP TABLE poisonguard_ledger_version")  # as Alembic's default made it
-    raw_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+    raw_sql(
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
     raw_sql("INSERT INTO alembic_version VALUES ('0002')")
     with Ledger.open(database_url) as reopened:
         assert reopened.verify() == []
@@ -225,6 +246,7 @@ def test_a_database_from_a_newer_poisonguard_is_refused(database_url, raw_sql):
 
 # --- database URLs -------------------------------------------------------------------------
 
+
 def test_ledger_url_is_a_workspace_sqlite_file_unless_the_environment_names_a_database(tmp_path):
     assert ledger_url(tmp_path, {}) == f"sqlite:///{tmp_path.resolve() / 'ledger.sqlite'}"
     assert ledger_url(tmp_path, {"POISONGUARD_DATABASE_URL": "  "}).endswith("ledger.sqlite")
@@ -232,11 +254,14 @@ def test_ledger_url_is_a_workspace_sqlite_file_unless_the_environment_names_a_da
     assert ledger_url(tmp_path, {"POISONGUARD_DATABASE_URL": url}) == url
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/poisonguard",  # nothing listens on port 1
-    "mysql+pymysql://bob:s3cret-pw@127.0.0.1/poisonguard",
-    "bob:s3cret-pw@nowhere",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/poisonguard",  # nothing listens on port 1
+        "mysql+pymysql://bob:s3cret-pw@127.0.0.1/poisonguard",
+        "bob:s3cret-pw@nowhere",
+    ],
+)
 def test_passwords_never_appear_in_errors(url):
     with pytest.raises(LedgerError) as refused:
         Ledger.open(url)
@@ -256,29 +281,43 @@ def test_passwords_are_masked_in_repr(database_url):
 
 # --- recording scans -----------------------------------------------------------------------
 
+
 def test_record_then_list_and_show(ledger):
     batch_id = ledger.record_scan(*scan_outputs())
     assert batch_id == SHA_A[:12]
 
     batch = ledger.get_batch(batch_id)
-    assert (batch.sha256, batch.dataset, batch.file, batch.source, batch.submitter, batch.mlflow_run_id) == \
-        (SHA_A, "hmda", "batch_02_label_flips.csv", "partner-feed", "carol", "0123456789abcdef")
+    assert (batch.sha256, batch.dataset, batch.file, batch.source, batch.submitter, batch.mlflow_run_id) == (
+        SHA_A,
+        "hmda",
+        "batch_02_label_flips.csv",
+        "partner-feed",
+        "carol",
+        "0123456789abcdef",
+    )
     assert batch.scanned_at == dt.datetime(2026, 11, 26, 10, 15, tzinfo=dt.UTC)
     assert (batch.rows, batch.accepted, batch.quarantined, batch.pending, batch.released) == (6, 3, 3, 3, 0)
 
     rows = ledger.list_rows(dataset="hmda")
     assert [r.id for r in rows] == [f"{batch_id}:{n}" for n in range(6)]
-    assert [r.status for r in rows] == [RowStatus.ACCEPTED, RowStatus.PENDING, RowStatus.ACCEPTED,
-                                        RowStatus.PENDING, RowStatus.PENDING, RowStatus.ACCEPTED]
+    assert [r.status for r in rows] == [
+        RowStatus.ACCEPTED,
+        RowStatus.PENDING,
+        RowStatus.ACCEPTED,
+        RowStatus.PENDING,
+        RowStatus.PENDING,
+        RowStatus.ACCEPTED,
+    ]
     pending = ledger.list_rows(status="pending")
     assert [r.row_number for r in pending] == [1, 3, 4]
 
     row = ledger.get_row(f"{batch_id}:4")
     assert row.batch_sha256 == SHA_A and row.suspicion == 0.995 and row.review is None
-    assert row.reasons == ("label 'no' but 9/10 nearest trusted neighbours say 'yes' (row 4)",
-                           "value outside the trusted range")
-    assert row.scores == {"outliers": None, "outliers_raw": 6.0, "label_consistency": 0.995,
-                          "label_consistency_raw": 0.7}
+    assert row.reasons == (
+        "label 'no' but 9/10 nearest trusted neighbours say 'yes' (row 4)",
+        "value outside the trusted range",
+    )
+    assert row.scores == {"outliers": None, "outliers_raw": 6.0, "label_consistency": 0.995, "label_consistency_raw": 0.7}
     assert ledger.get_row(f"{batch_id}:0").reasons == ()
     assert ledger.list_rows(dataset="other") == [] and ledger.list_rows(batch_id="ffffffffffff") == []
     assert ledger.pending_count("hmda") == 3 and ledger.pending_count("other") == 0
@@ -311,13 +350,17 @@ def test_record_a_committed_batch_folder(ledger, tmp_path):
     assert ledger.get_row(f"{batch_id}:5").reasons[1] == "value outside the trusted range"
 
 
-@pytest.mark.parametrize("spoil, problem", [
-    (lambda s, sc, q: (s, sc, q.iloc[:2]), "quarantined in one output but not the other"),
-    (lambda s, sc, q: (s, sc.iloc[:-1], q), "scores cover 5 rows but the summary counts 6"),
-    (lambda s, sc, q: ({**s, "counts": {**s["counts"], "accepted": 4}}, sc, q), "counts disagree"),
-    (lambda s, sc, q: ({k: v for k, v in s.items() if k != "batch"}, sc, q), "summary lacks"),
-    (lambda s, sc, q: (s, sc.drop(columns=["suspicion"]), q), "lack the column(s) suspicion"),
-], ids=["held-rows-differ", "row-missing", "counts-wrong", "no-batch", "no-suspicion"])
+@pytest.mark.parametrize(
+    "spoil, problem",
+    [
+        (lambda s, sc, q: (s, sc, q.iloc[:2]), "quarantined in one output but not the other"),
+        (lambda s, sc, q: (s, sc.iloc[:-1], q), "scores cover 5 rows but the summary counts 6"),
+        (lambda s, sc, q: ({**s, "counts": {**s["counts"], "accepted": 4}}, sc, q), "counts disagree"),
+        (lambda s, sc, q: ({k: v for k, v in s.items() if k != "batch"}, sc, q), "summary lacks"),
+        (lambda s, sc, q: (s, sc.drop(columns=["suspicion"]), q), "lack the column(s) suspicion"),
+    ],
+    ids=["held-rows-differ", "row-missing", "counts-wrong", "no-batch", "no-suspicion"],
+)
 def test_inconsistent_scan_outputs_record_nothing(ledger, spoil, problem):
     with pytest.raises(LedgerError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         ledger.record_scan(*spoil(*scan_outputs()))
@@ -334,17 +377,25 @@ def test_batches_with_nothing_or_everything_quarantined(ledger):
 
 # --- reviewing -----------------------------------------------------------------------------
 
+
 def test_release_and_reject(ledger):
     batch_id = ledger.record_scan(*scan_outputs())
     released = ledger.release([f"{batch_id}:1", f" {batch_id}:3 "], by="alice", reason="income confirmed with lender")
     rejected = ledger.reject(f"{batch_id}:4", by="bob", reason="label flip confirmed")
 
     assert [(r.row_id, r.action, r.by, r.at) for r in released] == [
-        (f"{batch_id}:1", ReviewAction.RELEASE, "alice", START), (f"{batch_id}:3", ReviewAction.RELEASE, "alice", START)]
+        (f"{batch_id}:1", ReviewAction.RELEASE, "alice", START),
+        (f"{batch_id}:3", ReviewAction.RELEASE, "alice", START),
+    ]
     assert (rejected[0].action, rejected[0].at) == (ReviewAction.REJECT, START + dt.timedelta(minutes=1))
     assert [r.status for r in ledger.list_rows()] == [
-        RowStatus.ACCEPTED, RowStatus.RELEASED, RowStatus.ACCEPTED, RowStatus.RELEASED, RowStatus.REJECTED,
-        RowStatus.ACCEPTED]
+        RowStatus.ACCEPTED,
+        RowStatus.RELEASED,
+        RowStatus.ACCEPTED,
+        RowStatus.RELEASED,
+        RowStatus.REJECTED,
+        RowStatus.ACCEPTED,
+    ]
     row = ledger.get_row(f"{batch_id}:4")
     assert row.initial_status is RowStatus.PENDING and row.review is not None and row.review.reason == "label flip confirmed"
     assert ledger.pending_count("hmda") == 0
@@ -360,13 +411,28 @@ REFUSALS = [
     {"title": "unknown batch", "ids": ["ffffffffffff:1"], "by": "alice", "reason": "ok", "says": "no such row"},
     {"title": "not a row id", "ids": ["row one"], "by": "alice", "reason": "ok", "says": "'row one'"},
     {"title": "accepted by the scan", "ids": ["{b}:0"], "by": "alice", "reason": "ok", "says": "the scan accepted it"},
-    {"title": "already released", "ids": ["{b}:1"], "by": "erin", "reason": "ok",
-     "says": "{b}:1: it was already released by dana at 2026-11-27 09:00 UTC ('checked'); a review is final"},
+    {
+        "title": "already released",
+        "ids": ["{b}:1"],
+        "by": "erin",
+        "reason": "ok",
+        "says": "{b}:1: it was already released by dana at 2026-11-27 09:00 UTC ('checked'); a review is final",
+    },
     {"title": "already rejected", "ids": ["{b}:3"], "by": "erin", "reason": "ok", "says": "already rejected by dana"},
-    {"title": "one bad id spoils the request", "ids": ["{b}:4", "{b}:0"], "by": "alice", "reason": "ok",
-     "says": "Cannot {action} {b}:0"},
-    {"title": "several bad ids", "ids": ["{b}:0", "{b}:2", "{b}:4"], "by": "alice", "reason": "ok",
-     "says": "1 more of the 3 rows cannot be"},
+    {
+        "title": "one bad id spoils the request",
+        "ids": ["{b}:4", "{b}:0"],
+        "by": "alice",
+        "reason": "ok",
+        "says": "Cannot {action} {b}:0",
+    },
+    {
+        "title": "several bad ids",
+        "ids": ["{b}:0", "{b}:2", "{b}:4"],
+        "by": "alice",
+        "reason": "ok",
+        "says": "1 more of the 3 rows cannot be",
+    },
     {"title": "empty by", "ids": ["{b}:4"], "by": "", "reason": "ok", "says": "'by' is empty"},
     {"title": "blank by", "ids": ["{b}:4"], "by": "   ", "reason": "ok", "says": "'by' is empty"},
     {"title": "no by", "ids": ["{b}:4"], "by": None, "reason": "ok", "says": "'by' is empty"},
@@ -403,8 +469,12 @@ def test_status_comes_from_the_review_action_and_a_second_action_is_refused_by_t
     # Nothing was updated in place: the scan's decision is still stored as it was.
     assert raw_sql("SELECT initial_status FROM row_decisions WHERE id = :id", id=f"{batch_id}:1") == [("pending",)]
     with pytest.raises(IntegrityError):
-        raw_sql("INSERT INTO review_actions (row_id, action, \"by\", reason, at) "
-                "VALUES (:id, 'reject', 'mallory', 'changed my mind', :at)", id=f"{batch_id}:1", at=START)
+        raw_sql(
+            'INSERT INTO review_actions (row_id, action, "by", reason, at) '
+            "VALUES (:id, 'reject', 'mallory', 'changed my mind', :at)",
+            id=f"{batch_id}:1",
+            at=START,
+        )
     assert ledger.get_row(f"{batch_id}:1").status is RowStatus.RELEASED
 
 
@@ -480,6 +550,7 @@ def test_unknown_batch_row_and_status_are_explained(ledger):
 
 # --- the hash chain ------------------------------------------------------------------------
 
+
 @pytest.fixture
 def reviewed(ledger) -> tuple[Ledger, str]:
     """Entries: 1 batch A, 2 decisions A, 3 batch B, 4 decisions B, 5 release A:1, 6 reject A:3, 7 reject A:4."""
@@ -500,54 +571,88 @@ def test_the_chain_of_a_clean_ledger_verifies(reviewed):
 
 
 TAMPERING = [
-    {"title": "action turned from reject to release",
-     "sql": "UPDATE review_actions SET action = 'release' WHERE row_id = '{b}:3'",
-     "finds": ["entry 6 (review of {b}:3): recorded action changed from reject to release"]},
-    {"title": "reviewer renamed",
-     "sql": "UPDATE review_actions SET \"by\" = 'carol' WHERE row_id = '{b}:1'",
-     "finds": ["entry 5 (review of {b}:1): recorded by changed from alice to carol"]},
-    {"title": "reason rewritten",
-     "sql": "UPDATE review_actions SET reason = 'looked fine' WHERE row_id = '{b}:4'",
-     "finds": ["entry 7 (review of {b}:4): recorded reason changed from 'outlier' to 'looked fine'"]},
-    {"title": "pending row made accepted",
-     "sql": "UPDATE row_decisions SET initial_status = 'accepted' WHERE id = '77e1d0c4b2a9:4'",
-     "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9): row 77e1d0c4b2a9:4 was recorded as pending, now accepted"]},
-    {"title": "suspicion lowered",
-     "sql": "UPDATE row_decisions SET suspicion = 0.1 WHERE id = '77e1d0c4b2a9:4'",
-     "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9): the suspicion, reasons, scores or dataset"]},
-    {"title": "row moved to another dataset",
-     "sql": "UPDATE row_decisions SET dataset = 'other' WHERE id = '77e1d0c4b2a9:1'",
-     "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9)"]},
-    {"title": "batch submitter changed",
-     "sql": "UPDATE batches SET submitter = 'trusted-team' WHERE id = '{b}'",
-     "finds": ["entry 1 (batch {b}): recorded submitter changed from carol to trusted-team"]},
-    {"title": "entry in the middle deleted",
-     "sql": "DELETE FROM ledger_entries WHERE sequence = 5",
-     "finds": ["entry 5 is missing: the chain jumps from entry 4 to entry 6",
-               "review of {b}:1 (release by alice) has no ledger entry"]},
-    {"title": "last entry deleted",
-     "sql": "DELETE FROM ledger_entries WHERE sequence = 7",
-     "finds": ["review of {b}:4 (reject by bob) has no ledger entry"]},
-    {"title": "review action deleted",
-     "sql": "DELETE FROM review_actions WHERE row_id = '{b}:3'",
-     "finds": ["entry 6 (review of {b}:3): the review action is missing from the review_actions table (deleted)"]},
-    {"title": "review added outside the ledger",
-     "sql": "INSERT INTO review_actions (row_id, action, \"by\", reason, at) "
-            "VALUES ('77e1d0c4b2a9:1', 'release', 'mallory', 'trust me', '2026-11-27 10:00:00')",
-     "finds": ["review of 77e1d0c4b2a9:1 (release by mallory) has no ledger entry"]},
-    {"title": "entry digest edited",
-     "sql": "UPDATE ledger_entries SET payload_digest = '" + "0" * 64 + "' WHERE sequence = 6",
-     "finds": ["entry 6 (review of {b}:3): its hash does not match its content"]},
-    {"title": "readable copy of a review replaced",
-     "sql": "UPDATE ledger_entries SET recorded = '\"nothing to see\"' WHERE sequence = 6",
-     "finds": ["entry 6 (review of {b}:3): its recorded copy was edited"]},
-    {"title": "readable summary of decisions replaced",
-     "sql": "UPDATE ledger_entries SET recorded = '[]' WHERE sequence = 2",
-     "finds": ["entry 2 (decisions of batch {b}): its recorded summary was edited"]},
-    {"title": "entry hash recomputed by hand",
-     "sql": "UPDATE ledger_entries SET entry_hash = '" + "1" * 64 + "' WHERE sequence = 3",
-     "finds": ["entry 3 (batch 77e1d0c4b2a9): its hash does not match its content",
-               "entry 4 (decisions of batch 77e1d0c4b2a9): does not link to the entry before it"]},
+    {
+        "title": "action turned from reject to release",
+        "sql": "UPDATE review_actions SET action = 'release' WHERE row_id = '{b}:3'",
+        "finds": ["entry 6 (review of {b}:3): recorded action changed from reject to release"],
+    },
+    {
+        "title": "reviewer renamed",
+        "sql": "UPDATE review_actions SET \"by\" = 'carol' WHERE row_id = '{b}:1'",
+        "finds": ["entry 5 (review of {b}:1): recorded by changed from alice to carol"],
+    },
+    {
+        "title": "reason rewritten",
+        "sql": "UPDATE review_actions SET reason = 'looked fine' WHERE row_id = '{b}:4'",
+        "finds": ["entry 7 (review of {b}:4): recorded reason changed from 'outlier' to 'looked fine'"],
+    },
+    {
+        "title": "pending row made accepted",
+        "sql": "UPDATE row_decisions SET initial_status = 'accepted' WHERE id = '77e1d0c4b2a9:4'",
+        "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9): row 77e1d0c4b2a9:4 was recorded as pending, now accepted"],
+    },
+    {
+        "title": "suspicion lowered",
+        "sql": "UPDATE row_decisions SET suspicion = 0.1 WHERE id = '77e1d0c4b2a9:4'",
+        "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9): the suspicion, reasons, scores or dataset"],
+    },
+    {
+        "title": "row moved to another dataset",
+        "sql": "UPDATE row_decisions SET dataset = 'other' WHERE id = '77e1d0c4b2a9:1'",
+        "finds": ["entry 4 (decisions of batch 77e1d0c4b2a9)"],
+    },
+    {
+        "title": "batch submitter changed",
+        "sql": "UPDATE batches SET submitter = 'trusted-team' WHERE id = '{b}'",
+        "finds": ["entry 1 (batch {b}): recorded submitter changed from carol to trusted-team"],
+    },
+    {
+        "title": "entry in the middle deleted",
+        "sql": "DELETE FROM ledger_entries WHERE sequence = 5",
+        "finds": [
+            "entry 5 is missing: the chain jumps from entry 4 to entry 6",
+            "review of {b}:1 (release by alice) has no ledger entry",
+        ],
+    },
+    {
+        "title": "last entry deleted",
+        "sql": "DELETE FROM ledger_entries WHERE sequence = 7",
+        "finds": ["review of {b}:4 (reject by bob) has no ledger entry"],
+    },
+    {
+        "title": "review action deleted",
+        "sql": "DELETE FROM review_actions WHERE row_id = '{b}:3'",
+        "finds": ["entry 6 (review of {b}:3): the review action is missing from the review_actions table (deleted)"],
+    },
+    {
+        "title": "review added outside the ledger",
+        "sql": 'INSERT INTO review_actions (row_id, action, "by", reason, at) '
+        "VALUES ('77e1d0c4b2a9:1', 'release', 'mallory', 'trust me', '2026-11-27 10:00:00')",
+        "finds": ["review of 77e1d0c4b2a9:1 (release by mallory) has no ledger entry"],
+    },
+    {
+        "title": "entry digest edited",
+        "sql": "UPDATE ledger_entries SET payload_digest = '" + "0" * 64 + "' WHERE sequence = 6",
+        "finds": ["entry 6 (review of {b}:3): its hash does not match its content"],
+    },
+    {
+        "title": "readable copy of a review replaced",
+        "sql": "UPDATE ledger_entries SET recorded = '\"nothing to see\"' WHERE sequence = 6",
+        "finds": ["entry 6 (review of {b}:3): its recorded copy was edited"],
+    },
+    {
+        "title": "readable summary of decisions replaced",
+        "sql": "UPDATE ledger_entries SET recorded = '[]' WHERE sequence = 2",
+        "finds": ["entry 2 (decisions of batch {b}): its recorded summary was edited"],
+    },
+    {
+        "title": "entry hash recomputed by hand",
+        "sql": "UPDATE ledger_entries SET entry_hash = '" + "1" * 64 + "' WHERE sequence = 3",
+        "finds": [
+            "entry 3 (batch 77e1d0c4b2a9): its hash does not match its content",
+            "entry 4 (decisions of batch 77e1d0c4b2a9): does not link to the entry before it",
+        ],
+    },
 ]
 
 
@@ -569,7 +674,8 @@ def test_a_saved_head_catches_the_newest_review_removed_with_its_entry(reviewed,
     raw_sql("DELETE FROM review_actions WHERE row_id = :id", id=f"{batch_id}:4")
     assert ledger.verify() == []  # consistent on its own: only an outside copy of the head shows it
     assert ledger.verify(expected_head=head) == [
-        "the chain ends at entry 6, but entry 7 was recorded as its head earlier: entries were cut off the end"]
+        "the chain ends at entry 6, but entry 7 was recorded as its head earlier: entries were cut off the end"
+    ]
     assert ledger.get_row(f"{batch_id}:4").status is RowStatus.PENDING
 
 
@@ -590,17 +696,36 @@ def test_the_decisions_digest_is_the_digest_of_the_whole_payload_however_it_is_s
 
     from pipeline.ledger.chain import DecisionsDigest
 
-    rows = [{"id": f"b:{n}", "dataset": "hmda", "row_number": n, "initial_status": "pending" if n % 3 else "accepted",
-             "suspicion": n / 7, "reasons": ["naïve ≥ reason"] if n % 3 else [], "scores": {"outliers": n / 11, "x": None}}
-            for n in range(10)]
-    whole = json.dumps({"batch_id": "b", "rows": [[r["id"], r["dataset"], r["row_number"], r["initial_status"],
-                                                    r["suspicion"], r["reasons"], r["scores"]] for r in rows]},
-                       sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    rows = [
+        {
+            "id": f"b:{n}",
+            "dataset": "hmda",
+            "row_number": n,
+            "initial_status": "pending" if n % 3 else "accepted",
+            "suspicion": n / 7,
+            "reasons": ["naïve ≥ reason"] if n % 3 else [],
+            "scores": {"outliers": n / 11, "x": None},
+        }
+        for n in range(10)
+    ]
+    whole = json.dumps(
+        {
+            "batch_id": "b",
+            "rows": [
+                [r["id"], r["dataset"], r["row_number"], r["initial_status"], r["suspicion"], r["reasons"], r["scores"]]
+                for r in rows
+            ],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
     expected = hashlib.sha256(whole.encode("utf-8")).hexdigest()
     for size in (1, 3, 10):
         decisions = DecisionsDigest("b")
         for start in range(0, len(rows), size):
-            decisions.add(rows[start:start + size])
+            decisions.add(rows[start : start + size])
             decisions.add([])
         assert decisions.hexdigest() == expected
         assert decisions.summary() == {"batch_id": "b", "rows": 10, "pending": [1, 2, 4, 5, 7, 8]}

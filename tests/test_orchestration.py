@@ -10,13 +10,27 @@ import pandas as pd
 
 from tests.conftest import SAMPLES, read_outputs
 
-STEPS = {"ingest", "load_trusted", "validate_batch", "fit_detectors", "read_chunk", "fit_checks", "check_batch",
-         "assess", "decide_batch", "source_history", "check_source", "confirm_impact", "trusted_suspicion",
-         "build_outputs", "stage", "record"}
+STEPS = {
+    "ingest",
+    "load_trusted",
+    "validate_batch",
+    "fit_detectors",
+    "read_chunk",
+    "fit_checks",
+    "check_batch",
+    "assess",
+    "decide_batch",
+    "source_history",
+    "check_source",
+    "confirm_impact",
+    "trusted_suspicion",
+    "build_outputs",
+    "stage",
+    "record",
+}
 
 
-def test_a_plain_scan_and_a_prefect_flow_run_record_the_same_decisions_and_provenance(scan_sample, monkeypatch,
-                                                                                      tmp_path):
+def test_a_plain_scan_and_a_prefect_flow_run_record_the_same_decisions_and_provenance(scan_sample, monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -34,8 +48,9 @@ def test_a_plain_scan_and_a_prefect_flow_run_record_the_same_decisions_and_prove
     assert plain_summary["orchestration"] == {"runner": "plain"}
     assert flow_summary["orchestration"]["runner"] == "prefect"
     for ours, theirs in zip(plain_frames, flow_frames):
-        pd.testing.assert_frame_equal(ours.drop(columns=["reasons"], errors="ignore"),
-                                      theirs.drop(columns=["reasons"], errors="ignore"))
+        pd.testing.assert_frame_equal(
+            ours.drop(columns=["reasons"], errors="ignore"), theirs.drop(columns=["reasons"], errors="ignore")
+        )
     assert plain_summary["verdict"]["headline"] == flow_summary["verdict"]["headline"]
 
     # The flow run is in Prefect's API, completed, with a task run for every step.
@@ -52,8 +67,14 @@ def test_a_plain_scan_and_a_prefect_flow_run_record_the_same_decisions_and_prove
     assert plain_run.data.tags["orchestration.runner"] == "plain"
     assert flow_run_record.data.tags["orchestration.runner"] == "prefect"
     assert flow_run_record.data.tags["orchestration.flow_run_id"] == str(flow_run_id)
-    differing = {"dataset", "orchestration.runner", "orchestration.flow_run_id", "orchestration.server",
-                 "mlflow.runName", "batch_id"}
+    differing = {
+        "dataset",
+        "orchestration.runner",
+        "orchestration.flow_run_id",
+        "orchestration.server",
+        "mlflow.runName",
+        "batch_id",
+    }
     assert set(plain_run.data.tags) - differing == set(flow_run_record.data.tags) - differing
     assert plain_run.data.params == flow_run_record.data.params
     assert plain_run.data.metrics == flow_run_record.data.metrics

@@ -33,15 +33,43 @@ TOKEN = "a-test-token-that-is-long-enough"
 def traversal_names(root: Path) -> list[str]:
     """Dataset names that, followed as paths from the workspace, would leave it; the absolute
     one points into ``root`` so that the listing check would see a write there."""
-    return ["../../escaped", "..", ".", "a/../../escaped", str(root / "escaped-absolute"), "nul\x00byte",
-            "line\nbreak", "trailing-newline\n", "x" * 129, "~", ".hidden", "-dash", "back\\slash",
-            "名前", " leading-space", "escaped/"]
+    return [
+        "../../escaped",
+        "..",
+        ".",
+        "a/../../escaped",
+        str(root / "escaped-absolute"),
+        "nul\x00byte",
+        "line\nbreak",
+        "trailing-newline\n",
+        "x" * 129,
+        "~",
+        ".hidden",
+        "-dash",
+        "back\\slash",
+        "名前",
+        " leading-space",
+        "escaped/",
+    ]
 
 
-HOSTILE_IDS = ["../../etc/passwd", "../../etc/passwd:1", "/etc/passwd", "3f2a9c1b0d4e:../../x",
-               "3f2a9c1b0d4e/../..:1", "nul\x00:1", "line\nbreak:1", "x" * 10_000, "%2e%2e%2f%2e%2e%2f",
-               "' OR 1=1 --", "3f2a9c1b0d4e:1; DROP TABLE batches", "*", "%", "3f2a9c1b0d4e:-1",
-               "3f2a9c1b0d4e:99999999999999999999999"]
+HOSTILE_IDS = [
+    "../../etc/passwd",
+    "../../etc/passwd:1",
+    "/etc/passwd",
+    "3f2a9c1b0d4e:../../x",
+    "3f2a9c1b0d4e/../..:1",
+    "nul\x00:1",
+    "line\nbreak:1",
+    "x" * 10_000,
+    "%2e%2e%2f%2e%2e%2f",
+    "' OR 1=1 --",
+    "3f2a9c1b0d4e:1; DROP TABLE batches",
+    "*",
+    "%",
+    "3f2a9c1b0d4e:-1",
+    "3f2a9c1b0d4e:99999999999999999999999",
+]
 
 
 @pytest.fixture
@@ -57,8 +85,9 @@ def place(tmp_path, monkeypatch):
 
 def written_outside(root: Path, *allowed: str) -> list[str]:
     """Everything under ``root`` that is not inside one of the ``allowed`` top-level folders."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.relative_to(root).parts[0] not in allowed and p.name != "cwd")
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] not in allowed and p.name != "cwd"
+    )
 
 
 def assert_refused_in_one_line(result, *needles: str) -> str:
@@ -73,10 +102,23 @@ def assert_refused_in_one_line(result, *needles: str) -> str:
 
 # --- dataset names ---------------------------------------------------------------------------
 
+
 def test_scan_refuses_dataset_names_that_leave_the_workspace(run_cli, place):
     for name in traversal_names(place):
-        result = run_cli("scan", CLEAN, "--reference", SAMPLES / "reference.parquet", "--label", "deny",
-                         "--dataset", name, "--workspace", place / "ws", "--out", place / "out")
+        result = run_cli(
+            "scan",
+            CLEAN,
+            "--reference",
+            SAMPLES / "reference.parquet",
+            "--label",
+            "deny",
+            "--dataset",
+            name,
+            "--workspace",
+            place / "ws",
+            "--out",
+            place / "out",
+        )
         assert_refused_in_one_line(result, "dataset name")
         assert written_outside(place) == [], name
         assert not (place / "ws").exists() and not (place / "out").exists(), name
@@ -99,6 +141,7 @@ def test_review_list_filters_on_any_dataset_name_without_touching_paths(run_cli,
 
 
 # --- IDs from users --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["show", "release", "reject"])
 def test_review_refuses_hostile_ids_in_one_line(run_cli, place, command):
@@ -140,13 +183,20 @@ def test_review_page_answers_hostile_ids_with_not_found(place):
 
 # --- batch file names ------------------------------------------------------------------------
 
-HOSTILE_FILE_NAMES = ["...csv", "batch\nsecond line\ttab.csv", "x" * 250 + ".csv",
-                      "-rf $(touch pwned) `id` 'q\".csv", "<img src=x onerror=alert(1)>.csv",
-                      "\u202evsc.exe 名前 back\\slash.csv"]
+HOSTILE_FILE_NAMES = [
+    "...csv",
+    "batch\nsecond line\ttab.csv",
+    "x" * 250 + ".csv",
+    "-rf $(touch pwned) `id` 'q\".csv",
+    "<img src=x onerror=alert(1)>.csv",
+    "\u202evsc.exe 名前 back\\slash.csv",
+]
 
 # The only folders a scan creates in the workspace: named by the checked dataset name and the sha256.
-WORKSPACE_FOLDER = re.compile(r"datasets(/names-\d+(/batches(/[0-9a-f]{64})?)?)?|staging(/names-\d+)?|"
-                              r"locks(/names-\d+)?")
+WORKSPACE_FOLDER = re.compile(
+    r"datasets(/names-\d+(/batches(/[0-9a-f]{64})?)?)?|staging(/names-\d+)?|"
+    r"locks(/names-\d+)?"
+)
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +205,9 @@ def trusted_without_detectors(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trusted")
     reference = folder / "reference.parquet"
     pd.read_parquet(SAMPLES / "reference.parquet").sample(200, random_state=0).to_parquet(reference, index=False)
-    request = scan.ScanRequest(batch=CLEAN, reference=reference, label="deny", out=folder / "out", suite=SUITE,
-                               dataset="names")
+    request = scan.ScanRequest(
+        batch=CLEAN, reference=reference, label="deny", out=folder / "out", suite=SUITE, dataset="names"
+    )
     settings = Settings.from_environment(folder / "unused", environ={})
     settings = dataclasses.replace(settings, detectors={})
     return request, settings, scan.load_trusted(request, settings)
@@ -171,8 +222,9 @@ def scan_into_workspace(batch: Path, workspace: Path, out: Path, dataset: str, t
     loaded = scan.ingest(request)
     conformed, outcome = scan.validate_batch(loaded, trusted)
     decisions = scan.decide_batch(conformed, outcome, {}, {}, settings)
-    outputs = scan.build_outputs(request, settings, loaded, trusted, conformed, outcome, decisions, [], [],
-                                 scan.np.array([]), "no-run", scan.now())
+    outputs = scan.build_outputs(
+        request, settings, loaded, trusted, conformed, outcome, decisions, [], [], scan.np.array([]), "no-run", scan.now()
+    )
     space = Workspace(workspace)
     staging = space.staging_dir(request.dataset_name, loaded.sha256)
     write_outputs(outputs, staging)
@@ -193,8 +245,8 @@ def test_batch_file_names_cannot_steer_where_outputs_go(place, trusted_without_d
         folders = [str(p.relative_to(place / "ws")) for p in (place / "ws").rglob("*") if p.is_dir()]
         assert all(WORKSPACE_FOLDER.fullmatch(folder) for folder in folders), folders
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            ["accepted.parquet", "quarantined.parquet", "scores.parquet", "findings.parquet", "summary.json",
-             "report.html"])
+            ["accepted.parquet", "quarantined.parquet", "scores.parquet", "findings.parquet", "summary.json", "report.html"]
+        )
         assert "<img src=x onerror" not in (out / "report.html").read_text(), "the file name reached the report raw"
     assert written_outside(place, "ws", "out", "inputs") == []
     assert not list(place.rglob("pwned"))
@@ -204,23 +256,45 @@ def test_scan_of_a_file_named_with_a_newline_is_refused_or_reported_in_one_line(
     batch = place / "inputs" / "batch\npoisonguard: error: forged.csv"
     batch.parent.mkdir()
     batch.write_bytes(b"\x00binary\x00")
-    result = run_cli("scan", batch, "--reference", SAMPLES / "reference.parquet", "--label", "deny",
-                     "--workspace", place / "ws", "--out", place / "out")
+    result = run_cli(
+        "scan",
+        batch,
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--workspace",
+        place / "ws",
+        "--out",
+        place / "out",
+    )
     line = assert_refused_in_one_line(result, "is binary")
     assert "batch\\npoisonguard: error: forged.csv" in line
     assert written_outside(place, "inputs") == []
 
 
-@pytest.mark.parametrize("bad", [
-    "nul\x00byte.csv", "n" * 300 + ".csv"], ids=["nul-byte", "name-too-long"])
+@pytest.mark.parametrize("bad", ["nul\x00byte.csv", "n" * 300 + ".csv"], ids=["nul-byte", "name-too-long"])
 @pytest.mark.parametrize("role", ["batch", "reference", "holdout", "suite"])
 def test_unopenable_names_of_every_input_are_refused_in_one_line(run_cli, place, bad, role):
     """NUL bytes and names longer than the file system allows, as batch, reference, holdout, suite."""
     inputs = {"batch": CLEAN, "reference": SAMPLES / "reference.parquet"}
     inputs[role] = place / (bad.replace(".csv", ".json") if role == "suite" else bad)
     options = [f"--{role}", inputs[role]] if role in ("holdout", "suite") else []
-    result = run_cli("scan", inputs["batch"], "--reference", inputs["reference"], *options, "--label", "deny",
-                     "--dataset", "names", "--workspace", place / "ws", "--out", place / "out")
+    result = run_cli(
+        "scan",
+        inputs["batch"],
+        "--reference",
+        inputs["reference"],
+        *options,
+        "--label",
+        "deny",
+        "--dataset",
+        "names",
+        "--workspace",
+        place / "ws",
+        "--out",
+        place / "out",
+    )
     line = assert_refused_in_one_line(result)
     assert role in line, (role, line)
     assert written_outside(place) == []

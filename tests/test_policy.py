@@ -48,17 +48,21 @@ def test_bh_threshold_includes_the_boundary():
     assert benjamini_hochberg_threshold(np.array([0.025, 0.9]), 0.05) == 0.025
 
 
-@pytest.mark.parametrize("pvalues, q", [
-    (BH_EXAMPLE, 0.0),                  # q = 0 turns BH off, even with p = 0.001 present
-    ([0.0, 0.0, 0.0], 0.0),             # ... even with p = 0
-    ([0.5, 0.6, 0.9], 0.3),             # 0.5 > 0.3·1/3, 0.6 > 0.3·2/3, 0.9 > 0.3: no rejection
-    ([], 0.3),                          # no rows
-])
+@pytest.mark.parametrize(
+    "pvalues, q",
+    [
+        (BH_EXAMPLE, 0.0),  # q = 0 turns BH off, even with p = 0.001 present
+        ([0.0, 0.0, 0.0], 0.0),  # ... even with p = 0
+        ([0.5, 0.6, 0.9], 0.3),  # 0.5 > 0.3·1/3, 0.6 > 0.3·2/3, 0.9 > 0.3: no rejection
+        ([], 0.3),  # no rows
+    ],
+)
 def test_bh_threshold_is_zero_when_nothing_is_rejected(pvalues, q):
     assert benjamini_hochberg_threshold(np.array(pvalues, dtype=float), q) == 0.0
 
 
 # --- fusion and firing -----------------------------------------------------------------------------
+
 
 def test_fuse_is_the_bonferroni_minimum_capped_at_one_with_nan_as_one():
     pvalues = {
@@ -93,35 +97,45 @@ def test_fired_compares_the_detectors_own_bonferroni_pvalue_with_the_threshold()
 
 # --- QuarantinePolicy parameters and threshold ----------------------------------------------------
 
-@pytest.mark.parametrize("key, value", [
-    ("false_quarantine_target", 0.0),      # open at 0: a target of 0 would hold nothing ever
-    ("false_quarantine_target", -0.01),
-    ("false_quarantine_target", 0.51),     # capped at REASON_PVALUE
-    ("false_quarantine_target", math.nan),
-    ("false_quarantine_target", True),
-    ("false_quarantine_target", "0.01"),
-    ("false_discovery_rate", -0.01),
-    ("false_discovery_rate", 0.6),
-    ("false_discovery_rate", math.nan),
-    ("false_discovery_rate", "0.3"),
-])
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("false_quarantine_target", 0.0),  # open at 0: a target of 0 would hold nothing ever
+        ("false_quarantine_target", -0.01),
+        ("false_quarantine_target", 0.51),  # capped at REASON_PVALUE
+        ("false_quarantine_target", math.nan),
+        ("false_quarantine_target", True),
+        ("false_quarantine_target", "0.01"),
+        ("false_discovery_rate", -0.01),
+        ("false_discovery_rate", 0.6),
+        ("false_discovery_rate", math.nan),
+        ("false_discovery_rate", "0.3"),
+    ],
+)
 def test_policy_rejects_out_of_range_parameters_naming_them(key, value):
     with pytest.raises(InvalidParameter, match=key) as info:
         QuarantinePolicy(**{key: value})
     assert f"Got {value!r}" in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"false_quarantine_target": REASON_PVALUE},
-    {"false_quarantine_target": 1e-6},
-    {"false_discovery_rate": 0.0},
-    {"false_discovery_rate": REASON_PVALUE},
-    {"false_discovery_rate": 0},  # an int is a Real
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"false_quarantine_target": REASON_PVALUE},
+        {"false_quarantine_target": 1e-6},
+        {"false_discovery_rate": 0.0},
+        {"false_discovery_rate": REASON_PVALUE},
+        {"false_discovery_rate": 0},  # an int is a Real
+    ],
+)
 def test_policy_accepts_the_ends_of_its_ranges(kwargs):
     policy = QuarantinePolicy(**kwargs)
-    assert policy.as_dict() == {"false_quarantine_target": 0.01, "false_discovery_rate": 0.1, "verdict_alpha": 0.01,
-                                "evidence_hold": "likely"} | kwargs
+    assert (
+        policy.as_dict()
+        == {"false_quarantine_target": 0.01, "false_discovery_rate": 0.1, "verdict_alpha": 0.01, "evidence_hold": "likely"}
+        | kwargs
+    )
 
 
 def test_policy_threshold_is_the_larger_of_target_and_bh():
@@ -137,6 +151,7 @@ def test_policy_threshold_is_the_larger_of_target_and_bh():
 
 
 # --- statistical validity on simulated p-values ----------------------------------------------------
+
 
 def _clean_fused(rng: np.random.Generator, n: int) -> np.ndarray:
     # two detectors, independent uniform p-values: the null for every row
@@ -197,15 +212,18 @@ def test_bh_lifts_the_threshold_on_a_poisoned_batch_and_keeps_false_discoveries_
 
 # --- decide() ---------------------------------------------------------------------------------------
 
+
 def _scores(calibrated: dict[int, float], name: str) -> pd.DataFrame:
     """A detector's score frame; rows listed in the order given (deliberately not row order)."""
-    frame = pd.DataFrame({
-        "row_number": list(calibrated),
-        "score": [10 * c for c in calibrated.values()],
-        "calibrated": list(calibrated.values()),
-        "flagged": [1 - c <= 0.01 for c in calibrated.values()],  # a detector's own alpha
-        "reason": [f"{name} suspects row {r}" for r in calibrated],
-    })
+    frame = pd.DataFrame(
+        {
+            "row_number": list(calibrated),
+            "score": [10 * c for c in calibrated.values()],
+            "calibrated": list(calibrated.values()),
+            "flagged": [1 - c <= 0.01 for c in calibrated.values()],  # a detector's own alpha
+            "reason": [f"{name} suspects row {r}" for r in calibrated],
+        }
+    )
     return frame[SCORE_COLUMNS]
 
 
@@ -224,8 +242,13 @@ TIGHT = QuarantinePolicy(false_quarantine_target=0.1, false_discovery_rate=0.0)
 
 
 def _decide(validation=None, batch=(), policy=TIGHT, rows=range(6)):
-    return decide(pd.Series(list(rows)), empty_findings() if validation is None else validation, list(batch),
-                  {"a": _scores(CAL_A, "a"), "b": _scores(CAL_B, "b")}, policy)
+    return decide(
+        pd.Series(list(rows)),
+        empty_findings() if validation is None else validation,
+        list(batch),
+        {"a": _scores(CAL_A, "a"), "b": _scores(CAL_B, "b")},
+        policy,
+    )
 
 
 def _by_row(decisions) -> pd.DataFrame:
@@ -246,8 +269,9 @@ def test_decide_holds_exactly_the_rows_whose_fused_pvalue_clears_the_threshold()
 
 def test_the_row_rules_natural_share_is_taken_from_the_detectors_target():
     # the holdout shows 3 % of clean rows break a rule: the detectors get 0.1 - 0.03 of the target
-    decisions = decide(pd.Series(range(6)), empty_findings(), [], {"a": _scores(CAL_A, "a"), "b": _scores(CAL_B, "b")},
-                       TIGHT, spent=0.03)
+    decisions = decide(
+        pd.Series(range(6)), empty_findings(), [], {"a": _scores(CAL_A, "a"), "b": _scores(CAL_B, "b")}, TIGHT, spent=0.03
+    )
     assert decisions.threshold == pytest.approx(0.07)
     assert sorted(decisions.quarantined_rows) == [0, 1, 2]  # fused 0.09 (row 4) no longer held
     assert TIGHT.row_target(0.5) == 0.0 and TIGHT.row_target(-1.0) == 0.1
@@ -255,7 +279,7 @@ def test_the_row_rules_natural_share_is_taken_from_the_detectors_target():
 
 def test_decide_lists_only_detectors_that_fired_smallest_pvalue_first():
     table = _by_row(_decide())
-    assert table.loc[0, "reasons"] == ["a suspects row 0"]       # b's 2·0.10 = 0.2 did not fire
+    assert table.loc[0, "reasons"] == ["a suspects row 0"]  # b's 2·0.10 = 0.2 did not fire
     # p 1e-05 before 0.04: sorted as numbers, not as the text "1e-05" > "0.04"
     assert table.loc[1, "reasons"] == ["b suspects row 1", "a suspects row 1"]
     assert table.loc[2, "reasons"] == ["b suspects row 2"]
@@ -267,7 +291,12 @@ def test_decide_findings_table_has_one_detector_finding_per_fired_pair():
     decisions = _decide()
     findings = decisions.findings
     assert set(zip(findings["row_number"], findings["check"])) == {
-        (0, "detector:a"), (1, "detector:a"), (1, "detector:b"), (2, "detector:b"), (4, "detector:a")}
+        (0, "detector:a"),
+        (1, "detector:a"),
+        (1, "detector:b"),
+        (2, "detector:b"),
+        (4, "detector:a"),
+    }
     assert len(findings) == 5
     assert (findings["reason_code"] == ReasonCode.DETECTOR.value).all()
     observed = findings.set_index(["row_number", "check"])["observed"]
@@ -276,12 +305,26 @@ def test_decide_findings_table_has_one_detector_finding_per_fired_pair():
 
 
 def test_hard_findings_force_suspicion_one_and_come_first_in_reasons():
-    validation = findings_frame([
-        {"row_number": 3, "check": "range:lvrat", "column": "lvrat", "reason_code": ReasonCode.OUT_OF_RANGE,
-         "observed": "7.5", "message": "lvrat 7.5 is outside 0..3"},
-        {"row_number": 1, "check": "domain:phist", "column": "phist", "reason_code": ReasonCode.NOT_IN_DOMAIN,
-         "observed": "maybe", "message": "phist 'maybe' is not a known value"},
-    ])
+    validation = findings_frame(
+        [
+            {
+                "row_number": 3,
+                "check": "range:lvrat",
+                "column": "lvrat",
+                "reason_code": ReasonCode.OUT_OF_RANGE,
+                "observed": "7.5",
+                "message": "lvrat 7.5 is outside 0..3",
+            },
+            {
+                "row_number": 1,
+                "check": "domain:phist",
+                "column": "phist",
+                "reason_code": ReasonCode.NOT_IN_DOMAIN,
+                "observed": "maybe",
+                "message": "phist 'maybe' is not a known value",
+            },
+        ]
+    )
     table = _by_row(_decide(validation))
     # row 3 was clean for both detectors (fused 1.0) and is held on the validation finding alone
     assert table.loc[3, "quarantined"] and table.loc[3, "suspicion"] == 1.0
@@ -309,8 +352,7 @@ def test_every_batch_row_appears_exactly_once_in_batch_order():
     rows = [12, 10, 11, 13, 15, 14]  # row numbers need not be 0.. nor sorted
     cal_a = dict(zip(rows, [0.99, 0.5, 0.5, 0.5, 0.5, 0.5]))
     cal_b = dict.fromkeys(reversed(rows), 0.5)
-    decisions = decide(pd.Series(rows), empty_findings(), [],
-                       {"a": _scores(cal_a, "a"), "b": _scores(cal_b, "b")}, TIGHT)
+    decisions = decide(pd.Series(rows), empty_findings(), [], {"a": _scores(cal_a, "a"), "b": _scores(cal_b, "b")}, TIGHT)
     assert decisions.table["row_number"].tolist() == rows
     assert decisions.quarantined_rows.tolist() == [12]
     assert list(decisions.table.columns[:4]) == ["row_number", "suspicion", "quarantined", "reasons"]
@@ -319,8 +361,9 @@ def test_every_batch_row_appears_exactly_once_in_batch_order():
 def test_a_row_missing_from_a_detectors_scores_counts_as_p_one_for_it():
     cal_a = dict(CAL_A)
     del cal_a[1]  # detector a did not score row 1; b's p 1e-05 still holds it
-    decisions = decide(pd.Series(range(6)), empty_findings(), [],
-                       {"a": _scores(cal_a, "a"), "b": _scores(CAL_B, "b")}, TIGHT)
+    decisions = decide(
+        pd.Series(range(6)), empty_findings(), [], {"a": _scores(cal_a, "a"), "b": _scores(CAL_B, "b")}, TIGHT
+    )
     table = _by_row(decisions)
     assert table.loc[1, "quarantined"] and table.loc[1, "reasons"] == ["b suspects row 1"]
     assert table.loc[1, "suspicion"] == pytest.approx(1 - 2 * 1e-05)
@@ -363,17 +406,18 @@ def test_decide_uses_the_policys_threshold_including_bh():
 
 # --- configuration ----------------------------------------------------------------------------------
 
+
 def test_settings_read_the_policy_from_the_environment(tmp_path):
-    env = {"POISONGUARD_USER": "s", "POISONGUARD_FALSE_QUARANTINE_TARGET": "0.05",
-           "POISONGUARD_FALSE_DISCOVERY_RATE": "0"}
+    env = {"POISONGUARD_USER": "s", "POISONGUARD_FALSE_QUARANTINE_TARGET": "0.05", "POISONGUARD_FALSE_DISCOVERY_RATE": "0"}
     settings = Settings.from_environment(tmp_path, environ=env)
     assert settings.policy == QuarantinePolicy(false_quarantine_target=0.05, false_discovery_rate=0.0)
 
 
 def test_settings_default_the_policy_when_unset_or_empty(tmp_path):
-    for env in ({"POISONGUARD_USER": "s"},
-                {"POISONGUARD_USER": "s", "POISONGUARD_FALSE_QUARANTINE_TARGET": "",
-                 "POISONGUARD_FALSE_DISCOVERY_RATE": ""}):
+    for env in (
+        {"POISONGUARD_USER": "s"},
+        {"POISONGUARD_USER": "s", "POISONGUARD_FALSE_QUARANTINE_TARGET": "", "POISONGUARD_FALSE_DISCOVERY_RATE": ""},
+    ):
         assert Settings.from_environment(tmp_path, environ=env).policy == QuarantinePolicy()
 
 
@@ -396,13 +440,21 @@ def test_a_group_detectors_shared_pvalue_does_not_enter_bh_as_many_discoveries()
     rows = range(114)
     group = {r: (1 - 0.0119 if r < 20 else 0.0) for r in rows}
     plain = dict.fromkeys(rows, 0.5)
-    scores = {"trigger": _scores(group, "trigger"), "duplicates": _scores(dict.fromkeys(rows, 0.0), "duplicates"),
-              "outliers": _scores(plain, "outliers"), "label_consistency": _scores(plain, "label_consistency")}
+    scores = {
+        "trigger": _scores(group, "trigger"),
+        "duplicates": _scores(dict.fromkeys(rows, 0.0), "duplicates"),
+        "outliers": _scores(plain, "outliers"),
+        "label_consistency": _scores(plain, "label_consistency"),
+    }
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     assert not decisions.table["quarantined"].any()
     # the same p-values from a row-scoped detector are 20 separate tests, and BH may hold them
-    renamed = {"row_a": scores["trigger"], "row_b": scores["duplicates"], "outliers": scores["outliers"],
-               "label_consistency": scores["label_consistency"]}
+    renamed = {
+        "row_a": scores["trigger"],
+        "row_b": scores["duplicates"],
+        "outliers": scores["outliers"],
+        "label_consistency": scores["label_consistency"],
+    }
     at_03 = QuarantinePolicy(false_discovery_rate=0.3)  # 20 discoveries of 114 at q = 0.3: BH lifts to 0.053
     assert decide(pd.Series(list(rows)), empty_findings(), [], renamed, at_03).table["quarantined"].sum() == 20
     assert not decide(pd.Series(list(rows)), empty_findings(), [], scores, at_03).table["quarantined"].any()
@@ -414,8 +466,11 @@ def test_a_group_is_held_at_its_detectors_own_alpha_whatever_the_row_detectors()
     flood need p <= 5e-5 and held it 0 of 47). Group p-values do not enter the row fusion."""
     rows = range(50)
     group = {r: (1 - 0.004 if r < 8 else 1 - 0.3 if r < 16 else 0.0) for r in rows}
-    scores = {"trigger": _scores(group, "trigger"), "outliers": _scores(dict.fromkeys(rows, 0.5), "outliers"),
-              "label_consistency": _scores(dict.fromkeys(rows, 0.5), "label_consistency")}
+    scores = {
+        "trigger": _scores(group, "trigger"),
+        "outliers": _scores(dict.fromkeys(rows, 0.5), "outliers"),
+        "label_consistency": _scores(dict.fromkeys(rows, 0.5), "label_consistency"),
+    }
     decisions = decide(pd.Series(list(rows)), empty_findings(), [], scores, QuarantinePolicy())
     held = decisions.table.loc[decisions.table["quarantined"], "row_number"].tolist()
     assert held == list(range(8))

@@ -51,13 +51,16 @@ def test_credentials_are_redacted_from_tracking_uris():
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
-@pytest.mark.parametrize("uri,expected", [
-    ("sqlite:///{ws}/mlflow.db", "{ws}/mlartifacts"),  # the workspace's own store
-    ("sqlite:///{ws}/elsewhere/runs.db", "{ws}/elsewhere/mlartifacts"),
-    ("postgresql://mlflow@db.internal/mlflow", "{ws}/mlartifacts"),
-    ("http://mlflow.internal:5000", None),  # the server decides
-    ("file:///srv/mlruns", None),
-])
+@pytest.mark.parametrize(
+    "uri,expected",
+    [
+        ("sqlite:///{ws}/mlflow.db", "{ws}/mlartifacts"),  # the workspace's own store
+        ("sqlite:///{ws}/elsewhere/runs.db", "{ws}/elsewhere/mlartifacts"),
+        ("postgresql://mlflow@db.internal/mlflow", "{ws}/mlartifacts"),
+        ("http://mlflow.internal:5000", None),  # the server decides
+        ("file:///srv/mlruns", None),
+    ],
+)
 def test_artifacts_never_land_in_the_current_folder(uri, expected, tmp_path):
     from pipeline.config import Settings
 

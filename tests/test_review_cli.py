@@ -16,10 +16,17 @@ def scanned(tmp_path_factory):
     from pipeline.cli import run_scan
 
     root = tmp_path_factory.mktemp("review")
-    summary = run_scan(batch=SAMPLES / "batch_03_impossible_and_outliers.csv", reference=SAMPLES / "reference.parquet",
-                       label="deny", out=root / "out", suite=SAMPLES.parent / "expectations" / "hmda.json",
-                       holdout=SAMPLES / "holdout.parquet", source="partner-b", dataset="review-cli",
-                       workspace=root / "ws")
+    summary = run_scan(
+        batch=SAMPLES / "batch_03_impossible_and_outliers.csv",
+        reference=SAMPLES / "reference.parquet",
+        label="deny",
+        out=root / "out",
+        suite=SAMPLES.parent / "expectations" / "hmda.json",
+        holdout=SAMPLES / "holdout.parquet",
+        source="partner-b",
+        dataset="review-cli",
+        workspace=root / "ws",
+    )
     return root / "ws", summary
 
 
@@ -55,18 +62,20 @@ def test_release_and_reject_are_recorded_mirrored_and_final(run_cli, scanned):
 
     workspace, summary = scanned
     first, second, third = (r["id"] for r in _pending(run_cli, workspace)[:3])
-    released = run_cli("review", "release", first, "--by", "alice", "--reason", "confirmed with the lender",
-                       "--workspace", workspace)
+    released = run_cli(
+        "review", "release", first, "--by", "alice", "--reason", "confirmed with the lender", "--workspace", workspace
+    )
     assert released.exit_code == 0, released.stderr
-    rejected = run_cli("review", "reject", second, "--by", "bob", "--reason", "impossible ratio",
-                       "--workspace", workspace)
+    rejected = run_cli("review", "reject", second, "--by", "bob", "--reason", "impossible ratio", "--workspace", workspace)
     assert rejected.exit_code == 0, rejected.stderr
 
     # refusals: exit 2, one line, nothing changed
-    for args in (("release", first, "--by", "carol", "--reason", "again"),           # already decided
-                 ("reject", "000000000000:1", "--by", "carol", "--reason", "x"),      # unknown id
-                 ("release", third, "--by", " ", "--reason", "x"),                    # no identity
-                 ("release", third, second, "--by", "carol", "--reason", "batch")):   # one bad id: none
+    for args in (
+        ("release", first, "--by", "carol", "--reason", "again"),  # already decided
+        ("reject", "000000000000:1", "--by", "carol", "--reason", "x"),  # unknown id
+        ("release", third, "--by", " ", "--reason", "x"),  # no identity
+        ("release", third, second, "--by", "carol", "--reason", "batch"),
+    ):  # one bad id: none
         refused = run_cli("review", *args, "--workspace", workspace)
         assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, (args, refused.stderr)
     settings = Settings.from_environment(workspace)
@@ -105,8 +114,9 @@ def test_a_failed_mirror_to_mlflow_says_the_review_is_recorded(run_cli, scanned,
         raise ConnectionError("tracking server unreachable")
 
     monkeypatch.setattr(pipeline.review, "_mirror_to_mlflow", unreachable)
-    result = run_cli("review", "reject", row, "--by", "dana", "--reason", "duplicate of a known fraud case",
-                     "--workspace", workspace)
+    result = run_cli(
+        "review", "reject", row, "--by", "dana", "--reason", "duplicate of a known fraud case", "--workspace", workspace
+    )
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert "Rejected 1 row(s) in the ledger, but mirroring" in result.stderr and "internal error" not in result.stderr
     with open_ledger(Settings.from_environment(workspace)) as ledger:

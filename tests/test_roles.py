@@ -23,32 +23,45 @@ from pipeline.validation import infer_suite, suite_from_document, with_roles
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
-LIGHT_DETECTORS = {"outliers": {"method": "hbos", "n_folds": 2},
-                   "label_consistency": {"model": "logistic", "n_folds": 2},
-                   "trigger": {}, "duplicates": {}}
+LIGHT_DETECTORS = {
+    "outliers": {"method": "hbos", "n_folds": 2},
+    "label_consistency": {"model": "logistic", "n_folds": 2},
+    "trigger": {},
+    "duplicates": {},
+}
 
 
 # --- inference ---------------------------------------------------------------------------------
 
+
 def _table(n: int = 120) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "application_id": np.arange(1000, 1000 + n),
-        "received": [(pd.Timestamp("2026-01-01") + pd.Timedelta(hours=i)).isoformat() for i in range(n)],
-        "comment": [f"the applicant called about letter number {i} twice" for i in range(n)],
-        "ref_code": [f"X{(7 * i) % 90}Q" for i in range(n)],  # not unique, too many levels for a category
-        "income": rng.normal(50, 10, n),  # unique floats: a quantity, not an id
-        "region": rng.choice(["north", "south", "east"], n),
-        "age": rng.integers(18, 80, n),
-        "deny": rng.choice(["yes", "no"], n),
-    })
+    return pd.DataFrame(
+        {
+            "application_id": np.arange(1000, 1000 + n),
+            "received": [(pd.Timestamp("2026-01-01") + pd.Timedelta(hours=i)).isoformat() for i in range(n)],
+            "comment": [f"the applicant called about letter number {i} twice" for i in range(n)],
+            "ref_code": [f"X{(7 * i) % 90}Q" for i in range(n)],  # not unique, too many levels for a category
+            "income": rng.normal(50, 10, n),  # unique floats: a quantity, not an id
+            "region": rng.choice(["north", "south", "east"], n),
+            "age": rng.integers(18, 80, n),
+            "deny": rng.choice(["yes", "no"], n),
+        }
+    )
 
 
 def test_infer_roles_tells_ids_times_text_and_high_cardinality_codes_from_features():
     roles = infer_roles(_table(), "deny")
-    assert roles == {"application_id": Role.ID, "received": Role.TIME, "comment": Role.TEXT,
-                     "ref_code": Role.IGNORED, "income": Role.FEATURE, "region": Role.FEATURE,
-                     "age": Role.FEATURE, "deny": Role.LABEL}
+    assert roles == {
+        "application_id": Role.ID,
+        "received": Role.TIME,
+        "comment": Role.TEXT,
+        "ref_code": Role.IGNORED,
+        "income": Role.FEATURE,
+        "region": Role.FEATURE,
+        "age": Role.FEATURE,
+        "deny": Role.LABEL,
+    }
 
 
 def test_infer_roles_explicit_and_protected_win():
@@ -75,6 +88,7 @@ def test_explicit_roles_refuse_a_column_given_two_roles():
 
 
 # --- the suite -------------------------------------------------------------------------------------
+
 
 def test_inferred_suite_records_roles_and_sets_no_rule_on_carried_columns():
     frame = _table()
@@ -106,6 +120,7 @@ def test_a_suite_with_an_unknown_role_is_refused_with_the_roles_listed():
 
 # --- checks of id and time columns -----------------------------------------------------------------
 
+
 def _reasons(records: list[dict]) -> dict[int, str]:
     frame = findings_frame(records)
     return dict(zip(frame[ROW_NUMBER], frame["reason_code"]))
@@ -122,29 +137,36 @@ def test_an_id_of_another_form_than_every_trusted_id_is_a_finding():
 
     shape = id_shape(pd.Series(["APP-000123", "APP-9", "APP-0042"]))
     batch = pd.DataFrame({"app": ["APP-77", "APP-x1", "77", "APP-100000"], ROW_NUMBER: range(4)})
-    assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, id_shapes={"app": shape})) == \
-        {1: "bad_id_format", 2: "bad_id_format"}
+    assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, id_shapes={"app": shape})) == {
+        1: "bad_id_format",
+        2: "bad_id_format",
+    }
     assert id_shape(pd.Series(["3f2a-11", "a9-b2c"])) is None  # no single form: nothing to check
 
 
 def test_ids_compare_as_text_across_types():
     batch = pd.DataFrame({"app": [5.0, 6.0], ROW_NUMBER: range(2)})  # integers read as floats
-    assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, accepted_ids={"app": {"5"}})) == \
-        {0: "duplicate_id"}
+    assert _reasons(check_roles(batch, {"app": Role.ID}, arrival=NOW, accepted_ids={"app": {"5"}})) == {0: "duplicate_id"}
 
 
 def test_time_checks_find_unparseable_future_and_too_old_times():
-    batch = pd.DataFrame({"t": ["2026-12-01T10:00:00Z", "not a date", "2027-12-03", "2001-01-01", None,
-                                "2026-12-04T01:00:00"], ROW_NUMBER: range(6)})
-    found = _reasons(check_roles(batch, {"t": Role.TIME}, arrival=NOW,
-                                 rules=RoleRules(max_age_days=365, future_tolerance_hours=24)))
+    batch = pd.DataFrame(
+        {
+            "t": ["2026-12-01T10:00:00Z", "not a date", "2027-12-03", "2001-01-01", None, "2026-12-04T01:00:00"],
+            ROW_NUMBER: range(6),
+        }
+    )
+    found = _reasons(
+        check_roles(batch, {"t": Role.TIME}, arrival=NOW, rules=RoleRules(max_age_days=365, future_tolerance_hours=24))
+    )
     # 2026-12-04T01:00 is 13 h past the arrival: within the clock-skew tolerance
     assert found == {1: "bad_time", 2: "future_time", 3: "outside_window"}
 
 
 def test_settings_read_the_unseen_level_policy_and_the_time_window():
-    settings = Settings.from_environment("/tmp/ws", {"POISONGUARD_UNSEEN_LEVELS": "alarm",
-                                                    "POISONGUARD_TIME_WINDOW_DAYS": "30"})
+    settings = Settings.from_environment(
+        "/tmp/ws", {"POISONGUARD_UNSEEN_LEVELS": "alarm", "POISONGUARD_TIME_WINDOW_DAYS": "30"}
+    )
     assert settings.unseen_levels == "alarm" and settings.role_rules.max_age_days == 30
     with pytest.raises(PoisonguardError, match="POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'"):
         Settings.from_environment("/tmp/ws", {"POISONGUARD_UNSEEN_LEVELS": "ignore"})
@@ -152,11 +174,14 @@ def test_settings_read_the_unseen_level_policy_and_the_time_window():
 
 # --- a scan of a table with id, time, code and free-text columns -----------------------------------
 
+
 def _real_table(frame: pd.DataFrame, first_id: int, newest: pd.Timestamp, rng) -> pd.DataFrame:
     out = frame.reset_index(drop=True).copy()
     out.insert(0, "application_id", [str(first_id + i) for i in range(len(out))])
-    out["received"] = [(newest - pd.Timedelta(minutes=int(m))).strftime("%Y-%m-%dT%H:%M:%SZ")
-                       for m in np.sort(rng.integers(0, 60 * 24 * 20, len(out)))[::-1]]
+    out["received"] = [
+        (newest - pd.Timedelta(minutes=int(m))).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for m in np.sort(rng.integers(0, 60 * 24 * 20, len(out)))[::-1]
+    ]
     out["zip"] = rng.choice(["00501", "02134", "02215", "90210"], len(out))
     out["product"] = rng.choice(["fixed30", "fixed15", "arm5"], len(out))
     out["comment"] = [f"note {i}: " + " ".join(rng.choice(["tax", "call", "letter", "late"], 6)) for i in range(len(out))]
@@ -183,8 +208,20 @@ class Scanned:
         scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings)
         checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
         decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, settings)
-        outputs = scan.build_outputs(dataclasses.replace(self.request, batch=path), settings, loaded, trusted,
-                                     conformed, outcome, decisions, [], checks, np.array([]), "t", scan.now())
+        outputs = scan.build_outputs(
+            dataclasses.replace(self.request, batch=path),
+            settings,
+            loaded,
+            trusted,
+            conformed,
+            outcome,
+            decisions,
+            [],
+            checks,
+            np.array([]),
+            "t",
+            scan.now(),
+        )
         table = decisions.table.set_index(ROW_NUMBER).sort_index()
         self.report_html = outputs.report_html
         return table, outputs.summary, outcome
@@ -195,17 +232,26 @@ def scanned(tmp_path_factory) -> Scanned:
     folder = tmp_path_factory.mktemp("roles")
     rng = np.random.default_rng(3)
     now = pd.Timestamp.now(tz="UTC").floor("min")
-    reference = _real_table(pd.read_parquet(SAMPLES / "reference.parquet").sample(400, random_state=0),
-                            10**19, now - pd.Timedelta(days=30), rng)
-    batch = _real_table(pd.read_csv(SAMPLES / "batch_01_clean.csv").iloc[:100], 10**19 + 10_000,
-                        now - pd.Timedelta(hours=2), rng)
+    reference = _real_table(
+        pd.read_parquet(SAMPLES / "reference.parquet").sample(400, random_state=0), 10**19, now - pd.Timedelta(days=30), rng
+    )
+    batch = _real_table(
+        pd.read_csv(SAMPLES / "batch_01_clean.csv").iloc[:100], 10**19 + 10_000, now - pd.Timedelta(hours=2), rng
+    )
     reference.to_csv(folder / "reference.csv", index=False)
-    request = scan.ScanRequest(batch=folder / "batch.csv", reference=folder / "reference.csv", label="deny",
-                               out=folder / "out", dataset="roles", roles=(("afam", "protected"),))
+    request = scan.ScanRequest(
+        batch=folder / "batch.csv",
+        reference=folder / "reference.csv",
+        label="deny",
+        out=folder / "out",
+        dataset="roles",
+        roles=(("afam", "protected"),),
+    )
     settings = dataclasses.replace(Settings.from_environment(folder / "ws", environ={}), detectors=LIGHT_DETECTORS)
     trusted = scan.load_trusted(request, settings)
-    return Scanned(trusted, scan.fit_detectors(trusted, settings), scan.fit_checks(trusted), settings, request,
-                   batch, folder)
+    return Scanned(
+        trusted, scan.fit_detectors(trusted, settings), scan.fit_checks(trusted), settings, request, batch, folder
+    )
 
 
 def test_roles_are_inferred_and_carried_columns_are_never_features(scanned):
@@ -240,8 +286,15 @@ def test_repeated_ids_future_times_and_unseen_levels_are_held_with_their_reason(
     bad.loc[[60, 61], "received"] = next_year
     bad.loc[[70, 71, 72], "product"] = "balloon"
     table, _summary, _ = scanned.run(bad, "planted")
-    expected = {50: "repeats an id earlier in this batch", 51: "already accepted", 60: "in the future",
-                61: "in the future", 70: "product='balloon'", 71: "product='balloon'", 72: "product='balloon'"}
+    expected = {
+        50: "repeats an id earlier in this batch",
+        51: "already accepted",
+        60: "in the future",
+        61: "in the future",
+        70: "product='balloon'",
+        71: "product='balloon'",
+        72: "product='balloon'",
+    }
     for row, reason in expected.items():
         assert table.at[row, "quarantined"], row
         assert any(reason in r for r in table.at[row, "reasons"]), table.at[row, "reasons"]
@@ -260,6 +313,7 @@ def test_unseen_levels_under_the_alarm_policy_accept_the_rows_and_raise_an_alarm
 
 
 # --- the command line ------------------------------------------------------------------------------
+
 
 def test_profile_prints_the_inferred_roles_the_first_time_and_writes_them_into_the_suite(run_cli, tmp_path):
     reference = tmp_path / "reference.csv"
@@ -308,9 +362,22 @@ def test_the_landing_config_sets_roles_like_the_command_line(tmp_path):
 
 
 def test_scan_refuses_a_role_for_a_column_the_reference_lacks_before_starting_anything(run_cli, tmp_path):
-    result = run_cli("scan", SAMPLES / "batch_01_clean.csv", "--reference", SAMPLES / "reference.parquet",
-                     "--label", "deny", "--out", tmp_path / "out", "--workspace", tmp_path / "ws", "--time", "nope")
+    result = run_cli(
+        "scan",
+        SAMPLES / "batch_01_clean.csv",
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--out",
+        tmp_path / "out",
+        "--workspace",
+        tmp_path / "ws",
+        "--time",
+        "nope",
+    )
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"poisonguard: error: Column(s) 'nope' given a role are not in the reference "
-                                     f"{SAMPLES / 'reference.parquet'}.")
+    assert result.stderr.strip() == (
+        f"poisonguard: error: Column(s) 'nope' given a role are not in the reference {SAMPLES / 'reference.parquet'}."
+    )
     assert not (tmp_path / "ws").exists()

@@ -44,8 +44,9 @@ def test_injected_outliers_are_flagged_by_the_outlier_detector(scan_sample):
     _, out = scan_sample(SAMPLES / batch)
     _, quarantined, scores, _ = read_outputs(out)
     outliers = truth(batch, "outlier")
-    by_detector = set(quarantined.loc[quarantined["reasons"].map(lambda r: any(x.startswith("outlier") for x in r)),
-                                      "row_number"])
+    by_detector = set(
+        quarantined.loc[quarantined["reasons"].map(lambda r: any(x.startswith("outlier") for x in r)), "row_number"]
+    )
     assert len(outliers & by_detector) >= 5
     clean = scores[~scores["row_number"].isin(truth(batch))]
     assert clean["quarantined"].mean() <= 0.05
@@ -102,8 +103,7 @@ def test_rescanning_the_same_bytes_ingests_nothing_twice(scan_sample, tmp_path):
 def test_a_source_whose_quarantine_rate_jumps_raises_an_alarm(scan_sample):
     first, _ = scan_sample(SAMPLES / "batch_01_clean.csv", "--source", "partner-a", dataset="history")
     assert first.exit_code == 0 and "alarm" not in first.stdout  # no history yet: nothing to compare
-    second, out = scan_sample(SAMPLES / "batch_03_impossible_and_outliers.csv", "--source", "partner-a",
-                              dataset="history")
+    second, out = scan_sample(SAMPLES / "batch_03_impossible_and_outliers.csv", "--source", "partner-a", dataset="history")
     summary = read_outputs(out)[3]
     alarms = {a["check"]: a for a in summary["alarms"]}
     assert "source_history" in alarms
@@ -131,8 +131,21 @@ def test_progress_prints_one_line_per_stage_with_rows_per_second(scan_sample):
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("poisonguard: ")]
     stages = [line.split()[1] for line in lines]
-    assert stages == ["ingested", "trusted", "run", "batch", "validated", "detectors", "scored", "batch", "decided",
-                      "impact", "outputs", "results", "delivered"]
+    assert stages == [
+        "ingested",
+        "trusted",
+        "run",
+        "batch",
+        "validated",
+        "detectors",
+        "scored",
+        "batch",
+        "decided",
+        "impact",
+        "outputs",
+        "results",
+        "delivered",
+    ]
     assert all(re.search(r" 40 rows .* rows/s   peak \d+\.\d\d GiB$", line) for line in lines), lines
     quiet, _ = scan_sample(SAMPLES / "batch_01_clean.csv", "--no-progress")
     assert quiet.exit_code == 0 and "rows/s" not in quiet.stderr

@@ -46,9 +46,17 @@ def scanned(tmp_path_factory) -> Scanned:
     os.environ.update({"POISONGUARD_LEDGER_ANCHOR": str(anchor), "POISONGUARD_ANCHOR_KEY": key})
     try:
         with threadpool_limits(limits=1):
-            run_scan(batch=SAMPLES / "batch_03_impossible_and_outliers.csv", reference=SAMPLES / "reference.parquet",
-                     label="deny", out=root / "out", suite=SUITE, holdout=SAMPLES / "holdout.parquet",
-                     source="partner-t", dataset=DATASET, workspace=root / "ws")
+            run_scan(
+                batch=SAMPLES / "batch_03_impossible_and_outliers.csv",
+                reference=SAMPLES / "reference.parquet",
+                label="deny",
+                out=root / "out",
+                suite=SUITE,
+                holdout=SAMPLES / "holdout.parquet",
+                source="partner-t",
+                dataset=DATASET,
+                workspace=root / "ws",
+            )
         settings = _settings(root / "ws", anchor, key)
         with open_ledger(settings) as ledger:
             held = [r.id for r in ledger.list_rows(dataset=DATASET, status="pending")]
@@ -125,8 +133,7 @@ def _rewrite_history(workspace: Path, row_id: str) -> None:
                 entry.payload_digest, entry.recorded = digest(payload), payload
             if prev is not None:
                 entry.prev_hash = prev
-            entry.entry_hash = entry_hash(entry.prev_hash, entry.sequence, entry.kind, entry.subject,
-                                          entry.payload_digest)
+            entry.entry_hash = entry_hash(entry.prev_hash, entry.sequence, entry.kind, entry.subject, entry.payload_digest)
             prev = entry.entry_hash
     engine.dispose()
 
@@ -141,19 +148,28 @@ def _append_forged_release(workspace: Path, row_id: str) -> None:
     engine = create_engine(f"sqlite:///{workspace / 'ledger.sqlite'}")
     with Session(engine) as session, session.begin():
         last = session.scalars(select(LedgerEntry).order_by(LedgerEntry.sequence.desc()).limit(1)).one()
-        action = ReviewActionRow(row_id=row_id, action="release", by="alice", reason="looks fine",
-                                 at=dt.datetime.now(dt.UTC))
+        action = ReviewActionRow(
+            row_id=row_id, action="release", by="alice", reason="looks fine", at=dt.datetime.now(dt.UTC)
+        )
         session.add(action)
         session.flush()
         payload = review_payload(action)
-        session.add(LedgerEntry(sequence=last.sequence + 1, kind="review", subject=row_id, payload_digest=digest(payload),
-                                recorded=payload, prev_hash=last.entry_hash,
-                                entry_hash=entry_hash(last.entry_hash, last.sequence + 1, "review", row_id,
-                                                      digest(payload))))
+        session.add(
+            LedgerEntry(
+                sequence=last.sequence + 1,
+                kind="review",
+                subject=row_id,
+                payload_digest=digest(payload),
+                recorded=payload,
+                prev_hash=last.entry_hash,
+                entry_hash=entry_hash(last.entry_hash, last.sequence + 1, "review", row_id, digest(payload)),
+            )
+        )
     engine.dispose()
 
 
 # --- workspace writer -----------------------------------------------------------------------
+
 
 def test_workspace_writer_editing_accepted_data_is_refused(scanned, tmp_path):
     workspace, anchor = _copy(scanned, tmp_path)
@@ -191,7 +207,8 @@ def test_without_an_anchor_a_rewritten_history_passes_the_gate(scanned, tmp_path
     _delete_gate_runs(workspace)
     result = _gate(_settings(workspace, None), tmp_path / "out", scanned.pending)
     assert int(scanned.rejected[0].split(":")[1]) in set(
-        pd.read_parquet(result.path).query(f"poisonguard_batch_id == '{scanned.rejected[0].split(':')[0]}'")["row_number"])
+        pd.read_parquet(result.path).query(f"poisonguard_batch_id == '{scanned.rejected[0].split(':')[0]}'")["row_number"]
+    )
 
 
 def test_a_pinned_head_refuses_a_rewritten_history_without_an_anchor(scanned, tmp_path):
@@ -225,7 +242,8 @@ def test_workspace_writer_cutting_off_the_newest_entries_is_refused(scanned, tmp
     engine = create_engine(f"sqlite:///{workspace / 'ledger.sqlite'}")
     with engine.begin() as connection:
         last, subject = connection.exec_driver_sql(
-            "SELECT sequence, subject FROM ledger_entries ORDER BY sequence DESC LIMIT 1").one()
+            "SELECT sequence, subject FROM ledger_entries ORDER BY sequence DESC LIMIT 1"
+        ).one()
         connection.exec_driver_sql("DELETE FROM ledger_entries WHERE sequence = ?", (last,))
         connection.exec_driver_sql("DELETE FROM review_actions WHERE row_id = ?", (subject,))
     engine.dispose()
@@ -294,11 +312,22 @@ def test_workspace_writer_finds_no_secret_in_the_workspace(scanned):
 
 # --- data provider --------------------------------------------------------------------------
 
+
 def test_data_provider_cannot_make_the_scan_read_another_file(run_cli, tmp_path):
     link = tmp_path / "batch.csv"
     link.symlink_to(SAMPLES / "batch_01_clean.csv")
-    result = run_cli("scan", link, "--reference", SAMPLES / "reference.parquet", "--label", "deny",
-                     "--workspace", tmp_path / "ws", "--out", tmp_path / "out")
+    result = run_cli(
+        "scan",
+        link,
+        "--reference",
+        SAMPLES / "reference.parquet",
+        "--label",
+        "deny",
+        "--workspace",
+        tmp_path / "ws",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 2 and "symbolic link" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -322,6 +351,7 @@ def test_a_link_in_a_landing_area_must_stay_inside_it(tmp_path):
 
 
 # --- steward and operator -------------------------------------------------------------------
+
 
 def test_a_stewards_action_is_recorded_with_who_and_why_and_anchored(scanned):
     from pipeline.anchor import Anchor

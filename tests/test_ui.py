@@ -37,6 +37,7 @@ _SCANNED: dict[str, Path] = {}
 
 # --- the state: one scan, copied per test module ---------------------------------------------
 
+
 def scan_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with batch 03 (plus a ``<script>`` cell) scanned through the CLI; built once."""
     if "workspace" not in _SCANNED:
@@ -53,11 +54,29 @@ def scan_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
             csv.writer(f).writerows(rows)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(pipeline.config, "DEFAULT_DETECTORS", {"outliers": {}})
-            result = CliRunner().invoke(app, [
-                "scan", str(batch_file), "--reference", str(SAMPLES / "reference.parquet"), "--label", "deny",
-                "--holdout", str(SAMPLES / "holdout.parquet"), "--suite", str(REPO / "expectations" / "hmda.json"),
-                "--source", "partner-feed", "--dataset", DATASET, "--workspace", str(root / "workspace"),
-                "--out", str(root / "out")])
+            result = CliRunner().invoke(
+                app,
+                [
+                    "scan",
+                    str(batch_file),
+                    "--reference",
+                    str(SAMPLES / "reference.parquet"),
+                    "--label",
+                    "deny",
+                    "--holdout",
+                    str(SAMPLES / "holdout.parquet"),
+                    "--suite",
+                    str(REPO / "expectations" / "hmda.json"),
+                    "--source",
+                    "partner-feed",
+                    "--dataset",
+                    DATASET,
+                    "--workspace",
+                    str(root / "workspace"),
+                    "--out",
+                    str(root / "out"),
+                ],
+            )
         assert result.exit_code == 0, (result.output, result.exception)
         summary = json.loads((root / "out" / "summary.json").read_text())
         assert list(summary["detectors"]) == ["outliers"], "Settings no longer take DEFAULT_DETECTORS from config"
@@ -130,6 +149,7 @@ def review_form(client: TestClient, row_id: str, **fields: str):
 
 # --- pages -----------------------------------------------------------------------------------
 
+
 def test_pages_need_a_sign_in_with_the_token(state):
     client = state.client(signed_in=False)
     response = client.get("/batches/x?y=1", follow_redirects=False)
@@ -160,8 +180,9 @@ def test_batches_page_shows_each_batch_with_its_counts(state):
     html = state.client().get("/").text
     assert DATASET in html and batch.file in html and f'href="/batches/{batch.id}"' in html
     cells = re.findall(r'<td class="num">(?:<strong>)?(\d+)', html)
-    assert cells == [str(n) for n in (batch.rows, batch.accepted, batch.quarantined, batch.pending, batch.released,
-                                      batch.rejected)]
+    assert cells == [
+        str(n) for n in (batch.rows, batch.accepted, batch.quarantined, batch.pending, batch.released, batch.rejected)
+    ]
     assert batch.quarantined >= 15
 
 
@@ -227,6 +248,7 @@ def test_scan_report_is_served_in_a_sandbox(state):
 
 # --- release and reject ---------------------------------------------------------------------------
 
+
 def test_release_and_reject_through_the_row_form_are_recorded_in_the_ledger(state):
     client = state.client()
     released, rejected = state.pending(2)
@@ -237,8 +259,10 @@ def test_release_and_reject_through_the_row_form_are_recorded_in_the_ledger(stat
     assert 'value="alice"' in client.get(f"/rows/{rejected.id}").text  # the next form remembers who reviews
 
     assert review_form(client, rejected.id, action="reject", by="bob", reason="ratios impossible").status_code == 303
-    for row_id, status, by, reason in [(released.id, RowStatus.RELEASED, "alice", "income confirmed with the lender"),
-                                       (rejected.id, RowStatus.REJECTED, "bob", "ratios impossible")]:
+    for row_id, status, by, reason in [
+        (released.id, RowStatus.RELEASED, "alice", "income confirmed with the lender"),
+        (rejected.id, RowStatus.REJECTED, "bob", "ratios impossible"),
+    ]:
         record = state.ledger.get_row(row_id)
         assert record.status == status
         assert (record.review.by, record.review.reason) == (by, reason)
@@ -257,9 +281,17 @@ def test_selected_rows_are_released_together_from_the_batch_page(state):
     client = state.client()
     rows = state.pending(2)
     csrf = csrf_of(client.get(f"/batches/{state.batch_id}").text)
-    response = client.post(f"/batches/{state.batch_id}/review", follow_redirects=False,
-                           data={"csrf": csrf, "row": [r.id for r in rows], "action": "release", "by": "carol",
-                                 "reason": "values confirmed at the source"})
+    response = client.post(
+        f"/batches/{state.batch_id}/review",
+        follow_redirects=False,
+        data={
+            "csrf": csrf,
+            "row": [r.id for r in rows],
+            "action": "release",
+            "by": "carol",
+            "reason": "values confirmed at the source",
+        },
+    )
     assert response.status_code == 303 and response.headers["location"] == f"/batches/{state.batch_id}"
     assert "Released 2 row(s)" in client.get(f"/batches/{state.batch_id}").text
     assert all(state.ledger.get_row(r.id).review.by == "carol" for r in rows)
@@ -282,12 +314,15 @@ def test_an_already_decided_row_gets_a_clear_message_and_nothing_changes(state):
     assert "already rejected by dave" in bulk.text and state.snapshot() == before
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"by": " "}, "Say who you are and why"),
-    ({"reason": ""}, "Say who you are and why"),
-    ({"action": "delete"}, "Choose release or reject"),
-    ({"reason": "x" * 2001}, "at most 2000"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"by": " "}, "Say who you are and why"),
+        ({"reason": ""}, "Say who you are and why"),
+        ({"action": "delete"}, "Choose release or reject"),
+        ({"reason": "x" * 2001}, "at most 2000"),
+    ],
+)
 def test_a_review_without_who_or_why_changes_nothing(state, fields, message):
     client = state.client()
     (row,) = state.pending(1)
@@ -311,24 +346,40 @@ def test_a_batch_form_cannot_review_rows_of_another_batch_or_none(state):
 
 # --- the guards on writing -------------------------------------------------------------------------
 
+
 def test_a_write_without_a_session_is_refused_and_changes_nothing(state):
     (row,) = state.pending(1)
     signed_in = state.client()
     csrf = csrf_of(signed_in.get(f"/rows/{row.id}").text)
     before = state.snapshot()
     anonymous = state.client(signed_in=False)
-    response = anonymous.post(f"/rows/{row.id}/review", follow_redirects=False,
-                              data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"})
+    response = anonymous.post(
+        f"/rows/{row.id}/review",
+        follow_redirects=False,
+        data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"},
+    )
     assert response.status_code == 403 and "Sign in first" in response.text
     anonymous.cookies.set("poisonguard_session", "abc.def")
-    forged = anonymous.post(f"/rows/{row.id}/review",
-                            data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"})
+    forged = anonymous.post(
+        f"/rows/{row.id}/review", data={"csrf": csrf, "action": "release", "by": "mallory", "reason": "r"}
+    )
     assert forged.status_code == 403
     assert state.snapshot() == before
 
 
-@pytest.mark.parametrize("case", ["no csrf", "wrong csrf", "csrf of another session", "foreign origin",
-                                  "null origin", "cross-site fetch", "same-site fetch", "foreign referer"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no csrf",
+        "wrong csrf",
+        "csrf of another session",
+        "foreign origin",
+        "null origin",
+        "cross-site fetch",
+        "same-site fetch",
+        "foreign referer",
+    ],
+)
 def test_a_write_without_the_csrf_token_or_from_another_site_is_refused(state, case):
     client = state.client()
     (row,) = state.pending(1)
@@ -364,8 +415,12 @@ def test_a_browser_post_from_this_page_passes_the_origin_check(state):
     (row,) = state.pending(1)
     csrf = csrf_of(client.get(f"/rows/{row.id}").text)
     for headers in ({"Origin": BASE_URL}, {"Origin": "null", "Sec-Fetch-Site": "same-origin"}):
-        response = client.post(f"/rows/{row.id}/review", headers=headers, follow_redirects=False,
-                               data={"csrf": csrf, "action": "reject", "by": "frank", "reason": "checked"})
+        response = client.post(
+            f"/rows/{row.id}/review",
+            headers=headers,
+            follow_redirects=False,
+            data={"csrf": csrf, "action": "reject", "by": "frank", "reason": "checked"},
+        )
         assert response.status_code == 303
     assert state.ledger.get_row(row.id).review.by == "frank"
 
@@ -387,8 +442,18 @@ def test_a_page_reached_under_another_host_name_is_refused(state):
 
 # --- errors ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/batches/ffffffffffff", "/rows/ffffffffffff:1", f"/rows/{'0' * 12}:99999",
-                                  "/rows/not-a-row-id", "/no-such-page", "/batches/ffffffffffff/report"])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/batches/ffffffffffff",
+        "/rows/ffffffffffff:1",
+        f"/rows/{'0' * 12}:99999",
+        "/rows/not-a-row-id",
+        "/no-such-page",
+        "/batches/ffffffffffff/report",
+    ],
+)
 def test_unknown_ids_and_pages_are_404_pages(state, path):
     response = state.client().get(path)
     assert response.status_code == 404
@@ -400,8 +465,9 @@ def test_a_review_of_an_unknown_row_is_a_404_and_changes_nothing(state):
     client = state.client()
     csrf = csrf_of(client.get("/").text)
     before = state.snapshot()
-    response = client.post(f"/rows/{state.batch_id}:99999/review",
-                           data={"csrf": csrf, "action": "release", "by": "a", "reason": "b"})
+    response = client.post(
+        f"/rows/{state.batch_id}:99999/review", data={"csrf": csrf, "action": "release", "by": "a", "reason": "b"}
+    )
     assert response.status_code == 404 and "There is no row" in response.text
     assert client.post("/batches/ffffffffffff/review", data={"csrf": csrf}).status_code == 404
     assert state.snapshot() == before
@@ -411,8 +477,12 @@ def test_security_headers_are_on_every_response(state):
     client = state.client()
     (row,) = state.pending(1)
     responses = [
-        client.get("/"), client.get(f"/batches/{state.batch_id}"), client.get(f"/rows/{row.id}"),
-        client.get("/style.css"), client.get("/no-such-page"), client.get("/rows/x"),
+        client.get("/"),
+        client.get(f"/batches/{state.batch_id}"),
+        client.get(f"/rows/{row.id}"),
+        client.get("/style.css"),
+        client.get("/no-such-page"),
+        client.get("/rows/x"),
         state.client(signed_in=False).get("/", follow_redirects=False),
         state.client(signed_in=False).get("/sign-in"),
         state.client(signed_in=False).post(f"/rows/{row.id}/review", data={}),
@@ -478,6 +548,7 @@ def test_markup_in_cells_in_reasons_and_in_reviews_is_rendered_inert(state):
 
 
 # --- the command -------------------------------------------------------------------------------
+
 
 def test_ui_command_refuses_a_non_loopback_address_without_allow_remote(run_cli, tmp_path, monkeypatch):
     import uvicorn

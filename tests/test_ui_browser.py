@@ -23,7 +23,8 @@ CHROMIUM = next((Path(p) for p in ("/usr/bin/chromium", shutil.which("chromium")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or not CHROMEDRIVER.exists(),
-    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does)")
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does)",
+)
 
 
 def free_port() -> int:
@@ -58,8 +59,15 @@ def browser() -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(argument)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch a browser or driver
@@ -125,8 +133,10 @@ def test_a_steward_releases_one_row_and_rejects_another_in_the_browser(served, b
     assert f"Rejected 1 row(s): {rejected}" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text
     assert "CSP" not in " ".join(str(entry) for entry in browser.get_log("browser"))
 
-    for row_id, status, who, why in [(released, RowStatus.RELEASED, "alice", "income confirmed with the lender"),
-                                     (rejected, RowStatus.REJECTED, "bob", "ratios impossible for this applicant")]:
+    for row_id, status, who, why in [
+        (released, RowStatus.RELEASED, "alice", "income confirmed with the lender"),
+        (rejected, RowStatus.REJECTED, "bob", "ratios impossible for this applicant"),
+    ]:
         record = ledger.get_row(row_id)
         assert (record.status, record.review.by, record.review.reason) == (status, who, why)
     assert ledger.verify() == []

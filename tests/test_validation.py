@@ -34,21 +34,27 @@ def test_inferred_suite_accepts_the_data_it_came_from(reference):
 
 def test_inferred_ranges_have_margin_and_stay_non_negative(reference):
     suite = infer_suite(reference, "deny", "hmda", range_margin=0.1)
-    between = {e["kwargs"]["column"]: e["kwargs"] for e in suite.document["expectations"]
-               if e["type"] == "expect_column_values_to_be_between"}
+    between = {
+        e["kwargs"]["column"]: e["kwargs"]
+        for e in suite.document["expectations"]
+        if e["type"] == "expect_column_values_to_be_between"
+    }
     lo, hi = reference["unemp"].min(), reference["unemp"].max()
     assert between["unemp"]["min_value"] == pytest.approx(lo - 0.1 * (hi - lo), rel=1e-4)
     assert between["unemp"]["max_value"] == pytest.approx(hi + 0.1 * (hi - lo), rel=1e-4)
     assert between["hirat"]["min_value"] == 0.0  # reference min is 0: never a negative ratio
-    domains = {e["kwargs"]["column"]: e["kwargs"]["value_set"] for e in suite.document["expectations"]
-               if e["type"] == "expect_column_values_to_be_in_set"}
+    domains = {
+        e["kwargs"]["column"]: e["kwargs"]["value_set"]
+        for e in suite.document["expectations"]
+        if e["type"] == "expect_column_values_to_be_in_set"
+    }
     assert domains["deny"] == ["no", "yes"]
 
 
 def test_row_level_failures_name_the_rows_and_the_rule(reference):
     batch = _numbered(reference.head(50))
-    batch.loc[3, "pirat"] = 40.0            # out of range
-    batch.loc[5, "deny"] = "maybe"          # not in the label domain
+    batch.loc[3, "pirat"] = 40.0  # out of range
+    batch.loc[5, "deny"] = "maybe"  # not in the label domain
     batch.loc[8, ["pirat", "hirat"]] = [0.2, 0.9]  # integrity: housing > total debt
     conformed, _ = conform(batch, column_kinds(reference))
     outcome = validate(conformed, load_suite(SUITE))
@@ -88,25 +94,52 @@ def test_mostly_text_numeric_column_is_left_for_the_type_check(reference):
     assert any(f.reason_code.value == "wrong_type" and "'chist'" in f.message for f in outcome.batch_findings)
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"name": "x"}), "no 'expectations' list"),
-    (json.dumps({"name": "x", "expectations": [{"type": "expect_nonsense", "kwargs": {}}]}), "unknown expectation"),
-    (json.dumps({"name": "x", "expectations": [{"type": "expect_column_values_to_be_between",
-                                                 "kwargs": {"colum": "a"}}]}),
-     r"invalid expectation: expectations\[0\] \(expect_column_values_to_be_between\)\.kwargs\.column: field required"),
-    (json.dumps({"name": "x", "expectations": [
-        {"type": "expect_column_to_exist", "kwargs": {"column": "a"}},
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": "low"}}]}),
-     r"expectations\[1\] \(expect_column_values_to_be_between\)\.kwargs\.min_value: value is not a valid float"),
-    (json.dumps({"name": "x", "meta": {"poisonguard": {"protected": "afam"}}, "expectations": []}),
-     r"meta\.poisonguard\.protected must be a list of column names"),
-    (json.dumps({"name": "x", "meta": [], "expectations": []}), "meta must be an object"),
-    (json.dumps({"name": "x", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": 5, "max_value": 1}}]}),
-     r"expectations\[0\] \(expect_column_values_to_be_between\): kwargs\.min_value \(5\) is greater than "
-     r"kwargs\.max_value \(1\)"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"name": "x"}), "no 'expectations' list"),
+        (json.dumps({"name": "x", "expectations": [{"type": "expect_nonsense", "kwargs": {}}]}), "unknown expectation"),
+        (
+            json.dumps(
+                {"name": "x", "expectations": [{"type": "expect_column_values_to_be_between", "kwargs": {"colum": "a"}}]}
+            ),
+            r"invalid expectation: expectations\[0\] \(expect_column_values_to_be_between\)\.kwargs\.column: field required",
+        ),
+        (
+            json.dumps(
+                {
+                    "name": "x",
+                    "expectations": [
+                        {"type": "expect_column_to_exist", "kwargs": {"column": "a"}},
+                        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "min_value": "low"}},
+                    ],
+                }
+            ),
+            r"expectations\[1\] \(expect_column_values_to_be_between\)\.kwargs\.min_value: value is not a valid float",
+        ),
+        (
+            json.dumps({"name": "x", "meta": {"poisonguard": {"protected": "afam"}}, "expectations": []}),
+            r"meta\.poisonguard\.protected must be a list of column names",
+        ),
+        (json.dumps({"name": "x", "meta": [], "expectations": []}), "meta must be an object"),
+        (
+            json.dumps(
+                {
+                    "name": "x",
+                    "expectations": [
+                        {
+                            "type": "expect_column_values_to_be_between",
+                            "kwargs": {"column": "a", "min_value": 5, "max_value": 1},
+                        }
+                    ],
+                }
+            ),
+            r"expectations\[0\] \(expect_column_values_to_be_between\): kwargs\.min_value \(5\) is greater than "
+            r"kwargs\.max_value \(1\)",
+        ),
+    ],
+)
 def test_bad_suites_fail_with_the_file_named(tmp_path, content, match):
     path = tmp_path / "suite.json"
     path.write_text(content)

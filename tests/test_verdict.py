@@ -100,9 +100,17 @@ def _group_scores(groups: dict[int, list[int]], expected: dict[int, float], n: i
     for g, rows in groups.items():
         group[rows] = g
     flagged = group >= 0
-    return pd.DataFrame({"row_number": np.arange(n), "score": 0.0, "calibrated": np.where(flagged, 1 - pvalue, 0.0),
-                         "flagged": flagged, "reason": "", "group": group,
-                         "group_expected": [expected.get(g, 0.0) for g in group]})
+    return pd.DataFrame(
+        {
+            "row_number": np.arange(n),
+            "score": 0.0,
+            "calibrated": np.where(flagged, 1 - pvalue, 0.0),
+            "flagged": flagged,
+            "reason": "",
+            "group": group,
+            "group_expected": [expected.get(g, 0.0) for g in group],
+        }
+    )
 
 
 def test_a_group_kind_counts_its_held_rows_less_what_the_trusted_rate_explains():
@@ -121,8 +129,9 @@ def test_invalid_values_are_judged_against_the_holdouts_share():
 def test_kinds_overlap_and_the_batch_counts_each_row_once():
     # a flood of 10 flipped copies: the flips' ranking puts them first, sure they are flips
     chance = np.concatenate([np.ones(10), np.full(20, 0.5), np.zeros(70)])
-    flips = KindEvidence("label_flips", 1e-9, 20, (15, 30), "", "label_consistency",
-                         np.arange(100), ranked=True, chance=chance)
+    flips = KindEvidence(
+        "label_flips", 1e-9, 20, (15, 30), "", "label_consistency", np.arange(100), ranked=True, chance=chance
+    )
     copies = KindEvidence("copies", 1e-9, 10, (10, 10), "", "duplicates", np.arange(10))
     verdict = combine([flips, copies], 100, alpha=0.01)
     assert verdict.poisoned and verdict.estimated_poisoned_rows == 20
@@ -143,8 +152,9 @@ def test_flipped_copies_are_not_counted_again_where_the_flips_ranking_puts_them_
 
 
 def test_a_kind_that_does_not_carry_the_verdict_widens_only_the_high_end():
-    flips = KindEvidence("label_flips", 0.3, 90, (0, 300), "", "label_consistency", np.arange(700), ranked=True,
-                         chance=np.full(700, 0.1))
+    flips = KindEvidence(
+        "label_flips", 0.3, 90, (0, 300), "", "label_consistency", np.arange(700), ranked=True, chance=np.full(700, 0.1)
+    )
     copies = KindEvidence("copies", 1e-9, 60, (60, 60), "", "duplicates", np.arange(700, 760))
     verdict = combine([flips, copies], 760, alpha=0.01)
     assert verdict.poisoned and verdict.estimated_poisoned_rows == 60
@@ -161,9 +171,15 @@ def test_the_verdict_is_bonferroni_over_the_kinds():
 
 
 def _scores(pvalues: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame({"row_number": np.arange(len(pvalues)), "score": -np.log(pvalues),
-                          "calibrated": 1 - pvalues, "flagged": pvalues <= 0.01,
-                          "reason": [f"row {i} looks flipped" for i in range(len(pvalues))]})
+    frame = pd.DataFrame(
+        {
+            "row_number": np.arange(len(pvalues)),
+            "score": -np.log(pvalues),
+            "calibrated": 1 - pvalues,
+            "flagged": pvalues <= 0.01,
+            "reason": [f"row {i} looks flipped" for i in range(len(pvalues))],
+        }
+    )
     return frame[SCORE_COLUMNS]
 
 
@@ -171,23 +187,37 @@ def test_a_significant_kind_holds_its_estimate_with_the_batch_as_reason():
     rng = np.random.default_rng(6)
     pvalues = np.concatenate([rng.uniform(0.02, 1, 90), np.linspace(0.012, 0.019, 10)])  # no row clears 1 % alone
     order = np.argsort(pvalues, kind="stable")
-    flips = KindEvidence("label_flips", 1e-8, 10, (6, 14), "", "label_consistency", order, ranked=True,
-                         chance=np.linspace(0.99, 0.0, 100))
+    flips = KindEvidence(
+        "label_flips", 1e-8, 10, (6, 14), "", "label_consistency", order, ranked=True, chance=np.linspace(0.99, 0.0, 100)
+    )
     verdict = combine([flips], 100, alpha=0.01)
     scores = {"label_consistency": _scores(pvalues)}
-    held = decide(pd.Series(range(100)), empty_findings(), [], scores, QuarantinePolicy(false_discovery_rate=0.0),
-                  verdict=verdict)
+    held = decide(
+        pd.Series(range(100)), empty_findings(), [], scores, QuarantinePolicy(false_discovery_rate=0.0), verdict=verdict
+    )
     assert sorted(held.quarantined_rows) == list(range(90, 100))
     findings = held.findings
     assert (findings["reason_code"] == ReasonCode.BATCH_EVIDENCE.value).all()
     assert findings["message"].iloc[0].startswith("the batch is estimated to hold 10 flipped labels (6-14); this row ranks")
     # suspicion stays the fused p-value's: a held-for-evidence row is not a hard failure
     assert held.table.set_index("row_number").loc[95, "suspicion"] < 1.0
-    lower = decide(pd.Series(range(100)), empty_findings(), [], scores,
-                   QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="lower"), verdict=verdict)
+    lower = decide(
+        pd.Series(range(100)),
+        empty_findings(),
+        [],
+        scores,
+        QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="lower"),
+        verdict=verdict,
+    )
     assert len(lower.quarantined_rows) == 6
-    off = decide(pd.Series(range(100)), empty_findings(), [], scores,
-                 QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="off"), verdict=verdict)
+    off = decide(
+        pd.Series(range(100)),
+        empty_findings(),
+        [],
+        scores,
+        QuarantinePolicy(false_discovery_rate=0.0, evidence_hold="off"),
+        verdict=verdict,
+    )
     assert len(off.quarantined_rows) == 0
 
 
@@ -207,8 +237,9 @@ def test_an_extreme_only_kind_ignores_a_moderate_excess_that_covariate_shift_bri
 
 def test_the_likely_hold_stops_where_a_row_is_no_longer_more_likely_poison_than_clean():
     chance = np.array([0.99, 0.9, 0.7, 0.55, 0.5, 0.3, 0.2, 0.1])
-    evidence = KindEvidence("label_flips", 1e-6, 7, (3, 12), "", "label_consistency", np.arange(8),
-                            ranked=True, chance=chance)
+    evidence = KindEvidence(
+        "label_flips", 1e-6, 7, (3, 12), "", "label_consistency", np.arange(8), ranked=True, chance=chance
+    )
     assert evidence.to_hold("estimate", 0.1) == 7
     assert evidence.to_hold("likely", 0.1) == 5  # 0.99 ... 0.5
     assert evidence.to_hold("fdr", 0.1) == 2  # clean share (0.01 + 0.1) / 2 = 0.055; with 0.3 it is 0.137

@@ -21,5 +21,13 @@ def run_batch_checks(checks: dict[str, BatchCheck], batch: pd.DataFrame) -> list
     return [check.check(batch) for check in checks.values()]
 
 
-__all__ = ["Alarm", "BATCH_CHECKS", "BatchCheck", "CheckResult", "SourceRecord", "fit_batch_checks",
-           "run_batch_checks", "source_history"]
+__all__ = [
+    "Alarm",
+    "BATCH_CHECKS",
+    "BatchCheck",
+    "CheckResult",
+    "SourceRecord",
+    "fit_batch_checks",
+    "run_batch_checks",
+    "source_history",
+]

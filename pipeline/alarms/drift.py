@@ -38,10 +38,14 @@ class BatchDrift(BatchCheck):
             values = pd.to_numeric(reference[col], errors="coerce").dropna().to_numpy(dtype="float64")
             if len(values):
                 edges = np.unique(np.quantile(values, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
-                self.numeric_[col] = (np.sort(values), edges, _shares(np.searchsorted(edges, values, "right"),
-                                                                      len(edges) + 1))
-        self.categorical_ = {col: _category_counts(reference[col])
-                             for col in (*spec.categorical, spec.label) if col in reference.columns}
+                self.numeric_[col] = (
+                    np.sort(values),
+                    edges,
+                    _shares(np.searchsorted(edges, values, "right"), len(edges) + 1),
+                )
+        self.categorical_ = {
+            col: _category_counts(reference[col]) for col in (*spec.categorical, spec.label) if col in reference.columns
+        }
 
     def _check(self, batch: pd.DataFrame) -> CheckResult:
         records = []
@@ -53,8 +57,15 @@ class BatchDrift(BatchCheck):
                 continue
             shares = _shares(np.searchsorted(edges, got, "right"), len(edges) + 1)
             pvalue = float(stats.ks_2samp(values, got).pvalue)
-            records.append(_record(col, "KS", pvalue, psi(ref_shares, shares, len(got)),
-                                   f"median {np.median(got):.4g} vs {np.median(values):.4g}"))
+            records.append(
+                _record(
+                    col,
+                    "KS",
+                    pvalue,
+                    psi(ref_shares, shares, len(got)),
+                    f"median {np.median(got):.4g} vs {np.median(values):.4g}",
+                )
+            )
         for col, ref_counts in self.categorical_.items():
             if col not in batch.columns:
                 continue
@@ -67,9 +78,16 @@ class BatchDrift(BatchCheck):
             ref_shares = (ref_counts + _SMOOTH) / (ref_counts + _SMOOTH).sum()
             shares = counts / counts.sum()
             moved = (shares - ref_shares).abs().idxmax()
-            records.append(_record(col, "chi-square", pvalue, psi(ref_shares.to_numpy(), shares.to_numpy(), counts.sum()),
-                                   f"share of {moved!r} {shares[moved]:.3f} vs {ref_shares[moved]:.3f}",
-                                   is_label=col == self.spec_.label))
+            records.append(
+                _record(
+                    col,
+                    "chi-square",
+                    pvalue,
+                    psi(ref_shares.to_numpy(), shares.to_numpy(), counts.sum()),
+                    f"share of {moved!r} {shares[moved]:.3f} vs {ref_shares[moved]:.3f}",
+                    is_label=col == self.spec_.label,
+                )
+            )
         table = pd.DataFrame.from_records(records, columns=["column", "test", "pvalue", "psi", "change", "is_label"])
         table["pvalue_adjusted"] = np.minimum(1.0, table["pvalue"] * max(1, len(table)))
         table["moved"] = (table["pvalue_adjusted"] <= self.alpha) & (table["psi"] >= self.min_psi)
@@ -77,12 +95,18 @@ class BatchDrift(BatchCheck):
         moved = table[table["moved"]]
         alarm = None
         if len(moved):
-            listed = "; ".join(f"{'label ' if r.is_label else ''}{r.column} (PSI {r.psi:.2f}, {r.test} "
-                               f"p={r.pvalue_adjusted:.1g}, {r.change})" for r in moved.head(5).itertuples())
+            listed = "; ".join(
+                f"{'label ' if r.is_label else ''}{r.column} (PSI {r.psi:.2f}, {r.test} "
+                f"p={r.pvalue_adjusted:.1g}, {r.change})"
+                for r in moved.head(5).itertuples()
+            )
             more = f" and {len(moved) - 5} more" if len(moved) > 5 else ""
-            alarm = Alarm(self.name, f"batch drift: {len(moved)} of {len(table)} columns moved against the "
-                                     f"reference: {listed}{more}",
-                          float(moved["pvalue_adjusted"].min()), moved.to_dict("records"))
+            alarm = Alarm(
+                self.name,
+                f"batch drift: {len(moved)} of {len(table)} columns moved against the reference: {listed}{more}",
+                float(moved["pvalue_adjusted"].min()),
+                moved.to_dict("records"),
+            )
         return CheckResult(self.name, table, alarm)
 
 

@@ -27,8 +27,9 @@ class SourceRecord:
     quarantined: int
 
 
-def source_history(source: str, earlier: list[SourceRecord], rows: int, quarantined: int,
-                   alpha: float = 0.01) -> CheckResult:
+def source_history(
+    source: str, earlier: list[SourceRecord], rows: int, quarantined: int, alpha: float = 0.01
+) -> CheckResult:
     """Compare this batch with the source's earlier batches. Without history there is nothing to
     compare with: the result says so and never alarms."""
     earlier_rows = sum(r.rows for r in earlier)
@@ -36,13 +37,24 @@ def source_history(source: str, earlier: list[SourceRecord], rows: int, quaranti
     pvalue = 1.0
     if earlier_rows and rows:
         pvalue = float(stats.betabinom(rows, earlier_held + 0.5, earlier_rows - earlier_held + 0.5).sf(quarantined - 1))
-    record = {"source": source, "earlier_batches": len(earlier), "earlier_rows": earlier_rows,
-              "earlier_rate": earlier_held / earlier_rows if earlier_rows else None,
-              "rows": rows, "quarantined": quarantined, "rate": quarantined / rows if rows else 0.0,
-              "pvalue": pvalue}
+    record = {
+        "source": source,
+        "earlier_batches": len(earlier),
+        "earlier_rows": earlier_rows,
+        "earlier_rate": earlier_held / earlier_rows if earlier_rows else None,
+        "rows": rows,
+        "quarantined": quarantined,
+        "rate": quarantined / rows if rows else 0.0,
+        "pvalue": pvalue,
+    }
     alarm = None
     if pvalue <= alpha:
-        alarm = Alarm(CHECK, f"source {source!r}: {quarantined}/{rows} rows quarantined ({record['rate']:.1%}) against "
-                             f"{earlier_held}/{earlier_rows} ({record['earlier_rate']:.1%}) over its {len(earlier)} "
-                             f"earlier batch(es) (p={pvalue:.1g})", pvalue, [record])
+        alarm = Alarm(
+            CHECK,
+            f"source {source!r}: {quarantined}/{rows} rows quarantined ({record['rate']:.1%}) against "
+            f"{earlier_held}/{earlier_rows} ({record['earlier_rate']:.1%}) over its {len(earlier)} "
+            f"earlier batch(es) (p={pvalue:.1g})",
+            pvalue,
+            [record],
+        )
     return CheckResult(CHECK, pd.DataFrame([record]), alarm)

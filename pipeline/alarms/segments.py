@@ -32,8 +32,7 @@ class SegmentShift(BatchCheck):
         classes = labels.value_counts()
         # two classes: one rate says it all, so test the rarer (e.g. 'deny' = 'yes')
         self.tested_labels_ = [classes.index[-1]] if len(classes) == 2 else list(classes.index)
-        self.counts_ = {col: pd.crosstab(reference[col].astype(str), labels)
-                        for col in segments if col in reference.columns}
+        self.counts_ = {col: pd.crosstab(reference[col].astype(str), labels) for col in segments if col in reference.columns}
 
     def _check(self, batch: pd.DataFrame) -> CheckResult:
         label = self.spec_.label
@@ -53,22 +52,39 @@ class SegmentShift(BatchCheck):
                         ref_hits = int(ref.loc[value].get(tested, 0))
                         ref_n = int(ref.loc[value].sum())
                         hits = int((labels[in_segment] == tested).sum())
-                        records.append({"segment": col, "value": value, "label": tested, "rows": n, "hits": hits,
-                                        "rate": hits / n, "reference_rate": ref_hits / ref_n,
-                                        "reference_rows": ref_n,
-                                        "pvalue": _two_sided(hits, n, ref_hits + 0.5, ref_n - ref_hits + 0.5)})
-        table = pd.DataFrame.from_records(records, columns=["segment", "value", "label", "rows", "hits", "rate",
-                                                            "reference_rate", "reference_rows", "pvalue"])
+                        records.append(
+                            {
+                                "segment": col,
+                                "value": value,
+                                "label": tested,
+                                "rows": n,
+                                "hits": hits,
+                                "rate": hits / n,
+                                "reference_rate": ref_hits / ref_n,
+                                "reference_rows": ref_n,
+                                "pvalue": _two_sided(hits, n, ref_hits + 0.5, ref_n - ref_hits + 0.5),
+                            }
+                        )
+        table = pd.DataFrame.from_records(
+            records,
+            columns=["segment", "value", "label", "rows", "hits", "rate", "reference_rate", "reference_rows", "pvalue"],
+        )
         table["pvalue_adjusted"] = np.minimum(1.0, table["pvalue"] * max(1, len(table)))
         table["shifted"] = table["pvalue_adjusted"] <= self.alpha
         alarm = None
         shifted = table[table["shifted"]].sort_values("pvalue_adjusted")
         if len(shifted):
-            parts = [f"{r.segment}={r.value!r}: {label}={r.label!r} rate {r.rate:.2f} in the batch ({r.hits}/{r.rows}) "
-                     f"vs {r.reference_rate:.2f} in the reference (p={r.pvalue_adjusted:.1g})"
-                     for r in shifted.itertuples()]
-            alarm = Alarm(self.name, "segment label-rate shift: " + "; ".join(parts),
-                          float(shifted["pvalue_adjusted"].min()), shifted.to_dict("records"))
+            parts = [
+                f"{r.segment}={r.value!r}: {label}={r.label!r} rate {r.rate:.2f} in the batch ({r.hits}/{r.rows}) "
+                f"vs {r.reference_rate:.2f} in the reference (p={r.pvalue_adjusted:.1g})"
+                for r in shifted.itertuples()
+            ]
+            alarm = Alarm(
+                self.name,
+                "segment label-rate shift: " + "; ".join(parts),
+                float(shifted["pvalue_adjusted"].min()),
+                shifted.to_dict("records"),
+            )
         return CheckResult(self.name, table, alarm)
 
 

@@ -62,8 +62,9 @@ def build_detectors(config: dict[str, dict[str, Any]]) -> dict[str, Detector]:
     return detectors
 
 
-def fit_all(detectors: dict[str, Detector], reference: pd.DataFrame, spec: FeatureSpec,
-            holdout: pd.DataFrame | None = None) -> dict[str, Detector]:
+def fit_all(
+    detectors: dict[str, Detector], reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None = None
+) -> dict[str, Detector]:
     return {name: detector.fit(reference, spec, holdout) for name, detector in detectors.items()}
 
 
@@ -83,21 +84,23 @@ ChunkMap = Callable[[dict[str, Detector], Iterable[pd.DataFrame]], list[ChunkRes
 def read_chunk(detectors: dict[str, Detector], chunk: pd.DataFrame) -> ChunkResult:
     """One pass over a chunk: row-scoped detectors score it (without reasons: ``explain_rows``
     gives those of the rows a scan holds), batch-scoped ones summarise it."""
-    return {name: d.score(chunk, explain=False) if d.chunkable else d.summarise(chunk)
-            for name, d in detectors.items()}
+    return {name: d.score(chunk, explain=False) if d.chunkable else d.summarise(chunk) for name, d in detectors.items()}
 
 
-def explain_rows(detectors: dict[str, Detector], scores: dict[str, pd.DataFrame],
-                 fetch: RowFetch) -> Callable[[str, np.ndarray], list[str]]:
+def explain_rows(
+    detectors: dict[str, Detector], scores: dict[str, pd.DataFrame], fetch: RowFetch
+) -> Callable[[str, np.ndarray], list[str]]:
     """The reasons ``name`` gives the batch rows at ``positions``: a row-scoped detector scores
     them again (a row's score is its own, so its reason is the one a whole-batch score gives);
     a batch-scoped one gave its reasons with its scores."""
+
     def explain(name: str, positions: np.ndarray) -> list[str]:
         if not len(positions):
             return []
         if detectors[name].chunkable:
             return detectors[name].score(fetch(positions))["reason"].to_list()
         return scores[name].set_index(ROW_NUMBER)["reason"].reindex(positions).to_list()
+
     return explain
 
 
@@ -105,8 +108,9 @@ def read_each(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame]) ->
     return [read_chunk(detectors, chunk) for chunk in chunks]
 
 
-def score_in_chunks(detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame], fetch: RowFetch,
-                    map_chunks: ChunkMap = read_each) -> dict[str, pd.DataFrame]:
+def score_in_chunks(
+    detectors: dict[str, Detector], chunks: Iterable[pd.DataFrame], fetch: RowFetch, map_chunks: ChunkMap = read_each
+) -> dict[str, pd.DataFrame]:
     """``score_all`` of the batch that ``chunks`` (consecutive slices of it) make up, reading them
     with ``read_chunk``, in parallel where ``map_chunks`` is; ``fetch`` returns batch rows by
     position.
@@ -125,12 +129,39 @@ def combine_chunks(detectors: dict[str, Detector], parts: list[ChunkResult], fet
     scores: dict[str, pd.DataFrame] = {}
     for name, detector in detectors.items():
         mine = [part.pop(name) for part in parts]
-        scores[name] = pd.concat(mine, ignore_index=True) if detector.chunkable else \
-            detector.score_summary(concat_summaries(mine), fetch)
+        scores[name] = (
+            pd.concat(mine, ignore_index=True)
+            if detector.chunkable
+            else detector.score_summary(concat_summaries(mine), fetch)
+        )
     return scores
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "ENTRY_POINT_GROUP", "SCORE_COLUMNS", "ChunkMap", "ChunkResult", "Detector",
-           "DetectorRegistryError", "FeatureSpec", "GroupDetector", "RowDetector", "RowFetch", "Summary",
-           "build_detectors", "clone", "combine_chunks", "conformal_pvalues", "detector_class", "find_detector_class",
-           "fit_all", "read_chunk", "read_each", "register_detector", "score_all", "score_in_chunks", "explain_rows"]
+__all__ = [
+    "DETECTORS",
+    "DEFAULT_DETECTORS",
+    "ENTRY_POINT_GROUP",
+    "SCORE_COLUMNS",
+    "ChunkMap",
+    "ChunkResult",
+    "Detector",
+    "DetectorRegistryError",
+    "FeatureSpec",
+    "GroupDetector",
+    "RowDetector",
+    "RowFetch",
+    "Summary",
+    "build_detectors",
+    "clone",
+    "combine_chunks",
+    "conformal_pvalues",
+    "detector_class",
+    "find_detector_class",
+    "fit_all",
+    "read_chunk",
+    "read_each",
+    "register_detector",
+    "score_all",
+    "score_in_chunks",
+    "explain_rows",
+]

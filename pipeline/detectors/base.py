@@ -127,8 +127,10 @@ class Detector(ABC):
         for argument in arguments:
             if argument.kind in (argument.VAR_POSITIONAL, argument.VAR_KEYWORD):
                 # *args/**kwargs hide the parameters from get_params, so clone would lose them
-                raise InvalidParameter(f"{cls.__name__}.__init__ takes {argument}; a detector must name each of its "
-                                       "parameters as a keyword-only argument (see docs/detectors.md).")
+                raise InvalidParameter(
+                    f"{cls.__name__}.__init__ takes {argument}; a detector must name each of its "
+                    "parameters as a keyword-only argument (see docs/detectors.md)."
+                )
         return [argument.name for argument in arguments]
 
     def get_params(self) -> dict[str, Any]:
@@ -140,8 +142,10 @@ class Detector(ABC):
         valid = cls._get_param_names()
         unknown = sorted(set(params) - set(valid))
         if unknown:
-            raise InvalidParameter(f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
-                                   f"its parameters are: {', '.join(valid) or 'none'}.")
+            raise InvalidParameter(
+                f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(valid) or 'none'}."
+            )
 
     def set_params(self, **params: Any) -> Self:
         """Set parameters by name; returns ``self``. Their values are validated by ``fit``."""
@@ -163,11 +167,12 @@ class Detector(ABC):
             value = getattr(self, key)
             ok = constraint.accepts(value) if isinstance(constraint, Interval) else value in constraint
             if not ok:
-                expected = constraint.describe() if isinstance(constraint, Interval) else \
-                    "one of " + ", ".join(map(repr, constraint))
-                raise InvalidParameter(
-                    f"The {key!r} parameter of {type(self).__name__} must be {expected}. Got {value!r}."
+                expected = (
+                    constraint.describe()
+                    if isinstance(constraint, Interval)
+                    else "one of " + ", ".join(map(repr, constraint))
                 )
+                raise InvalidParameter(f"The {key!r} parameter of {type(self).__name__} must be {expected}. Got {value!r}.")
 
     def fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None = None) -> Self:
         """Learn from trusted rows; returns ``self``. ``holdout`` is a trusted validation set that
@@ -205,9 +210,13 @@ class Detector(ABC):
         """A batch-scoped detector's state of each row of ``chunk``: what ``score_summary`` scores
         the batch from once every chunk has been summarised."""
         self._check_fitted()
-        parts = [{ROW_NUMBER: chunk[ROW_NUMBER].to_numpy()[start:start + SUMMARY_SLICE_ROWS],
-                  **self._summarise(chunk.iloc[start:start + SUMMARY_SLICE_ROWS])}
-                 for start in range(0, len(chunk), SUMMARY_SLICE_ROWS)]
+        parts = [
+            {
+                ROW_NUMBER: chunk[ROW_NUMBER].to_numpy()[start : start + SUMMARY_SLICE_ROWS],
+                **self._summarise(chunk.iloc[start : start + SUMMARY_SLICE_ROWS]),
+            }
+            for start in range(0, len(chunk), SUMMARY_SLICE_ROWS)
+        ]
         return concat_summaries(parts) if parts else {ROW_NUMBER: chunk[ROW_NUMBER].to_numpy()}
 
     def score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
@@ -216,9 +225,16 @@ class Detector(ABC):
         self._check_fitted()
         rows = summary[ROW_NUMBER]
         if len(rows) == 0:
-            result = pd.DataFrame({"score": np.zeros(0), "calibrated": np.zeros(0), "flagged": np.zeros(0, bool),
-                                   "reason": np.zeros(0, object), "group": np.zeros(0, "int64"),
-                                   "group_expected": np.zeros(0)})
+            result = pd.DataFrame(
+                {
+                    "score": np.zeros(0),
+                    "calibrated": np.zeros(0),
+                    "flagged": np.zeros(0, bool),
+                    "reason": np.zeros(0, object),
+                    "group": np.zeros(0, "int64"),
+                    "group_expected": np.zeros(0),
+                }
+            )
         else:
             result = self._score_summary(summary, fetch)
         result.insert(0, ROW_NUMBER, rows)
@@ -312,8 +328,7 @@ def concat_summaries(parts: list[Summary]) -> Summary:
     return {key: np.concatenate([part[key] for part in filled]) for key in filled[0]}
 
 
-def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray,
-                      tiebreak: np.ndarray | None = None) -> np.ndarray:
+def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """p = (#{trusted > s} + u·(#{trusted = s} + 1)) / (n + 1): the share of trusted rows at least
     this suspect, ties broken by ``tiebreak`` u in (0, 1] (``row_tiebreaks``).
 
@@ -344,7 +359,10 @@ def row_tiebreaks(frame: pd.DataFrame, columns: list[str], seed: int = 0) -> np.
     present = [c for c in columns if c in frame.columns]
     if not len(frame):
         return np.zeros(0)
-    hashed = pd.util.hash_pandas_object(frame[present], index=False, hash_key=f"poisonguard{seed:05d}"[:16]) \
-        if present else pd.Series(np.zeros(len(frame), dtype=np.uint64))
+    hashed = (
+        pd.util.hash_pandas_object(frame[present], index=False, hash_key=f"poisonguard{seed:05d}"[:16])
+        if present
+        else pd.Series(np.zeros(len(frame), dtype=np.uint64))
+    )
     bits = hashed.to_numpy(dtype=np.uint64) >> np.uint64(11)  # 53 bits: exact in a float64
     return (bits.astype("float64") + 1.0) / float(1 << 53)

@@ -65,8 +65,13 @@ class PlantedData:
     truth: dict[str, np.ndarray]
 
     def copy(self) -> PlantedData:
-        return PlantedData(self.reference.copy(), self.holdout.copy(), self.batch.copy(), self.spec,
-                           {kind: rows.copy() for kind, rows in self.truth.items()})
+        return PlantedData(
+            self.reference.copy(),
+            self.holdout.copy(),
+            self.batch.copy(),
+            self.spec,
+            {kind: rows.copy() for kind, rows in self.truth.items()},
+        )
 
 
 def planted_data(seed: int = 7) -> PlantedData:
@@ -107,8 +112,12 @@ def planted_data(seed: int = 7) -> PlantedData:
     batch[ROW_NUMBER] = range(len(batch))
     spec = FeatureSpec(label="label", numeric=tuple(f"x{i}" for i in range(6)), categorical=("colour", "flag"))
     rows = np.arange(len(batch))
-    truth = {"outlier": np.isin(rows, outliers), "label_flip": np.isin(rows, flips),
-             "backdoor": (rows >= n) & (rows < n + 12), "duplicate_flood": rows >= n + 12}
+    truth = {
+        "outlier": np.isin(rows, outliers),
+        "label_flip": np.isin(rows, flips),
+        "backdoor": (rows >= n) & (rows < n + 12),
+        "duplicate_flood": rows >= n + 12,
+    }
     return PlantedData(reference, holdout, batch, spec, truth)
 
 
@@ -144,31 +153,44 @@ def check_kind_is_declared(trial: Trial) -> None:
     cls = trial.cls
     kinds = [kind for kind in (RowDetector, GroupDetector) if issubclass(cls, kind)]
     _require(len(kinds) == 1, f"{cls.__name__} must derive from exactly one of RowDetector and GroupDetector.")
-    _require(isinstance(getattr(cls, "name", None), str) and isinstance(getattr(cls, "detects", None), str),
-             f"{cls.__name__} must declare its registry name (name = 'my_detector') and the poisoning it sees "
-             "(detects = 'outlier', 'label_flip', 'backdoor' or 'duplicate_flood').")
-    _require(cls.chunkable == (kinds[0] is RowDetector),
-             f"{cls.__name__} sets chunkable={cls.chunkable}, which its kind ({kinds[0].__name__}) decides; remove it.")
+    _require(
+        isinstance(getattr(cls, "name", None), str) and isinstance(getattr(cls, "detects", None), str),
+        f"{cls.__name__} must declare its registry name (name = 'my_detector') and the poisoning it sees "
+        "(detects = 'outlier', 'label_flip', 'backdoor' or 'duplicate_flood').",
+    )
+    _require(
+        cls.chunkable == (kinds[0] is RowDetector),
+        f"{cls.__name__} sets chunkable={cls.chunkable}, which its kind ({kinds[0].__name__}) decides; remove it.",
+    )
     allowed = ("row",) if kinds[0] is RowDetector else ("row", "batch")
     _require(cls.pvalue_scope in allowed, f"{cls.__name__}.pvalue_scope must be one of {allowed}; got {cls.pvalue_scope!r}.")
 
 
 def check_params_are_keyword_only(trial: Trial) -> None:
     signature = inspect.signature(trial.cls.__init__)
-    positional = [name for name, p in signature.parameters.items()
-                  if name != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY]
-    _require(not positional, f"{trial.cls.__name__}.__init__ must take its parameters as keyword-only arguments "
-                             f"with defaults (def __init__(self, *, ...)); these are not: {', '.join(positional)}.")
+    positional = [
+        name for name, p in signature.parameters.items() if name != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY
+    ]
+    _require(
+        not positional,
+        f"{trial.cls.__name__}.__init__ must take its parameters as keyword-only arguments "
+        f"with defaults (def __init__(self, *, ...)); these are not: {', '.join(positional)}.",
+    )
     missing = [name for name, p in signature.parameters.items() if name != "self" and p.default is inspect.Parameter.empty]
-    _require(not missing, f"{trial.cls.__name__}.__init__ must give every parameter a default; these have none: "
-                          f"{', '.join(missing)}.")
+    _require(
+        not missing,
+        f"{trial.cls.__name__}.__init__ must give every parameter a default; these have none: {', '.join(missing)}.",
+    )
 
 
 def check_params_match_constraints(trial: Trial) -> None:
     names, declared = set(trial.cls._get_param_names()), set(trial.cls._parameter_constraints)
-    _require(names == declared, f"{trial.cls.__name__}._parameter_constraints must declare the limits of exactly "
-                                f"the parameters of __init__: undeclared {sorted(names - declared)}, not "
-                                f"parameters {sorted(declared - names)}.")
+    _require(
+        names == declared,
+        f"{trial.cls.__name__}._parameter_constraints must declare the limits of exactly "
+        f"the parameters of __init__: undeclared {sorted(names - declared)}, not "
+        f"parameters {sorted(declared - names)}.",
+    )
 
 
 def check_init_stores_params(trial: Trial) -> None:
@@ -176,11 +198,17 @@ def check_init_stores_params(trial: Trial) -> None:
     given = {name: object() for name in trial.cls._get_param_names()}
     detector = trial.cls(**given)
     changed = [name for name, value in given.items() if getattr(detector, name, None) is not value]
-    _require(not changed, f"{trial.cls.__name__}.__init__ must store each parameter unchanged under its own name "
-                          f"(validate in fit); it does not for: {', '.join(changed)}.")
+    _require(
+        not changed,
+        f"{trial.cls.__name__}.__init__ must store each parameter unchanged under its own name "
+        f"(validate in fit); it does not for: {', '.join(changed)}.",
+    )
     learned = [key for key in vars(detector) if key.endswith("_")]
-    _require(not learned, f"{trial.cls.__name__}.__init__ sets {', '.join(learned)}: state ending in '_' is learned "
-                          "by fit, and its presence is what marks a detector fitted.")
+    _require(
+        not learned,
+        f"{trial.cls.__name__}.__init__ sets {', '.join(learned)}: state ending in '_' is learned "
+        "by fit, and its presence is what marks a detector fitted.",
+    )
 
 
 def check_params_round_trip(trial: Trial) -> None:
@@ -188,10 +216,14 @@ def check_params_round_trip(trial: Trial) -> None:
     params = detector.get_params()
     _require(set(params) == set(trial.cls._get_param_names()), "get_params must return every parameter of __init__.")
     copied = clone(detector)
-    _require(type(copied) is trial.cls and copied is not detector and repr(copied.get_params()) == repr(params),
-             "clone(detector) must give a new detector of the same class with the same parameters.")
-    _require(detector.set_params(**params) is detector and repr(detector.get_params()) == repr(params),
-             "set_params(**get_params()) must return the detector unchanged.")
+    _require(
+        type(copied) is trial.cls and copied is not detector and repr(copied.get_params()) == repr(params),
+        "clone(detector) must give a new detector of the same class with the same parameters.",
+    )
+    _require(
+        detector.set_params(**params) is detector and repr(detector.get_params()) == repr(params),
+        "set_params(**get_params()) must return the detector unchanged.",
+    )
     try:
         detector.set_params(no_such_parameter=1)
     except InvalidParameter as error:
@@ -214,8 +246,10 @@ def check_rejects_bad_parameter(trial: Trial) -> None:
         expected = f"The '{key}' parameter of {trial.cls.__name__} must be"
         _require(str(error).startswith(expected), f"a bad parameter's error must read {expected!r} ...; got {error}")
     else:
-        raise DetectorCheckFailed(f"fit with {key}=object() must raise InvalidParameter (declare the limits of "
-                                  "every parameter in _parameter_constraints).")
+        raise DetectorCheckFailed(
+            f"fit with {key}=object() must raise InvalidParameter (declare the limits of "
+            "every parameter in _parameter_constraints)."
+        )
 
 
 def check_score_before_fit_raises(trial: Trial) -> None:
@@ -236,10 +270,14 @@ def check_one_result_per_row(trial: Trial) -> None:
     # a group detector also says each row's group and how many of its rows the trusted rate
     # explains; a row-scoped one, the calibration cell behind each p-value (-1: not tested)
     extra = GROUP_COLUMNS if detector.pvalue_scope == "batch" else [CELL_COLUMN]
-    _require(list(result.columns) == SCORE_COLUMNS + extra,
-             f"score must return the columns {SCORE_COLUMNS + extra}; got {list(result.columns)}.")
-    _require(list(result[ROW_NUMBER]) == list(trial.data.batch[ROW_NUMBER]),
-             "score must return one row per batch row, in the batch's order, with its row_number.")
+    _require(
+        list(result.columns) == SCORE_COLUMNS + extra,
+        f"score must return the columns {SCORE_COLUMNS + extra}; got {list(result.columns)}.",
+    )
+    _require(
+        list(result[ROW_NUMBER]) == list(trial.data.batch[ROW_NUMBER]),
+        "score must return one row per batch row, in the batch's order, with its row_number.",
+    )
 
 
 def check_calibrated_in_unit_interval(trial: Trial) -> None:
@@ -258,8 +296,11 @@ def check_reasons_for_low_pvalues(trial: Trial) -> None:
         needs |= (1.0 - result["calibrated"] <= REASON_PVALUE).to_numpy()
     missing = result.loc[needs & (result["reason"].astype(str).str.len() == 0).to_numpy(), ROW_NUMBER]
     what = "row" if detector.pvalue_scope == "batch" else f"row and every row with p-value <= {REASON_PVALUE}"
-    _require(missing.empty, f"every flagged {what} needs a reason (score(batch) explains by default); "
-                            f"{len(missing)} have none, e.g. row {missing.iloc[0] if len(missing) else ''}.")
+    _require(
+        missing.empty,
+        f"every flagged {what} needs a reason (score(batch) explains by default); "
+        f"{len(missing)} have none, e.g. row {missing.iloc[0] if len(missing) else ''}.",
+    )
 
 
 def _snapshot(value: object, depth: int = 3) -> object:
@@ -282,16 +323,21 @@ def check_score_does_not_mutate(trial: Trial) -> None:
     params, state = repr(detector.get_params()), _snapshot(vars(detector))
     again = detector.score(trial.data.batch)
     pd.testing.assert_frame_equal(result, again, obj="a second score of the same batch")
-    _require(repr(detector.get_params()) == params and _snapshot(vars(detector)) == state,
-             "score must not write to the detector (its parameters, its attributes, the arrays they hold): it "
-             "never learns from the batch.")
+    _require(
+        repr(detector.get_params()) == params and _snapshot(vars(detector)) == state,
+        "score must not write to the detector (its parameters, its attributes, the arrays they hold): it "
+        "never learns from the batch.",
+    )
 
 
 def check_inputs_left_unchanged(trial: Trial) -> None:
     trial.fitted  # noqa: B018  (the fit and score whose effect on the data is checked)
     for part in ("reference", "holdout", "batch"):
-        pd.testing.assert_frame_equal(getattr(trial.data, part), getattr(trial._pristine, part),
-                                      obj=f"the {part} after fit and score (they must not modify their input)")
+        pd.testing.assert_frame_equal(
+            getattr(trial.data, part),
+            getattr(trial._pristine, part),
+            obj=f"the {part} after fit and score (they must not modify their input)",
+        )
 
 
 def check_refit_is_deterministic(trial: Trial) -> None:
@@ -305,7 +351,7 @@ def check_scores_ignore_chunking(trial: Trial) -> None:
     # detector's summaries of chunks make the whole batch's
     detector, _, result = trial.fitted
     batch = trial.data.batch
-    chunks = [batch.iloc[start:start + CHUNK_ROWS] for start in range(0, len(batch), CHUNK_ROWS)]
+    chunks = [batch.iloc[start : start + CHUNK_ROWS] for start in range(0, len(batch), CHUNK_ROWS)]
     if detector.chunkable:
         pieces = pd.concat([detector.score(chunk) for chunk in chunks], ignore_index=True)
     else:
@@ -323,18 +369,27 @@ def check_scores_ignore_chunking(trial: Trial) -> None:
 def check_beats_chance_on_planted(trial: Trial) -> None:
     detector, _, result = trial.fitted
     truth = trial.data.truth
-    _require(detector.detects in truth, f"{trial.cls.__name__}.detects is {detector.detects!r}, which the planted data "
-                                        f"has none of ({', '.join(truth)}); pass check_detector data= with truth for it.")
+    _require(
+        detector.detects in truth,
+        f"{trial.cls.__name__}.detects is {detector.detects!r}, which the planted data "
+        f"has none of ({', '.join(truth)}); pass check_detector data= with truth for it.",
+    )
     target = truth[detector.detects]
     clean = ~np.logical_or.reduce(list(truth.values()))
     scores, flagged = result["score"].to_numpy(), result["flagged"].to_numpy()
     auroc = roc_auc_score(target[target | clean], scores[target | clean])
-    _require(auroc > MIN_AUROC, f"the planted {detector.detects} rows must score above clean rows: AUROC {auroc:.2f}, "
-                                f"needs > {MIN_AUROC}.")
-    _require(flagged[target].mean() >= MIN_RECALL, f"flags {flagged[target].mean():.0%} of the planted "
-                                                   f"{detector.detects} rows; needs >= {MIN_RECALL:.0%}.")
-    _require(flagged[clean].mean() <= MAX_FALSE_FLAGS, f"flags {flagged[clean].mean():.1%} of clean rows; needs <= "
-                                                       f"{MAX_FALSE_FLAGS:.0%}.")
+    _require(
+        auroc > MIN_AUROC,
+        f"the planted {detector.detects} rows must score above clean rows: AUROC {auroc:.2f}, needs > {MIN_AUROC}.",
+    )
+    _require(
+        flagged[target].mean() >= MIN_RECALL,
+        f"flags {flagged[target].mean():.0%} of the planted {detector.detects} rows; needs >= {MIN_RECALL:.0%}.",
+    )
+    _require(
+        flagged[clean].mean() <= MAX_FALSE_FLAGS,
+        f"flags {flagged[clean].mean():.1%} of clean rows; needs <= {MAX_FALSE_FLAGS:.0%}.",
+    )
 
 
 # name -> check, in the order check_detector runs them: the class's declarations first, then

@@ -67,8 +67,9 @@ class DuplicateFlood(GroupDetector):
         "n_neighbors": Interval(Integral, 1, 100),
     }
 
-    def __init__(self, *, alpha: float = 0.01, radius_fraction: float = 0.1, min_radius: float = 0.05,
-                 n_neighbors: int = 10) -> None:
+    def __init__(
+        self, *, alpha: float = 0.01, radius_fraction: float = 0.1, min_radius: float = 0.05, n_neighbors: int = 10
+    ) -> None:
         self.alpha = alpha
         self.radius_fraction = radius_fraction
         self.min_radius = min_radius
@@ -82,15 +83,18 @@ class DuplicateFlood(GroupDetector):
         self.axes_ = _principal_axes(encoded)
         labels = reference[spec.label]
         self.labels_ = np.array([None if pd.isna(v) else str(v) for v in labels.astype(object)], dtype=object)
-        self.trusted_ = {label: CloseCounter(encoded if label is None else encoded[self.labels_ == label], self.axes_)
-                         for label in [None, *sorted({v for v in self.labels_ if v is not None})]}
+        self.trusted_ = {
+            label: CloseCounter(encoded if label is None else encoded[self.labels_ == label], self.axes_)
+            for label in [None, *sorted({v for v in self.labels_ if v is not None})]
+        }
         # The trusted-only groups of each label (sizes >= 2): hypotheses too, for Tarone's count.
-        self.trusted_groups_ = {label: _trusted_groups(counter.points, self.axes_, self.radius_ / 2)
-                                for label, counter in self.trusted_.items()}
+        self.trusted_groups_ = {
+            label: _trusted_groups(counter.points, self.axes_, self.radius_ / 2) for label, counter in self.trusted_.items()
+        }
         self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(encoded))).fit(encoded)
 
     def _radius(self, encoded: np.ndarray, n_numeric: int) -> float:
-        """"Near-identical" = closer than ``radius_fraction`` of the median distance from a trusted
+        """ "Near-identical" = closer than ``radius_fraction`` of the median distance from a trusted
         row to its nearest trusted neighbour, and at least ``min_radius`` per numeric feature (in
         units of the encoder's robust scale).
 
@@ -128,22 +132,31 @@ class DuplicateFlood(GroupDetector):
 
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         n = len(summary["key"])
-        rows = _Rows(summary["key"], summary["projected"], np.arange(n),
-                     lambda positions: encode(self.encoder_, fetch(positions), self.spec_))
-        labels: dict[str | None, np.ndarray] = {label: np.flatnonzero(summary["group"] == code)
-                                                for code, label in enumerate(self._classes())}
+        rows = _Rows(
+            summary["key"],
+            summary["projected"],
+            np.arange(n),
+            lambda positions: encode(self.encoder_, fetch(positions), self.spec_),
+        )
+        labels: dict[str | None, np.ndarray] = {
+            label: np.flatnonzero(summary["group"] == code) for code, label in enumerate(self._classes())
+        }
         labels[None] = np.flatnonzero(summary["group"] < 0)
         labels = {label: selected for label, selected in labels.items() if len(selected)}
         # Exact copies first: rows merely near a flood of exact copies would otherwise join its
         # ball and be held with it (spam7: 10 clean rows beside a 73-copy flood).
-        exact = self._tested(0, {label: _exact_groups(rows.subset(sel), self.trusted_[label], sel)
-                                 for label, sel in labels.items()}, labels)
+        exact = self._tested(
+            0, {label: _exact_groups(rows.subset(sel), self.trusted_[label], sel) for label, sel in labels.items()}, labels
+        )
         copied = np.zeros(n, dtype=bool)
         for g in np.flatnonzero(exact.adjusted() <= self.alpha):
             copied[exact.members[g]] = True
         rest = {label: sel[~copied[sel]] for label, sel in labels.items()}
-        near = self._tested(1, {label: _near_groups(rows.subset(sel), self.trusted_[label], sel, self.radius_)
-                                for label, sel in rest.items()}, labels)
+        near = self._tested(
+            1,
+            {label: _near_groups(rows.subset(sel), self.trusted_[label], sel, self.radius_) for label, sel in rest.items()},
+            labels,
+        )
         groups = _Groups.concat([exact, near])
         adjusted = groups.adjusted()
         # each row's group: a significant one first, else the one with the smallest p-value
@@ -159,9 +172,16 @@ class DuplicateFlood(GroupDetector):
         for g in np.unique(group_of[flagged]):
             mine = np.flatnonzero(group_of == g)
             reasons[mine] = self._reason(rows.points(mine[:1]), groups, g, adjusted[g])
-        return pd.DataFrame({"score": -np.log10(np.maximum(pvalue, _SMALLEST_P)), "calibrated": 1.0 - corrected,
-                             "flagged": flagged, "reason": reasons, "group": group_of,
-                             "group_expected": expected})
+        return pd.DataFrame(
+            {
+                "score": -np.log10(np.maximum(pvalue, _SMALLEST_P)),
+                "calibrated": 1.0 - corrected,
+                "flagged": flagged,
+                "reason": reasons,
+                "group": group_of,
+                "group_expected": expected,
+            }
+        )
 
     def _tested(self, family: int, found: dict[str | None, _Found], labels: dict[str | None, np.ndarray]) -> _Groups:
         """One family's groups over every label, each with its pooled p-value, and Tarone's count
@@ -175,8 +195,18 @@ class DuplicateFlood(GroupDetector):
             least += [_least_pvalue(sizes, n_batch, pooled), _least_pvalue(trusted_only, n_batch, pooled)]
             pvalue = np.clip(hypergeom.sf(groups.batch - 1, pooled, n_batch, sizes), 0.0, 1.0)
             expected = groups.trusted * n_batch / max(n_trusted, 1)
-            parts.append(_Groups([label] * len(sizes), np.full(len(sizes), family), groups.members, groups.batch,
-                                 groups.trusted, expected, pvalue, np.zeros(len(sizes))))
+            parts.append(
+                _Groups(
+                    [label] * len(sizes),
+                    np.full(len(sizes), family),
+                    groups.members,
+                    groups.batch,
+                    groups.trusted,
+                    expected,
+                    pvalue,
+                    np.zeros(len(sizes)),
+                )
+            )
         tests = tarone_count(np.concatenate(least) if least else np.zeros(0), self.alpha / _FAMILIES)
         tested = _Groups.concat(parts)
         tested.tests[:] = tests
@@ -186,14 +216,20 @@ class DuplicateFlood(GroupDetector):
         label, batch_count, trusted_count = groups.label[g], int(groups.batch[g]), int(groups.trusted[g])
         kind = "rows" if label is None else "rows with this label"
         if groups.family[g] == 0:
-            text = (f"one of {batch_count:,} identical {kind} in this batch; the reference has "
-                    f"{_rows(trusted_count)} identical to it")
+            text = (
+                f"one of {batch_count:,} identical {kind} in this batch; the reference has "
+                f"{_rows(trusted_count)} identical to it"
+            )
         else:
-            text = (f"one of {batch_count:,} near-identical {kind} in this batch (within {self.radius_:.2g} of each "
-                    f"other); the reference has {_rows(trusted_count)} that close")
+            text = (
+                f"one of {batch_count:,} near-identical {kind} in this batch (within {self.radius_:.2g} of each "
+                f"other); the reference has {_rows(trusted_count)} that close"
+            )
         tests = int(groups.tests[g])
-        text += (f"; a clean batch brings this many with probability {groups.pvalue[g]:.2g} ({adjusted:.2g} "
-                 f"corrected over {tests} testable group{'s' if tests != 1 else ''})")
+        text += (
+            f"; a clean batch brings this many with probability {groups.pvalue[g]:.2g} ({adjusted:.2g} "
+            f"corrected over {tests} testable group{'s' if tests != 1 else ''})"
+        )
         _, neighbours = self.neighbors_.kneighbors(point)
         said = self.labels_[neighbours[0]]
         classes, votes = np.unique(said.astype(str), return_counts=True)
@@ -238,9 +274,12 @@ class _Groups:
         if not parts:
             empty = np.zeros(0)
             return cls([], empty.astype(int), [], empty.astype(int), empty.astype(int), empty, empty, empty.copy())
-        return cls([x for p in parts for x in p.label], np.concatenate([p.family for p in parts]),
-                   [m for p in parts for m in p.members], *(np.concatenate([getattr(p, f) for p in parts])
-                                                          for f in ("batch", "trusted", "expected", "pvalue", "tests")))
+        return cls(
+            [x for p in parts for x in p.label],
+            np.concatenate([p.family for p in parts]),
+            [m for p in parts for m in p.members],
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("batch", "trusted", "expected", "pvalue", "tests")),
+        )
 
 
 def tarone_count(least_pvalues: np.ndarray, alpha: float) -> int:
@@ -269,7 +308,7 @@ def _exact_groups(batch: _Rows, trusted: CloseCounter, selected: np.ndarray) -> 
     keep = np.flatnonzero(counts + in_trusted >= 2)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], keep)
-    members = [selected[order[start:start + counts[g]]] for g, start in zip(keep, bounds)]
+    members = [selected[order[start : start + counts[g]]] for g, start in zip(keep, bounds)]
     return _Found(members, counts[keep].astype("int64"), in_trusted[keep].astype("int64"))
 
 
@@ -310,8 +349,7 @@ def _trusted_groups(points: np.ndarray, axes: np.ndarray, half_radius: float) ->
         return {0: np.zeros(0, "int64"), 1: np.zeros(0, "int64")}
     counts = pd.Series(_row_keys(points)).value_counts().to_numpy("int64")
     rows = _Rows(_row_keys(points), points @ axes, np.arange(len(points)), lambda positions: points[positions])
-    found = _near_groups(rows, CloseCounter(np.zeros((0, points.shape[1])), axes), np.arange(len(points)),
-                         2 * half_radius)
+    found = _near_groups(rows, CloseCounter(np.zeros((0, points.shape[1])), axes), np.arange(len(points)), 2 * half_radius)
     return {0: counts[counts >= 2], 1: found.batch}
 
 
@@ -343,8 +381,11 @@ class _Rows:
             return pd.Series(self.keys).value_counts().reindex(self.keys).to_numpy("int64") - 1
         if len(self.keys) < 2:
             return np.zeros(len(self.keys), dtype="int64")
-        counts = cKDTree(self.projected).query_ball_point(self.projected, _screen(radius), return_length=True,
-                                                          workers=-1).astype("int64")
+        counts = (
+            cKDTree(self.projected)
+            .query_ball_point(self.projected, _screen(radius), return_length=True, workers=-1)
+            .astype("int64")
+        )
         unsure = np.flatnonzero(counts > 1)
         if len(unsure):
             points = self.points(unsure)
@@ -380,8 +421,9 @@ class CloseCounter:
             return self._copies.reindex(queries.keys, fill_value=0).to_numpy("int64")
         if self._projected is None:
             self._projected = cKDTree(self.points @ self.axes)
-        counts = self._projected.query_ball_point(queries.projected, _screen(radius), return_length=True,
-                                                  workers=-1).astype("int64")
+        counts = self._projected.query_ball_point(queries.projected, _screen(radius), return_length=True, workers=-1).astype(
+            "int64"
+        )
         unsure = np.flatnonzero(counts > 0)
         if len(unsure):
             first, inverse = _distinct(queries.keys[unsure])
@@ -414,9 +456,13 @@ def _within(tree: cKDTree, points: np.ndarray, radius: float) -> np.ndarray:
 def _row_keys(points: np.ndarray, slice_rows: int = 65_536) -> np.ndarray:
     """One 64-bit hash per row, equal for equal rows (-0.0 and 0.0 alike); a slice at a time,
     since hashing copies its input."""
-    return np.concatenate([
-        pd.util.hash_pandas_object(pd.DataFrame(points[start:start + slice_rows] + 0.0), index=False).to_numpy()
-        for start in range(0, len(points), slice_rows)] or [np.zeros(0, dtype=np.uint64)])
+    return np.concatenate(
+        [
+            pd.util.hash_pandas_object(pd.DataFrame(points[start : start + slice_rows] + 0.0), index=False).to_numpy()
+            for start in range(0, len(points), slice_rows)
+        ]
+        or [np.zeros(0, dtype=np.uint64)]
+    )
 
 
 def _principal_axes(encoded: np.ndarray, n_axes: int = 8) -> np.ndarray:

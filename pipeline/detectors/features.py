@@ -26,13 +26,28 @@ def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
     all zeros rather than failing, since validation already reports them."""
     transformers = []
     if spec.numeric:
-        transformers.append(("numeric", make_pipeline(
-            SimpleImputer(strategy="median"), RobustScaler(unit_variance=True),
-            FunctionTransformer(_bounded, feature_names_out="one-to-one")), list(spec.numeric)))
+        transformers.append(
+            (
+                "numeric",
+                make_pipeline(
+                    SimpleImputer(strategy="median"),
+                    RobustScaler(unit_variance=True),
+                    FunctionTransformer(_bounded, feature_names_out="one-to-one"),
+                ),
+                list(spec.numeric),
+            )
+        )
     if spec.categorical:
-        transformers.append(("categorical", make_pipeline(
-            SimpleImputer(strategy="constant", fill_value="<missing>"),
-            OneHotEncoder(handle_unknown="ignore", sparse_output=False)), list(spec.categorical)))
+        transformers.append(
+            (
+                "categorical",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="<missing>"),
+                    OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                ),
+                list(spec.categorical),
+            )
+        )
     return ColumnTransformer(transformers, sparse_threshold=0.0)
 
 
@@ -49,14 +64,15 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 ENCODE_SLICE_ROWS = 65_536
 
 
-def encode(encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec,
-           slice_rows: int = ENCODE_SLICE_ROWS) -> np.ndarray:
+def encode(
+    encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec, slice_rows: int = ENCODE_SLICE_ROWS
+) -> np.ndarray:
     """``encoder.transform(feature_frame(frame, spec))``, a slice of rows at a time into one
     matrix. Whole, the transform's temporaries (object copies of text columns, scaled, clipped and
     one-hot copies) come to ~3 times its result: 1.2 GB beside the 360 MB of a 10^6-row batch."""
 
     def encoded_slice(start: int) -> np.ndarray:
-        return encoder.transform(feature_frame(frame.iloc[start:start + slice_rows], spec))
+        return encoder.transform(feature_frame(frame.iloc[start : start + slice_rows], spec))
 
     first = encoded_slice(0)
     if len(frame) <= slice_rows:
@@ -64,5 +80,5 @@ def encode(encoder: ColumnTransformer, frame: pd.DataFrame, spec: FeatureSpec,
     encoded = np.empty((len(frame), first.shape[1]), dtype=first.dtype)
     encoded[:slice_rows] = first
     for start in range(slice_rows, len(frame), slice_rows):
-        encoded[start:start + slice_rows] = encoded_slice(start)
+        encoded[start : start + slice_rows] = encoded_slice(start)
     return encoded

@@ -54,8 +54,16 @@ class LogisticInfluence:
     n_train: int
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, X_holdout: np.ndarray, y_holdout: np.ndarray,
-            n_classes: int, C: float, damping: float) -> LogisticInfluence:
+    def fit(
+        cls,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_holdout: np.ndarray,
+        y_holdout: np.ndarray,
+        n_classes: int,
+        C: float,
+        damping: float,
+    ) -> LogisticInfluence:
         model = LogisticRegression(C=C, max_iter=2000).fit(X, y)
         coef = np.hstack([model.coef_, model.intercept_[:, None]])
         if model.coef_.shape[0] != max(1, n_classes if n_classes > 2 else 1):
@@ -120,8 +128,8 @@ def _hessian(Xa: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
         for b in range(a, k):
             w = p[:, a] * ((a == b) - p[:, b])
             block = (Xa * w[:, None]).T @ Xa / n
-            hessian[a * d:(a + 1) * d, b * d:(b + 1) * d] = block
-            hessian[b * d:(b + 1) * d, a * d:(a + 1) * d] = block
+            hessian[a * d : (a + 1) * d, b * d : (b + 1) * d] = block
+            hessian[b * d : (b + 1) * d, a * d : (a + 1) * d] = block
     return hessian
 
 
@@ -149,8 +157,15 @@ class RoniInfluence(GroupDetector):
         "random_state": Interval(Integral, 0, None),
     }
 
-    def __init__(self, *, C: float = 0.1, damping: float = 0.1, alpha: float = 0.01,
-                 holdout_fraction: float = 0.2, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        C: float = 0.1,
+        damping: float = 0.1,
+        alpha: float = 0.01,
+        holdout_fraction: float = 0.2,
+        random_state: int = 0,
+    ) -> None:
         self.C = C
         self.damping = damping
         self.alpha = alpha
@@ -160,9 +175,12 @@ class RoniInfluence(GroupDetector):
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
         train = reference[reference[spec.label].notna()]
         if holdout is None or spec.label not in holdout.columns:
-            train, holdout = train_test_split(train, test_size=self.holdout_fraction,
-                                              random_state=self.random_state,
-                                              stratify=train[spec.label].astype(str))
+            train, holdout = train_test_split(
+                train,
+                test_size=self.holdout_fraction,
+                random_state=self.random_state,
+                stratify=train[spec.label].astype(str),
+            )
         holdout = holdout[holdout[spec.label].notna()]
         self.encoder_ = make_encoder(spec).fit(feature_frame(train, spec))
         self.classes_ = np.unique(train[spec.label].astype(str))
@@ -181,8 +199,10 @@ class RoniInfluence(GroupDetector):
     def _summarise(self, chunk: pd.DataFrame) -> Summary:
         """Each row's encoding and label class (-1: missing or untrusted): the influence model is
         trained on every batch row, so nothing smaller would do."""
-        return {"encoded": encode(self.encoder_, chunk, self.spec_),
-                "label": class_codes(chunk, self.spec_.label, self.classes_)}
+        return {
+            "encoded": encode(self.encoder_, chunk, self.spec_),
+            "label": class_codes(chunk, self.spec_.label, self.classes_),
+        }
 
     def _score_summary(self, summary: Summary, fetch: RowFetch) -> pd.DataFrame:
         labels = summary["label"]
@@ -193,8 +213,14 @@ class RoniInfluence(GroupDetector):
         if known.any():
             X, y = summary["encoded"][known], labels[known]
             X_train, y_train = self.train_
-            influence = LogisticInfluence.fit(np.vstack([X_train, X]), np.concatenate([y_train, y]),
-                                              *self.holdout_, len(self.classes_), self.C, self.damping)
+            influence = LogisticInfluence.fit(
+                np.vstack([X_train, X]),
+                np.concatenate([y_train, y]),
+                *self.holdout_,
+                len(self.classes_),
+                self.C,
+                self.damping,
+            )
             raw[known] = influence.harm(X, y)
             trusted = influence.harm(X_train, y_train)
             for i in range(len(self.classes_)):
@@ -203,8 +229,10 @@ class RoniInfluence(GroupDetector):
             n_train = influence.n_train
         flagged = pvalues <= self.alpha
         for r in np.flatnonzero(pvalues <= REASON_PVALUE):
-            reasons[r] = (f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
-                          f"{raw[r] / n_train:.2e} (logistic influence, trained on the reference plus this batch); "
-                          f"more harmful than "
-                          f"{100 * (1 - pvalues[r]):.1f} % of trusted rows labelled {self.classes_[labels[r]]!r}")
+            reasons[r] = (
+                f"RONI: adding this row is estimated to raise trusted-holdout log-loss by "
+                f"{raw[r] / n_train:.2e} (logistic influence, trained on the reference plus this batch); "
+                f"more harmful than "
+                f"{100 * (1 - pvalues[r]):.1f} % of trusted rows labelled {self.classes_[labels[r]]!r}"
+            )
         return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons})

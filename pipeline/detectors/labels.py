@@ -58,8 +58,7 @@ BAND_ROWS = 200
 MAX_BANDS = 10
 
 MODELS: dict[str, Any] = {
-    "gradient_boosting": lambda seed: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1,
-                                                                     random_state=seed),
+    "gradient_boosting": lambda seed: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed),
     "logistic": lambda seed: LogisticRegression(max_iter=2000),
 }
 
@@ -83,9 +82,17 @@ class LabelConsistency(RowDetector):
         "max_index_rows": Interval(Integral, 100, None),
     }
 
-    def __init__(self, *, n_neighbors: int = 10, model: str = "gradient_boosting", alpha: float = 0.01,
-                 n_folds: int = 5, random_state: int = 0, calibration: str = "by_confidence",
-                 max_index_rows: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 10,
+        model: str = "gradient_boosting",
+        alpha: float = 0.01,
+        n_folds: int = 5,
+        random_state: int = 0,
+        calibration: str = "by_confidence",
+        max_index_rows: int = 10_000,
+    ) -> None:
         self.n_neighbors = n_neighbors
         self.model = model
         self.alpha = alpha
@@ -103,14 +110,16 @@ class LabelConsistency(RowDetector):
         self.classes_ = np.unique(labels)
         if len(self.classes_) < 2:
             raise PoisonguardError(
-                f"LabelConsistency needs at least two label classes in the reference; got {list(self.classes_)}.")
+                f"LabelConsistency needs at least two label classes in the reference; got {list(self.classes_)}."
+            )
         indexed = _stratified_positions(labels, self.max_index_rows, self.random_state)
         k = min(self.n_neighbors, len(indexed) - 1)
         self.neighbors_ = NearestNeighbors(n_neighbors=k).fit(encoded[indexed])
         self.labels_ = labels[indexed]
         neighbour_votes = self._votes(self._neighbours_excluding_self(encoded, indexed, k))
-        folds = StratifiedKFold(n_splits=max(2, min(self.n_folds, _smallest_class(labels))), shuffle=True,
-                                random_state=self.random_state)
+        folds = StratifiedKFold(
+            n_splits=max(2, min(self.n_folds, _smallest_class(labels))), shuffle=True, random_state=self.random_state
+        )
         # Each fold's model scores the trusted rows it left out, and later batch rows (one fold's
         # model each, ``_fold_proba``): batch and trusted rows are judged by models fitted on as
         # many rows, so the confidence bands a row is calibrated in mean the same for both (with
@@ -185,8 +194,7 @@ class LabelConsistency(RowDetector):
             pvalues[mask] = conformal_pvalues(calibration, scores[mask], tiebreak[mask])
         return pvalues
 
-    def _flipped_pvalues(self, votes: np.ndarray, proba: np.ndarray,
-                         labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _flipped_pvalues(self, votes: np.ndarray, proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The p-values (and bands) trusted rows get with their label flipped to another class at
         random, scored as the model that left them out scored them: what a randomly flipped batch
         row looks like to this detector, for the verdict's test and estimate of how many rows of
@@ -198,8 +206,9 @@ class LabelConsistency(RowDetector):
         return self._pvalues(self._raw(votes, proba, flipped), bands, 1.0 - rng.random(len(labels))), bands
 
     def poison_model(self) -> PoisonModel:
-        return PoisonModel("label_flips", {band: len(scores) for band, scores in self.calibration_.items()},
-                           *self.simulated_)
+        return PoisonModel(
+            "label_flips", {band: len(scores) for band, scores in self.calibration_.items()}, *self.simulated_
+        )
 
     def _neighbours_excluding_self(self, encoded: np.ndarray, indexed: np.ndarray, k: int) -> np.ndarray:
         """k nearest indexed rows of every trusted row, never the row itself."""
@@ -228,8 +237,9 @@ class LabelConsistency(RowDetector):
         cells = np.full(n, -1, dtype="int64")  # not tested: no trusted label
         reasons = [""] * n
         if spec.label not in batch.columns or n == 0:
-            return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": np.zeros(n, bool),
-                                 "reason": reasons, "cell": cells})
+            return pd.DataFrame(
+                {"score": raw, "calibrated": 1.0 - pvalues, "flagged": np.zeros(n, bool), "reason": reasons, "cell": cells}
+            )
         labels = batch[spec.label].astype(object).where(batch[spec.label].notna(), None)
         labels = np.array([None if v is None else str(v) for v in labels], dtype=object)
         known = np.isin(labels, self.classes_)  # unknown or missing labels are validation's to report
@@ -249,8 +259,9 @@ class LabelConsistency(RowDetector):
             for j in np.flatnonzero(pvalues[known] <= REASON_PVALUE) if explain else ():
                 reasons[positions[j]] = self._reason(given[j], votes[j], proba[j], pvalues[positions[j]])
         flagged = pvalues <= self.alpha
-        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons,
-                             "cell": cells})
+        return pd.DataFrame(
+            {"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons, "cell": cells}
+        )
 
     def _reason(self, given: str, votes: np.ndarray, proba: np.ndarray, pvalue: float) -> str:
         k = self.neighbors_.n_neighbors
@@ -258,11 +269,16 @@ class LabelConsistency(RowDetector):
         said = self.classes_[other]
         agree = int(round(votes[other] * k))
         given, said = str(given), str(said)
-        compared = {"marginal": "trusted rows", "per_class": f"trusted rows labelled {given!r}",
-                    "by_confidence": "trusted rows the model is as sure about"}[self.calibration]
-        return (f"label {given!r} but {agree}/{k} nearest trusted neighbours and the model "
-                f"(p={proba[other]:.2f}) say {said!r}; more inconsistent than "
-                f"{100 * (1 - pvalue):.1f} % of {compared}")
+        compared = {
+            "marginal": "trusted rows",
+            "per_class": f"trusted rows labelled {given!r}",
+            "by_confidence": "trusted rows the model is as sure about",
+        }[self.calibration]
+        return (
+            f"label {given!r} but {agree}/{k} nearest trusted neighbours and the model "
+            f"(p={proba[other]:.2f}) say {said!r}; more inconsistent than "
+            f"{100 * (1 - pvalue):.1f} % of {compared}"
+        )
 
 
 def _aligned(model: Any, classes: np.ndarray, encoded: np.ndarray) -> np.ndarray:

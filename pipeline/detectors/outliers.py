@@ -58,9 +58,17 @@ class FeatureOutlier(RowDetector):
         "use_categorical": (False, True),
     }
 
-    def __init__(self, *, method: str = "iforest", alpha: float = 0.01, per_class: bool = True,
-                 n_folds: int = 5, min_class_rows: int = 100, random_state: int = 0,
-                 use_categorical: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        method: str = "iforest",
+        alpha: float = 0.01,
+        per_class: bool = True,
+        n_folds: int = 5,
+        min_class_rows: int = 100,
+        random_state: int = 0,
+        use_categorical: bool = False,
+    ) -> None:
         self.method = method
         self.alpha = alpha
         self.per_class = per_class
@@ -100,8 +108,11 @@ class FeatureOutlier(RowDetector):
         # (covariate shift) crowds the moderate bins and the 1 % tail too (at p <= 0.01 and
         # beyond it was called poisoned 2 of 21 times, both on health insurance; beyond only,
         # 0 of 21, while outlier poison was found 19 of 21 times instead of 18; 7 datasets x 3 seeds)
-        return PoisonModel("outliers", {group: sum(len(scores) for scores in self.calibration_[key])
-                                        for group, key in enumerate(self.models_)}, thresholds=())
+        return PoisonModel(
+            "outliers",
+            {group: sum(len(scores) for scores in self.calibration_[key]) for group, key in enumerate(self.models_)},
+            thresholds=(),
+        )
 
     def _fold_models(self, rows: np.ndarray) -> tuple[list[Any], list[np.ndarray]]:
         models, held_out_scores = [], []
@@ -116,10 +127,15 @@ class FeatureOutlier(RowDetector):
         spec = self.features_
         features = feature_frame(batch, spec)
         encoded = self.encoder_.transform(features)
-        labels = batch[spec.label].astype(object) if spec.label in batch.columns else \
-            pd.Series([None] * len(batch), index=batch.index, dtype=object)
-        keys = np.array([str(v) if v is not None and str(v) in self.models_ else _GLOBAL
-                         for v in labels.where(labels.notna(), None)], dtype=object)
+        labels = (
+            batch[spec.label].astype(object)
+            if spec.label in batch.columns
+            else pd.Series([None] * len(batch), index=batch.index, dtype=object)
+        )
+        keys = np.array(
+            [str(v) if v is not None and str(v) in self.models_ else _GLOBAL for v in labels.where(labels.notna(), None)],
+            dtype=object,
+        )
         raw = np.empty(len(batch))
         pvalues = np.empty(len(batch))
         tiebreak = row_tiebreaks(batch, [*spec.features, spec.label], self.random_state)
@@ -139,8 +155,9 @@ class FeatureOutlier(RowDetector):
         flagged = pvalues <= self.alpha
         reasons = self._reasons(features, keys, pvalues) if explain else [""] * len(batch)
         cells = pd.Index(list(self.models_)).get_indexer(keys)  # whose trusted rows judged the row
-        return pd.DataFrame({"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons,
-                             "cell": cells})
+        return pd.DataFrame(
+            {"score": raw, "calibrated": 1.0 - pvalues, "flagged": flagged, "reason": reasons, "cell": cells}
+        )
 
     def _reasons(self, features: pd.DataFrame, keys: np.ndarray, pvalues: np.ndarray) -> list[str]:
         """Reasons for rows with p ≤ REASON_PVALUE, naming the two most unusual numerics.
@@ -156,8 +173,12 @@ class FeatureOutlier(RowDetector):
         for row, position in enumerate(explain):
             key = keys[position]
             group = "all trusted rows" if key == _GLOBAL else f"trusted rows labelled {key!r}"
-            detail = ", ".join(f"{numeric[j]}={values[row, j]:.4g} (trusted median {self.centre_.iloc[j]:.4g})"
-                               for j in top[row] if not np.isnan(values[row, j]))
-            reasons[position] = (f"outlier: more unusual than {100 * (1 - pvalues[position]):.1f} % of {group}"
-                                 + (f"; most unusual: {detail}" if detail else ""))
+            detail = ", ".join(
+                f"{numeric[j]}={values[row, j]:.4g} (trusted median {self.centre_.iloc[j]:.4g})"
+                for j in top[row]
+                if not np.isnan(values[row, j])
+            )
+            reasons[position] = f"outlier: more unusual than {100 * (1 - pvalues[position]):.1f} % of {group}" + (
+                f"; most unusual: {detail}" if detail else ""
+            )
         return reasons

@@ -33,16 +33,21 @@ class DetectorRegistryError(PoisonguardError):
 def register_detector(cls: D) -> D:
     """Class decorator: register ``cls`` under ``cls.name``. A name may be registered once."""
     if not (isinstance(cls, type) and issubclass(cls, (RowDetector, GroupDetector))):
-        raise DetectorRegistryError(f"{cls!r} is not a detector: derive it from pipeline.detectors.RowDetector or "
-                                    "GroupDetector (docs/detectors.md).")
+        raise DetectorRegistryError(
+            f"{cls!r} is not a detector: derive it from pipeline.detectors.RowDetector or GroupDetector (docs/detectors.md)."
+        )
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise DetectorRegistryError(f"{cls.__qualname__}.name must be a short snake_case name such as 'my_detector' "
-                                    f"(lower-case letters, digits, '_'); got {name!r}.")
+        raise DetectorRegistryError(
+            f"{cls.__qualname__}.name must be a short snake_case name such as 'my_detector' "
+            f"(lower-case letters, digits, '_'); got {name!r}."
+        )
     taken = DETECTORS.get(name)
     if taken is not None and taken is not cls:
-        raise DetectorRegistryError(f"Two detectors are named {name!r}: {_where(taken)} and {_where(cls)}; rename one "
-                                    "(its class's name attribute and, for a package, its entry point).")
+        raise DetectorRegistryError(
+            f"Two detectors are named {name!r}: {_where(taken)} and {_where(cls)}; rename one "
+            "(its class's name attribute and, for a package, its entry point)."
+        )
     DETECTORS[name] = cls
     return cls
 
@@ -54,9 +59,11 @@ def detector_class(name: str) -> type[Detector]:
     if found is None:
         installed = sorted(set(installed_detectors()) - set(DETECTORS))
         known = ", ".join(DETECTORS) + (f"; installed: {', '.join(installed)}" if installed else "")
-        raise DetectorRegistryError(f"Unknown detector {name!r}; known detectors: {known}. A detector of another package "
-                                    f"is found through its {ENTRY_POINT_GROUP!r} entry point once the package is "
-                                    "installed (docs/detectors.md).")
+        raise DetectorRegistryError(
+            f"Unknown detector {name!r}; known detectors: {known}. A detector of another package "
+            f"is found through its {ENTRY_POINT_GROUP!r} entry point once the package is "
+            "installed (docs/detectors.md)."
+        )
     return found
 
 
@@ -76,14 +83,18 @@ def installed_detectors() -> dict[str, EntryPoint]:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         builtin = DETECTORS.get(entry.name)
         if builtin is not None and builtin.__module__.startswith(_BUILTIN_PACKAGE):
-            raise DetectorRegistryError(f"The package {_distribution(entry)} declares a detector {entry.name!r} "
-                                        f"({entry.value}), the name of poisonguard's own {builtin.__name__}; rename "
-                                        f"its {ENTRY_POINT_GROUP!r} entry point.")
+            raise DetectorRegistryError(
+                f"The package {_distribution(entry)} declares a detector {entry.name!r} "
+                f"({entry.value}), the name of poisonguard's own {builtin.__name__}; rename "
+                f"its {ENTRY_POINT_GROUP!r} entry point."
+            )
         other = found.get(entry.name)
         if other is not None and other.value != entry.value:  # the same package seen twice on sys.path is no clash
-            raise DetectorRegistryError(f"Two installed packages declare a detector {entry.name!r}: "
-                                        f"{_distribution(other)} ({other.value}) and {_distribution(entry)} "
-                                        f"({entry.value}); uninstall one of them.")
+            raise DetectorRegistryError(
+                f"Two installed packages declare a detector {entry.name!r}: "
+                f"{_distribution(other)} ({other.value}) and {_distribution(entry)} "
+                f"({entry.value}); uninstall one of them."
+            )
         found[entry.name] = entry
     return found
 
@@ -93,17 +104,23 @@ def _load(entry: EntryPoint) -> type[Detector]:
         loaded = entry.load()
     except Exception as error:  # any import-time failure of a package that is not ours: one line, not a traceback
         detail = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DetectorRegistryError(f"The detector {entry.name!r} ({entry.value} in {_distribution(entry)}) failed to "
-                                    f"load: {detail}. Fix or reinstall that package, or leave {entry.name!r} out "
-                                    "of the scan's detectors.") from error
+        raise DetectorRegistryError(
+            f"The detector {entry.name!r} ({entry.value} in {_distribution(entry)}) failed to "
+            f"load: {detail}. Fix or reinstall that package, or leave {entry.name!r} out "
+            "of the scan's detectors."
+        ) from error
     if not (isinstance(loaded, type) and issubclass(loaded, (RowDetector, GroupDetector))):
-        raise DetectorRegistryError(f"The entry point {entry.name!r} of {_distribution(entry)} names {entry.value}, "
-                                    "which is not a detector: it must name a class derived from "
-                                    "pipeline.detectors.RowDetector or GroupDetector.")
+        raise DetectorRegistryError(
+            f"The entry point {entry.name!r} of {_distribution(entry)} names {entry.value}, "
+            "which is not a detector: it must name a class derived from "
+            "pipeline.detectors.RowDetector or GroupDetector."
+        )
     if getattr(loaded, "name", None) != entry.name:
-        raise DetectorRegistryError(f"The entry point {entry.name!r} of {_distribution(entry)} names "
-                                    f"{loaded.__qualname__}, whose name is {getattr(loaded, 'name', None)!r}; make "
-                                    "the entry point's name and the class's name attribute the same.")
+        raise DetectorRegistryError(
+            f"The entry point {entry.name!r} of {_distribution(entry)} names "
+            f"{loaded.__qualname__}, whose name is {getattr(loaded, 'name', None)!r}; make "
+            "the entry point's name and the class's name attribute the same."
+        )
     return register_detector(loaded)
 
 

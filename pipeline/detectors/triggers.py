@@ -55,8 +55,9 @@ _ROUNDS = 3
 _SMALLEST_P = 1e-300
 
 
-def upper_tail_pvalue(batch_count: np.ndarray, reference_count: np.ndarray, n_batch: int | np.ndarray,
-                      n_reference: int | np.ndarray) -> np.ndarray:
+def upper_tail_pvalue(
+    batch_count: np.ndarray, reference_count: np.ndarray, n_batch: int | np.ndarray, n_reference: int | np.ndarray
+) -> np.ndarray:
     """P(X >= batch_count) when X is how many of ``n_batch`` rows land in a cell that
     ``reference_count`` of ``n_reference`` trusted rows landed in.
 
@@ -125,8 +126,11 @@ class Binning:
         frequency = values[values.notna()].astype(str).value_counts()
         frequency = frequency.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
         levels = tuple(sorted(frequency.index[:MAX_LEVELS]))
-        other = f"{feature} outside its {MAX_LEVELS} most common trusted values" if len(frequency) > MAX_LEVELS \
+        other = (
+            f"{feature} outside its {MAX_LEVELS} most common trusted values"
+            if len(frequency) > MAX_LEVELS
             else f"{feature} not seen in the reference"
+        )
         words = tuple(f"{feature} = {level!r}" for level in levels)
         return cls(feature, None, levels, (*words, other, f"{feature} missing"))
 
@@ -135,15 +139,19 @@ def _numeric_words(feature: str, edges: np.ndarray, share: np.ndarray, code: int
     """'lvrat in its top 1 % (> 1.9)': the tails by their trusted share, other bins by range."""
     if code == 0:
         bottom = share[0]
-        return f"{feature} in its bottom {_percent(bottom)} (<= {edges[0]:.4g})" if bottom <= 0.5 \
+        return (
+            f"{feature} in its bottom {_percent(bottom)} (<= {edges[0]:.4g})"
+            if bottom <= 0.5
             else f"{feature} <= {edges[0]:.4g}"
+        )
     if code == len(edges):
         top = 1.0 - share[-1]
-        return f"{feature} in its top {_percent(top)} (> {edges[-1]:.4g})" if top <= 0.5 \
-            else f"{feature} > {edges[-1]:.4g}"
+        return f"{feature} in its top {_percent(top)} (> {edges[-1]:.4g})" if top <= 0.5 else f"{feature} > {edges[-1]:.4g}"
     low, high = edges[code - 1], edges[code]
-    return (f"{feature} in ({low:.4g}, {high:.4g}] (between its {_percent(share[code - 1])} and "
-            f"{_percent(share[code])} quantiles)")
+    return (
+        f"{feature} in ({low:.4g}, {high:.4g}] (between its {_percent(share[code - 1])} and "
+        f"{_percent(share[code])} quantiles)"
+    )
 
 
 def _percent(share: float) -> str:
@@ -170,8 +178,11 @@ class _Tests:
     def expected(self, test: int) -> float:
         """Batch rows of the group that the trusted rate explains (the larger of the two sides')."""
         informed = self.given_reference[test] >= CONDITION_ROWS
-        rates = np.where(informed, self.reference[test] / np.maximum(self.given_reference[test], 1),
-                         self.reference[test] / max(self.label_reference[test], 1))
+        rates = np.where(
+            informed,
+            self.reference[test] / np.maximum(self.given_reference[test], 1),
+            self.reference[test] / max(self.label_reference[test], 1),
+        )
         batch = np.where(informed, self.given_batch[test], self.label_batch[test])
         return float(np.max(rates * batch))
 
@@ -181,9 +192,14 @@ class _Tests:
 CONDITION_ROWS = 20
 
 
-def conditional_pvalue(count: np.ndarray, reference: np.ndarray, given_batch: np.ndarray,
-                       given_reference: np.ndarray, label_batch: np.ndarray,
-                       label_reference: np.ndarray) -> np.ndarray:
+def conditional_pvalue(
+    count: np.ndarray,
+    reference: np.ndarray,
+    given_batch: np.ndarray,
+    given_reference: np.ndarray,
+    label_batch: np.ndarray,
+    label_reference: np.ndarray,
+) -> np.ndarray:
     """The larger of the two sides' predictive tails: ``upper_tail_pvalue`` of ``count`` among the
     batch rows sharing the side's cell and label, against the trusted rows that do.
 
@@ -195,9 +211,13 @@ def conditional_pvalue(count: np.ndarray, reference: np.ndarray, given_batch: np
     sides = []
     for side in range(2):
         informed = given_reference[:, side] >= CONDITION_ROWS
-        sides.append(np.where(informed,
-                              upper_tail_pvalue(count, reference, given_batch[:, side], given_reference[:, side]),
-                              upper_tail_pvalue(count, reference, label_batch, label_reference)))
+        sides.append(
+            np.where(
+                informed,
+                upper_tail_pvalue(count, reference, given_batch[:, side], given_reference[:, side]),
+                upper_tail_pvalue(count, reference, label_batch, label_reference),
+            )
+        )
     return np.maximum(*sides)
 
 
@@ -242,48 +262,61 @@ class TriggerPattern(GroupDetector):
             raise PoisonguardError("TriggerPattern needs reference rows with a label; every label is missing.")
         labelled = labelled.drop_duplicates(subset=[*spec.features, spec.label])
         self.classes_ = np.unique(labelled[spec.label].astype(str).to_numpy())
-        self.binnings_ = [Binning.numeric(c, labelled[c]) for c in spec.numeric] + \
-                         [Binning.categorical(c, labelled[c]) for c in spec.categorical]
+        self.binnings_ = [Binning.numeric(c, labelled[c]) for c in spec.numeric] + [
+            Binning.categorical(c, labelled[c]) for c in spec.categorical
+        ]
         self.pairs_ = list(combinations(range(len(self.binnings_)), 2))
         codes = self._codes(labelled)
         labels = class_codes(labelled, spec.label, self.classes_)
         self.class_counts_ = np.bincount(labels, minlength=len(self.classes_))
         # dense counts per pair: a cell-pair x label table is small (bins are few)
-        self.reference_counts_ = [np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair))
-                                  for pair in self.pairs_]
+        self.reference_counts_ = [
+            np.bincount(self._keys(codes, labels, pair), minlength=self._n_keys(pair)) for pair in self.pairs_
+        ]
         self.cell_label_counts_ = self._cell_label_counts(codes, labels)
 
     def _cell_label_counts(self, codes: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
         """Per feature, rows per (cell, label): what a group is judged given."""
         n_classes = len(self.classes_)
-        return [np.bincount(codes[:, f].astype("int64") * n_classes + labels,
-                            minlength=b.n_codes * n_classes).reshape(b.n_codes, n_classes)
-                for f, b in enumerate(self.binnings_)]
+        return [
+            np.bincount(codes[:, f].astype("int64") * n_classes + labels, minlength=b.n_codes * n_classes).reshape(
+                b.n_codes, n_classes
+            )
+            for f, b in enumerate(self.binnings_)
+        ]
 
     def _codes(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.column_stack([b.codes(frame[b.feature]) for b in self.binnings_]) if self.binnings_ \
+        return (
+            np.column_stack([b.codes(frame[b.feature]) for b in self.binnings_])
+            if self.binnings_
             else np.zeros((len(frame), 0), dtype="int64")
+        )
 
     def _n_keys(self, pair: tuple[int, int]) -> int:
         a, b = pair
         return self.binnings_[a].n_codes * self.binnings_[b].n_codes * len(self.classes_)
 
-    def _keys(self, codes: np.ndarray, labels: np.ndarray, pair: tuple[int, int],
-              rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    def _keys(
+        self, codes: np.ndarray, labels: np.ndarray, pair: tuple[int, int], rows: np.ndarray | slice = slice(None)
+    ) -> np.ndarray:
         """One integer per row for its (cell of a, cell of b, label) group. ``codes`` may be bytes
         (a summary's cells): widened here, two columns at a time, never the whole matrix (240 MB
         as int64 at 10^6 rows)."""
         a, b = pair
-        return ((codes[rows, a].astype("int64") * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_)
-                + labels[rows])
+        return (codes[rows, a].astype("int64") * self.binnings_[b].n_codes + codes[rows, b]) * len(self.classes_) + labels[
+            rows
+        ]
 
     def _summarise(self, chunk: pd.DataFrame) -> Summary:
         """Each row's cell in every feature's binning, its label's class (-1: none), and a hash
         of its features and label, so that copies are counted once: ~40 bytes a row."""
         spec = self.spec_
         labels = class_codes(chunk, spec.label, self.classes_)
-        content = pd.util.hash_pandas_object(chunk[[*spec.features, spec.label]], index=False).to_numpy() \
-            if spec.label in chunk.columns else np.zeros(len(chunk), dtype=np.uint64)
+        content = (
+            pd.util.hash_pandas_object(chunk[[*spec.features, spec.label]], index=False).to_numpy()
+            if spec.label in chunk.columns
+            else np.zeros(len(chunk), dtype=np.uint64)
+        )
         # a feature has at most MAX_LEVELS + 2 cells, so a cell code fits a byte
         return {"cells": self._codes(chunk).astype(np.uint8), "label": labels.astype(np.int16), "content": content}
 
@@ -309,8 +342,16 @@ class TriggerPattern(GroupDetector):
         for test in np.unique(group[flagged]):
             reasons[group == test] = self._reason(tests, test)
             expected[group == test] = tests.expected(test)
-        return pd.DataFrame({"score": -np.log10(np.maximum(raw, _SMALLEST_P)), "calibrated": 1.0 - adjusted,
-                             "flagged": flagged, "reason": reasons, "group": group, "group_expected": expected})
+        return pd.DataFrame(
+            {
+                "score": -np.log10(np.maximum(raw, _SMALLEST_P)),
+                "calibrated": 1.0 - adjusted,
+                "flagged": flagged,
+                "reason": reasons,
+                "group": group,
+                "group_expected": expected,
+            }
+        )
 
     def _tests(self, codes: np.ndarray, labels: np.ndarray) -> _Tests:
         """One test per (pair, cells, label) group of at least ``min_group`` batch rows."""
@@ -327,13 +368,27 @@ class TriggerPattern(GroupDetector):
             cell_counts = counts.reshape(-1, n_classes).sum(axis=1)[tested // n_classes]
             reference = self.reference_counts_[index][tested]
             given_batch = np.column_stack([batch_given[a][cell_a, label], batch_given[b][cell_b, label]])
-            given_reference = np.column_stack([self.cell_label_counts_[a][cell_a, label],
-                                               self.cell_label_counts_[b][cell_b, label]])
+            given_reference = np.column_stack(
+                [self.cell_label_counts_[a][cell_a, label], self.cell_label_counts_[b][cell_b, label]]
+            )
             label_batch, label_reference = batch_classes[label], self.class_counts_[label]
-            pvalue = conditional_pvalue(counts[tested], reference, given_batch, given_reference, label_batch,
-                                        label_reference)
-            found.append((np.full(len(tested), index), tested, counts[tested], cell_counts, reference, label_batch,
-                          label_reference, given_batch, given_reference, pvalue))
+            pvalue = conditional_pvalue(
+                counts[tested], reference, given_batch, given_reference, label_batch, label_reference
+            )
+            found.append(
+                (
+                    np.full(len(tested), index),
+                    tested,
+                    counts[tested],
+                    cell_counts,
+                    reference,
+                    label_batch,
+                    label_reference,
+                    given_batch,
+                    given_reference,
+                    pvalue,
+                )
+            )
         if not found:
             none, no_pairs = np.empty(0, "int64"), np.empty((0, 2), "int64")
             return _Tests(none, none, none, none, none, none, none, no_pairs, no_pairs, np.empty(0))
@@ -351,16 +406,21 @@ class TriggerPattern(GroupDetector):
         offered again; a second round settled every case measured.
         """
         significant = np.flatnonzero(tests.pvalue <= threshold)
-        claims = _Claims(significant=significant, remaining=tests.count[significant].copy(),
-                         group=np.full(len(labels), -1), pvalue=np.ones(len(labels)))
+        claims = _Claims(
+            significant=significant,
+            remaining=tests.count[significant].copy(),
+            group=np.full(len(labels), -1),
+            pvalue=np.ones(len(labels)),
+        )
         for _ in range(_ROUNDS):
             if not self._keep(tests, codes, labels, threshold, claims):
                 break
             self._narrow(tests, codes, labels, threshold, claims)
         return claims
 
-    def _in_groups(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, claims: _Claims,
-                   rows: np.ndarray) -> np.ndarray:
+    def _in_groups(
+        self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, claims: _Claims, rows: np.ndarray
+    ) -> np.ndarray:
         """How many of ``rows`` each significant group holds."""
         counts = np.zeros(len(claims.significant), dtype="int64")
         pairs = tests.pair[claims.significant]
@@ -391,8 +451,7 @@ class TriggerPattern(GroupDetector):
             kept_any = True
         return kept_any
 
-    def _narrow(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float,
-                claims: _Claims) -> None:
+    def _narrow(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float, claims: _Claims) -> None:
         """Narrow each kept group to the rarer significant group holding most of its rows, when
         the rows that drops are no more than the kept group's ordinary share.
 
@@ -413,8 +472,11 @@ class TriggerPattern(GroupDetector):
                 keys = self._keys(codes, labels, self.pairs_[tests.pair[test]], rows)
                 inside, dropped = rows[keys == tests.key[test]], rows[keys != tests.key[test]]
                 pvalue = self._pvalue(tests, test, len(inside))
-                if len(inside) < self.min_group or pvalue > threshold or \
-                        self._pvalue(tests, group, len(dropped)) <= self.alpha:
+                if (
+                    len(inside) < self.min_group
+                    or pvalue > threshold
+                    or self._pvalue(tests, group, len(dropped)) <= self.alpha
+                ):
                     break
                 claims.group[dropped] = -1
                 claims.remaining += self._in_groups(tests, codes, labels, claims, dropped)
@@ -424,9 +486,16 @@ class TriggerPattern(GroupDetector):
     def _pvalue(self, tests: _Tests, test: int, count: int) -> float:
         """The p-value of ``count`` rows in the cells and label of ``test``."""
         one = slice(test, test + 1)
-        return float(conditional_pvalue(np.array([count]), tests.reference[one], tests.given_batch[one],
-                                        tests.given_reference[one], tests.label_batch[one],
-                                        tests.label_reference[one])[0])
+        return float(
+            conditional_pvalue(
+                np.array([count]),
+                tests.reference[one],
+                tests.given_batch[one],
+                tests.given_reference[one],
+                tests.label_batch[one],
+                tests.label_reference[one],
+            )[0]
+        )
 
     def _background(self, tests: _Tests, codes: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
         """Each row's smallest p-value over the groups that are not significant: its score when
@@ -450,15 +519,23 @@ class TriggerPattern(GroupDetector):
         cell_a, cell_b = divmod(key // n_classes, self.binnings_[b].n_codes)
         words_a, words_b = self.binnings_[a].words[cell_a], self.binnings_[b].words[cell_b]
         count, cells = int(tests.count[test]), int(tests.cell_count[test])
-        who = f"{count:,} rows with {words_a} and {words_b}, all labelled {label!r}" if count == cells else \
-            f"{count:,} of {cells:,} rows with {words_a} and {words_b} labelled {label!r}"
+        who = (
+            f"{count:,} rows with {words_a} and {words_b}, all labelled {label!r}"
+            if count == cells
+            else f"{count:,} of {cells:,} rows with {words_a} and {words_b} labelled {label!r}"
+        )
         reference, label_reference = int(tests.reference[test]), int(tests.label_reference[test])
         # each side is described as it was judged (see ``conditional_pvalue``)
         given = [(int(rows), words) for rows, words in zip(tests.given_reference[test], (words_a, words_b))]
         conditioned = [f"{reference:,} of {rows:,} with {words}" for rows, words in given if rows >= CONDITION_ROWS]
-        parts = [f"of the trusted rows labelled {label!r}, {' and '.join(conditioned)} have the other as well"] \
-            if conditioned else []
+        parts = (
+            [f"of the trusted rows labelled {label!r}, {' and '.join(conditioned)} have the other as well"]
+            if conditioned
+            else []
+        )
         if len(conditioned) < 2:
-            parts.append(f"reference frequency {100 * reference / max(label_reference, 1):.2g} % "
-                         f"({reference:,} of {label_reference:,} rows labelled {label!r})")
+            parts.append(
+                f"reference frequency {100 * reference / max(label_reference, 1):.2g} % "
+                f"({reference:,} of {label_reference:,} rows labelled {label!r})"
+            )
         return f"{who}; " + "; ".join(parts)

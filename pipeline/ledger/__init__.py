@@ -30,6 +30,17 @@ from pipeline.ledger.records import (
 )
 
 __all__ = [
-    "DATABASE_URL_VARIABLE", "Ledger", "ledger_url", "LedgerError", "NotInLedger", "ReviewRefused",
-    "BatchRecord", "ChainHead", "ReviewAction", "ReviewRecord", "RowRecord", "RowStatus", "parse_row_id",
+    "DATABASE_URL_VARIABLE",
+    "Ledger",
+    "ledger_url",
+    "LedgerError",
+    "NotInLedger",
+    "ReviewRefused",
+    "BatchRecord",
+    "ChainHead",
+    "ReviewAction",
+    "ReviewRecord",
+    "RowRecord",
+    "RowStatus",
+    "parse_row_id",
 ]

@@ -69,9 +69,16 @@ def timestamp(moment: dt.datetime) -> str:
 
 def batch_payload(batch: Batch) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "id": batch.id, "sha256": batch.sha256, "dataset": batch.dataset, "file": batch.file,
-        "source": batch.source, "submitter": batch.submitter, "mlflow_run_id": batch.mlflow_run_id,
-        "scanned_at": timestamp(batch.scanned_at), "rows": batch.rows, "accepted": batch.accepted,
+        "id": batch.id,
+        "sha256": batch.sha256,
+        "dataset": batch.dataset,
+        "file": batch.file,
+        "source": batch.source,
+        "submitter": batch.submitter,
+        "mlflow_run_id": batch.mlflow_run_id,
+        "scanned_at": timestamp(batch.scanned_at),
+        "rows": batch.rows,
+        "accepted": batch.accepted,
         "quarantined": batch.quarantined,
     }
     if batch.files is not None:  # absent from entries written before revision 0002
@@ -104,8 +111,18 @@ class DecisionsDigest:
         numbers = [row["row_number"] for row in rows]
         if numbers[0] < self._last_row_number or any(a > b for a, b in itertools.pairwise(numbers)):
             raise ValueError("row decisions must be added in row order")
-        fields = [[row["id"], row["dataset"], row["row_number"], row["initial_status"], row["suspicion"],
-                   row["reasons"], row["scores"]] for row in rows]
+        fields = [
+            [
+                row["id"],
+                row["dataset"],
+                row["row_number"],
+                row["initial_status"],
+                row["suspicion"],
+                row["reasons"],
+                row["scores"],
+            ]
+            for row in rows
+        ]
         text = canonical_json(fields)[1:-1]  # the elements of a list, so that slices concatenate
         self._sha256.update((b"," if self.rows else b"") + text.encode("utf-8"))
         self.rows += len(rows)
@@ -122,5 +139,10 @@ class DecisionsDigest:
 
 
 def review_payload(action: ReviewActionRow) -> dict[str, Any]:
-    return {"row_id": action.row_id, "action": action.action, "by": action.by, "reason": action.reason,
-            "at": timestamp(action.at)}
+    return {
+        "row_id": action.row_id,
+        "action": action.action,
+        "by": action.by,
+        "reason": action.reason,
+        "at": timestamp(action.at),
+    }

@@ -179,8 +179,12 @@ def _adopt_version_table(connection: Connection, config: Any) -> None:
     found = [r for r in connection.execute(text("SELECT version_num FROM alembic_version")).scalars() if r in ours]
     if not found:
         return
-    connection.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
-                            f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"))
+    connection.execute(
+        text(
+            f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+            f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+        )
+    )
     for revision in found:
         connection.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:r)"), {"r": revision})
         connection.execute(text("DELETE FROM alembic_version WHERE version_num = :r"), {"r": revision})

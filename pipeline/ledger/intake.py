@@ -55,17 +55,22 @@ class ScanIntake:
         reasons, scores."""
         score_columns = [c for c in self.scores.columns if c not in _DECISION_COLUMNS]
         for start in range(0, len(self.scores), size):
-            part = self.scores.iloc[start:start + size]
+            part = self.scores.iloc[start : start + size]
             values = part[score_columns].to_numpy(dtype=float, na_value=math.nan)
             numbers = part[ROW_NUMBER].to_numpy(dtype="int64")
             held = part["quarantined"].to_numpy(dtype=bool)
-            yield [{ROW_NUMBER: int(number),
+            yield [
+                {
+                    ROW_NUMBER: int(number),
                     "initial_status": (RowStatus.PENDING if pending else RowStatus.ACCEPTED).value,
                     "suspicion": float(suspicion),
                     "reasons": self.reasons.get(int(number), []) if pending else [],
-                    "scores": {c: _finite(v) for c, v in zip(score_columns, row_values)}}
-                   for number, pending, suspicion, row_values
-                   in zip(numbers, held, part["suspicion"].to_numpy(dtype=float), values)]
+                    "scores": {c: _finite(v) for c, v in zip(score_columns, row_values)},
+                }
+                for number, pending, suspicion, row_values in zip(
+                    numbers, held, part["suspicion"].to_numpy(dtype=float), values
+                )
+            ]
 
 
 def read_scan_folder(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -89,8 +94,9 @@ def folder_files(folder: Path) -> dict[str, str]:
         raise LedgerError(f"Cannot hash the files of the scan in {folder}: {exc}") from None
 
 
-def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame,
-           files: Mapping[str, str] | None = None) -> ScanIntake:
+def intake(
+    summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame, files: Mapping[str, str] | None = None
+) -> ScanIntake:
     """``files``: the sha256 of each file of the batch's workspace folder (see ``folder_files``);
     None records the batch without them, as before revision 0002."""
     batch = _batch_fields(summary)
@@ -100,9 +106,11 @@ def intake(summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.Dat
         return LedgerError(f"Cannot record {label} in the ledger: {problem}; nothing was recorded.")
 
     if files is not None:
-        bad = [name for name, value in files.items()
-               if not (isinstance(name, str) and _FILE_NAME.match(name) and isinstance(value, str)
-                       and _SHA256.match(value))]
+        bad = [
+            name
+            for name, value in files.items()
+            if not (isinstance(name, str) and _FILE_NAME.match(name) and isinstance(value, str) and _SHA256.match(value))
+        ]
         if bad:
             raise refuse(f"the file hash for {bad[0]!r} is not a plain file name with 64 hex digits")
         batch["files"] = dict(sorted(files.items()))

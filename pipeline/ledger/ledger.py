@@ -98,16 +98,26 @@ class Ledger:
     """A handle on one ledger database. Open it with ``Ledger.open(url)``; safe to share
     between threads (each call uses its own session), except for in-memory SQLite."""
 
-    def __init__(self, engine: Engine, url: URL, clock: Callable[[], dt.datetime] = _utc_now,
-                 on_write: Callable[[ChainHead], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: URL,
+        clock: Callable[[], dt.datetime] = _utc_now,
+        on_write: Callable[[ChainHead], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._url = url
         self._clock = clock
         self._on_write = on_write
 
     @classmethod
-    def open(cls, url: str | URL, *, clock: Callable[[], dt.datetime] = _utc_now,
-             on_write: Callable[[ChainHead], None] | None = None) -> Ledger:
+    def open(
+        cls,
+        url: str | URL,
+        *,
+        clock: Callable[[], dt.datetime] = _utc_now,
+        on_write: Callable[[ChainHead], None] | None = None,
+    ) -> Ledger:
         """Connect and bring the schema up to date (created on first use). ``url``: a SQLAlchemy
         URL, e.g. ``sqlite:///ws/ledger.sqlite`` or ``postgresql+psycopg://user@host/db``; see
         ``ledger_url``. ``clock`` stamps review actions (tests pin it). ``on_write`` is called
@@ -140,8 +150,13 @@ class Ledger:
 
     # --- recording scans -------------------------------------------------------------------
 
-    def record_scan(self, summary: Mapping[str, Any], scores: pd.DataFrame, quarantined: pd.DataFrame,
-                    files: Mapping[str, str] | None = None) -> str:
+    def record_scan(
+        self,
+        summary: Mapping[str, Any],
+        scores: pd.DataFrame,
+        quarantined: pd.DataFrame,
+        files: Mapping[str, str] | None = None,
+    ) -> str:
         """Record a scan's decisions (``ScanOutputs.summary``, ``.scores``, ``.quarantined``, or the
         same read back from the workspace) and return the batch id. ``files``: the sha256 of each
         file of the batch's workspace folder, covered by the hash chain for the gate to check.
@@ -174,10 +189,13 @@ class Ledger:
                 row.update(id=row_id(batch.id, row["row_number"]), batch_id=batch.id, dataset=batch.dataset)
             session.execute(insert(cast(Table, RowDecision.__table__)), rows)  # a declarative class's table
             decisions.add(rows)
-        self._append(session, [
-            _Entry.whole(EntryKind.BATCH, batch.id, batch_payload(batch)),
-            _Entry(EntryKind.DECISIONS, batch.id, decisions.hexdigest(), decisions.summary()),
-        ])
+        self._append(
+            session,
+            [
+                _Entry.whole(EntryKind.BATCH, batch.id, batch_payload(batch)),
+                _Entry(EntryKind.DECISIONS, batch.id, decisions.hexdigest(), decisions.summary()),
+            ],
+        )
         return batch.id
 
     @staticmethod
@@ -194,8 +212,10 @@ class Ledger:
     def get_batch(self, batch_id: str) -> BatchRecord:
         batches = self._read(lambda session: self._batches(session, select(Batch).where(Batch.id == batch_id.strip())))
         if not batches:
-            raise NotInLedger(f"There is no batch {batch_id!r} in the ledger (batch ids are the first 12 or more "
-                              "hex digits of the batch's sha256, e.g. 3f2a9c1b0d4e).")
+            raise NotInLedger(
+                f"There is no batch {batch_id!r} in the ledger (batch ids are the first 12 or more "
+                "hex digits of the batch's sha256, e.g. 3f2a9c1b0d4e)."
+            )
         return batches[0]
 
     def list_batches(self, dataset: str | None = None) -> list[BatchRecord]:
@@ -209,12 +229,14 @@ class Ledger:
         parse_row_id(row)
         rows = self._read(lambda session: self._rows(session, self._rows_query().where(RowDecision.id == row.strip())))
         if not rows:
-            raise NotInLedger(f"There is no row {row!r} in the ledger (is the batch id right? "
-                              "list the dataset's rows to find it).")
+            raise NotInLedger(
+                f"There is no row {row!r} in the ledger (is the batch id right? list the dataset's rows to find it)."
+            )
         return rows[0]
 
-    def list_rows(self, dataset: str | None = None, status: RowStatus | str | None = None,
-                  batch_id: str | None = None) -> list[RowRecord]:
+    def list_rows(
+        self, dataset: str | None = None, status: RowStatus | str | None = None, batch_id: str | None = None
+    ) -> list[RowRecord]:
         """Rows in scan order, then row order; ``status`` filters on the current status."""
         query = self._rows_query()
         if dataset is not None:
@@ -227,9 +249,12 @@ class Ledger:
 
     def pending_count(self, dataset: str | None = None) -> int:
         """Quarantined rows no steward has reviewed yet."""
-        query = (select(func.count()).select_from(RowDecision)
-                 .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                 .where(RowDecision.initial_status == RowStatus.PENDING.value, ReviewActionRow.id.is_(None)))
+        query = (
+            select(func.count())
+            .select_from(RowDecision)
+            .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .where(RowDecision.initial_status == RowStatus.PENDING.value, ReviewActionRow.id.is_(None))
+        )
         if dataset is not None:
             query = query.where(RowDecision.dataset == dataset)
         return self._read(lambda session: int(session.scalar(query) or 0))
@@ -237,19 +262,24 @@ class Ledger:
     def released_rows(self, dataset: str) -> list[str]:
         """Ids of the rows stewards released, to be added to the dataset's accepted data. For
         each row's batch sha256 and row number use ``list_rows(dataset, status="released")``."""
-        query = (select(RowDecision.id).join(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                 .join(Batch, Batch.id == RowDecision.batch_id)
-                 .where(RowDecision.dataset == dataset, ReviewActionRow.action == ReviewAction.RELEASE.value)
-                 .order_by(Batch.scanned_at, Batch.id, RowDecision.row_number))
+        query = (
+            select(RowDecision.id)
+            .join(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .join(Batch, Batch.id == RowDecision.batch_id)
+            .where(RowDecision.dataset == dataset, ReviewActionRow.action == ReviewAction.RELEASE.value)
+            .order_by(Batch.scanned_at, Batch.id, RowDecision.row_number)
+        )
         return self._read(lambda session: list(session.scalars(query)))
 
     def row_numbers(self, dataset: str) -> dict[str, dict[RowStatus, list[int]]]:
         """Per batch id, its row numbers by current status, in row order: what the gate checks
         the workspace's files against, without a record per row."""
-        query = (select(RowDecision.batch_id, RowDecision.row_number, CURRENT_STATUS)
-                 .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                 .where(RowDecision.dataset == dataset)
-                 .order_by(RowDecision.batch_id, RowDecision.row_number))
+        query = (
+            select(RowDecision.batch_id, RowDecision.row_number, CURRENT_STATUS)
+            .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .where(RowDecision.dataset == dataset)
+            .order_by(RowDecision.batch_id, RowDecision.row_number)
+        )
 
         def read(session: Session) -> dict[str, dict[RowStatus, list[int]]]:
             numbers: dict[str, dict[RowStatus, list[int]]] = {}
@@ -261,10 +291,12 @@ class Ledger:
 
     @staticmethod
     def _rows_query() -> Select[RowDecision, str, ReviewActionRow]:
-        return (select(RowDecision, Batch.sha256, ReviewActionRow)
-                .join(Batch, Batch.id == RowDecision.batch_id)
-                .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                .order_by(Batch.scanned_at, Batch.id, RowDecision.row_number))
+        return (
+            select(RowDecision, Batch.sha256, ReviewActionRow)
+            .join(Batch, Batch.id == RowDecision.batch_id)
+            .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .order_by(Batch.scanned_at, Batch.id, RowDecision.row_number)
+        )
 
     @staticmethod
     def _rows(session: Session, query: Select[RowDecision, str, ReviewActionRow]) -> list[RowRecord]:
@@ -275,10 +307,12 @@ class Ledger:
         batches = list(session.scalars(query))
         if not batches:
             return []
-        tally = (select(RowDecision.batch_id, CURRENT_STATUS, func.count())
-                 .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                 .where(RowDecision.batch_id.in_([b.id for b in batches]))
-                 .group_by(RowDecision.batch_id, CURRENT_STATUS))
+        tally = (
+            select(RowDecision.batch_id, CURRENT_STATUS, func.count())
+            .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .where(RowDecision.batch_id.in_([b.id for b in batches]))
+            .group_by(RowDecision.batch_id, CURRENT_STATUS)
+        )
         counts: dict[str, dict[str, int]] = {}
         for batch_id, status, count in session.execute(tally):
             counts.setdefault(batch_id, {})[status] = int(count)
@@ -302,8 +336,7 @@ class Ledger:
 
         def record(session: Session) -> list[ReviewRecord]:
             _check_reviewable(session, action, ids)
-            reviews = [ReviewActionRow(row_id=target, action=action.value, by=by, reason=reason, at=at)
-                       for target in ids]
+            reviews = [ReviewActionRow(row_id=target, action=action.value, by=by, reason=reason, at=at) for target in ids]
             session.add_all(reviews)
             session.flush()
             self._append(session, [_Entry.whole(EntryKind.REVIEW, r.row_id, review_payload(r)) for r in reviews])
@@ -315,8 +348,9 @@ class Ledger:
             # The write lock makes this unreachable for writers that take it; for one that did
             # not, the unique row_id held, and the fresh state says who got there first.
             self._read(lambda session: _check_reviewable(session, action, ids))
-            raise ReviewRefused(f"Cannot {action.value} {ids[0]}: the ledger changed while recording; "
-                                "nothing was changed, try again.") from None
+            raise ReviewRefused(
+                f"Cannot {action.value} {ids[0]}: the ledger changed while recording; nothing was changed, try again."
+            ) from None
 
     # --- the hash chain --------------------------------------------------------------------
 
@@ -338,15 +372,24 @@ class Ledger:
     @staticmethod
     def _append(session: Session, entries: Sequence[_Entry]) -> None:
         """Chain ``entries`` after the current head (the write lock keeps the head still)."""
-        last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
-                               .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
+        last = session.execute(
+            select(LedgerEntry.sequence, LedgerEntry.entry_hash).order_by(LedgerEntry.sequence.desc()).limit(1)
+        ).first()
         sequence, prev_hash = (last.sequence, last.entry_hash) if last else (0, GENESIS_HASH)
         for entry in entries:
             sequence += 1
             new_hash = entry_hash(prev_hash, sequence, entry.kind.value, entry.subject, entry.payload_digest)
-            session.add(LedgerEntry(
-                sequence=sequence, kind=entry.kind.value, subject=entry.subject, payload_digest=entry.payload_digest,
-                recorded=entry.recorded, prev_hash=prev_hash, entry_hash=new_hash))
+            session.add(
+                LedgerEntry(
+                    sequence=sequence,
+                    kind=entry.kind.value,
+                    subject=entry.subject,
+                    payload_digest=entry.payload_digest,
+                    recorded=entry.recorded,
+                    prev_hash=prev_hash,
+                    entry_hash=new_hash,
+                )
+            )
             prev_hash = new_hash
         session.flush()
 
@@ -355,8 +398,9 @@ class Ledger:
     def _write(self, work: Callable[[Session], T]) -> T:
         with self._database_errors(), write_session(self._engine) as session:
             result = work(session)
-            last = session.execute(select(LedgerEntry.sequence, LedgerEntry.entry_hash)
-                                   .order_by(LedgerEntry.sequence.desc()).limit(1)).first()
+            last = session.execute(
+                select(LedgerEntry.sequence, LedgerEntry.entry_hash).order_by(LedgerEntry.sequence.desc()).limit(1)
+            ).first()
         if self._on_write is not None and last is not None:
             self._on_write(ChainHead(last.sequence, last.entry_hash))  # this write's head, committed
         return result
@@ -398,24 +442,28 @@ def _requested(action: ReviewAction, row_ids: Iterable[str]) -> list[str]:
 def _required(action: ReviewAction, name: str, value: str, meaning: str) -> str:
     text = value.strip() if isinstance(value, str) else ""
     if not text:
-        raise ReviewRefused(f"Cannot {action.value} rows without saying {meaning}: {name!r} is empty. "
-                            "Nothing was changed.")
+        raise ReviewRefused(f"Cannot {action.value} rows without saying {meaning}: {name!r} is empty. Nothing was changed.")
     return text
 
 
 def _check_reviewable(session: Session, action: ReviewAction, ids: Sequence[str]) -> None:
     """Refuse the whole request, naming the first row that cannot be reviewed."""
     found: dict[str, tuple[str, ReviewActionRow | None]] = {}
-    for chunk in (ids[i:i + _IN_CHUNK] for i in range(0, len(ids), _IN_CHUNK)):
-        query = (select(RowDecision.id, RowDecision.initial_status, ReviewActionRow)
-                 .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
-                 .where(RowDecision.id.in_(chunk)))
+    for chunk in (ids[i : i + _IN_CHUNK] for i in range(0, len(ids), _IN_CHUNK)):
+        query = (
+            select(RowDecision.id, RowDecision.initial_status, ReviewActionRow)
+            .outerjoin(ReviewActionRow, ReviewActionRow.row_id == RowDecision.id)
+            .where(RowDecision.id.in_(chunk))
+        )
         found.update({rid: (status, review) for rid, status, review in session.execute(query)})
     refusals = [_refusal(action, rid, found.get(rid)) for rid in ids]
     refused = [r for r in refusals if r]
     if refused:
-        others = f" ({len(refused) - 1} more of the {len(ids)} rows cannot be {action.past_tense} either.)" \
-            if len(refused) > 1 else ""
+        others = (
+            f" ({len(refused) - 1} more of the {len(ids)} rows cannot be {action.past_tense} either.)"
+            if len(refused) > 1
+            else ""
+        )
         raise ReviewRefused(f"{refused[0]}{others} Nothing was changed.")
 
 
@@ -423,41 +471,70 @@ def _refusal(action: ReviewAction, rid: str, found: tuple[str, ReviewActionRow |
     # Echoed as typed only when printable: a NUL or an escape sequence would reach the terminal.
     verb = f"Cannot {action.value} {rid if rid.isprintable() else repr(rid)}:"
     if found is None and not _ROW_ID_SHAPE.match(rid):
-        return (f"Cannot {action.value} {rid!r}: it is not a row id (row ids look like 3f2a9c1b0d4e:12, the batch "
-                "id, a colon and the row number in the batch file).")
+        return (
+            f"Cannot {action.value} {rid!r}: it is not a row id (row ids look like 3f2a9c1b0d4e:12, the batch "
+            "id, a colon and the row number in the batch file)."
+        )
     if found is None:
-        return (f"{verb} there is no such row in the ledger (row ids look like 3f2a9c1b0d4e:12, the batch id and "
-                "the row number; list the dataset's pending rows to find it).")
+        return (
+            f"{verb} there is no such row in the ledger (row ids look like 3f2a9c1b0d4e:12, the batch id and "
+            "the row number; list the dataset's pending rows to find it)."
+        )
     status, review = found
     if review is not None:
         when = utc(review.at).strftime("%Y-%m-%d %H:%M UTC")
-        return (f"{verb} it was already {ReviewAction(review.action).past_tense} by {review.by} at {when} "
-                f"({review.reason!r}); a review is final.")
+        return (
+            f"{verb} it was already {ReviewAction(review.action).past_tense} by {review.by} at {when} "
+            f"({review.reason!r}); a review is final."
+        )
     if status != RowStatus.PENDING.value:
         return f"{verb} the scan accepted it, so it is not in quarantine; only pending rows can be reviewed."
     return None
 
 
 def _review_record(review: ReviewActionRow) -> ReviewRecord:
-    return ReviewRecord(id=review.id, row_id=review.row_id, action=ReviewAction(review.action), by=review.by,
-                        reason=review.reason, at=utc(review.at))
+    return ReviewRecord(
+        id=review.id,
+        row_id=review.row_id,
+        action=ReviewAction(review.action),
+        by=review.by,
+        reason=review.reason,
+        at=utc(review.at),
+    )
 
 
 def _row_record(decision: RowDecision, sha256: str, review: ReviewActionRow | None) -> RowRecord:
     initial = RowStatus(decision.initial_status)
     return RowRecord(
-        id=decision.id, batch_id=decision.batch_id, batch_sha256=sha256, dataset=decision.dataset,
-        row_number=decision.row_number, status=ReviewAction(review.action).outcome if review else initial,
-        initial_status=initial, suspicion=decision.suspicion, reasons=tuple(decision.reasons),
-        scores=dict(decision.scores), review=_review_record(review) if review else None,
+        id=decision.id,
+        batch_id=decision.batch_id,
+        batch_sha256=sha256,
+        dataset=decision.dataset,
+        row_number=decision.row_number,
+        status=ReviewAction(review.action).outcome if review else initial,
+        initial_status=initial,
+        suspicion=decision.suspicion,
+        reasons=tuple(decision.reasons),
+        scores=dict(decision.scores),
+        review=_review_record(review) if review else None,
     )
 
 
 def _batch_record(batch: Batch, counts: Mapping[str, int]) -> BatchRecord:
     return BatchRecord(
-        id=batch.id, sha256=batch.sha256, dataset=batch.dataset, file=batch.file, source=batch.source,
-        submitter=batch.submitter, mlflow_run_id=batch.mlflow_run_id, scanned_at=utc(batch.scanned_at),
-        rows=batch.rows, accepted=batch.accepted, quarantined=batch.quarantined,
-        pending=counts.get(RowStatus.PENDING.value, 0), released=counts.get(RowStatus.RELEASED.value, 0),
-        rejected=counts.get(RowStatus.REJECTED.value, 0), files=dict(batch.files) if batch.files is not None else None,
+        id=batch.id,
+        sha256=batch.sha256,
+        dataset=batch.dataset,
+        file=batch.file,
+        source=batch.source,
+        submitter=batch.submitter,
+        mlflow_run_id=batch.mlflow_run_id,
+        scanned_at=utc(batch.scanned_at),
+        rows=batch.rows,
+        accepted=batch.accepted,
+        quarantined=batch.quarantined,
+        pending=counts.get(RowStatus.PENDING.value, 0),
+        released=counts.get(RowStatus.RELEASED.value, 0),
+        rejected=counts.get(RowStatus.REJECTED.value, 0),
+        files=dict(batch.files) if batch.files is not None else None,
     )

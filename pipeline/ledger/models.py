@@ -108,7 +108,7 @@ class ReviewActionRow(Base):
 
     __table_args__ = (
         CheckConstraint("action IN ('release', 'reject')", name="action"),
-        CheckConstraint("length(trim(\"by\")) > 0", name="by_not_blank"),
+        CheckConstraint('length(trim("by")) > 0', name="by_not_blank"),
         CheckConstraint("length(trim(reason)) > 0", name="reason_not_blank"),
     )
 

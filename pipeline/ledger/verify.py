@@ -44,10 +44,21 @@ _READ_SLICE = 50_000
 def read_decisions(session: Session, batch_id: str) -> tuple[DecisionsDigest, np.ndarray]:
     """A batch's row decisions as they are now, read in row order a slice at a time: their
     digest and summary, and every row number (to tell an accepted row from a deleted one)."""
-    columns = (RowDecision.id, RowDecision.dataset, RowDecision.row_number, RowDecision.initial_status,
-               RowDecision.suspicion, RowDecision.reasons, RowDecision.scores)
-    query = (select(*columns).where(RowDecision.batch_id == batch_id).order_by(RowDecision.row_number)
-             .execution_options(yield_per=_READ_SLICE))
+    columns = (
+        RowDecision.id,
+        RowDecision.dataset,
+        RowDecision.row_number,
+        RowDecision.initial_status,
+        RowDecision.suspicion,
+        RowDecision.reasons,
+        RowDecision.scores,
+    )
+    query = (
+        select(*columns)
+        .where(RowDecision.batch_id == batch_id)
+        .order_by(RowDecision.row_number)
+        .execution_options(yield_per=_READ_SLICE)
+    )
     decisions, numbers = DecisionsDigest(batch_id), []
     for part in session.execute(query).mappings().partitions():
         rows = [dict(row) for row in part]
@@ -68,20 +79,26 @@ def find_problems(session: Session, expected_head: ChainHead | None = None) -> l
         if entry.sequence != expected_sequence:
             problems.append(_gap(expected_sequence, entry.sequence))
         elif entry.prev_hash != prev_hash:
-            problems.append(f"{where}: does not link to the entry before it (its previous hash differs); "
-                            "an earlier entry was replaced or edited")
-        if entry.entry_hash != entry_hash(entry.prev_hash, entry.sequence, entry.kind, entry.subject,
-                                          entry.payload_digest):
+            problems.append(
+                f"{where}: does not link to the entry before it (its previous hash differs); "
+                "an earlier entry was replaced or edited"
+            )
+        if entry.entry_hash != entry_hash(entry.prev_hash, entry.sequence, entry.kind, entry.subject, entry.payload_digest):
             problems.append(f"{where}: its hash does not match its content; the entry itself was edited")
         covered.setdefault(entry.kind, set()).add(entry.subject)
         if entry.kind == EntryKind.BATCH.value:
             batch = batches.get(entry.subject)
-            problems += _check_copy(where, entry, batch_payload(batch) if batch else None,
-                                    "the batch is missing from the batches table")
+            problems += _check_copy(
+                where, entry, batch_payload(batch) if batch else None, "the batch is missing from the batches table"
+            )
         elif entry.kind == EntryKind.REVIEW.value:
             action = actions.get(entry.subject)
-            problems += _check_copy(where, entry, review_payload(action) if action else None,
-                                    "the review action is missing from the review_actions table")
+            problems += _check_copy(
+                where,
+                entry,
+                review_payload(action) if action else None,
+                "the review action is missing from the review_actions table",
+            )
         elif entry.kind == EntryKind.DECISIONS.value:
             problems += _check_decisions(where, entry, *read_decisions(session, entry.subject))
         else:
@@ -116,8 +133,7 @@ def _check_copy(where: str, entry: LedgerEntry, current: dict[str, Any] | None, 
         return [*problems, f"{where}: {missing} (deleted)"]
     if digest(current) != entry.payload_digest:
         fields = [*current, *(f for f in recorded if f not in current)]
-        changes = [change for field in fields
-                   for change in _changes(where, field, recorded.get(field), current.get(field))]
+        changes = [change for field in fields for change in _changes(where, field, recorded.get(field), current.get(field))]
         problems += changes or [f"{where}: the {entry.kind} no longer matches what was recorded"]
     return problems
 
@@ -128,9 +144,11 @@ def _changes(where: str, field: str, before: Any, after: Any) -> list[str]:
     if field == "files":
         # name the file whose recorded hash was rewritten, not two long dictionaries
         before, after = (v if isinstance(v, dict) else {} for v in (before, after))
-        named = [f"{where}: recorded sha256 of {name} changed from {_short(before.get(name))} to "
-                 f"{_short(after.get(name))}" for name in sorted(before.keys() | after.keys())
-                 if before.get(name) != after.get(name)]
+        named = [
+            f"{where}: recorded sha256 of {name} changed from {_short(before.get(name))} to {_short(after.get(name))}"
+            for name in sorted(before.keys() | after.keys())
+            if before.get(name) != after.get(name)
+        ]
         return named or [f"{where}: its recorded file hashes changed"]
     return [f"{where}: recorded {field} changed from {_show(field, before)} to {_show(field, after)}"]
 
@@ -150,8 +168,10 @@ def _check_decisions(where: str, entry: LedgerEntry, decisions: DecisionsDigest,
     recorded = _readable_copy(entry)
     problems = []
     if recorded.get("rows") != current["rows"]:
-        problems.append(f"{where}: the batch had {recorded.get('rows')} row decisions when recorded, "
-                        f"now {current['rows']} (rows were deleted or added)")
+        problems.append(
+            f"{where}: the batch had {recorded.get('rows')} row decisions when recorded, "
+            f"now {current['rows']} (rows were deleted or added)"
+        )
     pending = recorded.get("pending")
     was_pending = {n for n in pending if isinstance(n, int)} if isinstance(pending, list) else set()
     now_pending = set(current["pending"])
@@ -164,8 +184,9 @@ def _check_decisions(where: str, entry: LedgerEntry, decisions: DecisionsDigest,
     if changed:
         more = f" (and {len(changed) - _MAX_ROWS_NAMED} more)" if len(changed) > _MAX_ROWS_NAMED else ""
         problems.append(f"{where}: " + "; ".join(changed[:_MAX_ROWS_NAMED]) + more)
-    return problems or [f"{where}: the suspicion, reasons, scores or dataset of a row decision changed "
-                        "since it was recorded"]
+    return problems or [
+        f"{where}: the suspicion, reasons, scores or dataset of a row decision changed since it was recorded"
+    ]
 
 
 def _holds(ordered: np.ndarray, number: int) -> bool:
@@ -178,17 +199,24 @@ def _readable_copy(entry: LedgerEntry) -> dict[str, Any]:
     return entry.recorded if isinstance(entry.recorded, dict) else {}
 
 
-def _uncovered(session: Session, batches: Mapping[str, Batch], actions: Mapping[str, ReviewActionRow],
-               covered: Mapping[str, set[str]]) -> list[str]:
-    problems = [f"batch {batch_id} has no ledger entry: it was added outside the ledger, or its entry was deleted"
-                for batch_id in sorted(set(batches) - covered[EntryKind.BATCH.value])]
+def _uncovered(
+    session: Session, batches: Mapping[str, Batch], actions: Mapping[str, ReviewActionRow], covered: Mapping[str, set[str]]
+) -> list[str]:
+    problems = [
+        f"batch {batch_id} has no ledger entry: it was added outside the ledger, or its entry was deleted"
+        for batch_id in sorted(set(batches) - covered[EntryKind.BATCH.value])
+    ]
     with_rows = set(session.scalars(select(RowDecision.batch_id).distinct()))
-    problems += [f"the row decisions of batch {batch_id} have no ledger entry: they were added outside the "
-                 "ledger, or their entry was deleted"
-                 for batch_id in sorted(with_rows - covered[EntryKind.DECISIONS.value])]
-    problems += [f"review of {row_id} ({actions[row_id].action} by {actions[row_id].by}) has no ledger entry: "
-                 "it was added outside the ledger, or its entry was deleted"
-                 for row_id in sorted(set(actions) - covered[EntryKind.REVIEW.value])]
+    problems += [
+        f"the row decisions of batch {batch_id} have no ledger entry: they were added outside the "
+        "ledger, or their entry was deleted"
+        for batch_id in sorted(with_rows - covered[EntryKind.DECISIONS.value])
+    ]
+    problems += [
+        f"review of {row_id} ({actions[row_id].action} by {actions[row_id].by}) has no ledger entry: "
+        "it was added outside the ledger, or its entry was deleted"
+        for row_id in sorted(set(actions) - covered[EntryKind.REVIEW.value])
+    ]
     return problems
 
 
@@ -197,8 +225,10 @@ def _check_head(entries: Iterable[LedgerEntry], head: ChainHead) -> list[str]:
     last = max(by_sequence, default=0)
     entry = by_sequence.get(head.sequence)
     if entry is None:
-        return [f"the chain ends at entry {last}, but entry {head.sequence} was recorded as its head earlier: "
-                "entries were cut off the end"]
+        return [
+            f"the chain ends at entry {last}, but entry {head.sequence} was recorded as its head earlier: "
+            "entries were cut off the end"
+        ]
     if entry.entry_hash != head.entry_hash:
         return [f"entry {head.sequence} is not the entry recorded as the head earlier (its hash differs)"]
     return []

@@ -51,8 +51,12 @@ MAX_BY = 200
 MAX_REASON = 2000
 MAX_LISTED = 1000  # rows on one list page; the CLI's json output has them all
 
-_env = Environment(loader=PackageLoader("pipeline", "templates/ui"), autoescape=True,  # every template, whatever its name
-                   trim_blocks=True, lstrip_blocks=True)
+_env = Environment(
+    loader=PackageLoader("pipeline", "templates/ui"),
+    autoescape=True,  # every template, whatever its name
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def _fmt(value: Any) -> str:
@@ -111,7 +115,8 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             csrf=guard.csrf_token(session) if session else "",
             steward=session.steward if session else "",
             flashes=guard.take_flashes(session) if session else [],
-            **context)
+            **context,
+        )
         return HTMLResponse(html, status_code=code)
 
     def back_to(path: str) -> RedirectResponse:
@@ -126,8 +131,13 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
     async def http_error(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
         session = guard.session(request.cookies.get(SESSION_COOKIE))
         title = "Not found" if exc.status_code == 404 else "Request refused"
-        message = ("There is no such page." if exc.status_code == 404
-                   else f"{exc.detail}" if isinstance(exc.detail, str) else "The request was refused.")
+        message = (
+            "There is no such page."
+            if exc.status_code == 404
+            else f"{exc.detail}"
+            if isinstance(exc.detail, str)
+            else "The request was refused."
+        )
         return render("error.html.j2", session, exc.status_code, title=title, message=message)
 
     @app.exception_handler(RequestValidationError)
@@ -139,9 +149,14 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
         if request.method in ("GET", "HEAD"):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return back_to(f"/sign-in?next={quote(target, safe='')}")
-        return render("error.html.j2", None, 403, title="Sign in first",
-                      message="Your session has ended or you have not signed in; nothing was changed.",
-                      sign_in=True)
+        return render(
+            "error.html.j2",
+            None,
+            403,
+            title="Sign in first",
+            message="Your session has ended or you have not signed in; nothing was changed.",
+            sign_in=True,
+        )
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -160,9 +175,13 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             raise SignInRequired()
         fields = await read_form(request)
         if not guard.csrf_matches(session, _field(fields, "csrf")):
-            raise PageError(403, "Request refused", "The form's security token is missing or belongs to another "
-                            "session (did you sign in again in another tab?). Reload the page and try again; "
-                            "nothing was changed.")
+            raise PageError(
+                403,
+                "Request refused",
+                "The form's security token is missing or belongs to another "
+                "session (did you sign in again in another tab?). Reload the page and try again; "
+                "nothing was changed.",
+            )
         return session, fields
 
     # --- pages -----------------------------------------------------------------------------
@@ -189,16 +208,29 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
         target = _local_path(_field(fields, "next") or "/")
         client = request.client.host if request.client else "unknown"
         if guard.too_many_attempts(client):
-            return render("sign_in.html.j2", None, 429, next=target,
-                          error="Too many wrong tokens in the last minute; wait a minute and try again.")
+            return render(
+                "sign_in.html.j2",
+                None,
+                429,
+                next=target,
+                error="Too many wrong tokens in the last minute; wait a minute and try again.",
+            )
         if not guard.token_matches(_field(fields, "token") or ""):
             guard.failed_attempt(client)
-            return render("sign_in.html.j2", None, 403, next=target,
-                          error="That is not the token this review page was started with.")
+            return render(
+                "sign_in.html.j2", None, 403, next=target, error="That is not the token this review page was started with."
+            )
         _, cookie = guard.start_session()
         response = back_to(target)
-        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_HOURS * 3600, path="/", httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=SESSION_HOURS * 3600,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     @app.post("/sign-out")
@@ -213,43 +245,72 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
         by_dataset: dict[str, list[BatchRecord]] = {}
         for batch in reversed(ledger.list_batches()):  # newest first
             by_dataset.setdefault(batch.dataset, []).append(batch)
-        totals = {name: {key: sum(getattr(b, key) for b in rows)
-                         for key in ("rows", "accepted", "quarantined", "pending", "released", "rejected")}
-                  for name, rows in by_dataset.items()}
-        return render("index.html.j2", session, datasets=sorted(by_dataset.items()), totals=totals,
-                      pending=sum(t["pending"] for t in totals.values()))
+        totals = {
+            name: {
+                key: sum(getattr(b, key) for b in rows)
+                for key in ("rows", "accepted", "quarantined", "pending", "released", "rejected")
+            }
+            for name, rows in by_dataset.items()
+        }
+        return render(
+            "index.html.j2",
+            session,
+            datasets=sorted(by_dataset.items()),
+            totals=totals,
+            pending=sum(t["pending"] for t in totals.values()),
+        )
 
     @app.get("/batches/{batch_id}", response_class=HTMLResponse)
     def batch_page(batch_id: str, session: Session = Depends(reader)) -> Response:
         batch = _batch(ledger, batch_id)
-        rows = [r for status in (RowStatus.PENDING, RowStatus.RELEASED, RowStatus.REJECTED)
-                for r in ledger.list_rows(batch_id=batch.id, status=status)]
+        rows = [
+            r
+            for status in (RowStatus.PENDING, RowStatus.RELEASED, RowStatus.REJECTED)
+            for r in ledger.list_rows(batch_id=batch.id, status=status)
+        ]
         rows.sort(key=lambda r: (r.status != RowStatus.PENDING, -r.suspicion, r.row_number))
         has_report = _report_path(settings, batch).is_file()
         summary = batch_summary(settings, batch)
-        return render("batch.html.j2", session, batch=batch, rows=rows, has_report=has_report,
-                      verdict=summary.get("verdict"), roles=_by_role(summary.get("roles") or {}))
+        return render(
+            "batch.html.j2",
+            session,
+            batch=batch,
+            rows=rows,
+            has_report=has_report,
+            verdict=summary.get("verdict"),
+            roles=_by_role(summary.get("roles") or {}),
+        )
 
     @app.get("/batches/{batch_id}/report")
     def batch_report(batch_id: str, session: Session = Depends(reader)) -> Response:
         batch = _batch(ledger, batch_id)
         path = _report_path(settings, batch)
         if not path.is_file():
-            raise PageError(404, "Not found",
-                            f"The scan report of batch {batch.id} is not in the workspace {settings.workspace}.")
-        return HTMLResponse(path.read_text(encoding="utf-8"),
-                            headers={"content-security-policy": REPORT_CONTENT_SECURITY_POLICY})
+            raise PageError(
+                404, "Not found", f"The scan report of batch {batch.id} is not in the workspace {settings.workspace}."
+            )
+        return HTMLResponse(
+            path.read_text(encoding="utf-8"), headers={"content-security-policy": REPORT_CONTENT_SECURITY_POLICY}
+        )
 
     @app.get("/rows", response_class=HTMLResponse)
-    def rows_page(dataset: str = "", status: str = RowStatus.PENDING.value,
-                  session: Session = Depends(reader)) -> Response:
+    def rows_page(dataset: str = "", status: str = RowStatus.PENDING.value, session: Session = Depends(reader)) -> Response:
         if status not in {s.value for s in RowStatus}:
-            raise PageError(400, "Bad request", f"Unknown row status {status!r}; use one of: "
-                            f"{', '.join(s.value for s in RowStatus)}.")
+            raise PageError(
+                400, "Bad request", f"Unknown row status {status!r}; use one of: {', '.join(s.value for s in RowStatus)}."
+            )
         rows = sorted(ledger.list_rows(dataset=dataset or None, status=status), key=lambda r: (-r.suspicion, r.id))
         datasets = sorted({b.dataset for b in ledger.list_batches()})
-        return render("rows.html.j2", session, rows=rows[:MAX_LISTED], total=len(rows), dataset=dataset,
-                      status=status, statuses=[s.value for s in RowStatus], datasets=datasets)
+        return render(
+            "rows.html.j2",
+            session,
+            rows=rows[:MAX_LISTED],
+            total=len(rows),
+            dataset=dataset,
+            status=status,
+            statuses=[s.value for s in RowStatus],
+            datasets=datasets,
+        )
 
     @app.get("/rows/{row_id}", response_class=HTMLResponse)
     def row_page(row_id: str, session: Session = Depends(reader)) -> Response:
@@ -259,10 +320,17 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             detail = row_detail(settings, ledger, record.id)
         except PoisonguardError as exc:
             problem = str(exc)
-        return render("row.html.j2", session, row=record, detail=detail, problem=problem,
-                      comparison=_comparison(detail), scores=_scores(record.scores),
-                      distances=[] if detail is None or detail.neighbours.empty else list(detail.neighbours["distance"]),
-                      batch=ledger.get_batch(record.batch_id))
+        return render(
+            "row.html.j2",
+            session,
+            row=record,
+            detail=detail,
+            problem=problem,
+            comparison=_comparison(detail),
+            scores=_scores(record.scores),
+            distances=[] if detail is None or detail.neighbours.empty else list(detail.neighbours["distance"]),
+            batch=ledger.get_batch(record.batch_id),
+        )
 
     @app.get("/ledger", response_class=HTMLResponse)
     def ledger_page(session: Session = Depends(reader)) -> Response:
@@ -299,12 +367,18 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             guard.flash(session, "error", "Choose release or reject; nothing was changed.")
             return
         if not by or not reason:
-            guard.flash(session, "error", "Say who you are and why: 'by' and 'reason' are recorded with every "
-                        "review. Nothing was changed.")
+            guard.flash(
+                session,
+                "error",
+                "Say who you are and why: 'by' and 'reason' are recorded with every review. Nothing was changed.",
+            )
             return
         if len(by) > MAX_BY or len(reason) > MAX_REASON:
-            guard.flash(session, "error", f"'by' may have at most {MAX_BY} characters and 'reason' at most "
-                        f"{MAX_REASON}. Nothing was changed.")
+            guard.flash(
+                session,
+                "error",
+                f"'by' may have at most {MAX_BY} characters and 'reason' at most {MAX_REASON}. Nothing was changed.",
+            )
             return
         session.steward = by
         done = ReviewAction(action).past_tense
@@ -318,15 +392,23 @@ def create_app(settings: Settings, token: str, *, allowed_hosts: Sequence[str] =
             logger.exception("review of %s failed", ", ".join(ids))
             mine = ledger.get_row(ids[0]).review
             if mine is not None and (mine.action.value, mine.by, mine.reason) == (action, by, reason):
-                guard.flash(session, "error", f"{done.capitalize()} {len(ids)} row(s) in the ledger, but mirroring "
-                            f"the action to the batch's MLflow run failed ({type(exc).__name__}: {exc}). The ledger "
-                            "is the record of truth.")
+                guard.flash(
+                    session,
+                    "error",
+                    f"{done.capitalize()} {len(ids)} row(s) in the ledger, but mirroring "
+                    f"the action to the batch's MLflow run failed ({type(exc).__name__}: {exc}). The ledger "
+                    "is the record of truth.",
+                )
             else:
-                guard.flash(session, "error", f"The review could not be recorded ({type(exc).__name__}); "
-                            "nothing was changed.")
+                guard.flash(
+                    session, "error", f"The review could not be recorded ({type(exc).__name__}); nothing was changed."
+                )
             return
-        guard.flash(session, "ok", f"{done.capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}. "
-                    f"By {by}: {reason}")
+        guard.flash(
+            session,
+            "ok",
+            f"{done.capitalize()} {len(records)} row(s): {', '.join(r.row_id for r in records)}. By {by}: {reason}",
+        )
 
     return app
 
@@ -357,8 +439,9 @@ class SecureResponses:
 
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
         if "*" not in self.allowed_hosts and _host_name(host) not in self.allowed_hosts:
-            await HTMLResponse(_plain_page("Unknown host", "This review page does not answer to that host name."),
-                               status_code=400)(scope, receive, send_secured)
+            await HTMLResponse(
+                _plain_page("Unknown host", "This review page does not answer to that host name."), status_code=400
+            )(scope, receive, send_secured)
             return
         try:
             await self.app(scope, receive, send_secured)
@@ -366,9 +449,13 @@ class SecureResponses:
             logger.exception("the review page failed on %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            await HTMLResponse(_plain_page("Something went wrong", "The page failed; the details are in the server's "
-                                           "log. Nothing was changed by this request."),
-                               status_code=500)(scope, receive, send_secured)
+            await HTMLResponse(
+                _plain_page(
+                    "Something went wrong",
+                    "The page failed; the details are in the server's log. Nothing was changed by this request.",
+                ),
+                status_code=500,
+            )(scope, receive, send_secured)
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:
@@ -401,7 +488,7 @@ def _local_path(target: str) -> str:
 def _host_name(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -439,10 +526,21 @@ def _comparison(detail: RowDetail | None) -> list[dict[str, Any]]:
         return []
     neighbours = detail.neighbours
     columns = [c for c in neighbours.columns if c != "distance"] if not neighbours.empty else []
-    lines = [{"column": c, "value": detail.values.get(c), "neighbours": list(neighbours[c]), "feature": True,
-              "label": c == detail.label} for c in columns]
-    lines += [{"column": c, "value": v, "neighbours": [], "feature": False, "label": c == detail.label}
-              for c, v in detail.values.items() if c not in columns and c != "row_number"]
+    lines = [
+        {
+            "column": c,
+            "value": detail.values.get(c),
+            "neighbours": list(neighbours[c]),
+            "feature": True,
+            "label": c == detail.label,
+        }
+        for c in columns
+    ]
+    lines += [
+        {"column": c, "value": v, "neighbours": [], "feature": False, "label": c == detail.label}
+        for c, v in detail.values.items()
+        if c not in columns and c != "row_number"
+    ]
     return lines
 
 
@@ -453,5 +551,6 @@ def _scores(scores: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 
 def _plain_page(title: str, message: str) -> str:
-    return _env.get_template("error.html.j2").render(title=title, message=message, signed_in=False, flashes=[],
-                                                     csrf="", steward="")
+    return _env.get_template("error.html.j2").render(
+        title=title, message=message, signed_in=False, flashes=[], csrf="", steward=""
+    )

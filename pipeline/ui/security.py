@@ -31,8 +31,9 @@ SIGN_IN_ATTEMPTS_PER_MINUTE = 10  # per client: a guessed token needs ~2^128 tri
 MAX_THROTTLED_CLIENTS = 10_000
 
 # default-src 'none' also forbids scripts: the page works without JavaScript and runs none.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-                           "frame-ancestors 'none'; base-uri 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",
@@ -45,8 +46,10 @@ SECURITY_HEADERS = {
 }
 # The scan report is self-contained HTML with inline styles and an inline SVG; served from this
 # origin it gets a sandbox of its own, so nothing in it can act as the review page.
-REPORT_CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-                                  "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox")
+REPORT_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
+)
 
 
 def check_token(token: str) -> str:
@@ -55,7 +58,8 @@ def check_token(token: str) -> str:
         raise PoisonguardError(
             f"The review page's sign-in token must have at least {MIN_TOKEN_LENGTH} characters; set "
             "POISONGUARD_UI_TOKEN to a random one (python -c 'import secrets; print(secrets.token_urlsafe(24))') "
-            "or leave it unset to have one generated.")
+            "or leave it unset to have one generated."
+        )
     return token.strip()
 
 

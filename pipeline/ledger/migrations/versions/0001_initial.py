@@ -64,7 +64,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["row_id"], ["row_decisions.id"], name="fk_review_actions_row_id_row_decisions"),
         sa.UniqueConstraint("row_id", name="uq_review_actions_row_id"),
         sa.CheckConstraint("action IN ('release', 'reject')", name="ck_review_actions_action"),
-        sa.CheckConstraint("length(trim(\"by\")) > 0", name="ck_review_actions_by_not_blank"),
+        sa.CheckConstraint('length(trim("by")) > 0', name="ck_review_actions_by_not_blank"),
         sa.CheckConstraint("length(trim(reason)) > 0", name="ck_review_actions_reason_not_blank"),
     )
     op.create_table(
