@@ -77,7 +77,7 @@ class DuplicateFlood(GroupDetector):
 
     def _fit(self, reference: pd.DataFrame, spec: FeatureSpec, holdout: pd.DataFrame | None) -> None:
         features = feature_frame(reference, spec)
-        self.encoder_ = make_encoder(spec).fit(features)
+        self.encoder_ = make_encoder(spec, scale="standard").fit(features)
         encoded = self.encoder_.transform(features)
         self.radius_ = self._radius(encoded, len(spec.numeric))
         self.axes_ = _principal_axes(encoded)

@@ -7,7 +7,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, StandardScaler
 
 from pipeline.detectors.base import FeatureSpec
 
@@ -20,10 +20,13 @@ def _bounded(scaled: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -SCALED_BOUND, SCALED_BOUND)
 
 
-def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
-    """Numerics: median-imputed, centred on the median and scaled by the IQR (robust to the very
-    outliers we look for). Categoricals: one-hot over the trusted domain; unseen values encode as
-    all zeros rather than failing, since validation already reports them."""
+def make_encoder(spec: FeatureSpec, scale: str = "robust") -> ColumnTransformer:
+    """Numerics: median-imputed, centred and scaled: by the IQR (``robust``, to the very outliers
+    we look for), or by the standard deviation (``standard``: distances between near-identical
+    rows, where a heavy-tailed column's small IQR would make a jitter of 1 % of its standard
+    deviation look large, and a zero-inflated one's IQR of 0 leaves it in raw units).
+    Categoricals: one-hot over the trusted domain; unseen values encode as all zeros rather than
+    failing, since validation already reports them."""
     transformers = []
     if spec.numeric:
         transformers.append(
@@ -31,7 +34,7 @@ def make_encoder(spec: FeatureSpec) -> ColumnTransformer:
                 "numeric",
                 make_pipeline(
                     SimpleImputer(strategy="median"),
-                    RobustScaler(unit_variance=True),
+                    RobustScaler(unit_variance=True) if scale == "robust" else StandardScaler(),
                     FunctionTransformer(_bounded, feature_names_out="one-to-one"),
                 ),
                 list(spec.numeric),
