@@ -72,7 +72,7 @@ LABEL_ATTACKS = {
 }
 ART_SUBSAMPLE = 60  # ART refits O(N^2) times: 60 suspect rows take 20-30 s here
 ART_SEEDS = 3
-HOLD_VARIANTS = ("estimate", "likely", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
+HOLD_VARIANTS = ("estimate", "likely", "f1", "fdr", "lower", "off")  # policy.evidence_hold, measured side by side
 
 
 # --- datasets, splits, attacks -------------------------------------------------------------------

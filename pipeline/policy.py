@@ -38,7 +38,7 @@ import numpy as np
 
 from pipeline.params import REASON_PVALUE, Interval, InvalidParameter
 
-EVIDENCE_HOLDS = ("estimate", "likely", "fdr", "lower", "off")
+EVIDENCE_HOLDS = ("estimate", "likely", "f1", "fdr", "lower", "off")
 
 
 @dataclass(frozen=True)
