@@ -341,27 +341,35 @@ def excess_pvalue(
 
 def visible_excess(
     pvalues: np.ndarray, cells: np.ndarray, calibration_rows: dict[int, int], thresholds: tuple[float, ...] = THRESHOLDS
-) -> float:
-    """How many poisoned rows the counts of small p-values show, whatever the poison's shape:
-    max over the thresholds t (and "beyond every trusted row") of (X_t - E[X_t]) / (1 - t), the
-    rows that explain the excess if every poisoned row lies at or below t and the rest are clean.
-    An underestimate where poison hides above every threshold; never a multiple of what is seen."""
+) -> tuple[float, float]:
+    """How many poisoned rows the counts of small p-values show, whatever the poison's shape, and
+    a 95 % lower bound on it. The estimate: max over the thresholds t (and "beyond every trusted
+    row") of (X_t - E[X_t]) / (1 - t), the rows that explain the excess if every poisoned row lies
+    at or below t and the rest are clean; an underestimate where poison hides above every
+    threshold, never a multiple of what is seen. The bound: max over t of X_t less the clean
+    count's upper 0.05 / (2T) quantile (its exact beta-binomial null; simultaneous over the T
+    thresholds)."""
     pvalues, cells = np.asarray(pvalues, dtype="float64"), np.asarray(cells, dtype="int64")
     tested = (cells >= 0) & ~np.isnan(pvalues) & np.isin(cells, list(calibration_rows))
     if not tested.any():
-        return 0.0
+        return 0.0, 0.0
     groups = [(pvalues[tested & (cells == c)], calibration_rows[int(c)]) for c in np.unique(cells[tested])]
     n = float(tested.sum())
-    best = 0.0
-    for t in (*thresholds, None):
+    cuts = (*thresholds, None)
+    estimate = lower = 0.0
+    for t in cuts:
         observed = expected = 0.0
+        pmf = np.ones(1)
         for values, rows in groups:
             cut = 1.0 / (rows + 1.0) if t is None else t
             j = max(1, int(np.floor(cut * (rows + 1) + 1e-9)))
             observed += float((values <= cut + 1e-12).sum())
             expected += len(values) * j / (rows + 1.0)  # a clean row's chance of p <= cut: j / (m + 1)
-        best = max(best, (observed - expected) / max(1.0 - expected / n, 1e-9))
-    return best
+            pmf = _convolve(pmf, stats.betabinom.pmf(np.arange(len(values) + 1), len(values), j, rows + 1 - j))
+        estimate = max(estimate, (observed - expected) / max(1.0 - expected / n, 1e-9))
+        quantile = float(np.searchsorted(np.cumsum(pmf) / pmf.sum(), 1.0 - 0.05 / (2 * len(cuts))))
+        lower = max(lower, observed - quantile)
+    return estimate, min(lower, estimate)
 
 
 def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -454,9 +462,9 @@ def row_evidence(name: str, pvalues: np.ndarray, cells: np.ndarray, model: Poiso
     # is close to a clean row's (a weak detector), a real excess of small p-values is explained by
     # a share many times the truth (wells: 351-421 rows estimated for 60 targeted flips). No more
     # rows are estimated than the counts show without any shape (``visible_excess``).
-    visible = visible_excess(pvalues, cells, model.calibration_rows, thresholds)
+    visible, visible_low = visible_excess(pvalues, cells, model.calibration_rows, thresholds)
     if n and mixture.share * n > visible:
-        mixture = replace(mixture, share=visible / n, low=min(mixture.low, visible / n))
+        mixture = replace(mixture, share=visible / n, low=min(mixture.low, visible_low / n))
     estimate = int(round(mixture.share * n))
     interval = (int(np.floor(mixture.low * n)), int(np.ceil(mixture.high * n)))
     eligible = np.flatnonzero((cells >= 0) & ~np.isnan(pvalues) & np.isin(cells, list(model.calibration_rows)))

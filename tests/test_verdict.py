@@ -20,6 +20,7 @@ from pipeline.verdict import (
     group_evidence,
     invalid_evidence,
     row_evidence,
+    visible_excess,
 )
 
 
@@ -111,6 +112,32 @@ def _group_scores(groups: dict[int, list[int]], expected: dict[int, float], n: i
             "group_expected": [expected.get(g, 0.0) for g in group],
         }
     )
+
+
+def test_a_weak_detectors_estimate_is_no_more_than_the_counts_show():
+    """The detector's simulated poison is almost uniform (labels barely predictable), while 60
+    real flips sit at p in 0.002-0.08: the mixture alone explains that excess with hundreds of
+    rows; the estimate stays within what the counts of small p-values show, and its interval
+    holds the truth."""
+    rng = np.random.default_rng(6)
+    model = PoisonModel("label_flips", {0: 1000}, rng.beta(0.9, 1.0, size=2000), np.zeros(2000, int))
+    pvalues = np.concatenate([_clean_pvalues(rng, 700, 1000), rng.uniform(0.002, 0.08, size=60)])
+    mixture = fit_mixture(CellCounts.of(pvalues, np.zeros(760, int), model))
+    evidence = row_evidence("label_consistency", pvalues, np.zeros(760, int), model)
+    visible, low = visible_excess(pvalues, np.zeros(760, int), {0: 1000})
+    assert mixture.share * 760 > 2 * 60  # what the cap is for
+    assert evidence.estimate <= round(visible) < 90 and low < 60
+    assert evidence.interval[0] <= 60 <= evidence.interval[1]
+
+
+def test_the_f1_hold_takes_the_rows_that_maximise_the_expected_f1():
+    chance = np.concatenate([np.full(10, 0.9), np.full(10, 0.4), np.full(80, 0.05)])
+    evidence = KindEvidence(
+        "label_flips", 1e-9, 17, (10, 30), "", "label_consistency", np.arange(100), ranked=True, chance=chance
+    )
+    # expected F1 of the top k: 2 * 9 / (10 + 17) = 0.67 at 10, 2 * 13 / (20 + 17) = 0.70 at 20, then less
+    assert evidence.to_hold("f1", 0.1) == 20
+    assert evidence.to_hold("likely", 0.1) == 10
 
 
 def test_a_group_kind_counts_its_held_rows_less_what_the_trusted_rate_explains():
