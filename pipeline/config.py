@@ -118,6 +118,7 @@ class Settings:
                 f"POISONGUARD_UNSEEN_LEVELS must be 'hold' or 'alarm'; got {env.get('POISONGUARD_UNSEEN_LEVELS')!r}."
             )
         orchestrator = _orchestrator(env)
+        detectors = _detectors(env)
         max_age = _number(env, "POISONGUARD_TIME_WINDOW_DAYS", 3650)
         tolerance = _number(env, "POISONGUARD_FUTURE_TOLERANCE_HOURS", 24)
         if max_age < 0 or tolerance < 0:
@@ -130,6 +131,7 @@ class Settings:
             tracking=SecretStr(tracking),
             unseen_levels=unseen,
             orchestrator=orchestrator,
+            detectors=detectors,
             role_rules=RoleRules(max_age_days=max_age or None, future_tolerance_hours=tolerance),
             max_fit_rows=max_fit_rows,
             max_impact_rows=max_impact_rows,
@@ -210,6 +212,27 @@ def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
             os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
         os.environ["MLFLOW_TRACKING_URI"] = bare  # libraries that read it themselves get it bare too
     return bare
+
+
+_DETECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _detectors(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """POISONGUARD_DETECTORS: the detectors a scan runs, as comma-separated registry names (a
+    detector of another package by its entry point's name), each with its default parameters;
+    unset, ``DEFAULT_DETECTORS``. Whether a name is known is checked when the scan builds them
+    (the registry imports scikit-learn, which the light commands must not)."""
+    raw = (env.get("POISONGUARD_DETECTORS") or "").strip()
+    if not raw:
+        return dict(DEFAULT_DETECTORS)
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    bad = [name for name in names if not _DETECTOR_NAME.fullmatch(name)]
+    if bad or not names:
+        raise PoisonguardError(
+            f"POISONGUARD_DETECTORS must be comma-separated detector names such as "
+            f"'outliers,label_consistency,trigger,duplicates'; got {raw!r}."
+        )
+    return {name: dict(DEFAULT_DETECTORS.get(name, {})) for name in dict.fromkeys(names)}
 
 
 def _orchestrator(env: Mapping[str, str]) -> str:

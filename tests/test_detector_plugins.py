@@ -4,8 +4,6 @@ is docs/detectors.md's worked example, declared as its pyproject.toml there says
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 
 from pipeline import fit_cache, scan
@@ -22,9 +20,10 @@ NAME, TARGET = next(iter(PROJECT["entry-points"]["poisonguard.detectors"].items(
 
 def test_a_scan_runs_an_installed_packages_detector_and_caches_its_fit(install_package, tmp_path, monkeypatch):
     install_package(PROJECT, {TARGET.partition(":")[0]: BLOCKS[0]})
-    settings = dataclasses.replace(
-        Settings.from_environment(tmp_path / "ws"), detectors={**DEFAULT_DETECTORS, NAME: {"alpha": 0.01}}
-    )
+    # named in the operator's settings, as a scheduled job would: no code
+    monkeypatch.setenv("POISONGUARD_DETECTORS", ",".join([*DEFAULT_DETECTORS, NAME]))
+    settings = Settings.from_environment(tmp_path / "ws")
+    assert settings.detectors == {**DEFAULT_DETECTORS, NAME: {}}
 
     def scan_batch(name: str) -> tuple[dict, pd.DataFrame]:
         out = tmp_path / f"out-{name}"

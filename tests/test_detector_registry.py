@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from pipeline.config import Settings
 from pipeline.detectors import (
     DEFAULT_DETECTORS,
     DETECTORS,
@@ -163,3 +164,11 @@ def test_an_unknown_name_lists_the_built_in_and_installed_detectors(install_pack
         match=f"Unknown detector 'outlier'; known detectors: .*outliers.*; installed: {EXAMPLE_NAME}\\.",
     ):
         build_detectors({"outlier": {}})
+
+
+def test_the_operator_names_a_scans_detectors_in_the_environment():
+    settings = Settings.from_environment("ws", {"POISONGUARD_DETECTORS": " outliers, far_from_mean ,outliers"})
+    assert settings.detectors == {"outliers": {}, "far_from_mean": {}}
+    assert Settings.from_environment("ws", {}).detectors == DEFAULT_DETECTORS
+    with pytest.raises(PoisonguardError, match="POISONGUARD_DETECTORS must be comma-separated detector names"):
+        Settings.from_environment("ws", {"POISONGUARD_DETECTORS": "outliers;rm -rf"})
