@@ -259,15 +259,13 @@ class Poisonguard:
     def __call__(self, s: Split, batch: pd.DataFrame) -> dict:
         from pipeline import scan
         from pipeline.io import ROW_NUMBER
+        from pipeline.scan_run import evaluate
 
         batch.drop(columns=[ROW_NUMBER]).to_parquet(self.request.batch, index=False)
         loaded = scan.ingest(self.request, self.settings)
-        conformed, outcome = scan.validate_batch(loaded, self.trusted)
-        scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings, self.settings.chunk_rows)
-        checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
-        verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
-        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict, self.trusted)
-        table = decisions.table.set_index(ROW_NUMBER).loc[np.arange(len(batch))]
+        judged = evaluate(loaded, self.trusted, self.settings, detectors=self.detectors, checks=self.checks)
+        conformed, outcome, scores, verdict = judged.conformed, judged.outcome, judged.scores, judged.verdict
+        table = judged.decisions.table.set_index(ROW_NUMBER).loc[np.arange(len(batch))]
         # the same scan under the other ways of holding a significant kind's rows
         variants = {}
         for hold in HOLD_VARIANTS:

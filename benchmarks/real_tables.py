@@ -134,32 +134,30 @@ class Scanner:
 
         from pipeline import scan
         from pipeline.io import ROW_NUMBER
+        from pipeline.scan_run import evaluate
         from pipeline.store import write_outputs
 
         request = dataclasses.replace(self.request, batch=batch, out=out)
         loaded = scan.ingest(request, self.settings)
-        conformed, outcome = scan.validate_batch(loaded, self.trusted)
-        scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings, self.settings.chunk_rows)
-        checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
-        verdict = scan.assess(conformed, outcome, self.detectors, scores, self.trusted, checks, self.settings)
-        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, self.settings, verdict, self.trusted)
+        judged = evaluate(loaded, self.trusted, self.settings, detectors=self.detectors, checks=self.checks)
+        verdict = judged.verdict
         outputs = scan.build_outputs(
             request,
             self.settings,
             loaded,
             self.trusted,
-            conformed,
-            outcome,
-            decisions,
+            judged.conformed,
+            judged.outcome,
+            judged.decisions,
             [],
-            checks,
+            judged.checks,
             np.array([]),
             "benchmark",
             scan.now(),
             verdict,
         )
         write_outputs(outputs, out)
-        table = decisions.table.set_index(ROW_NUMBER).sort_index()
+        table = judged.decisions.table.set_index(ROW_NUMBER).sort_index()
         held = table.index[table["quarantined"].to_numpy(bool)].to_numpy()
         reasons = {int(r): list(table.at[r, "reasons"]) for r in held}
         return {

@@ -19,6 +19,7 @@ markdown table. Generated data goes to ``benchmarks/data/`` (git-ignored).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -38,6 +39,15 @@ DATA = REPO / "benchmarks" / "data"
 OUT = REPO / "benchmarks" / "scan_scale.json"
 N_NUMERIC, N_CATEGORICAL = 25, 5
 HOLDOUT_ROWS = 20_000
+# The stage each step of ``scan_run.evaluate`` is timed as (the scoring: see ``Stages.reached``).
+STEP_STAGES = {
+    "validate_batch": "validate",
+    "fit_detectors": "fit detectors",
+    "fit_checks": "fit batch checks",
+    "check_batch": "batch checks",
+    "assess": "verdict",
+    "decide_batch": "decide",
+}
 
 
 def draw(n_rows: int, seed: int) -> pd.DataFrame:
@@ -91,11 +101,26 @@ class Stages:
     def __call__(self, name: str, function, *args):
         started = time.perf_counter()
         result = function(*args)
+        self._record(name, started)
+        return result
+
+    def step(self, function):
+        """``function`` timed under its stage's name: the step hook of ``scan_run.evaluate``."""
+        return functools.wraps(function)(lambda *args: self(STEP_STAGES[function.__name__], function, *args))
+
+    def reached(self, point: str) -> None:
+        """The scoring is no step (its chunks are): it is timed between the stage boundaries that
+        ``scan_run.evaluate`` reports around it."""
+        if point == "scan.detectors_fitted":
+            self._scoring = time.perf_counter()
+        elif point == "scan.scored":
+            self._record("score", self._scoring)
+
+    def _record(self, name: str, started: float) -> None:
         self.seconds[name] = round(time.perf_counter() - started, 2)
         self.peak_mib[name] = round(status_kib("VmHWM") / 1024)
         self.anon_peak_kib = max(self.anon_peak_kib, anon_kib())
         self.peak_anon_mib[name] = round(self.anon_peak_kib / 1024)
-        return result
 
 
 def anon_kib() -> int:
@@ -113,22 +138,20 @@ def status_kib(field: str) -> int:
 
 
 def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) -> int:
-    """A scan's library steps (``pipeline.scan``) in this process, as the flow runs them, writing
-    the outputs to ``folder`` and recording them in the ledger at ``ledger_url``, without Prefect
-    and MLflow; returns the rows held."""
+    """A scan's library steps in this process, as the flow runs them (its judging of the batch
+    is ``scan_run.evaluate``, timed a step at a time), writing the outputs to ``folder`` and
+    recording them in the ledger at ``ledger_url``, without Prefect and MLflow; returns the rows
+    held."""
     from pipeline import scan
     from pipeline.ledger import Ledger
+    from pipeline.scan_run import evaluate
     from pipeline.store import write_outputs
 
     batch = timed("ingest", scan.ingest, request, settings)
     trusted = timed("load trusted data", scan.load_trusted, request, settings)
-    conformed, outcome = timed("validate", scan.validate_batch, batch, trusted)
-    detectors = timed("fit detectors", scan.fit_detectors, trusted, settings)
-    scores = timed("score", scan.score_batch, detectors, conformed, outcome.batch_findings, settings.chunk_rows)
-    checks = timed("fit batch checks", scan.fit_checks, trusted)
-    timed("batch checks", scan.check_batch, checks, conformed, outcome.batch_findings)
-    decisions = timed("decide", scan.decide_batch, conformed, outcome, detectors, scores, settings)
-    impacts = timed("exact group RONI", scan.confirm_impact, trusted, conformed, outcome, decisions, settings)
+    judged = evaluate(batch, trusted, settings, step=timed.step, reached=timed.reached)
+    decisions = judged.decisions
+    impacts = timed("exact group RONI", scan.confirm_impact, trusted, judged.conformed, judged.outcome, decisions, settings)
     outputs = timed(
         "build outputs",
         scan.build_outputs,
@@ -136,17 +159,18 @@ def scan_steps(request, settings, folder: Path, ledger_url: str, timed: Stages) 
         settings,
         batch,
         trusted,
-        conformed,
-        outcome,
+        judged.conformed,
+        judged.outcome,
         decisions,
         impacts,
-        [],
+        judged.checks,
         np.array([]),
         "benchmark",
         scan.now(),
+        judged.verdict,
     )
     held = int(decisions.table["quarantined"].sum())
-    del conformed, scores, decisions  # as the flow does before recording
+    del judged, decisions  # as the flow does before recording
     shutil.rmtree(folder, ignore_errors=True)
     timed("write outputs", write_outputs, outputs, folder)
     del outputs  # as the flow does once they are written

@@ -4,6 +4,11 @@ ingest → (already recorded? re-deliver) → load reference, holdout, suite →
 validate → detect → verdict → decide → impact → outputs → log to MLflow → commit to the
 workspace and the ledger → deliver to ``--out``.
 
+The part of it that judges a batch, validate → score → batch checks → verdict → decide, is
+``evaluate``: ``run`` calls it, and so does everything else that judges batches without the rest
+of a scan (the benchmarks, the tests of a step), so that none of them judges a batch by a list of
+its own.
+
 The runner decides how each step runs. ``PlainRunner`` calls them in this process, with a
 thread per core for the batch's chunks: a one-off ``poisonguard scan`` pays nothing for
 orchestration. The Prefect flow ``poisonguard-scan`` (``flows/ingest.py``) passes a runner that
@@ -17,6 +22,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -24,12 +30,16 @@ import pandas as pd
 
 from pipeline import detectors as registry
 from pipeline import provenance, scan
+from pipeline.alarms import BatchCheck, CheckResult
 from pipeline.config import Settings
-from pipeline.detectors import ChunkResult, Detector
+from pipeline.decide import Decisions
+from pipeline.detectors import ChunkMap, ChunkResult, Detector, read_each
 from pipeline.faults import checkpoint
 from pipeline.io import LoadedTable
 from pipeline.progress import StageProgress
 from pipeline.store import Workspace, copy_outputs, file_hashes, write_outputs
+from pipeline.validation import VALIDATION_CELLS, ConformedBatch, ValidationOutcome
+from pipeline.verdict import Verdict
 
 Step = TypeVar("Step", bound=Callable[..., Any])
 
@@ -94,6 +104,72 @@ def read_chunks(runner: StepRunner, detectors: dict[str, Detector], chunks: Iter
     return results
 
 
+class StepWrapper(Protocol):
+    """What ``evaluate`` runs each step through: ``runner.step``, a timer, or nothing."""
+
+    def __call__(self, fn: Step, /) -> Step: ...
+
+
+def plain_step(fn: Step) -> Step:
+    return fn
+
+
+def no_progress(point: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` found of a batch: the batch as the suite conformed it, the validation
+    outcome, the detectors that scored it and their scores, the batch checks' results (drift,
+    segment label rates), the batch verdict, and each row's decision."""
+
+    conformed: ConformedBatch
+    outcome: ValidationOutcome
+    detectors: dict[str, Detector]
+    scores: dict[str, pd.DataFrame]
+    checks: list[CheckResult]
+    verdict: Verdict
+    decisions: Decisions
+
+
+def evaluate(
+    batch: LoadedTable,
+    trusted: scan.TrustedData,
+    settings: Settings,
+    *,
+    detectors: dict[str, Detector] | None = None,
+    checks: dict[str, BatchCheck] | None = None,
+    step: StepWrapper = plain_step,
+    map_chunks: ChunkMap = read_each,
+    reached: Callable[[str], None] = no_progress,
+    max_cells: int = VALIDATION_CELLS,
+) -> Evaluation:
+    """The one list of the steps that judge a batch against the trusted data: validate → score →
+    batch checks → verdict → decide (given the verdict and the trusted data).
+
+    ``detectors`` and ``checks`` are fitted on the trusted data here, each where the scan fits
+    it, unless given fitted (a benchmark fits them once for many batches). Every step but the
+    scoring runs through ``step`` (``run`` makes each a Prefect task there); the scoring reads
+    the batch's chunks through ``map_chunks`` (a task per chunk there), and ``reached`` hears
+    each stage boundary (the scan's progress lines and crash points)."""
+    conformed, outcome = step(scan.validate_batch)(batch, trusted, max_cells)
+    reached("scan.validated")
+    if detectors is None:
+        detectors = step(scan.fit_detectors)(trusted, settings)
+    reached("scan.detectors_fitted")
+    scores = scan.score_batch(detectors, conformed, outcome.batch_findings, settings.chunk_rows, map_chunks)
+    reached("scan.scored")
+    if checks is None:
+        checks = step(scan.fit_checks)(trusted)
+    results = step(scan.check_batch)(checks, conformed, outcome.batch_findings)
+    reached("scan.batch_checked")
+    verdict = step(scan.assess)(conformed, outcome, detectors, scores, trusted, results, settings)
+    decisions = step(scan.decide_batch)(conformed, outcome, detectors, scores, settings, verdict, trusted)
+    reached("scan.decided")
+    return Evaluation(conformed, outcome, detectors, scores, results, verdict, decisions)
+
+
 def run(request: scan.ScanRequest, settings: Settings, runner: StepRunner) -> dict[str, Any]:
     """Scan one batch end to end; returns the scan's summary (``duplicate`` says if it was new)."""
     checkpoint("scan.started")
@@ -142,25 +218,17 @@ def _scan(
         )
         progress.reached("scan.batch_input_logged")
         started = scan.now()
-        conformed, outcome = step(scan.validate_batch)(batch, trusted)
-        progress.reached("scan.validated")
-        detectors = step(scan.fit_detectors)(trusted, settings)
-        progress.reached("scan.detectors_fitted")
-        scores = scan.score_batch(
-            detectors,
-            conformed,
-            outcome.batch_findings,
-            settings.chunk_rows,
-            lambda fitted, chunks: read_chunks(runner, fitted, chunks),
+        judged = evaluate(
+            batch,
+            trusted,
+            settings,
+            step=step,
+            map_chunks=lambda fitted, chunks: read_chunks(runner, fitted, chunks),
+            reached=progress.reached,
         )
-        progress.reached("scan.scored")
-        checks = step(scan.check_batch)(step(scan.fit_checks)(trusted), conformed, outcome.batch_findings)
-        progress.reached("scan.batch_checked")
-        verdict = step(scan.assess)(conformed, outcome, detectors, scores, trusted, checks, settings)
-        decisions = step(scan.decide_batch)(conformed, outcome, detectors, scores, settings, verdict, trusted)
-        progress.reached("scan.decided")
+        conformed, outcome, detectors, decisions = judged.conformed, judged.outcome, judged.detectors, judged.decisions
         earlier = step(provenance.source_history)(settings.tracking_uri, request.dataset_name, request.source, run_id)
-        checks = [*checks, step(scan.check_source)(request, earlier, decisions)]
+        checks = [*judged.checks, step(scan.check_source)(request, earlier, decisions)]
         impacts = step(scan.confirm_impact)(trusted, conformed, outcome, decisions, settings)
         progress.reached("scan.impact_confirmed")
         outputs = step(scan.build_outputs)(
@@ -176,11 +244,11 @@ def _scan(
             step(scan.trusted_suspicion)(detectors, trusted, settings),
             run_id,
             started,
-            verdict,
+            judged.verdict,
         )
         outputs.summary["orchestration"] = runner.orchestration()
         progress.reached("scan.outputs_built")
-        del conformed, scores, decisions  # the outputs hold what is kept
+        del judged, conformed, outcome, detectors, decisions  # the outputs hold what is kept
         staging, files = step(stage)(outputs, request, settings, batch, trusted, run_id)
         progress.passed("scan.results_logged")
         summary = outputs.summary

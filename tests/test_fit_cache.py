@@ -115,6 +115,7 @@ def test_workspaces_share_a_cache_folder_signed_with_one_key(tmp_path):
 
 def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monkeypatch):
     from pipeline import scan
+    from pipeline.scan_run import evaluate
 
     monkeypatch.setenv("POISONGUARD_FIT_CACHE", "on")  # the user's cache, not the test session's
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
@@ -130,11 +131,10 @@ def test_decisions_from_a_cached_fit_equal_those_from_a_fresh_fit(tmp_path, monk
     )
     settings = Settings.from_environment(tmp_path / "ws")
     trusted = scan.load_trusted(request, settings)
-    conformed, outcome = scan.validate_batch(scan.ingest(request), trusted)
+    batch = scan.ingest(request)
 
     def decisions():
-        detectors = scan.fit_detectors(trusted, settings)
-        return scan.decide_batch(conformed, outcome, detectors, scan.score_batch(detectors, conformed, []), settings).table
+        return evaluate(batch, trusted, settings, detectors=scan.fit_detectors(trusted, settings)).decisions.table
 
     fresh = decisions()
     assert len(list((tmp_path / "cache-home" / "poisonguard" / "fits").glob("*.joblib"))) == 1

@@ -44,6 +44,7 @@ from pipeline.config import Settings
 from pipeline.errors import InputError, PoisonguardError
 from pipeline.io import RESERVED_COLUMNS, ROW_NUMBER, probe_table, read_table
 from pipeline.limits import InputLimits
+from pipeline.scan_run import evaluate
 from pipeline.store import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -732,10 +733,8 @@ def _scan_outcome(document: GeneratedFile, fitted: FittedScan, path: Path, out: 
     batch = read_table(path, "batch", limits=document.limits)
     request = dataclasses.replace(fitted.request, batch=path, out=out)
     trusted, settings_ = fitted.trusted, fitted.settings
-    conformed, outcome = scan.validate_batch(batch, trusted)
-    scores = scan.score_batch(fitted.detectors, conformed, outcome.batch_findings)
-    checks = scan.check_batch(fitted.checks, conformed, outcome.batch_findings)
-    decisions = scan.decide_batch(conformed, outcome, fitted.detectors, scores, settings_)
+    judged = evaluate(batch, trusted, settings_, detectors=fitted.detectors, checks=fitted.checks)
+    conformed, outcome, decisions = judged.conformed, judged.outcome, judged.decisions
     impacts = scan.confirm_impact(trusted, conformed, outcome, decisions, settings_) if group_roni else []
     outputs = scan.build_outputs(
         request,
@@ -746,10 +745,11 @@ def _scan_outcome(document: GeneratedFile, fitted: FittedScan, path: Path, out: 
         outcome,
         decisions,
         impacts,
-        checks,
+        judged.checks,
         fitted.holdout_suspicion,
         "fuzz-run",
         scan.now(),
+        judged.verdict,
     )
     write_outputs(outputs, out)
     assert_every_row_accounted_for(out, document.rows)

@@ -19,6 +19,7 @@ import pytest
 from pipeline import io, scan
 from pipeline.config import Settings
 from pipeline.io import ROW_NUMBER, read_table
+from pipeline.scan_run import evaluate
 from pipeline.store import write_outputs
 from pipeline.validation import load_suite, suite_from_document, validate_table
 from tests.conftest import SAMPLES, SUITE, assert_conserved
@@ -185,25 +186,22 @@ def test_validating_a_few_whole_columns_at_a_time_finds_what_validating_the_batc
 
 def _scan_to(folder: Path, request, settings, trusted_data, max_cells: int) -> dict:
     batch = scan.ingest(request, settings)
-    conformed, outcome = scan.validate_batch(batch, trusted_data, max_cells)
-    detectors = scan.fit_detectors(trusted_data, settings)
-    scores = scan.score_batch(detectors, conformed, outcome.batch_findings, settings.chunk_rows)
-    checks = scan.check_batch(scan.fit_checks(trusted_data), conformed, outcome.batch_findings)
-    decisions = scan.decide_batch(conformed, outcome, detectors, scores, settings)
-    impacts = scan.confirm_impact(trusted_data, conformed, outcome, decisions, settings)
+    judged = evaluate(batch, trusted_data, settings, max_cells=max_cells)
+    impacts = scan.confirm_impact(trusted_data, judged.conformed, judged.outcome, judged.decisions, settings)
     outputs = scan.build_outputs(
         request,
         settings,
         batch,
         trusted_data,
-        conformed,
-        outcome,
-        decisions,
+        judged.conformed,
+        judged.outcome,
+        judged.decisions,
         impacts,
-        checks,
+        judged.checks,
         np.array([]),
         "run",
         scan.now(),
+        judged.verdict,
     )
     write_outputs(outputs, folder)
     return outputs.summary
@@ -228,7 +226,7 @@ def test_a_batch_read_in_pieces_is_decided_and_written_exactly_as_a_batch_held_w
             pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"),
             check_exact=True,
         )
-    for key in ("counts", "checks", "batch_findings", "alarms", "roni"):
+    for key in ("counts", "checks", "batch_findings", "alarms", "roni", "verdict"):
         assert pieces[key] == whole[key], key
     assert 0 < whole["counts"]["quarantined"] < len(frame)
     held_by = {check for check, rows in whole["checks"].items() if rows}

@@ -23,6 +23,7 @@ import pytest
 
 from pipeline import scan
 from pipeline.config import Settings
+from pipeline.scan_run import evaluate
 from pipeline.store import Workspace, copy_outputs, write_outputs
 from tests.conftest import SAMPLES, SUITE
 
@@ -220,10 +221,21 @@ def scan_into_workspace(batch: Path, workspace: Path, out: Path, dataset: str, t
     request = dataclasses.replace(request, batch=batch, out=out, dataset=dataset)
     settings = dataclasses.replace(settings, workspace=workspace)
     loaded = scan.ingest(request)
-    conformed, outcome = scan.validate_batch(loaded, trusted)
-    decisions = scan.decide_batch(conformed, outcome, {}, {}, settings)
+    judged = evaluate(loaded, trusted, settings, detectors={}, checks={})
     outputs = scan.build_outputs(
-        request, settings, loaded, trusted, conformed, outcome, decisions, [], [], scan.np.array([]), "no-run", scan.now()
+        request,
+        settings,
+        loaded,
+        trusted,
+        judged.conformed,
+        judged.outcome,
+        judged.decisions,
+        [],
+        judged.checks,
+        scan.np.array([]),
+        "no-run",
+        scan.now(),
+        judged.verdict,
     )
     space = Workspace(workspace)
     staging = space.staging_dir(request.dataset_name, loaded.sha256)

@@ -18,6 +18,7 @@ from pipeline.errors import InputError, PoisonguardError, SuiteError
 from pipeline.findings import findings_frame
 from pipeline.io import ROW_NUMBER, read_table
 from pipeline.roles import Role, RoleRules, check_roles, explicit_roles, infer_roles
+from pipeline.scan_run import evaluate
 from pipeline.validation import infer_suite, suite_from_document, with_roles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,27 +205,25 @@ class Scanned:
         settings = settings or self.settings
         trusted = dataclasses.replace(self.trusted, unseen_levels=settings.unseen_levels)
         loaded = read_table(path)
-        conformed, outcome = scan.validate_batch(loaded, trusted)
-        scores = scan.score_batch(self.detectors, conformed, outcome.batch_findings)
-        checks = scan.check_batch(self.checks, conformed, outcome.batch_findings)
-        decisions = scan.decide_batch(conformed, outcome, self.detectors, scores, settings)
+        judged = evaluate(loaded, trusted, settings, detectors=self.detectors, checks=self.checks)
         outputs = scan.build_outputs(
             dataclasses.replace(self.request, batch=path),
             settings,
             loaded,
             trusted,
-            conformed,
-            outcome,
-            decisions,
+            judged.conformed,
+            judged.outcome,
+            judged.decisions,
             [],
-            checks,
+            judged.checks,
             np.array([]),
             "t",
             scan.now(),
+            judged.verdict,
         )
-        table = decisions.table.set_index(ROW_NUMBER).sort_index()
+        table = judged.decisions.table.set_index(ROW_NUMBER).sort_index()
         self.report_html = outputs.report_html
-        return table, outputs.summary, outcome
+        return table, outputs.summary, judged.outcome
 
 
 @pytest.fixture(scope="module")
