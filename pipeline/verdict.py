@@ -179,9 +179,22 @@ class Verdict:
     def headline(self) -> str:
         low, high = self.interval
         if not self.poisoned:
+            # "clean" means "nothing in excess", not "nothing there": where a detector is weak (labels
+            # barely predictable) a tenth of the rows could be flipped without the batch showing it
+            hidden = sorted(
+                ((k.interval[1], KIND_WORDS.get(name, name)) for name, k in self.by_kind.items() if k.ranked),
+                reverse=True,
+            )
+            limit = ", ".join(f"{count} {words}" for count, words in hidden if count > 0)
             return (
                 f"Verdict: clean (p = {self.p_value:.2g}; no kind of poisoning is in excess of what a clean "
                 f"batch shows at alpha = {self.alpha:g})."
+                + (
+                    f" Up to {high} of {self.rows} rows could still be poisoned without this batch showing it "
+                    f"(at most {limit})."
+                    if high and limit
+                    else ""
+                )
             )
         kinds = ", ".join(
             f"{k.estimate} {KIND_WORDS.get(name, name)}" for name, k in self.by_kind.items() if self.significant(name)

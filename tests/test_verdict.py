@@ -188,6 +188,10 @@ def test_a_kind_that_does_not_carry_the_verdict_widens_only_the_high_end():
     assert verdict.interval == (60, 360)
     clean = combine([flips], 700, alpha=0.01)
     assert not clean.poisoned and clean.estimated_poisoned_rows == 0 and clean.interval == (0, 300)
+    # "clean" says what it cannot rule out
+    assert clean.headline().endswith(
+        "Up to 300 of 700 rows could still be poisoned without this batch showing it (at most 300 flipped labels)."
+    )
 
 
 def test_the_verdict_is_bonferroni_over_the_kinds():
