@@ -14,13 +14,12 @@ inferred from the reference (the protected column kept out of the features), val
 default detectors, the batch checks, the verdict and the decisions. Peers see what a user would
 give them: the reference and the batch together, at their own default thresholds.
 
-Writes benchmarks/detection_core.json (every case) and its section of benchmarks/RESULTS.md.
+Writes benchmarks/detection_core.json.gz (every case) and its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT_JSON = REPO / "benchmarks" / "detection_core.json"
+RESULT_JSON = REPO / "benchmarks" / "detection_core.json.gz"
 SHARED = REPO.parent / "shared" / "datasets"
 # (file, label, columns never used as features)
 DATASETS = {
@@ -600,11 +599,13 @@ def main() -> None:
     parser.add_argument(
         "--ours-only",
         action="store_true",
-        help="rerun poisonguard only and keep the peers' rows of the last detection_core.json: "
+        help="rerun poisonguard only and keep the peers' rows of the last detection_core.json.gz: "
         "the cases (splits, attack seeds) are the same, and the peers' code did not change",
     )
     parser.add_argument("--output", type=Path, default=RESULT_JSON)
     args = parser.parse_args()
+    from detection_tables import read_record, write_record  # beside this script
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the jobs share the cores; threads within each fight
     datasets = [d for d in args.datasets.split(",") if DATASETS[d][0] is None or (SHARED / DATASETS[d][0]).exists()]
     tasks = [(d, seed, args.ours_only, args.attacks.split(",")) for d in datasets for seed in range(args.seeds)]
@@ -615,7 +616,7 @@ def main() -> None:
         ran = {(r["dataset"], r["seed"], r["attack"]) for r in rows}
         rows += [
             r
-            for r in json.loads(args.output.read_text())["rows"]
+            for r in read_record(args.output)["rows"]
             if not r["method"].startswith("poisonguard")
             and (r["dataset"], r["seed"], r["attack"].split("_subsample")[0]) in ran
         ]
@@ -627,7 +628,7 @@ def main() -> None:
         "peers_rerun": not args.ours_only,
         "rows": rows,
     }
-    args.output.write_text(json.dumps(record, indent=0, default=_plain) + "\n")
+    write_record(args.output, record, default=_plain)
     if args.output == RESULT_JSON:
         write_results(record)
 
