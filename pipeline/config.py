@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from pipeline.errors import PoisonguardError
+from pipeline.params import DETECTOR_NAME
 from pipeline.policy import QuarantinePolicy
 
 UNSEEN_LEVEL_POLICIES = ("hold", "alarm")
@@ -214,9 +215,6 @@ def _tracking_uri(env: Mapping[str, str], root: Path, export: bool) -> str:
     return bare
 
 
-_DETECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
 def _detectors(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """POISONGUARD_DETECTORS: the detectors a scan runs, as comma-separated registry names (a
     detector of another package by its entry point's name), each with its default parameters;
@@ -226,7 +224,7 @@ def _detectors(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     if not raw:
         return dict(DEFAULT_DETECTORS)
     names = [name.strip() for name in raw.split(",") if name.strip()]
-    bad = [name for name in names if not _DETECTOR_NAME.fullmatch(name)]
+    bad = [name for name in names if not DETECTOR_NAME.fullmatch(name)]
     if bad or not names:
         raise PoisonguardError(
             f"POISONGUARD_DETECTORS must be comma-separated detector names such as "

@@ -5,6 +5,7 @@ for the scan's imports."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -13,6 +14,8 @@ from pipeline.errors import PoisonguardError
 
 # The policy's threshold on a fused p-value never exceeds this (its parameters are capped there).
 REASON_PVALUE = 0.5
+# A detector's name: it becomes MLflow parameter and score column names (``detector.<name>.alpha``).
+DETECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class InvalidParameter(PoisonguardError):

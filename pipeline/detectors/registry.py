@@ -9,18 +9,16 @@ broken package breaks only the scans that use it. docs/detectors.md says how to 
 
 from __future__ import annotations
 
-import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
 from pipeline.detectors.base import Detector, GroupDetector, RowDetector
 from pipeline.errors import PoisonguardError
+from pipeline.params import DETECTOR_NAME
 
 ENTRY_POINT_GROUP = "poisonguard.detectors"
 # Registered detectors by name: poisonguard's own, then those of other packages as they load.
 DETECTORS: dict[str, type[Detector]] = {}
-# A detector's name becomes MLflow parameter and score column names (``detector.<name>.alpha``).
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _BUILTIN_PACKAGE = __name__.rpartition(".")[0] + "."
 
 D = TypeVar("D", bound=type[Detector])
@@ -37,7 +35,7 @@ def register_detector(cls: D) -> D:
             f"{cls!r} is not a detector: derive it from pipeline.detectors.RowDetector or GroupDetector (docs/detectors.md)."
         )
     name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not DETECTOR_NAME.fullmatch(name):
         raise DetectorRegistryError(
             f"{cls.__qualname__}.name must be a short snake_case name such as 'my_detector' "
             f"(lower-case letters, digits, '_'); got {name!r}."
